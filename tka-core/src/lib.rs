@@ -1,0 +1,31 @@
+//! The tka SDK: who is calling (a Tailscale identity), what they may do (grant policy), and the
+//! short-lived Kubernetes credentials that follow from it.
+//!
+//! The pure parts (domain types, capability parsing, policy resolution, durations, naming) do no
+//! I/O and are always compiled. The real implementations of the traits live behind cargo
+//! features so that a tool embedding only the policy does not compile an HTTP or Kubernetes stack:
+//!
+//! | feature      | brings                                                        |
+//! |--------------|---------------------------------------------------------------|
+//! | `localapi`   | `identity::TailscaleLocalApi`, the tailscaled LocalAPI client |
+//! | `kubernetes` | the CRDs, `KubernetesIssuer` and `KubernetesReconciler`         |
+//! | `mocks`      | mockall mocks of the core traits for other crates' tests      |
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod domain;
+pub mod duration;
+pub mod identity;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+pub mod policy;
+pub mod secret;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use domain::{
+    ClusterName, DomainError, Identity, LoginName, NodeId, NodeInfo, RoleName, SessionName, Tag,
+    Ttl, UserId, UserInfo,
+};
+pub use identity::IdentityProvider;
+pub use policy::{Decision, GrantMappingSpec};
+pub use secret::Secret;
