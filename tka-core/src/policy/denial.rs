@@ -226,7 +226,7 @@ pub struct Denial {
     /// Who asked, as [`crate::Identity::describe`] puts it.
     pub caller: String,
     /// The capability name(s) grants are read from, for the "no grants" hint.
-    pub capabilities: Vec<String>,
+    pub capability_names: Vec<String>,
     /// What the caller holds on this cluster (boxed to keep `Result<Decision, Denial>` small).
     pub listing: Box<RoleListing>,
 }
@@ -259,7 +259,7 @@ impl Denial {
                 let _ = write!(
                     out,
                     "you have no tka grants (capability {}) for cluster '{cluster}'",
-                    self.capabilities.join(" or ")
+                    self.capability_names.join(" or ")
                 );
                 if let Some(detail) = &self.detail {
                     let _ = write!(out, " ({detail})");

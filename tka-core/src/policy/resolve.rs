@@ -343,7 +343,7 @@ pub fn resolve(request: &ResolveRequest<'_>) -> Result<Decision, Denial> {
         requested_role: request.role.cloned(),
         detail,
         caller: ctx.identity.describe(),
-        capabilities: ctx.settings.capability_names(),
+        capability_names: ctx.settings.capability_names(),
         listing: Box::new(listing),
     };
 

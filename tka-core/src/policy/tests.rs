@@ -1182,6 +1182,159 @@ fn denials_serialize_with_a_stable_kind() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The worked examples of docs/policy.md, as the capability values each caller receives.
+
+fn carol(caps: Vec<Value>) -> Identity {
+    let mut identity = alice(caps);
+    identity.user.login_name = LoginName::new("carol@example.com").unwrap();
+    identity.node.stable_id = NodeId::new("nCAROL").unwrap();
+    identity.groups = vec!["group:eng".into()];
+    identity
+}
+
+#[test]
+fn docs_example_1_sre_team_and_everyone_else() {
+    let read_only = json!({"role": "read-only", "maxTTL": "8h"});
+    let sre = [
+        json!({"role": "sre", "clusters": ["prod-*"], "maxTTL": "4h", "priority": 10}),
+        json!({"role": "sre", "clusters": ["staging-*", "dev"], "priority": 10}),
+    ];
+    let mappings = vec![
+        mapping(
+            "read-only",
+            GrantMappingSpec {
+                cluster_roles: vec!["view".into()],
+                default_ttl: Some("1h".into()),
+                ..Default::default()
+            },
+        ),
+        mapping(
+            "sre",
+            GrantMappingSpec {
+                cluster_roles: vec!["view".into()],
+                namespaced: vec![NamespacedGrant {
+                    cluster_role: "admin".into(),
+                    namespaces: vec!["payments".into(), "checkout".into()],
+                }],
+                default_ttl: Some("1h".into()),
+                max_ttl: Some("8h".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+
+    let carol = Login::new(carol(vec![read_only.clone()]), mappings.clone()).cluster("prod-eu");
+    let decision = carol.run().unwrap();
+    assert_eq!(
+        (decision.role.as_str(), decision.ttl),
+        ("read-only", ttl("1h"))
+    );
+    assert_eq!(
+        denial(carol.role("sre").run()).to_string(),
+        "no grant for role 'sre' on cluster 'prod-eu'; your grants: read-only"
+    );
+
+    let mut caps = vec![read_only];
+    caps.extend(sre);
+    let alice = Login::new(alice(caps), mappings).cluster("prod-eu");
+    assert_eq!(granted_role(&alice.run()), "sre");
+    assert_eq!(granted_role(&alice.role("read-only").run()), "read-only");
+    let clamped = alice.ttl("6h").run().unwrap();
+    assert_eq!(clamped.ttl, ttl("4h"));
+    assert_eq!(
+        clamped.clamped.unwrap().bound,
+        "the maxTTL of your tailnet grant for role 'sre'"
+    );
+    let staging = alice.cluster("staging-eu").ttl("6h").run().unwrap();
+    assert_eq!(
+        (staging.role.as_str(), staging.ttl, staging.clamped),
+        ("sre", ttl("6h"), None)
+    );
+}
+
+#[test]
+fn docs_example_2_ci_runner() {
+    let caps = vec![json!({"role": "deploy", "clusters": ["staging-*"], "maxTTL": "30m"})];
+    let mappings = vec![mapping(
+        "deploy",
+        GrantMappingSpec {
+            subjects: vec![subject_tag("tag:ci")],
+            namespaced: vec![NamespacedGrant {
+                cluster_role: "edit".into(),
+                namespaces: vec!["apps".into()],
+            }],
+            default_ttl: Some("15m".into()),
+            ..Default::default()
+        },
+    )];
+    let runner = Login::new(
+        tagged("nRUNNER", &["tag:ci"], caps.clone()),
+        mappings.clone(),
+    )
+    .cluster("staging-eu");
+    let decision = runner.run().unwrap();
+    assert_eq!(decision.ttl, ttl("15m"));
+    assert_eq!(
+        decision.namespaced,
+        [NamespacedBinding {
+            cluster_role: "edit".into(),
+            namespace: "apps".into()
+        }]
+    );
+    assert_eq!(
+        denial(runner.cluster("prod-eu").run()).kind,
+        DenialKind::NoGrants
+    );
+
+    let web = Login::new(tagged("nWEB", &["tag:web"], caps), mappings).cluster("staging-eu");
+    let text = denial(web.run()).to_string();
+    assert!(
+        text.contains("GrantMapping 'deploy' is limited to certain users, tags or groups and tag:web (nWEB.tail.ts.net) is not one of them"),
+        "{text}"
+    );
+}
+
+#[test]
+fn docs_example_3_compatibility() {
+    let mut identity = alice(vec![json!({"role": "read-only"})]);
+    identity.compat_capabilities =
+        vec![json!({"role": "cluster-admin", "period": "4h", "priority": 100})];
+    let mappings = vec![
+        mapping(
+            "cluster-admin",
+            GrantMappingSpec {
+                cluster_roles: vec!["cluster-admin".into()],
+                default_ttl: Some("1h".into()),
+                ..Default::default()
+            },
+        ),
+        view_mapping("read-only"),
+    ];
+    let admin = Login::new(identity, mappings);
+    let decision = admin.run().unwrap();
+    assert_eq!(
+        (decision.role.as_str(), decision.ttl),
+        ("cluster-admin", ttl("1h"))
+    );
+    assert_eq!(admin.ttl("6h").run().unwrap().ttl, ttl("4h"));
+    assert_eq!(granted_role(&admin.role("read-only").run()), "read-only");
+}
+
+#[test]
+fn docs_skipped_value_message() {
+    let text = denial(
+        Login::new(
+            alice(vec![json!({"role": "admin", "cluster": ["dev"]})]),
+            vec![view_mapping("admin")],
+        )
+        .run(),
+    )
+    .to_string();
+    assert!(text.starts_with("you have no tka grants (capability tka.dev/cap/kubernetes) for cluster 'prod'; ask your tailnet admin to add one to the policy file; 1 capability value(s) were ignored because they are malformed: tka value #1 "), "{text}");
+    assert!(text.ends_with(": unknown key \"cluster\" (did you mean \"clusters\"? the keys are \"role\", \"clusters\", \"maxTTL\", \"priority\")"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Properties: order and duplication of values (and of mappings) never matter, and a decision
 // never exceeds what was granted.
 
