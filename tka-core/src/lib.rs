@@ -12,6 +12,7 @@
 //! | `mocks`      | mockall mocks of the core traits for other crates' tests      |
 #![deny(missing_docs)]
 
+pub mod capability;
 pub mod clock;
 pub mod domain;
 pub mod duration;
@@ -21,6 +22,7 @@ pub mod kubernetes;
 pub mod policy;
 pub mod secret;
 
+pub use capability::{CapabilitySchema, Grant, ParsedGrants, SkippedValue};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use domain::{
     ClusterName, DomainError, Identity, LoginName, NodeId, NodeInfo, RoleName, SessionName, Tag,
@@ -28,4 +30,8 @@ pub use domain::{
 };
 pub use identity::IdentityProvider;
 pub use policy::{Decision, GrantMappingSpec};
+pub use policy::{
+    Denial, DenialKind, MappingView, PolicyContext, PolicySettings, ResolveRequest, RoleListing,
+    TtlRequest, available_roles, resolve, validate_mapping,
+};
 pub use secret::Secret;

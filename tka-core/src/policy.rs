@@ -1,11 +1,28 @@
 //! Grant policy: what a caller may get on this cluster. The tailnet policy file grants roles by
 //! name (capability values); [`GrantMappingSpec`]s in the cluster say what a role means here.
 //! Resolution is a pure function: no I/O, no clock reads (the caller passes "now").
+//!
+//! [`resolve`] answers a login ([`Decision`] or [`Denial`]); [`available_roles`] answers "what
+//! could I get here?"; [`validate_mapping`] finds the spec problems that make a mapping unusable.
+//! Capability values are parsed by [`crate::capability`]. See `docs/policy.md` for the rules.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{RoleName, Ttl};
+
+mod denial;
+mod mapping;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+pub use denial::{AvailableRole, Denial, DenialKind, RoleListing, RoleProblem, UnavailableRole};
+pub use mapping::{MappingProblem, MappingView, validate_mapping};
+pub use resolve::{
+    DEFAULT_DENIED_NAMESPACES, PolicyContext, PolicySettings, ResolveRequest, TtlRequest,
+    available_roles, resolve,
+};
 
 /// The spec of a GrantMapping: the cluster's own half of the policy. The mapping's
 /// `metadata.name` is the role name that capability values refer to.

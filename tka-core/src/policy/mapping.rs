@@ -1,0 +1,366 @@
+//! GrantMappings as policy sees them: [`MappingView`] (a mapping plus what the server knows about
+//! its usability), [`validate_mapping`] (the spec problems that make a mapping unusable, for the
+//! reconciler's `Ready` condition and for resolution), and subject matching. No I/O.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GrantMappingSpec, Subject};
+use crate::domain::{Identity, RoleName, Ttl, is_dns1123_label};
+
+/// A GrantMapping as resolution sees it: its name (the role), its spec, and whether the server
+/// has found it unusable for a reason policy cannot see (e.g. `NotBindable`,
+/// `ClusterRoleMissing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingView {
+    /// The mapping's `metadata.name`: the role that capability values refer to.
+    pub name: RoleName,
+    /// The mapping's spec.
+    pub spec: GrantMappingSpec,
+    /// Set when the server must not use this mapping, with the reason in words.
+    pub unusable: Option<String>,
+}
+
+impl MappingView {
+    /// A usable view of a mapping.
+    pub fn new(name: RoleName, spec: GrantMappingSpec) -> Self {
+        Self {
+            name,
+            spec,
+            unusable: None,
+        }
+    }
+
+    /// The same mapping, marked unusable for `reason`.
+    #[must_use]
+    pub fn unusable(mut self, reason: impl Into<String>) -> Self {
+        self.unusable = Some(reason.into());
+        self
+    }
+}
+
+/// Something wrong with a GrantMapping's spec; a mapping with any problem is never used.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum MappingProblem {
+    /// The mapping binds a ClusterRole in a namespace tka must never grant access to (the
+    /// server's own namespace or the deny list).
+    ForbiddenNamespace {
+        /// The namespace.
+        namespace: String,
+    },
+    /// The mapping binds nothing: no cluster roles and no namespaced grants.
+    BindsNothing,
+    /// A `defaultTTL` or `maxTTL` that does not parse or is not positive.
+    InvalidTtl {
+        /// `defaultTTL` or `maxTTL`.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A namespace that is not a valid Kubernetes namespace name.
+    InvalidNamespace {
+        /// The namespace as written.
+        namespace: String,
+    },
+    /// An empty ClusterRole name.
+    EmptyClusterRole,
+    /// A subject with none or more than one of `user`, `tag`, `group` set.
+    InvalidSubject {
+        /// The subject's position in `subjects` (0-based).
+        index: usize,
+    },
+    /// The mapping's name is not a valid role name.
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+}
+
+impl MappingProblem {
+    /// The reason for the mapping's `Ready=False` condition: `ForbiddenNamespace` or
+    /// `InvalidSpec`.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            Self::ForbiddenNamespace { .. } => "ForbiddenNamespace",
+            _ => "InvalidSpec",
+        }
+    }
+
+    /// Whether this is a [`MappingProblem::ForbiddenNamespace`].
+    pub fn is_forbidden_namespace(&self) -> bool {
+        matches!(self, Self::ForbiddenNamespace { .. })
+    }
+}
+
+impl fmt::Display for MappingProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ForbiddenNamespace { namespace } => write!(
+                f,
+                "binds a role in the protected namespace {namespace:?}, which tka never grants access to"
+            ),
+            Self::BindsNothing => f.write_str("binds nothing: set clusterRoles or namespaced"),
+            Self::InvalidTtl {
+                field,
+                value,
+                reason,
+            } => write!(f, "{field} {value:?} is invalid: {reason}"),
+            Self::InvalidNamespace { namespace } => {
+                write!(f, "{namespace:?} is not a valid namespace name")
+            }
+            Self::EmptyClusterRole => f.write_str("a clusterRole name is empty"),
+            Self::InvalidSubject { index } => write!(
+                f,
+                "subject #{} must set exactly one of user, tag or group",
+                index + 1
+            ),
+            Self::InvalidName { name } => write!(
+                f,
+                "the name {name:?} is not a valid role name (lowercase letters, digits, '-' and '.')"
+            ),
+        }
+    }
+}
+
+/// The problems of a GrantMapping's spec, in a stable order; empty when the mapping is usable as
+/// far as policy can tell. The reconciler sets `Ready=False` with
+/// [`MappingProblem::condition_reason`] of the first problem; resolution never uses a mapping
+/// with problems.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use tka_core::policy::{validate_mapping, GrantMappingSpec, MappingProblem, NamespacedGrant};
+///
+/// let forbidden: BTreeSet<String> = ["kube-system".to_owned(), "tka".to_owned()].into();
+/// let spec = GrantMappingSpec {
+///     namespaced: vec![NamespacedGrant { cluster_role: "edit".into(), namespaces: vec!["kube-system".into()] }],
+///     ..Default::default()
+/// };
+/// let problems = validate_mapping("sre", &spec, &forbidden);
+/// assert_eq!(problems, [MappingProblem::ForbiddenNamespace { namespace: "kube-system".into() }]);
+/// assert_eq!(problems[0].condition_reason(), "ForbiddenNamespace");
+/// ```
+pub fn validate_mapping(
+    name: &str,
+    spec: &GrantMappingSpec,
+    forbidden_namespaces: &BTreeSet<String>,
+) -> Vec<MappingProblem> {
+    let mut forbidden = BTreeSet::new();
+    let mut invalid_namespaces = BTreeSet::new();
+    let mut empty_role = spec.cluster_roles.iter().any(|r| r.trim().is_empty());
+    let mut binds_any = !spec.cluster_roles.is_empty();
+    for grant in &spec.namespaced {
+        empty_role |= grant.cluster_role.trim().is_empty();
+        for namespace in &grant.namespaces {
+            binds_any = true;
+            if forbidden_namespaces.contains(namespace) {
+                forbidden.insert(namespace.clone());
+            } else if !is_dns1123_label(namespace) {
+                invalid_namespaces.insert(namespace.clone());
+            }
+        }
+    }
+
+    let mut problems: Vec<MappingProblem> = forbidden
+        .into_iter()
+        .map(|namespace| MappingProblem::ForbiddenNamespace { namespace })
+        .collect();
+    if RoleName::new(name).is_err() {
+        problems.push(MappingProblem::InvalidName {
+            name: name.to_owned(),
+        });
+    }
+    if !binds_any {
+        problems.push(MappingProblem::BindsNothing);
+    }
+    if empty_role {
+        problems.push(MappingProblem::EmptyClusterRole);
+    }
+    problems.extend(
+        invalid_namespaces
+            .into_iter()
+            .map(|namespace| MappingProblem::InvalidNamespace { namespace }),
+    );
+    for (field, value) in [("defaultTTL", &spec.default_ttl), ("maxTTL", &spec.max_ttl)] {
+        if let Some(value) = value
+            && let Err(e) = Ttl::parse(value)
+        {
+            problems.push(MappingProblem::InvalidTtl {
+                field: field.to_owned(),
+                value: value.clone(),
+                reason: match e {
+                    crate::DomainError::Ttl { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            });
+        }
+    }
+    for (index, subject) in spec.subjects.iter().enumerate() {
+        let set = [&subject.user, &subject.tag, &subject.group]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if set != 1 {
+            problems.push(MappingProblem::InvalidSubject { index });
+        }
+    }
+    problems
+}
+
+/// Whether the caller matches a subject. A `user` matches only an untagged device with that
+/// login name; a `tag` matches a device carrying it; a `group` matches only an untagged device
+/// whose user is in it (a tagged device acts as its tags, never as the user who created it). A
+/// subject with none or several fields set matches nothing.
+pub(crate) fn subject_matches(subject: &Subject, identity: &Identity) -> bool {
+    match (&subject.user, &subject.tag, &subject.group) {
+        (Some(user), None, None) => {
+            !identity.is_tagged() && identity.user.login_name.as_str() == user
+        }
+        (None, Some(tag), None) => identity.node.tags.iter().any(|t| t.as_str() == tag),
+        (None, None, Some(group)) => !identity.is_tagged() && identity.groups.contains(group),
+        _ => false,
+    }
+}
+
+/// Whether the caller passes a mapping's `subjects` narrowing (always, when there are none).
+pub(crate) fn subjects_allow(spec: &GrantMappingSpec, identity: &Identity) -> bool {
+    spec.subjects.is_empty() || spec.subjects.iter().any(|s| subject_matches(s, identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::NamespacedGrant;
+
+    fn forbidden() -> BTreeSet<String> {
+        ["kube-system".to_owned(), "tka-system".to_owned()].into()
+    }
+
+    fn spec_in(namespaces: &[&str]) -> GrantMappingSpec {
+        GrantMappingSpec {
+            namespaced: vec![NamespacedGrant {
+                cluster_role: "edit".into(),
+                namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_mapping_has_no_problems() {
+        let spec = GrantMappingSpec {
+            cluster_roles: vec!["view".into()],
+            default_ttl: Some("1h".into()),
+            max_ttl: Some("8h".into()),
+            subjects: vec![Subject {
+                tag: Some("tag:ci".into()),
+                ..Default::default()
+            }],
+            ..spec_in(&["team-a"])
+        };
+        assert_eq!(validate_mapping("sre", &spec, &forbidden()), []);
+    }
+
+    #[test]
+    fn forbidden_namespaces_are_flagged_each_once() {
+        assert_eq!(
+            validate_mapping("sre", &spec_in(&["team-a"]), &forbidden()),
+            []
+        );
+        let problems = validate_mapping(
+            "sre",
+            &spec_in(&["team-a", "tka-system", "kube-system", "kube-system"]),
+            &forbidden(),
+        );
+        assert_eq!(
+            problems,
+            [
+                MappingProblem::ForbiddenNamespace {
+                    namespace: "kube-system".into()
+                },
+                MappingProblem::ForbiddenNamespace {
+                    namespace: "tka-system".into()
+                },
+            ]
+        );
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.condition_reason() == "ForbiddenNamespace")
+        );
+    }
+
+    #[test]
+    fn binding_nothing_is_flagged() {
+        assert_eq!(
+            validate_mapping("sre", &GrantMappingSpec::default(), &forbidden()),
+            [MappingProblem::BindsNothing]
+        );
+        // An entry without namespaces binds nothing either.
+        assert_eq!(
+            validate_mapping("sre", &spec_in(&[]), &forbidden()),
+            [MappingProblem::BindsNothing]
+        );
+        let cluster_wide = GrantMappingSpec {
+            cluster_roles: vec!["view".into()],
+            ..Default::default()
+        };
+        assert_eq!(validate_mapping("sre", &cluster_wide, &forbidden()), []);
+    }
+
+    #[test]
+    fn invalid_ttls_are_flagged() {
+        let spec = GrantMappingSpec {
+            default_ttl: Some("0s".into()),
+            max_ttl: Some("forever".into()),
+            ..spec_in(&["team-a"])
+        };
+        let problems = validate_mapping("sre", &spec, &forbidden());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            matches!(&problems[0], MappingProblem::InvalidTtl { field, .. } if field == "defaultTTL")
+        );
+        assert!(
+            matches!(&problems[1], MappingProblem::InvalidTtl { field, .. } if field == "maxTTL")
+        );
+        assert_eq!(problems[0].condition_reason(), "InvalidSpec");
+        assert!(problems[1].to_string().contains("\"forever\""));
+    }
+
+    #[test]
+    fn malformed_subjects_names_and_namespaces_are_flagged() {
+        let spec = GrantMappingSpec {
+            subjects: vec![
+                Subject::default(),
+                Subject {
+                    user: Some("a@b".into()),
+                    tag: Some("tag:ci".into()),
+                    group: None,
+                },
+            ],
+            cluster_roles: vec![String::new()],
+            ..spec_in(&["Team_A"])
+        };
+        let problems = validate_mapping("Bad Name", &spec, &forbidden());
+        assert_eq!(
+            problems,
+            [
+                MappingProblem::InvalidName {
+                    name: "Bad Name".into()
+                },
+                MappingProblem::EmptyClusterRole,
+                MappingProblem::InvalidNamespace {
+                    namespace: "Team_A".into()
+                },
+                MappingProblem::InvalidSubject { index: 0 },
+                MappingProblem::InvalidSubject { index: 1 },
+            ]
+        );
+    }
+}
