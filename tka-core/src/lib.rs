@@ -12,6 +12,7 @@
 //! | `mocks`      | mockall mocks of the core traits for other crates' tests      |
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod capability;
 pub mod clock;
 pub mod domain;
