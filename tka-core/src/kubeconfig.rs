@@ -527,6 +527,22 @@ impl Kubeconfig {
             .collect()
     }
 
+    /// Fails when a login under context name `context` would have to overwrite an entry that is
+    /// not tka's; lets a caller find out before asking a server for a session.
+    pub fn check_login(&self, context: &str) -> Result<(), KubeconfigError> {
+        for (key, body, kind) in LISTS {
+            if let Some(i) = find(self.items(key), context)
+                && marker_of(&self.items(key)[i], body).is_none()
+            {
+                return Err(KubeconfigError::ForeignEntry {
+                    kind,
+                    name: context.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Merges a login's entries. Fails, changing nothing, when an entry of that name exists and
     /// is not tka's. With `switch` the context becomes current.
     pub fn login(
@@ -535,16 +551,7 @@ impl Kubeconfig {
         switch: bool,
     ) -> Result<LoginChange, KubeconfigError> {
         let name = entries.context_name();
-        for (key, body, kind) in LISTS {
-            if let Some(i) = find(self.items(key), name)
-                && marker_of(&self.items(key)[i], body).is_none()
-            {
-                return Err(KubeconfigError::ForeignEntry {
-                    kind,
-                    name: name.to_owned(),
-                });
-            }
-        }
+        self.check_login(name)?;
         let existing =
             find(self.items("contexts"), name).map(|i| self.items("contexts")[i].clone());
         let old_previous = existing.as_ref().and_then(previous_of);
