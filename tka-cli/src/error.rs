@@ -180,7 +180,7 @@ impl CliError {
             Self::NotAuthorized { .. } => Exit::NotAuthorized,
             Self::SessionEnded { .. } | Self::IdentityChanged { .. } => Exit::SessionEnded,
             Self::Api(e) => e.exit(),
-            Self::Kubeconfig(_) | Self::NotLoggedIn { .. } => Exit::Kubeconfig,
+            Self::Kubeconfig(_) => Exit::Kubeconfig,
             Self::NoServer { .. } => Exit::Usage,
             Self::Several { exit, .. } => *exit,
             Self::Cache(_)
@@ -188,6 +188,7 @@ impl CliError {
             | Self::UnusableResponse(_)
             | Self::Shell { .. }
             | Self::Settings(_)
+            | Self::NotLoggedIn { .. }
             | Self::Output(_) => Exit::Failure,
         }
     }

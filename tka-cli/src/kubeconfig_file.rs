@@ -42,7 +42,7 @@ pub(crate) enum KubeconfigFileError {
         source: KubeconfigError,
     },
     /// The change cannot be made (a same-named foreign entry, …).
-    #[error("cannot change the kubeconfig {path}: {source}; tka left it untouched", path = .path.display())]
+    #[error("cannot write the kubeconfig {path}: {source}", path = .path.display())]
     Refused {
         /// The file.
         path: PathBuf,
@@ -81,7 +81,7 @@ impl KubeconfigFileError {
                 "fix {} (kubectl reads it the same way), or point KUBECONFIG at another file",
                 path.display()
             ),
-            Self::Refused { .. } => "nothing was changed".to_owned(),
+            Self::Refused { .. } => "tka left the file untouched".to_owned(),
             Self::ReadOnly { path } => format!(
                 "make it writable (chmod u+w {}) or point KUBECONFIG at a writable file",
                 path.display()
