@@ -147,6 +147,21 @@ pub(crate) fn entries(
     .map_err(CliError::UnusableResponse)
 }
 
+/// kubectl reads a kubeconfig's credentials only for TLS servers (client-go's clientcmd), so
+/// an `http://` API server gets requests without a token.
+pub(crate) fn warn_if_plain_http(entries: &LoginEntries) {
+    if entries.api_server().as_str().starts_with("http://") {
+        output::warn(
+            &format!(
+                "the cluster's API server is {}; kubectl sends no credentials to http:// servers, \
+                 so ask the cluster's operator for an https endpoint",
+                entries.api_server()
+            ),
+            false,
+        );
+    }
+}
+
 /// The local identity recorded for a login: the device name the server saw.
 pub(crate) fn identity(response: &LoginResponse) -> Option<&str> {
     Some(response.session.device.as_str()).filter(|d| !d.is_empty())

@@ -42,6 +42,7 @@ pub(crate) fn run(
         &ContextTemplate::default(),
         &settings.network,
     )?;
+    login::warn_if_plain_http(&entries);
     let text = login::private_kubeconfig(&entries)
         .render()
         .map_err(CliError::UnusableResponse)?;

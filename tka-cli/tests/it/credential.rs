@@ -265,3 +265,31 @@ fn an_unreachable_server_is_one_line_and_a_working_cached_token_still_serves() {
     assert_eq!(exec_credential(&out)["status"]["token"], TOKEN);
     assert!(stderr(&out).contains("warning"));
 }
+
+#[test]
+fn a_refresh_for_another_device_is_refused_and_the_right_one_accepted() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    let mut other_device = token_response(REFRESHED);
+    other_device["session"]["device"] = json!("desktop.tail1234.ts.net");
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(TOKEN_PATH))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(other_device))
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    server.on_token(REFRESHED);
+    let out = run(&mut credential(&sandbox, &server.uri()));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("desktop.tail1234.ts.net"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+    // The same device as at login: accepted and cached.
+    let cred = exec_credential(&run(&mut credential(&sandbox, &server.uri())));
+    assert_eq!(cred["status"]["token"], REFRESHED);
+    assert!(sandbox.cache_file(&server.uri()).exists());
+}
