@@ -26,6 +26,11 @@ pub use domain::{
     ClusterName, DomainError, Identity, LoginName, NodeId, NodeInfo, RoleName, SessionName, Tag,
     Ttl, UserId, UserInfo,
 };
-pub use identity::IdentityProvider;
+pub use identity::{
+    CapabilityNames, IdentityError, IdentityProvider, PeerStatus, Status, TailnetStatus,
+    WhoisRequest, WhoisTarget,
+};
+#[cfg(feature = "localapi")]
+pub use identity::{LoopbackRetry, TailscaleLocalApi};
 pub use policy::{Decision, GrantMappingSpec};
 pub use secret::Secret;
