@@ -135,7 +135,8 @@ impl WhoisRequest {
     }
 
     /// The same request, scoped to the Tailscale Service `svc_name` (`svc:name`): the capability
-    /// values are then the ones granted for that service.
+    /// values are then the ones granted for that service. Daemons up to 1.98 ignore the
+    /// parameter and answer with the values granted to the node itself.
     pub fn for_service(mut self, svc_name: impl Into<String>) -> Self {
         self.svc_name = Some(svc_name.into());
         self
