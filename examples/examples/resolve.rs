@@ -3,6 +3,8 @@
 //!
 //! Run with `cargo run -p tka-examples --example resolve`.
 
+#![allow(clippy::print_stdout)] // printing the result is what this example is for
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
