@@ -1,32 +1,37 @@
-//! `tka`: the command people use. It parses arguments, calls tka-core and prints.
+//! `tka`: the command people use. It parses arguments into settings, runs one command through
+//! tka-core and the I/O modules here, and prints. Exit codes are documented in docs/cli.md and
+//! [`error::Exit`].
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+use tka_core::SystemClock;
 
-/// Log in to Kubernetes clusters with your Tailscale identity.
-#[derive(Debug, Parser)]
-#[command(name = "tka", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod cache;
+mod cli;
+mod client;
+mod commands;
+mod error;
+mod kubeconfig_file;
+mod output;
+mod settings;
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the version of tka.
-    Version,
-}
+use cli::{Cli, Command, Environment};
+use error::CliError;
+use settings::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Version => {
-            #[allow(clippy::print_stdout)] // printing is this command's job
-            {
-                println!("tka {}", env!("CARGO_PKG_VERSION"));
-            }
-            ExitCode::SUCCESS
+    // kubectl shows the exec plugin's stderr inline: keep its failures to one line.
+    let one_line = matches!(cli.command, Command::Credential(_));
+    let outcome = Settings::try_from((cli, Environment::from_process()))
+        .map_err(CliError::from)
+        .and_then(|settings| commands::run(&settings, &SystemClock));
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            output::report(&error, one_line);
+            error.exit().into()
         }
     }
 }

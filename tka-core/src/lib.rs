@@ -17,11 +17,14 @@ pub mod capability;
 pub mod clock;
 pub mod domain;
 pub mod duration;
+pub mod endpoint;
 pub mod identity;
+pub mod kubeconfig;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod policy;
 pub mod secret;
+pub mod token_cache;
 
 pub use capability::{CapabilitySchema, Grant, ParsedGrants, SkippedValue};
 pub use clock::{Clock, ManualClock, SystemClock};

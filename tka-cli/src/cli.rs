@@ -1,0 +1,229 @@
+//! The command line as plain data (clap's derive structs). Nothing here decides anything:
+//! [`crate::settings`] validates it once into the settings the commands run with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+use tka_core::domain::is_dns1123_label;
+use tka_core::endpoint::{ServerUrl, Socks5Addr};
+use tka_core::kubeconfig::ContextTemplate;
+use tka_core::{ClusterName, RoleName, Ttl};
+
+/// Log in to Kubernetes clusters with your Tailscale identity.
+///
+/// tka asks a cluster's tka server (reached over the tailnet) for short-lived credentials and
+/// writes them into your kubeconfig. Which roles you get is decided by the grants in your
+/// tailnet policy file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tka",
+    version,
+    about,
+    long_about,
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 not authorized, 4 session ended, \
+                  5 server unreachable, 6 kubeconfig problem. See docs/cli.md."
+)]
+pub(crate) struct Cli {
+    /// Output format for results (messages and errors always go to stderr).
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub(crate) output: OutputFormat,
+
+    /// Reach tka servers through this SOCKS5 proxy (HOST:PORT), e.g. the one a
+    /// userspace-networking tailscaled offers; the kubeconfig gets the same proxy-url.
+    /// Ambient HTTP_PROXY/HTTPS_PROXY/ALL_PROXY are never used.
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_SOCKS5",
+        hide_env_values = true,
+        value_name = "HOST:PORT"
+    )]
+    pub(crate) socks5: Option<Socks5Addr>,
+
+    /// How long to wait for a tka server before giving up (e.g. 10s, 1m).
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_TIMEOUT",
+        hide_env_values = true,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_timeout
+    )]
+    pub(crate) timeout: Duration,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// Short sentences for people.
+    Human,
+    /// JSON, for scripts.
+    Json,
+    /// YAML, for scripts.
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Log in to a cluster: get a session and write a kubeconfig context for it.
+    Login(LoginArgs),
+    /// End sessions and remove their kubeconfig entries.
+    Logout(LogoutArgs),
+    /// Print a token for kubectl (the exec credential plugin the kubeconfig runs).
+    Credential(CredentialArgs),
+    /// Print "cluster (time left)" when the current context is tka's, for shell prompts.
+    Prompt,
+    /// Start a shell whose KUBECONFIG holds only a fresh login to CLUSTER; log out when it exits.
+    Shell(ShellArgs),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+    /// Print the version of tka.
+    Version,
+}
+
+/// Where and how to log in; shared by `login` and `shell`.
+#[derive(Debug, Args)]
+pub(crate) struct SessionArgs {
+    /// The cluster to log in to.
+    pub(crate) cluster: ClusterName,
+
+    /// The cluster's tka server (e.g. http://tka-prod). Defaults to the server of an earlier
+    /// login to CLUSTER found in the kubeconfig.
+    #[arg(long, value_name = "URL")]
+    pub(crate) server: Option<ServerUrl>,
+
+    /// The role to log in with; the best role your grants allow when absent.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: Option<RoleName>,
+
+    /// The session lifetime wanted (e.g. 90m, 8h); the role's default when absent. Longer
+    /// requests are shortened to what your grants allow, and tka says so.
+    #[arg(long, value_name = "DURATION", value_parser = Ttl::parse)]
+    pub(crate) ttl: Option<Ttl>,
+
+    /// Embed the token in the kubeconfig instead of using the exec plugin (no silent refresh:
+    /// log in again when it expires).
+    #[arg(long = "static")]
+    pub(crate) static_token: bool,
+
+    /// The context's default namespace.
+    #[arg(short, long, value_name = "NAMESPACE", value_parser = parse_namespace)]
+    pub(crate) namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    #[command(flatten)]
+    pub(crate) session: SessionArgs,
+
+    /// Name of the kubeconfig context (and its cluster and user entries); {cluster} stands for
+    /// the cluster's name.
+    #[arg(
+        long,
+        env = "TKA_CONTEXT_NAME",
+        hide_env_values = true,
+        value_name = "TEMPLATE",
+        default_value = tka_core::kubeconfig::DEFAULT_CONTEXT_TEMPLATE,
+        value_parser = ContextTemplate::parse
+    )]
+    pub(crate) context_name: ContextTemplate,
+
+    /// Keep the current context instead of switching to the new one.
+    #[arg(long)]
+    pub(crate) no_switch: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogoutArgs {
+    /// The cluster to log out of.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub(crate) cluster: Option<ClusterName>,
+
+    /// The cluster's tka server. Defaults to the server(s) of the cluster's tka contexts in the
+    /// kubeconfig.
+    #[arg(long, value_name = "URL", conflicts_with = "all")]
+    pub(crate) server: Option<ServerUrl>,
+
+    /// Log out of every tka context in the kubeconfig.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CredentialArgs {
+    /// The cluster.
+    pub(crate) cluster: ClusterName,
+
+    /// The cluster's tka server.
+    #[arg(long, value_name = "URL")]
+    pub(crate) server: ServerUrl,
+
+    /// The local identity the login was made as (part of the token cache key).
+    #[arg(long, value_name = "ID")]
+    pub(crate) identity: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShellArgs {
+    #[command(flatten)]
+    pub(crate) session: SessionArgs,
+
+    /// Keep the session when the shell exits (the private kubeconfig is removed either way).
+    #[arg(long)]
+    pub(crate) keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: Shell,
+}
+
+/// Where files live, from the environment; read once by [`crate::settings`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Environment {
+    pub(crate) kubeconfig: Option<std::ffi::OsString>,
+    pub(crate) home: Option<PathBuf>,
+    pub(crate) xdg_cache_home: Option<PathBuf>,
+    pub(crate) shell: Option<PathBuf>,
+}
+
+impl Environment {
+    pub(crate) fn from_process() -> Self {
+        Self {
+            kubeconfig: std::env::var_os("KUBECONFIG"),
+            home: std::env::home_dir(),
+            xdg_cache_home: std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+            shell: std::env::var_os("SHELL").map(PathBuf::from),
+        }
+    }
+}
+
+/// A network timeout: a positive duration of at most ten minutes.
+fn parse_timeout(input: &str) -> Result<Duration, String> {
+    let d = tka_core::duration::parse(input).map_err(|e| e.to_string())?;
+    if d.as_millis() < 1 || d.as_secs() > 600 {
+        return Err(format!(
+            "invalid timeout {input:?}; it must be more than 0s and at most 10m"
+        ));
+    }
+    d.try_into()
+        .map_err(|_| format!("invalid timeout {input:?}"))
+}
+
+fn parse_namespace(input: &str) -> Result<String, String> {
+    if is_dns1123_label(input) {
+        Ok(input.to_owned())
+    } else {
+        Err(format!(
+            "invalid namespace {input:?}; namespaces are lowercase letters, digits and '-', at most 63 characters"
+        ))
+    }
+}

@@ -1,0 +1,242 @@
+//! `tka login`: ask the server for a session, write the kubeconfig, seed the token cache, say
+//! what happened. The kubeconfig is checked before the server is asked, so a broken or read-only
+//! file costs no session.
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tka_core::api::LoginResponse;
+use tka_core::endpoint::ServerUrl;
+use tka_core::kubeconfig::{
+    ContextTemplate, EntryOptions, Kubeconfig, LoginEntries, UserCredential,
+};
+use tka_core::policy::TtlClamp;
+use tka_core::token_cache::{CacheKey, CachedToken};
+use tka_core::{Clock, Secret, Ttl};
+
+use crate::cache::TokenCache;
+use crate::client::{ApiClient, Network};
+use crate::error::CliError;
+use crate::kubeconfig_file::KubeconfigFile;
+use crate::output;
+use crate::settings::{CredentialMode, LoginSettings, SessionSettings, Settings};
+
+use super::resolve_server;
+
+/// What `tka login` reports (`-o json|yaml`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LoginSummary {
+    pub(crate) cluster: String,
+    pub(crate) server: ServerUrl,
+    pub(crate) context: String,
+    pub(crate) kubeconfig: String,
+    pub(crate) role: String,
+    pub(crate) caller: String,
+    pub(crate) device: String,
+    pub(crate) ttl: Ttl,
+    pub(crate) session_expires_at: Timestamp,
+    pub(crate) token_expires_at: Timestamp,
+    pub(crate) credential: &'static str,
+    pub(crate) switched: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) previous_context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) clamped: Option<TtlClamp>,
+}
+
+pub(crate) fn run(
+    settings: &Settings,
+    login: &LoginSettings,
+    clock: &dyn Clock,
+) -> Result<(), CliError> {
+    let session = &login.session;
+    let file = KubeconfigFile::locate(&settings.env)?;
+    file.check_writable()?;
+    let config = file.read()?;
+    let context = login.template.render(&session.cluster);
+    config.check_login(&context).map_err(|source| {
+        crate::kubeconfig_file::KubeconfigFileError::Refused {
+            path: file.path().to_path_buf(),
+            source,
+        }
+    })?;
+    let server = resolve_server(&session.cluster, session.server.as_ref(), Some(&config))?;
+
+    let response = request(&settings.network, &server, session)?;
+    let entries = entries(
+        &response,
+        &server,
+        session,
+        &login.template,
+        &settings.network,
+    )?;
+    let change = file.update(|config| config.login(&entries, login.switch))?;
+    seed_cache(settings, &server, &response, clock);
+
+    let summary = LoginSummary {
+        cluster: session.cluster.to_string(),
+        server,
+        context: change.context,
+        kubeconfig: file.path().display().to_string(),
+        role: response.session.role.to_string(),
+        caller: response.session.caller.clone(),
+        device: response.session.device.clone(),
+        ttl: response.ttl,
+        session_expires_at: response.session.expires_at,
+        token_expires_at: response.token.expires_at,
+        credential: match session.credential {
+            CredentialMode::Exec { .. } => "exec",
+            CredentialMode::Static => "static",
+        },
+        switched: change.switched,
+        previous_context: change.previous_context,
+        clamped: response.clamped,
+    };
+    output::result(settings.output, &summary, || human(&summary, clock))
+}
+
+/// `POST /api/v1/login`, with a spinner, checking that the server serves the cluster asked for.
+pub(crate) fn request(
+    network: &Network,
+    server: &ServerUrl,
+    session: &SessionSettings,
+) -> Result<LoginResponse, CliError> {
+    let client = ApiClient::new(server.clone(), network)?;
+    let response = output::with_spinner(
+        format!("Logging in to {} at {server}", session.cluster),
+        || client.login(&session.request),
+    )
+    .map_err(|e| CliError::from_login_call(&session.cluster, e))?;
+    if response.cluster.name != session.cluster {
+        return Err(CliError::WrongCluster {
+            server: server.clone(),
+            requested: session.cluster.clone(),
+            actual: response.cluster.name,
+        });
+    }
+    Ok(response)
+}
+
+/// The kubeconfig entries for a login, built from data fields of the response only.
+pub(crate) fn entries(
+    response: &LoginResponse,
+    server: &ServerUrl,
+    session: &SessionSettings,
+    template: &ContextTemplate,
+    network: &Network,
+) -> Result<LoginEntries, CliError> {
+    let credential = match &session.credential {
+        CredentialMode::Exec { command } => UserCredential::Exec {
+            command: command.clone(),
+        },
+        CredentialMode::Static => UserCredential::Static {
+            token: Secret::new(response.token.token.expose().clone()),
+        },
+    };
+    LoginEntries::new(
+        &response.cluster,
+        EntryOptions {
+            template,
+            server,
+            identity: identity(response),
+            socks5: network.socks5.as_ref(),
+            namespace: session.namespace.as_deref(),
+            credential,
+        },
+    )
+    .map_err(CliError::UnusableResponse)
+}
+
+/// kubectl reads a kubeconfig's credentials only for TLS servers (client-go's clientcmd), so
+/// an `http://` API server gets requests without a token.
+pub(crate) fn warn_if_plain_http(entries: &LoginEntries) {
+    if entries.api_server().as_str().starts_with("http://") {
+        output::warn(
+            &format!(
+                "the cluster's API server is {}; kubectl sends no credentials to http:// servers, \
+                 so ask the cluster's operator for an https endpoint",
+                entries.api_server()
+            ),
+            false,
+        );
+    }
+}
+
+/// The local identity recorded for a login: the device name the server saw.
+pub(crate) fn identity(response: &LoginResponse) -> Option<&str> {
+    Some(response.session.device.as_str()).filter(|d| !d.is_empty())
+}
+
+/// Puts the login's token in the cache, so kubectl's first call makes no server call. Failing
+/// costs only that call, so it is a warning.
+pub(crate) fn seed_cache(
+    settings: &Settings,
+    server: &ServerUrl,
+    response: &LoginResponse,
+    clock: &dyn Clock,
+) {
+    let key = CacheKey {
+        server: server.clone(),
+        cluster: response.cluster.name.clone(),
+        identity: identity(response).map(str::to_owned),
+    };
+    let entry = CachedToken::new(
+        &key,
+        response.token.token.clone(),
+        response.token.expires_at,
+        clock.now(),
+        Some(response.session.expires_at),
+    );
+    let stored = TokenCache::locate(&settings.env)
+        .map_err(|e| e.to_string())
+        .and_then(|cache| cache.store(&entry).map_err(|e| e.to_string()));
+    if let Err(e) = stored {
+        output::warn(
+            &format!("the token was not cached ({e}); kubectl's first call will fetch one"),
+            false,
+        );
+    }
+}
+
+fn human(s: &LoginSummary, clock: &dyn Clock) -> String {
+    let mut out = format!(
+        "Logged in to {} as {} with role {} until {} ({}).\n",
+        s.cluster,
+        s.caller,
+        s.role,
+        output::local_time(s.session_expires_at),
+        output::remaining(s.session_expires_at.duration_since(clock.now())),
+    );
+    if let Some(clamp) = &s.clamped {
+        out += &format!(
+            "The session was shortened from the {} asked for to {}: {}.\n",
+            clamp.requested, clamp.granted, clamp.bound
+        );
+    }
+    if s.switched {
+        out += &format!("Context {} in {} is now current", s.context, s.kubeconfig);
+        out += &match &s.previous_context {
+            Some(prev) if !prev.is_empty() && prev != &s.context => {
+                format!(" (`tka logout {}` returns to {prev}).\n", s.cluster)
+            }
+            _ => ".\n".to_owned(),
+        };
+    } else {
+        out += &format!(
+            "Context {} written to {}; the current context is unchanged (use kubectl --context {}).\n",
+            s.context, s.kubeconfig, s.context
+        );
+    }
+    if s.credential == "static" {
+        out += &format!(
+            "The token is in the kubeconfig and stops working at {}; log in again then.\n",
+            output::local_time(s.token_expires_at)
+        );
+    }
+    out
+}
+
+/// A kubeconfig holding only this login (for `tka shell`).
+pub(crate) fn private_kubeconfig(entries: &LoginEntries) -> Kubeconfig {
+    Kubeconfig::only(entries)
+}

@@ -1,0 +1,171 @@
+//! `tka logout`: end the session on the server, drop cached tokens, remove tka's kubeconfig
+//! entries and restore the previous context. When the server cannot be reached the entries stay,
+//! so the logout can be repeated.
+
+use serde::Serialize;
+use tka_core::ClusterName;
+use tka_core::endpoint::ServerUrl;
+
+use crate::cache::TokenCache;
+use crate::client::ApiClient;
+use crate::error::{CliError, Exit};
+use crate::kubeconfig_file::KubeconfigFile;
+use crate::output;
+use crate::settings::{LogoutSettings, Settings};
+
+/// One logout (`-o json|yaml` prints a list of these).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LogoutSummary {
+    pub(crate) cluster: ClusterName,
+    pub(crate) server: ServerUrl,
+    pub(crate) removed_contexts: Vec<String>,
+    /// Set when the current context changed: what it is now (`null`: unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) current_context: Option<Option<String>>,
+}
+
+/// A session to end and the contexts that belong to it.
+struct Target {
+    cluster: ClusterName,
+    server: ServerUrl,
+    contexts: Vec<String>,
+}
+
+pub(crate) fn run(settings: &Settings, logout: &LogoutSettings) -> Result<(), CliError> {
+    let file = KubeconfigFile::locate(&settings.env)?;
+    let config = file.read()?;
+    let targets = targets(&config, logout, &file)?;
+    if targets.iter().any(|t| !t.contexts.is_empty()) {
+        file.check_writable()?;
+    }
+    let cache = TokenCache::locate(&settings.env)?;
+
+    let mut summaries = Vec::new();
+    let mut failures: Vec<CliError> = Vec::new();
+    for target in targets {
+        let ended = ApiClient::new(target.server.clone(), &settings.network).and_then(|client| {
+            output::with_spinner(
+                format!("Logging out of {} at {}", target.cluster, target.server),
+                || client.logout(),
+            )
+        });
+        if let Err(e) = ended {
+            failures.push(CliError::Api(e));
+            continue;
+        }
+        cache.remove_for(&target.server, &target.cluster);
+        let mut current_context = None;
+        if !target.contexts.is_empty() {
+            let changes = file.update(|config| {
+                Ok(target
+                    .contexts
+                    .iter()
+                    .filter_map(|c| config.logout(c))
+                    .collect::<Vec<_>>())
+            })?;
+            for change in &changes {
+                if change.restored.is_some() {
+                    current_context.clone_from(&change.restored);
+                }
+            }
+        }
+        summaries.push(LogoutSummary {
+            cluster: target.cluster,
+            server: target.server,
+            removed_contexts: target.contexts,
+            current_context,
+        });
+    }
+
+    let printed = output::result(settings.output, &summaries, || human(&summaries));
+    match failures.len() {
+        0 => printed,
+        1 => Err(failures.remove(0)),
+        count => {
+            for failure in &failures {
+                output::report(failure, false);
+            }
+            let exit = failures
+                .iter()
+                .map(CliError::exit)
+                .find(|e| *e != Exit::Failure)
+                .unwrap_or(Exit::Failure);
+            Err(CliError::Several { count, exit })
+        }
+    }
+}
+
+fn targets(
+    config: &tka_core::kubeconfig::Kubeconfig,
+    logout: &LogoutSettings,
+    file: &KubeconfigFile,
+) -> Result<Vec<Target>, CliError> {
+    let mut targets: Vec<Target> = Vec::new();
+    for context in config.tka_contexts() {
+        let wanted = match &logout.cluster {
+            None => true,
+            Some(cluster) => {
+                &context.marker.cluster == cluster
+                    && logout
+                        .server
+                        .as_ref()
+                        .is_none_or(|s| s == &context.marker.server)
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        match targets
+            .iter_mut()
+            .find(|t| t.cluster == context.marker.cluster && t.server == context.marker.server)
+        {
+            Some(t) => t.contexts.push(context.name),
+            None => targets.push(Target {
+                cluster: context.marker.cluster,
+                server: context.marker.server,
+                contexts: vec![context.name],
+            }),
+        }
+    }
+    if let Some(cluster) = &logout.cluster
+        && targets.is_empty()
+    {
+        // Nothing in the kubeconfig: with --server, end the session on the server anyway
+        // (e.g. a login made with another kubeconfig or by `tka shell --keep`).
+        match &logout.server {
+            Some(server) => targets.push(Target {
+                cluster: cluster.clone(),
+                server: server.clone(),
+                contexts: Vec::new(),
+            }),
+            None => {
+                return Err(CliError::NotLoggedIn {
+                    cluster: cluster.clone(),
+                    path: file.path().to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(targets)
+}
+
+fn human(summaries: &[LogoutSummary]) -> String {
+    if summaries.is_empty() {
+        return "No tka logins in the kubeconfig.\n".to_owned();
+    }
+    let mut out = String::new();
+    for s in summaries {
+        out += &format!("Logged out of {} ({}).", s.cluster, s.server);
+        if !s.removed_contexts.is_empty() {
+            out += &format!(" Removed context {}.", s.removed_contexts.join(", "));
+        }
+        match &s.current_context {
+            Some(Some(c)) => out += &format!(" The current context is {c} again."),
+            Some(None) => out += " No context is current now.",
+            None => {}
+        }
+        out.push('\n');
+    }
+    out
+}

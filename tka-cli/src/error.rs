@@ -1,0 +1,241 @@
+//! Every way a command can fail, as one enum whose variants know their exit code, their one-line
+//! "what happened" and their hint of what to do. Printing happens once, in `main`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tka_core::ClusterName;
+use tka_core::api::Problem;
+use tka_core::endpoint::ServerUrl;
+
+use crate::cache::CacheError;
+use crate::client::ApiError;
+use crate::kubeconfig_file::KubeconfigFileError;
+
+/// The documented exit codes (docs/cli.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Exit {
+    /// Success.
+    Ok = 0,
+    /// Any failure without a more specific code.
+    Failure = 1,
+    /// The command line is wrong (clap uses 2 as well).
+    Usage = 2,
+    /// The server refused: no grant for what was asked.
+    NotAuthorized = 3,
+    /// The session ended (logged out, expired, revoked): log in again.
+    SessionEnded = 4,
+    /// The tka server could not be reached, timed out or failed.
+    Unreachable = 5,
+    /// The kubeconfig cannot be read or written; it was left untouched.
+    Kubeconfig = 6,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Problem codes that mean "this device has no live session here".
+const SESSION_ENDED_CODES: &[&str] = &[
+    "sessionEnded",
+    "sessionExpired",
+    "sessionRevoked",
+    "noSession",
+    "sessionNotFound",
+];
+
+/// A command's failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum CliError {
+    /// The server refused (403) with a problem document.
+    #[error("{}", .problem.detail)]
+    NotAuthorized {
+        /// The cluster asked for.
+        cluster: ClusterName,
+        /// What the server said.
+        problem: Box<Problem>,
+    },
+    /// The device's session is gone.
+    #[error("session ended, run `tka login {cluster}`")]
+    SessionEnded {
+        /// The cluster.
+        cluster: ClusterName,
+    },
+    /// Any other error from talking to a server.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The kubeconfig could not be used.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigFileError),
+    /// The token cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// No server URL for the cluster.
+    #[error("no tka server known for cluster '{cluster}'")]
+    NoServer {
+        /// The cluster.
+        cluster: ClusterName,
+    },
+    /// The server belongs to another cluster.
+    #[error("the tka server at {server} serves cluster '{actual}', not '{requested}'")]
+    WrongCluster {
+        /// The server asked.
+        server: ServerUrl,
+        /// What was asked for.
+        requested: ClusterName,
+        /// What the server says it serves.
+        actual: ClusterName,
+    },
+    /// The server answered, but its cluster endpoint cannot go into a kubeconfig.
+    #[error("{0}")]
+    UnusableResponse(tka_core::kubeconfig::KubeconfigError),
+    /// Nothing to log out of.
+    #[error("no tka login for cluster '{cluster}' in {path}")]
+    NotLoggedIn {
+        /// The cluster.
+        cluster: ClusterName,
+        /// The kubeconfig searched.
+        path: PathBuf,
+    },
+    /// `tka shell` could not start the shell.
+    #[error("cannot start the shell {shell}: {source}")]
+    Shell {
+        /// The shell.
+        shell: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The settings cannot be used.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    /// The server now sees this machine as another device than the login was made as.
+    #[error(
+        "this machine is '{device}' on the tailnet now, but the login to '{cluster}' was made as '{login_identity}'"
+    )]
+    IdentityChanged {
+        /// The cluster.
+        cluster: ClusterName,
+        /// The identity recorded at login.
+        login_identity: String,
+        /// What the server sees now.
+        device: String,
+    },
+    /// Writing output failed.
+    #[error("cannot write the output: {0}")]
+    Output(String),
+    /// Several failures (logout --all).
+    #[error("{count} of the logouts failed (see above)")]
+    Several {
+        /// How many failed.
+        count: usize,
+        /// The most severe exit code among them.
+        exit: Exit,
+    },
+}
+
+impl CliError {
+    /// Interprets a server error on a request about the caller's session (token refresh,
+    /// logout): 403 is "not authorized", 404/410 or a session-ended problem is "session ended".
+    pub(crate) fn from_session_call(cluster: &ClusterName, error: ApiError) -> Self {
+        match error {
+            ApiError::Problem { problem, .. } if problem.status == 403 => Self::NotAuthorized {
+                cluster: cluster.clone(),
+                problem,
+            },
+            ApiError::Problem { ref problem, .. }
+                if matches!(problem.status, 404 | 410)
+                    || SESSION_ENDED_CODES.contains(&problem.code.as_str()) =>
+            {
+                Self::SessionEnded {
+                    cluster: cluster.clone(),
+                }
+            }
+            ApiError::Status {
+                status: 404 | 410, ..
+            } => Self::SessionEnded {
+                cluster: cluster.clone(),
+            },
+            other => Self::Api(other),
+        }
+    }
+
+    /// Interprets a server error on a login: 403 is "not authorized".
+    pub(crate) fn from_login_call(cluster: &ClusterName, error: ApiError) -> Self {
+        match error {
+            ApiError::Problem { problem, .. } if problem.status == 403 => Self::NotAuthorized {
+                cluster: cluster.clone(),
+                problem,
+            },
+            other => Self::Api(other),
+        }
+    }
+
+    /// The exit code.
+    pub(crate) fn exit(&self) -> Exit {
+        match self {
+            Self::NotAuthorized { .. } => Exit::NotAuthorized,
+            Self::SessionEnded { .. } | Self::IdentityChanged { .. } => Exit::SessionEnded,
+            Self::Api(e) => e.exit(),
+            Self::Kubeconfig(_) => Exit::Kubeconfig,
+            Self::NoServer { .. } => Exit::Usage,
+            Self::Several { exit, .. } => *exit,
+            Self::Cache(_)
+            | Self::WrongCluster { .. }
+            | Self::UnusableResponse(_)
+            | Self::Shell { .. }
+            | Self::Settings(_)
+            | Self::NotLoggedIn { .. }
+            | Self::Output(_) => Exit::Failure,
+        }
+    }
+
+    /// What to do about it, when there is something to say.
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotAuthorized { cluster, problem } => Some(not_authorized_hint(cluster, problem)),
+            Self::SessionEnded { .. } => None,
+            Self::Api(e) => e.hint(),
+            Self::Kubeconfig(e) => Some(e.hint()),
+            Self::Cache(e) => Some(e.hint()),
+            Self::NoServer { cluster } => Some(format!(
+                "pass the server with `tka login {cluster} --server URL` (e.g. http://tka-{cluster}); \
+                 finding servers on the tailnet comes with `tka list`"
+            )),
+            Self::WrongCluster { actual, .. } => {
+                Some(format!("check --server, or log in to '{actual}' instead"))
+            }
+            Self::UnusableResponse(_) => None,
+            Self::NotLoggedIn { cluster, .. } => Some(format!(
+                "check that KUBECONFIG names the file you logged in with, or run \
+                 `tka logout {cluster} --server URL` to end the session on the server anyway"
+            )),
+            Self::Shell { .. } => Some("set SHELL to a shell that exists".to_owned()),
+            Self::IdentityChanged { cluster, .. } => Some(format!(
+                "run `tka login {cluster}` to log in as this machine"
+            )),
+            Self::Output(_) | Self::Several { .. } | Self::Settings(_) => None,
+        }
+    }
+}
+
+fn not_authorized_hint(cluster: &ClusterName, problem: &Problem) -> String {
+    let usable: Vec<String> = problem
+        .roles
+        .as_ref()
+        .map(|l| l.roles.iter().map(|r| r.role.to_string()).collect())
+        .unwrap_or_default();
+    match usable.first() {
+        Some(first) => format!(
+            "roles you can use on '{cluster}': {}; e.g. `tka login {cluster} --role {first}`",
+            usable.join(", ")
+        ),
+        None => format!(
+            "ask your tailnet admin for a tka grant (capability {}) that covers '{cluster}'",
+            tka_core::identity::DEFAULT_CAPABILITY
+        ),
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the `tka` binary: each test runs the built binary in an isolated home
+//! against a loopback test server (and the machine's kubectl where a kubeconfig must work).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+mod credential;
+mod help;
+mod login;
+mod support;
