@@ -1,2 +1,4 @@
 //! Test support for tka and for tools that embed tka-core: fake tailnets and fake clusters that
 //! behave like the real ones, and the harness that starts the real components.
+
+pub mod cluster;

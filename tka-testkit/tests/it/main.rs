@@ -1,0 +1,3 @@
+//! Integration tests of tka-testkit: one binary, one module per fake.
+
+mod cluster;
