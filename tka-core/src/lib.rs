@@ -16,9 +16,12 @@ pub mod clock;
 pub mod domain;
 pub mod duration;
 pub mod identity;
+pub mod issuer;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod naming;
 pub mod policy;
+pub mod reconciler;
 pub mod secret;
 
 pub use clock::{Clock, ManualClock, SystemClock};
