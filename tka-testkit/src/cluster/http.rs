@@ -179,16 +179,29 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     };
     let name_for_errors = call.name.clone().unwrap_or_default();
     let (index, fault) = lock(&inner.faults).record(call);
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let header_text = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let content_type = header_text(header::CONTENT_TYPE);
+    let representation = Representation::from_accept(&header_text(header::ACCEPT));
     let response = match fault {
         Some(f) if !f.after_commit => fault_response(&f.fault, &route.rt, &name_for_errors).await,
         fault => {
-            let response = dispatch(&inner, verb, &route, &query, &content_type, &body).await;
+            let response = dispatch(
+                &inner,
+                verb,
+                &route,
+                &query,
+                &content_type,
+                &body,
+                representation,
+            )
+            .await;
             match fault {
                 Some(f) => fault_response(&f.fault, &route.rt, &name_for_errors).await,
                 None => response,
@@ -220,6 +233,48 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
+/// What the client asked for with its `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Representation {
+    Full,
+    /// `as=PartialObjectMetadata[List]`: kube's `get_metadata`, `list_metadata` and
+    /// `metadata_watcher`.
+    Metadata,
+}
+
+impl Representation {
+    fn from_accept(accept: &str) -> Self {
+        if accept.contains("as=PartialObjectMetadata") {
+            Self::Metadata
+        } else {
+            Self::Full
+        }
+    }
+
+    /// Renders an object (or list) the way it was asked for; `Status` bodies pass through.
+    fn render(self, value: Value) -> Value {
+        if self == Self::Full || value.get("kind").and_then(Value::as_str) == Some("Status") {
+            return value;
+        }
+        let partial = |obj: &Value| {
+            json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            })
+        };
+        match value.get("items").and_then(Value::as_array) {
+            Some(items) => json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadataList",
+                "metadata": value.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                "items": items.iter().map(partial).collect::<Vec<_>>(),
+            }),
+            None => partial(&value),
+        }
+    }
+}
+
 async fn dispatch(
     inner: &Arc<Inner>,
     verb: Verb,
@@ -227,9 +282,10 @@ async fn dispatch(
     query: &HashMap<String, String>,
     content_type: &str,
     body: &Bytes,
+    representation: Representation,
 ) -> Response {
     let result = match verb {
-        Verb::Watch => return watch(Arc::clone(inner), route, query),
+        Verb::Watch => return watch(Arc::clone(inner), route, query, representation),
         Verb::Create => create(inner, route, query, body),
         Verb::Get => get(inner, route),
         Verb::List => list(inner, route, query),
@@ -239,7 +295,7 @@ async fn dispatch(
         Verb::DeleteCollection => delete_collection(inner, route, query, body),
     };
     match result {
-        Ok((code, value)) => json_response(code, &value),
+        Ok((code, value)) => json_response(code, &representation.render(value)),
         Err(e) => error_response(&e),
     }
 }
@@ -446,6 +502,7 @@ struct WatchFilter {
     route: Route,
     labels: LabelSelector,
     fields: FieldSelector,
+    representation: Representation,
 }
 
 impl WatchFilter {
@@ -477,7 +534,11 @@ impl WatchFilter {
             },
             EventType::Deleted => (before || now).then_some(EventType::Deleted),
         }?;
-        Some(event_line(event.as_str(), &record.object))
+        Some(self.event(event.as_str(), &record.object))
+    }
+
+    fn event(&self, kind: &str, object: &Value) -> Bytes {
+        event_line(kind, &self.representation.render(object.clone()))
     }
 }
 
@@ -536,7 +597,12 @@ fn lagged_line() -> Bytes {
     event_line("ERROR", &expired.to_status())
 }
 
-fn watch(inner: Arc<Inner>, route: &Route, query: &HashMap<String, String>) -> Response {
+fn watch(
+    inner: Arc<Inner>,
+    route: &Route,
+    query: &HashMap<String, String>,
+    representation: Representation,
+) -> Response {
     let (labels, fields) = match selectors(query) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
@@ -549,6 +615,7 @@ fn watch(inner: Arc<Inner>, route: &Route, query: &HashMap<String, String>) -> R
         route: route.clone(),
         labels,
         fields,
+        representation,
     };
     let from = query
         .get("resourceVersion")
@@ -568,7 +635,7 @@ fn watch(inner: Arc<Inner>, route: &Route, query: &HashMap<String, String>) -> R
                 &filter.labels,
                 &filter.fields,
             ) {
-                queued.push_back(event_line("ADDED", &obj));
+                queued.push_back(filter.event("ADDED", &obj));
             }
         } else {
             let Ok(revision) = from.parse::<u64>() else {

@@ -12,8 +12,11 @@
 //! Known simplifications (documented so nobody relies on them):
 //! - LIST ignores `limit`/`continue` and returns everything, with the current resourceVersion;
 //!   a LIST's `resourceVersion` parameter is ignored (always the latest state).
-//! - Watches send no bookmarks; a watch from a resourceVersion older than the bounded event
-//!   history gets an `ERROR` event with 410 `Expired`, as from the real watch cache.
+//! - Watches send one BOOKMARK, when they end (if the client allows bookmarks), instead of
+//!   periodic ones; a watch from a resourceVersion older than the bounded event history gets an
+//!   `ERROR` event with 410 `Expired`, as from the real watch cache.
+//! - `Accept: ...;as=PartialObjectMetadata[List]` (kube's `*_metadata` calls and
+//!   `metadata_watcher`) is honoured; `as=Table` is not (kubectl falls back to plain lists).
 //! - Strategic merge patch is merge patch plus set/keyed semantics for `metadata.finalizers` and
 //!   `metadata.ownerReferences` (built-in types only; custom resources answer 415 as for real).
 //!   Server-side apply is a merge patch that creates missing objects, without field ownership.

@@ -393,6 +393,15 @@ impl Store {
     ) -> Result<Value, ApiError> {
         check_type(rt, &mut obj)?;
         let m = meta_mut(&mut obj).ok_or_else(not_an_object)?;
+        if m.get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+        {
+            // The storage layer refuses this outright; the server reports it as an internal error.
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
         if rt.namespaced {
             let ns = namespace.unwrap_or("");
             match m.get("namespace").and_then(Value::as_str) {

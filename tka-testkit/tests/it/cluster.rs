@@ -13,8 +13,8 @@ use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-    Preconditions, PropagationPolicy, WatchEvent, WatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch,
+    PatchParams, PostParams, Preconditions, PropagationPolicy, WatchEvent, WatchParams,
 };
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -112,6 +112,21 @@ async fn create_fills_server_owned_metadata_and_get_list_return_it() {
 
     let got = api.get("a").await.unwrap();
     assert_eq!(got.metadata.uid, ma.uid);
+    // Re-creating from a fetched copy fails as on a real server: it carries a resourceVersion.
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let s = status(api.create(&pp(), &got).await.unwrap_err());
+    assert_eq!(s.code, 500);
+    assert!(
+        s.message
+            .contains("resourceVersion should not be set on objects to be created")
+    );
+    let mut fresh = got.clone();
+    fresh.metadata.resource_version = None;
+    let a = api.create(&pp(), &fresh).await.unwrap();
+    assert_ne!(
+        a.metadata.uid, got.metadata.uid,
+        "a new object gets a new uid"
+    );
     let list = api.list(&ListParams::default()).await.unwrap();
     let names: Vec<_> = list
         .items
@@ -1341,4 +1356,43 @@ async fn dry_run_answers_without_storing() {
     assert!(api.get_opt("a").await.unwrap().is_none());
     api.create(&pp(), &sa("a")).await.unwrap();
     assert!(api.get_opt("a").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn metadata_only_reads_and_watches() {
+    let cluster = FakeCluster::new();
+    let api: Api<ServiceAccount> = Api::namespaced(cluster.client(), NS);
+    api.create(&pp(), &labelled_sa("a", &json!({"app": "tka"})))
+        .await
+        .unwrap();
+    let meta = api.get_metadata("a").await.unwrap();
+    assert_eq!(meta.types.unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(meta.metadata.labels.unwrap()["app"], "tka");
+    let list = api
+        .list_metadata(&ListParams::default().labels("app=tka"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(api.get_metadata_opt("ghost").await.unwrap().is_none());
+
+    let metadata: Api<PartialObjectMeta<ServiceAccount>> = Api::namespaced(cluster.client(), NS);
+    let mut events = watcher(metadata, watcher::Config::default()).boxed();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.try_next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        match event {
+            watcher::Event::InitApply(m) | watcher::Event::Apply(m) => {
+                names.push(m.metadata.name.unwrap());
+            }
+            watcher::Event::InitDone => {
+                api.create(&pp(), &sa("b")).await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["a", "b"]);
 }
