@@ -2,3 +2,4 @@
 //! behave like the real ones, and the harness that starts the real components.
 
 pub mod cluster;
+pub mod suite;

@@ -161,6 +161,14 @@ enum Step {
     Retry(&'static str),
 }
 
+/// A status write that failed.
+struct CommitError {
+    error: IssueError,
+    /// Whether the write may have landed after all (its answer was lost and reading back
+    /// failed too).
+    maybe_landed: bool,
+}
+
 /// A freshly minted token.
 struct Minted {
     token: Secret<String>,
@@ -772,16 +780,20 @@ impl KubernetesIssuer {
                 self.abandon(&session, &created, fresh).await;
                 return Ok(Step::Retry("another request took the session over"));
             }
-            Err(e) => {
-                self.abandon(&session, &created, fresh).await;
-                return Err(e);
+            Err(CommitError {
+                error,
+                maybe_landed,
+            }) => {
+                // If the status may have landed, the session may be complete with these
+                // bindings: leave it whole (complete, or half-made for the reconciler).
+                if !maybe_landed {
+                    self.abandon(&session, &created, fresh).await;
+                }
+                return Err(error);
             }
         };
 
-        if let Err(e) = self
-            .delete_other_revisions(&committed, revision.as_str())
-            .await
-        {
+        if let Err(e) = self.delete_other_revisions(&committed).await {
             warn!(session = %name, error = %e, "could not delete the bindings of the previous role; the reconciler will");
         }
         info!(session = %name, role = %wanted.role, ?outcome, "session issued");
@@ -789,15 +801,20 @@ impl KubernetesIssuer {
     }
 
     /// Writes `status` if the session still asks for `revision`; `None` when it no longer does
-    /// (another request took it over, or it was revoked or deleted).
+    /// (another request took it over, or it was revoked or deleted). When the write fails with
+    /// an error that leaves open whether it landed, the session is read back to find out.
     async fn commit(
         &self,
         mut current: Session,
         revision: &str,
         status: SessionStatus,
-    ) -> Result<Option<Session>, IssueError> {
+    ) -> Result<Option<Session>, CommitError> {
         let name = current.name_any();
         let uid = current.uid();
+        let failed = |error: IssueError, maybe_landed: bool| CommitError {
+            error,
+            maybe_landed,
+        };
         for _ in 0..objects::WRITE_ATTEMPTS {
             let mut next = current.clone();
             next.status = Some(status.clone());
@@ -810,12 +827,9 @@ impl KubernetesIssuer {
                 Ok(written) => return Ok(Some(written)),
                 Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) if is_conflict(&e) => {
-                    let fresh = self
-                        .apis
-                        .sessions
-                        .get_opt(&name)
-                        .await
-                        .map_err(|e| issue_error(format!("read session {name}"), e))?;
+                    let fresh = self.apis.sessions.get_opt(&name).await.map_err(|e| {
+                        failed(issue_error(format!("read session {name}"), e), false)
+                    })?;
                     match fresh {
                         Some(s)
                             if s.uid() == uid
@@ -828,48 +842,64 @@ impl KubernetesIssuer {
                     }
                 }
                 Err(e) => {
-                    return Err(issue_error(
-                        format!("record the status of session {name}"),
-                        e,
-                    ));
+                    let error = issue_error(format!("record the status of session {name}"), e);
+                    return match self.apis.sessions.get_opt(&name).await {
+                        Ok(Some(s)) if s.uid() == uid && s.status.as_ref() == Some(&status) => {
+                            debug!(session = %name, "the status write landed although its answer was lost");
+                            Ok(Some(s))
+                        }
+                        Ok(_) => Err(failed(error, false)),
+                        Err(_) => Err(failed(error, true)),
+                    };
                 }
             }
         }
-        Err(IssueError::Conflict(format!(
-            "record the status of session {name}"
-        )))
+        Err(failed(
+            IssueError::Conflict(format!("record the status of session {name}")),
+            false,
+        ))
     }
 
-    /// Deletes the session's bindings of any other revision (the previous role).
-    async fn delete_other_revisions(
-        &self,
-        session: &Session,
-        revision: &str,
-    ) -> Result<(), kube::Error> {
-        let selector = session_selector(&session.name_any());
-        let stale = |labels: &std::collections::BTreeMap<String, String>| {
-            labels.get(REVISION_LABEL).map(String::as_str) != Some(revision)
+    /// Deletes the session's bindings of revisions it no longer has (the previous role).
+    ///
+    /// The bindings are listed *before* the session is read back: a binding of a newer revision
+    /// (another login that took the session over meanwhile) can only be in the list if that
+    /// login's claim came first, so the read shows its revision as current and it is kept.
+    async fn delete_other_revisions(&self, session: &Session) -> Result<(), kube::Error> {
+        let name = session.name_any();
+        let selector = session_selector(&name);
+        let crbs = objects::list(&self.apis.cluster_role_bindings, &selector).await?;
+        let rbs = objects::list(&self.apis.all_role_bindings, &selector).await?;
+        let Some(current) = self.apis.sessions.get_opt(&name).await? else {
+            return Ok(());
         };
-        for b in objects::list(&self.apis.cluster_role_bindings, &selector).await? {
-            if stale(b.labels()) {
-                delete_uid(
-                    &self.apis.cluster_role_bindings,
-                    &b.name_any(),
-                    &b.uid().unwrap_or_default(),
-                )
-                .await?;
-            }
+        if current.uid() != session.uid() {
+            return Ok(());
         }
-        for b in objects::list(&self.apis.all_role_bindings, &selector).await? {
-            if stale(b.labels()) {
-                let ns = b.namespace().unwrap_or_default();
-                delete_uid(
-                    &self.apis.role_bindings(&ns),
-                    &b.name_any(),
-                    &b.uid().unwrap_or_default(),
-                )
-                .await?;
-            }
+        let keep: Vec<&str> = std::iter::once(current.spec.revision.as_str())
+            .chain(current.status.as_ref().and_then(|s| s.revision.as_deref()))
+            .collect();
+        let stale = |labels: &std::collections::BTreeMap<String, String>| {
+            labels
+                .get(REVISION_LABEL)
+                .is_none_or(|r| !keep.contains(&r.as_str()))
+        };
+        for b in crbs.iter().filter(|b| stale(b.labels())) {
+            delete_uid(
+                &self.apis.cluster_role_bindings,
+                &b.name_any(),
+                &b.uid().unwrap_or_default(),
+            )
+            .await?;
+        }
+        for b in rbs.iter().filter(|b| stale(b.labels())) {
+            let ns = b.namespace().unwrap_or_default();
+            delete_uid(
+                &self.apis.role_bindings(&ns),
+                &b.name_any(),
+                &b.uid().unwrap_or_default(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -914,7 +944,11 @@ impl KubernetesIssuer {
         status.last_token_expires_at = Some(Time(minted.expires_at));
         status.last_token_id = minted.id.clone();
         let revision = current.spec.revision.clone();
-        let Some(committed) = self.commit(current, &revision, status).await? else {
+        let Some(committed) = self
+            .commit(current, &revision, status)
+            .await
+            .map_err(|e| e.error)?
+        else {
             return Ok(Step::Retry("another request took the session over"));
         };
         info!(session = %name, expires_at = %wanted.expires_at, "session extended");

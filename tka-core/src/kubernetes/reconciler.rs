@@ -257,8 +257,8 @@ impl KubernetesReconciler {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep_until(wake) => {}
-                event = events.next() => {
-                    if matches!(event, Some(Kick::Mappings)) {
+                Some(event) = events.next() => {
+                    if matches!(event, Kick::Mappings) {
                         self.request_revalidation();
                     }
                     let soon = tokio::time::Instant::now() + self.settings.min_interval;
@@ -494,9 +494,6 @@ impl KubernetesReconciler {
         }
         report.live_sessions += 1;
         report.requeue_at(session.expires_at());
-        if let Some(at) = validated.get(&uid) {
-            report.requeue_at(*at + self.settings.revalidate_every);
-        }
     }
 
     /// Why `object` must go, judged against `session` (its `tka.dev/session`), or `None`.
@@ -536,6 +533,15 @@ impl KubernetesReconciler {
         is_binding: bool,
         report: &mut ReconcileReport,
     ) -> Option<RemovalReason> {
+        let session_name = object
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SESSION_LABEL));
+        let listed = session_name.and_then(|n| sessions.get(n));
+        Self::orphan_reason(object, listed, now, is_binding)?;
+        // It looks orphaned. A young object may belong to a login in flight whose Session this
+        // pass's list predates: leave it until the grace period is over.
         let created = object
             .meta()
             .creation_timestamp
@@ -545,13 +551,9 @@ impl KubernetesReconciler {
             report.requeue_at(created + self.settings.grace);
             return None;
         }
-        let session_name = object
-            .meta()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SESSION_LABEL))?;
-        let listed = sessions.get(session_name);
-        Self::orphan_reason(object, listed, now, is_binding)?;
+        let Some(session_name) = session_name else {
+            return Some(RemovalReason::Orphan);
+        };
         // Confirm with a live read: the session may have been made or changed since the list.
         match self.apis.sessions.get_opt(session_name).await {
             Ok(live) => Self::orphan_reason(object, live.as_ref(), now, is_binding),
