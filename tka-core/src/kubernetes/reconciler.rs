@@ -31,7 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -729,10 +729,15 @@ impl KubernetesReconciler {
                 observed_generation: generation,
             });
             status.observed_generation = generation;
-            let mut next = mapping.clone();
-            next.status = Some(GrantMappingStatus { ..status });
+            // A merge patch (the server may only patch grantmappings/status) carrying the
+            // resourceVersion it was computed from, so a concurrent change wins and the next
+            // pass recomputes.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": mapping.resource_version()},
+                "status": GrantMappingStatus { ..status },
+            });
             match api
-                .replace_status(&named.name, &PostParams::default(), &next)
+                .patch_status(&named.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => report.mappings_updated.push(named.name),

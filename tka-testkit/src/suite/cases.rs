@@ -26,7 +26,7 @@ use tka_core::naming::{NameSuffix, node_label, user_label};
 use tka_core::reconciler::{ObjectKind, Reconciler, RemovalReason};
 
 use super::harness::{Harness, LabelledObjects, Person};
-use super::{FailureMode, SuiteBackend, WriteStep};
+use super::{FailureMode, SuiteBackend, WriteStep, WriteVerb};
 
 /// The reconciler's default grace period, plus a second.
 fn past_grace() -> SignedDuration {
@@ -1593,7 +1593,7 @@ where
     let deletes = |steps: Vec<WriteStep>| -> Vec<String> {
         steps
             .into_iter()
-            .filter(|s| s.verb == super::WriteVerb::Delete)
+            .filter(|s| s.verb == WriteVerb::Delete)
             .map(|s| s.resource)
             .collect()
     };
@@ -1635,4 +1635,115 @@ where
         phone.session
     );
     assert!(h.objects().await.is_empty());
+}
+
+/// `kubectl delete session` (or `-l tka.dev/user=…`) ends a session: it stops serving at once
+/// and the reconciler removes its children before the finalizer lets it go.
+pub async fn deleting_a_session_by_hand_ends_it_through_the_finalizer<B, F, Fut>(make: F)
+where
+    B: SuiteBackend,
+    F: Fn() -> Fut,
+    Fut: Future<Output = B>,
+{
+    let h = Harness::new(make().await).await;
+    let laptop = h.login(Person::AliceLaptop, "sre", "1h").await;
+    let phone = h.login(Person::AlicePhone, "dev", "1h").await;
+    let ci = h.login(Person::CiRunner, "ci", "1h").await;
+    let sessions: Api<Session> = Api::all(h.client.clone());
+    let alice = user_label(Person::AliceLaptop.identity().user.id);
+    let selected = sessions
+        .list(&kube::api::ListParams::default().labels(&format!("{USER_LABEL}={alice}")))
+        .await
+        .unwrap();
+    assert_eq!(selected.items.len(), 2);
+    for s in &selected.items {
+        sessions
+            .delete(&s.name_any(), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    // Held by the finalizer, and refused at once.
+    let held = h.objects().await;
+    assert!(
+        held.session(laptop.session.as_str())
+            .is_some_and(Session::is_deleting)
+    );
+    assert!(matches!(
+        h.issuer.refresh(&Person::AliceLaptop.identity()).await,
+        Err(IssueError::Revoked { .. })
+    ));
+    assert!(h.issuer.refresh(&Person::CiRunner.identity()).await.is_ok());
+
+    let report = h.reconcile().await;
+    assert!(report.removed_session(laptop.session.as_str()));
+    assert!(report.removed_session(phone.session.as_str()));
+    assert!(
+        report
+            .removed
+            .iter()
+            .all(|r| r.reason == RemovalReason::Deleted)
+    );
+    let objects = h.objects().await;
+    assert_eq!(objects.sessions.len(), 1);
+    assert!(objects.session(ci.session.as_str()).is_some());
+    assert_eq!(objects.service_accounts.len(), 1);
+    assert_eq!(objects.binding_names().len(), 1);
+}
+
+/// A reconcile pass while a login is half-way (its TokenRequest stalled) leaves it alone, and
+/// the login completes.
+pub async fn a_reconcile_pass_during_a_login_does_not_disturb_it<B, F, Fut>(make: F)
+where
+    B: SuiteBackend,
+    F: Fn() -> Fut,
+    Fut: Future<Output = B>,
+{
+    let h = Arc::new(Harness::new(make().await).await);
+    let faults = h.backend.faults().expect("this case needs fault injection");
+    let token_request = WriteStep {
+        verb: WriteVerb::Create,
+        resource: "serviceaccounts".into(),
+        subresource: Some("token".into()),
+        name: None,
+    };
+    faults.stall_write(&token_request, 1, std::time::Duration::from_millis(600));
+    let login = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.issuer
+                .issue(&Person::AliceLaptop.identity(), &h.decision("sre", "1h"))
+                .await
+        })
+    };
+
+    // Wait until the login has made its objects and is waiting for its token.
+    let mut in_flight = None;
+    for _ in 0..100 {
+        let objects = h.objects().await;
+        if let Some(s) = objects.sessions.first()
+            && binding_ids(&objects, &s.name_any()).len() == 3
+        {
+            in_flight = Some(objects);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let in_flight = in_flight.expect("the login got as far as its TokenRequest");
+    assert!(!in_flight.sessions[0].is_complete(), "not complete yet");
+    for _ in 0..3 {
+        let report = h.reconcile().await;
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+    }
+
+    let credential = login.await.unwrap().unwrap();
+    faults.clear_faults();
+    let objects = h.objects().await;
+    objects.assert_complete_or_nothing("after the stalled login");
+    assert_eq!(objects.sessions[0].name_any(), credential.session.as_str());
+    assert_eq!(
+        binding_ids(&objects, credential.session.as_str()),
+        binding_ids(&in_flight, credential.session.as_str()),
+        "the same objects the login made"
+    );
 }

@@ -55,6 +55,19 @@ impl FaultInjector for FakeClusterBackend {
         self.cluster.inject(rule);
     }
 
+    fn stall_write(&self, step: &WriteStep, nth: u32, duration: std::time::Duration) {
+        let mut rule = FaultRule::new(
+            verb(step.verb),
+            &step.resource,
+            Fault::Timeout { after: duration },
+        )
+        .nth(nth);
+        if let Some(sub) = &step.subresource {
+            rule = rule.subresource(sub);
+        }
+        self.cluster.inject(rule);
+    }
+
     fn clear_faults(&self) {
         self.cluster.clear_faults();
     }

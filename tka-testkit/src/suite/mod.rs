@@ -84,6 +84,10 @@ pub trait FaultInjector: Send + Sync {
     /// and subresource fail with a server error.
     fn fail_write(&self, step: &WriteStep, nth: u32, mode: FailureMode);
 
+    /// Makes the `nth` write matching `step` hang for `duration` before the server answers a
+    /// retryable error (the client's retry then goes through): a request in flight for a while.
+    fn stall_write(&self, step: &WriteStep, nth: u32, duration: std::time::Duration);
+
     /// Removes every injected failure.
     fn clear_faults(&self);
 
@@ -155,7 +159,8 @@ macro_rules! behaviour_suite {
             concurrent_logins_of_one_device_never_leave_two_roles,
             two_reconcilers_at_once_are_harmless,
             the_lease_keeps_one_reconciler_active_and_hands_over,
-            the_run_loop_reconciles_on_events_and_stops_on_shutdown
+            the_run_loop_reconciles_on_events_and_stops_on_shutdown,
+            deleting_a_session_by_hand_ends_it_through_the_finalizer
         );
     };
     ($make:expr; faults) => {
@@ -163,7 +168,8 @@ macro_rules! behaviour_suite {
         $crate::behaviour_suite!(@cases $make;
             a_failure_at_any_write_of_issue_leaves_a_session_or_nothing,
             a_failure_at_any_write_of_revoke_leaves_a_session_or_nothing,
-            revoke_deletes_the_service_account_before_the_bindings
+            revoke_deletes_the_service_account_before_the_bindings,
+            a_reconcile_pass_during_a_login_does_not_disturb_it
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
