@@ -288,3 +288,121 @@ impl Session {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn session(status: Option<SessionStatus>) -> Session {
+        let mut s = Session::new(
+            "tka-alice-example-com-x7k2p9qz",
+            SessionSpec {
+                identity: SessionIdentity {
+                    node_id: "nNODE".into(),
+                    node_name: "laptop".into(),
+                    tags: vec![],
+                    user_id: 7,
+                    login_name: "alice@example.com".into(),
+                    addresses: vec!["100.64.0.1".into()],
+                },
+                role: "sre".into(),
+                cluster_roles: vec!["view".into()],
+                namespaced: vec![SessionRoleBinding {
+                    cluster_role: "edit".into(),
+                    namespace: "team-a".into(),
+                }],
+                revision: "r2".into(),
+                revised_at: Time(at("2026-01-01T00:00:00Z")),
+                expires_at: Time(at("2026-01-01T01:00:00Z")),
+            },
+        );
+        s.status = status;
+        s
+    }
+
+    fn active(revision: &str) -> SessionStatus {
+        SessionStatus {
+            phase: Some(SessionPhase::Active),
+            revision: Some(revision.into()),
+            service_account: Some(ObjectRef {
+                namespace: "tka-system".into(),
+                name: "tka-alice-example-com-x7k2p9qz".into(),
+                uid: "u1".into(),
+            }),
+            ..SessionStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_session_is_complete_only_for_the_revision_it_asks_for() {
+        let now = at("2026-01-01T00:30:00Z");
+        assert_eq!(session(None).state(now), SessionState::Pending);
+        assert!(
+            !session(Some(active("r1"))).is_complete(),
+            "a role change in flight"
+        );
+        assert_eq!(
+            session(Some(active("r1"))).state(now),
+            SessionState::Pending
+        );
+        assert!(session(Some(active("r2"))).is_complete());
+        assert_eq!(session(Some(active("r2"))).state(now), SessionState::Active);
+    }
+
+    #[test]
+    fn a_session_is_over_when_expired_revoked_or_deleting() {
+        let live = session(Some(active("r2")));
+        assert!(!live.is_over(at("2026-01-01T00:59:59Z")));
+        assert!(live.is_over(at("2026-01-01T01:00:00Z")));
+        assert_eq!(
+            live.state(at("2026-01-01T01:00:00Z")),
+            SessionState::Expired
+        );
+
+        let mut revoked = active("r2");
+        revoked.phase = Some(SessionPhase::Revoked);
+        let revoked = session(Some(revoked));
+        assert!(revoked.is_over(at("2026-01-01T00:10:00Z")));
+        assert_eq!(
+            revoked.state(at("2026-01-01T00:10:00Z")),
+            SessionState::Revoked
+        );
+
+        let mut deleting = session(Some(active("r2")));
+        deleting.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:05:00Z")));
+        assert!(deleting.is_over(at("2026-01-01T00:10:00Z")));
+        assert_eq!(
+            deleting.state(at("2026-01-01T00:10:00Z")),
+            SessionState::Ending
+        );
+    }
+
+    #[test]
+    fn grant_and_info_read_the_spec_and_refuse_garbage() {
+        let s = session(Some(active("r2")));
+        let grant = s.grant().unwrap();
+        assert_eq!(grant.role.as_str(), "sre");
+        assert_eq!(grant.user, UserId(7));
+        assert_eq!(grant.namespaced[0].namespace, "team-a");
+        let info = s.info(at("2026-01-01T00:30:00Z")).unwrap();
+        assert_eq!(
+            info.service_account.as_deref(),
+            Some("tka-system/tka-alice-example-com-x7k2p9qz")
+        );
+        assert_eq!(info.state, SessionState::Active);
+
+        let mut garbage = s.clone();
+        garbage.spec.role = "Not A Role".into();
+        assert!(garbage.grant().is_none());
+        assert!(garbage.info(at("2026-01-01T00:30:00Z")).is_none());
+        let mut no_node = s;
+        no_node.spec.identity.node_id = String::new();
+        assert!(no_node.grant().is_none());
+    }
+}
