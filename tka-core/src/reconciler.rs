@@ -218,32 +218,35 @@ pub struct NamedMapping {
     pub spec: GrantMappingSpec,
 }
 
+/// What re-validation asks about one live session.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantQuery<'a> {
+    /// What the session was granted.
+    pub grant: &'a SessionGrant,
+    /// The device's identity as whois reports it now.
+    pub current: &'a Identity,
+    /// The GrantMappings as they are now.
+    pub mappings: &'a [NamedMapping],
+    /// The time of the pass.
+    pub now: Timestamp,
+}
+
 /// Decides whether a live session's grant still holds for the caller as the tailnet reports it
 /// now and the GrantMappings as they are now. Returns why not, in words, when it does not.
 ///
 /// Closures of the right shape are `GrantCheck`s, so a server can plug the policy resolver in
 /// with one line.
 pub trait GrantCheck: Send + Sync {
-    /// `Ok` when the session's role and bindings are still granted to `current`.
-    fn check(
-        &self,
-        grant: &SessionGrant,
-        current: &Identity,
-        mappings: &[NamedMapping],
-    ) -> Result<(), String>;
+    /// `Ok` when the session's role and bindings are still granted to the device.
+    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String>;
 }
 
 impl<F> GrantCheck for F
 where
-    F: Fn(&SessionGrant, &Identity, &[NamedMapping]) -> Result<(), String> + Send + Sync,
+    F: Fn(&GrantQuery<'_>) -> Result<(), String> + Send + Sync,
 {
-    fn check(
-        &self,
-        grant: &SessionGrant,
-        current: &Identity,
-        mappings: &[NamedMapping],
-    ) -> Result<(), String> {
-        self(grant, current, mappings)
+    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+        self(query)
     }
 }
 
@@ -273,6 +276,7 @@ pub fn judge(
     grant: &SessionGrant,
     whois: &Result<Identity, IdentityError>,
     mappings: &[NamedMapping],
+    now: Timestamp,
     check: &dyn GrantCheck,
 ) -> Verdict {
     let current = match whois {
@@ -291,7 +295,13 @@ pub fn judge(
     if current.user.id != grant.user {
         return Verdict::Withdrawn("the device now belongs to another user".to_owned());
     }
-    match check.check(grant, current, mappings) {
+    let query = GrantQuery {
+        grant,
+        current,
+        mappings,
+        now,
+    };
+    match check.check(&query) {
         Ok(()) => Verdict::Holds,
         Err(why) => Verdict::Withdrawn(why),
     }
@@ -338,31 +348,60 @@ mod tests {
         }
     }
 
-    fn has_role(g: &SessionGrant, id: &Identity, _: &[NamedMapping]) -> Result<(), String> {
-        if id.capabilities.iter().any(|v| v["role"] == g.role.as_str()) {
+    fn has_role(q: &GrantQuery<'_>) -> Result<(), String> {
+        let role = q.grant.role.as_str();
+        if q.current.capabilities.iter().any(|v| v["role"] == role) {
             Ok(())
         } else {
-            Err(format!("no grant for role '{}'", g.role))
+            Err(format!("no grant for role '{role}'"))
         }
+    }
+
+    fn now() -> Timestamp {
+        "2026-01-01T00:00:00Z".parse().unwrap()
     }
 
     #[test]
     fn a_grant_that_still_holds_keeps_the_session() {
-        let v = judge(&grant(), &Ok(identity("n1", 1, &["sre"])), &[], &has_role);
+        let v = judge(
+            &grant(),
+            &Ok(identity("n1", 1, &["sre"])),
+            &[],
+            now(),
+            &has_role,
+        );
         assert_eq!(v, Verdict::Holds);
     }
 
     #[test]
     fn a_removed_grant_withdraws_the_session() {
-        let v = judge(&grant(), &Ok(identity("n1", 1, &["dev"])), &[], &has_role);
+        let v = judge(
+            &grant(),
+            &Ok(identity("n1", 1, &["dev"])),
+            &[],
+            now(),
+            &has_role,
+        );
         assert_eq!(v, Verdict::Withdrawn("no grant for role 'sre'".into()));
     }
 
     #[test]
     fn another_device_or_user_at_the_address_withdraws_the_session() {
-        let other_node = judge(&grant(), &Ok(identity("n2", 1, &["sre"])), &[], &has_role);
+        let other_node = judge(
+            &grant(),
+            &Ok(identity("n2", 1, &["sre"])),
+            &[],
+            now(),
+            &has_role,
+        );
         assert!(matches!(other_node, Verdict::Withdrawn(_)));
-        let other_user = judge(&grant(), &Ok(identity("n1", 2, &["sre"])), &[], &has_role);
+        let other_user = judge(
+            &grant(),
+            &Ok(identity("n1", 2, &["sre"])),
+            &[],
+            now(),
+            &has_role,
+        );
         assert!(matches!(other_user, Verdict::Withdrawn(_)));
     }
 
@@ -373,6 +412,7 @@ mod tests {
             &grant(),
             &Err(IdentityError::NotInTailnet(target)),
             &[],
+            now(),
             &has_role,
         );
         assert!(matches!(gone, Verdict::Withdrawn(_)));
@@ -380,6 +420,7 @@ mod tests {
             &grant(),
             &Err(IdentityError::DaemonUnavailable("503".into())),
             &[],
+            now(),
             &has_role,
         );
         assert!(matches!(down, Verdict::Unknown(_)));

@@ -349,7 +349,12 @@ impl KubernetesReconciler {
             .is_some_and(|sa| intact(&sa)))
     }
 
-    async fn revalidate(&self, session: &Session, mappings: &[NamedMapping]) -> Verdict {
+    async fn revalidate(
+        &self,
+        session: &Session,
+        mappings: &[NamedMapping],
+        now: Timestamp,
+    ) -> Verdict {
         let Some(grant) = session.grant() else {
             return Verdict::Withdrawn("the session's spec is not well-formed".into());
         };
@@ -367,10 +372,10 @@ impl KubernetesReconciler {
                 last = Some(answer);
                 continue;
             }
-            return judge(&grant, &answer, mappings, self.check.as_ref());
+            return judge(&grant, &answer, mappings, now, self.check.as_ref());
         }
         match last {
-            Some(answer) => judge(&grant, &answer, mappings, self.check.as_ref()),
+            Some(answer) => judge(&grant, &answer, mappings, now, self.check.as_ref()),
             None => Verdict::Withdrawn("no tailnet address is recorded to re-validate it".into()),
         }
     }
@@ -470,7 +475,7 @@ impl KubernetesReconciler {
                 .is_none_or(|at| *at + self.settings.revalidate_every <= now);
         if due {
             report.revalidated += 1;
-            match self.revalidate(session, mappings).await {
+            match self.revalidate(session, mappings, now).await {
                 Verdict::Holds => {
                     validated.insert(uid.clone(), now);
                 }

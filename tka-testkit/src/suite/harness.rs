@@ -19,7 +19,7 @@ use tka_core::kubernetes::{
     MANAGED_BY_LABEL, ReconcilerSettings, SESSION_LABEL, Session, SessionPhase, SuffixSource,
 };
 use tka_core::policy::{Decision, GrantMappingSpec, NamespacedBinding, NamespacedGrant};
-use tka_core::reconciler::{GrantCheck, NamedMapping, ReconcileReport, Reconciler, SessionGrant};
+use tka_core::reconciler::{GrantCheck, GrantQuery, NamedMapping, ReconcileReport, Reconciler};
 use tka_core::{Clock, Identity, ManualClock, NodeId, RoleName, Tag, Ttl, UserId};
 
 use super::{SuiteBackend, TestTailnet};
@@ -164,12 +164,13 @@ fn bindings_of(spec: &GrantMappingSpec) -> (Vec<String>, Vec<NamespacedBinding>)
 pub struct CapabilityCheck;
 
 impl GrantCheck for CapabilityCheck {
-    fn check(
-        &self,
-        grant: &SessionGrant,
-        current: &Identity,
-        mappings: &[NamedMapping],
-    ) -> Result<(), String> {
+    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+        let GrantQuery {
+            grant,
+            current,
+            mappings,
+            ..
+        } = *query;
         let role = grant.role.as_str();
         let granted = current
             .capabilities
