@@ -19,10 +19,13 @@ pub mod domain;
 pub mod duration;
 pub mod endpoint;
 pub mod identity;
+pub mod issuer;
 pub mod kubeconfig;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod naming;
 pub mod policy;
+pub mod reconciler;
 pub mod secret;
 pub mod token_cache;
 

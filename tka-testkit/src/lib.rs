@@ -1,6 +1,8 @@
 //! Test support for tka and for tools that embed tka-core: fake tailnets and fake clusters that
 //! behave like the real ones, and the harness that starts the real components.
 
+pub mod cluster;
+pub mod suite;
 pub mod tailnet;
 
 pub use tailnet::{DaemonStyle, FakeLocalApi, FakePeer, FakeTailnet, PeerSpec};

@@ -1,6 +1,9 @@
-//! Integration tests of tka-testkit, and of tka-core's real implementations against its fakes
-//! (tka-core cannot use the testkit in its own tests without a dependency cycle).
+//! Integration tests of tka-testkit's fakes, and of tka-core's real implementations against them
+//! (tka-core cannot use the testkit in its own tests without a dependency cycle). One binary,
+//! one module per subject.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+mod cluster;
 mod fake_tailnet;
 mod localapi;
+mod suite;

@@ -1,0 +1,468 @@
+//! The Kubernetes objects of a session and the operations shared by the issuer and the
+//! reconciler: building the ServiceAccount and bindings (labelled, owned by the Session, one
+//! subject each), and ending a session: ServiceAccount first (its tokens die), then the bindings,
+//! then the Session, then its finalizer. Every delete carries a UID precondition and treats
+//! "already gone" as done, so two actors ending the same session are harmless.
+//!
+//! Only objects found by tka's labels are ever deleted; a Session's status is a hint, never a
+//! licence to delete what it names.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::error::{is_conflict, is_not_found};
+use super::session::{Session, SessionPhase, SessionStatus};
+use super::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL, SESSION_LABEL, USER_LABEL};
+use crate::reconciler::{ObjectKind, Removal, RemovalReason};
+
+/// How many times a read-modify-write on one object is retried on a conflict.
+pub(crate) const WRITE_ATTEMPTS: usize = 5;
+
+/// The APIs of the objects tka manages.
+#[derive(Clone)]
+pub(crate) struct Apis {
+    pub(crate) namespace: String,
+    pub(crate) sessions: Api<Session>,
+    pub(crate) service_accounts: Api<ServiceAccount>,
+    pub(crate) cluster_role_bindings: Api<ClusterRoleBinding>,
+    pub(crate) all_role_bindings: Api<RoleBinding>,
+    client: Client,
+}
+
+impl Apis {
+    pub(crate) fn new(client: Client, namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            sessions: Api::all(client.clone()),
+            service_accounts: Api::namespaced(client.clone(), namespace),
+            cluster_role_bindings: Api::all(client.clone()),
+            all_role_bindings: Api::all(client.clone()),
+            client,
+        }
+    }
+
+    pub(crate) fn role_bindings(&self, namespace: &str) -> Api<RoleBinding> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// `managed-by=tka`.
+pub(crate) fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// Selects a session's children.
+pub(crate) fn session_selector(session: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SESSION_LABEL}={session}")
+}
+
+/// The labels of a Session: managed-by, node and user digests.
+pub(crate) fn session_labels(node_label: &str, user_label: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (NODE_LABEL.to_owned(), node_label.to_owned()),
+        (USER_LABEL.to_owned(), user_label.to_owned()),
+    ])
+}
+
+/// The labels of a session's child: the session's labels plus `tka.dev/session`.
+pub(crate) fn child_labels(session: &Session) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = session
+        .labels()
+        .iter()
+        .filter(|(k, _)| [MANAGED_BY_LABEL, NODE_LABEL, USER_LABEL].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(SESSION_LABEL.to_owned(), session.name_any());
+    labels
+}
+
+/// The owner reference to a session (controller, no blocking of the owner's deletion).
+pub(crate) fn owner_reference(session: &Session) -> OwnerReference {
+    OwnerReference {
+        api_version: Session::api_version(&()).into_owned(),
+        kind: Session::kind(&()).into_owned(),
+        name: session.name_any(),
+        uid: session.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }
+}
+
+/// The UID of the Session that owns `object`, if a Session does.
+pub(crate) fn owner_uid<K: Resource>(object: &K) -> Option<&str> {
+    let kind = Session::kind(&());
+    object
+        .meta()
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.kind == kind && o.api_version == Session::api_version(&()))
+        .map(|o| o.uid.as_str())
+}
+
+/// The ServiceAccount of a session.
+pub(crate) fn service_account(session: &Session, namespace: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(session.name_any()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(child_labels(session)),
+            owner_references: Some(vec![owner_reference(session)]),
+            ..ObjectMeta::default()
+        },
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+fn subject(session: &Session, namespace: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: session.name_any(),
+        namespace: Some(namespace.to_owned()),
+        api_group: None,
+    }
+}
+
+fn role_ref(cluster_role: &str) -> RoleRef {
+    RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".to_owned()),
+        kind: "ClusterRole".to_owned(),
+        name: cluster_role.to_owned(),
+    }
+}
+
+fn binding_meta(
+    session: &Session,
+    name: &str,
+    namespace: Option<&str>,
+    revision: &str,
+) -> ObjectMeta {
+    let mut labels = child_labels(session);
+    labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_reference(session)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A ClusterRoleBinding of `cluster_role` to the session's ServiceAccount, and nothing else.
+pub(crate) fn cluster_role_binding(
+    session: &Session,
+    name: &str,
+    revision: &str,
+    cluster_role: &str,
+    sa_namespace: &str,
+) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: binding_meta(session, name, None, revision),
+        role_ref: role_ref(cluster_role),
+        subjects: Some(vec![subject(session, sa_namespace)]),
+    }
+}
+
+/// A RoleBinding of `cluster_role` in `namespace` to the session's ServiceAccount, and nothing
+/// else.
+pub(crate) fn role_binding(
+    session: &Session,
+    name: &str,
+    revision: &str,
+    cluster_role: &str,
+    namespace: &str,
+    sa_namespace: &str,
+) -> RoleBinding {
+    RoleBinding {
+        metadata: binding_meta(session, name, Some(namespace), revision),
+        role_ref: role_ref(cluster_role),
+        subjects: Some(vec![subject(session, sa_namespace)]),
+    }
+}
+
+/// Whether an existing binding is exactly the one tka would have made (same owner, labels,
+/// roleRef and single subject): only then may a retry of the same request use it.
+pub(crate) fn is_exact_binding(
+    meta: &ObjectMeta,
+    existing_role_ref: &RoleRef,
+    existing_subjects: Option<&Vec<Subject>>,
+    wanted_meta: &ObjectMeta,
+    wanted_role_ref: &RoleRef,
+    wanted_subjects: Option<&Vec<Subject>>,
+) -> bool {
+    let owner = |m: &ObjectMeta| {
+        m.owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect::<Vec<_>>()
+    };
+    let label = |m: &ObjectMeta, k: &str| m.labels.as_ref().and_then(|l| l.get(k).cloned());
+    owner(meta) == owner(wanted_meta)
+        && label(meta, SESSION_LABEL) == label(wanted_meta, SESSION_LABEL)
+        && label(meta, REVISION_LABEL) == label(wanted_meta, REVISION_LABEL)
+        && existing_role_ref == wanted_role_ref
+        && existing_subjects == wanted_subjects
+}
+
+/// Deletes `name` if it still has `uid`. `Ok(true)` when this call deleted it, `Ok(false)` when
+/// it was already gone or is now another object.
+pub(crate) async fn delete_uid<K>(api: &Api<K>, name: &str, uid: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists objects by label selector.
+pub(crate) async fn list<K>(api: &Api<K>, selector: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+/// Replaces a session's status through a read-modify-write with resourceVersion preconditions.
+/// `change` returns false to leave the status alone. Returns the session as written, or `None`
+/// if it is gone or is now another object.
+pub(crate) async fn update_status(
+    api: &Api<Session>,
+    session: &Session,
+    mut change: impl FnMut(&Session, &mut SessionStatus) -> bool,
+) -> Result<Option<Session>, kube::Error> {
+    let name = session.name_any();
+    let uid = session.uid();
+    let mut current = session.clone();
+    for attempt in 0..WRITE_ATTEMPTS {
+        if attempt > 0 {
+            current = match api.get_opt(&name).await? {
+                Some(s) if s.uid() == uid => s,
+                _ => return Ok(None),
+            };
+        }
+        let mut status = current.status.clone().unwrap_or_default();
+        if !change(&current, &mut status) {
+            return Ok(Some(current));
+        }
+        let mut next = current.clone();
+        next.status = Some(status);
+        match api
+            .replace_status(&name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(written) => return Ok(Some(written)),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict_error(&name))
+}
+
+fn conflict_error(name: &str) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status {
+            code: 409,
+            reason: "Conflict".to_owned(),
+            message: format!("session {name} kept changing"),
+            ..kube::core::Status::default()
+        }
+        .boxed(),
+    )
+}
+
+/// Removes tka's finalizer from a session (if it is still the same object), with
+/// resourceVersion preconditions.
+pub(crate) async fn remove_finalizer(
+    api: &Api<Session>,
+    name: &str,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let Some(mut current) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        if current.uid().as_deref() != Some(uid) {
+            return Ok(());
+        }
+        let before = current.finalizers().len();
+        current.finalizers_mut().retain(|f| f != super::FINALIZER);
+        if current.finalizers().len() == before {
+            return Ok(());
+        }
+        match api.replace(name, &PostParams::default(), &current).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_conflict(&e) => continue,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict_error(name))
+}
+
+/// A `Ready=False` condition recording why a session ended.
+pub(crate) fn ended_condition(
+    reason: &RemovalReason,
+    now: jiff::Timestamp,
+    generation: Option<i64>,
+) -> Condition {
+    let (reason_word, message) = match reason {
+        RemovalReason::Expired => ("Expired", "the session passed its expiresAt".to_owned()),
+        RemovalReason::Revoked => ("Revoked", "the session was revoked".to_owned()),
+        RemovalReason::HalfMade => (
+            "HalfMade",
+            "the session was never completed or lost its ServiceAccount".to_owned(),
+        ),
+        RemovalReason::Deleted => ("Deleted", "the session was deleted".to_owned()),
+        RemovalReason::Orphan | RemovalReason::StaleRevision => {
+            ("Revoked", "the session was revoked".to_owned())
+        }
+        RemovalReason::GrantWithdrawn(why) => ("GrantWithdrawn", why.clone()),
+    };
+    Condition {
+        type_: "Ready".to_owned(),
+        status: "False".to_owned(),
+        reason: reason_word.to_owned(),
+        message,
+        last_transition_time: Time(now),
+        observed_generation: generation,
+    }
+}
+
+/// Ends a session: marks it (when `mark` is given and it is not being deleted), deletes its
+/// ServiceAccounts, then its bindings, then the Session itself, then removes the finalizer.
+/// Returns what this call removed, in order. Objects are found by the session's label only.
+pub(crate) async fn end_session(
+    apis: &Apis,
+    session: &Session,
+    mark: Option<(SessionPhase, jiff::Timestamp)>,
+    reason: &RemovalReason,
+) -> Result<Vec<Removal>, kube::Error> {
+    let name = session.name_any();
+    let Some(uid) = session.uid() else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+
+    if let Some((phase, now)) = mark
+        && !session.is_deleting()
+        && session.phase() != Some(phase)
+    {
+        let generation = session.metadata.generation;
+        let marked = update_status(&apis.sessions, session, |_, status| {
+            status.phase = Some(phase);
+            status.conditions.retain(|c| c.type_ != "Ready");
+            status
+                .conditions
+                .push(ended_condition(reason, now, generation));
+            true
+        })
+        .await?;
+        if marked.is_none() {
+            // Gone, or another object by now: its children are the sweep's business.
+            return Ok(removed);
+        }
+    }
+
+    let selector = session_selector(&name);
+    for sa in list(&apis.service_accounts, &selector).await? {
+        if delete_uid(
+            &apis.service_accounts,
+            &sa.name_any(),
+            &sa.uid().unwrap_or_default(),
+        )
+        .await?
+        {
+            removed.push(removal(
+                ObjectKind::ServiceAccount,
+                sa.namespace(),
+                sa.name_any(),
+                reason,
+            ));
+        }
+    }
+    for crb in list(&apis.cluster_role_bindings, &selector).await? {
+        if delete_uid(
+            &apis.cluster_role_bindings,
+            &crb.name_any(),
+            &crb.uid().unwrap_or_default(),
+        )
+        .await?
+        {
+            removed.push(removal(
+                ObjectKind::ClusterRoleBinding,
+                None,
+                crb.name_any(),
+                reason,
+            ));
+        }
+    }
+    for rb in list(&apis.all_role_bindings, &selector).await? {
+        let ns = rb.namespace().unwrap_or_default();
+        if delete_uid(
+            &apis.role_bindings(&ns),
+            &rb.name_any(),
+            &rb.uid().unwrap_or_default(),
+        )
+        .await?
+        {
+            removed.push(removal(
+                ObjectKind::RoleBinding,
+                Some(ns),
+                rb.name_any(),
+                reason,
+            ));
+        }
+    }
+    let deleted = delete_uid(&apis.sessions, &name, &uid).await?;
+    remove_finalizer(&apis.sessions, &name, &uid).await?;
+    if deleted || session.is_deleting() {
+        removed.push(removal(ObjectKind::Session, None, name, reason));
+    }
+    Ok(removed)
+}
+
+/// A removal record.
+pub(crate) fn removal(
+    kind: ObjectKind,
+    namespace: Option<String>,
+    name: String,
+    reason: &RemovalReason,
+) -> Removal {
+    Removal {
+        kind,
+        namespace,
+        name,
+        reason: reason.clone(),
+    }
+}

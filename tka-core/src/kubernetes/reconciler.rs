@@ -1,0 +1,977 @@
+//! [`KubernetesReconciler`]: the [`Reconciler`] on a Kubernetes API, exactly DESIGN §5.
+//!
+//! It only removes. It never creates, updates or "repairs" a binding or ServiceAccount, so a
+//! Session written by hand (or by anyone but the issuer) never yields access. One pass:
+//!
+//! 1. every Session: deleted ones (deletion timestamp) lose their children and finalizer; revoked,
+//!    expired and half-made ones (never complete within the grace period, or lost their
+//!    ServiceAccount) are ended like a revoke (ServiceAccount first, then bindings, then the
+//!    Session); live ones are re-validated against the tailnet (whois by recorded address) and the
+//!    GrantMappings, periodically and whenever the mappings change, and revoked if their grant no
+//!    longer holds;
+//! 2. the orphan sweep: objects labelled `managed-by=tka` whose session is missing, over, another
+//!    object of the same name, or of a revision the session no longer has, confirmed with a live
+//!    read and only once older than the grace period (so a login in flight is never raced);
+//! 3. GrantMapping `Ready` conditions.
+//!
+//! The next pass is due at the earliest `expiresAt` (or grace end) of what is still live,
+//! recomputed every pass, so a restart loses nothing. Every action is idempotent (UID
+//! preconditions, "already gone" is done), so two reconcilers at once are harmless; a Lease keeps
+//! one active in steady state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::error::{is_conflict, is_not_found, reconcile_error};
+use super::lease::{LeaderLease, LeaseSettings};
+use super::objects::{Apis, delete_uid, end_session, managed_selector, owner_uid, removal};
+use super::session::{Session, SessionPhase};
+use super::{
+    CONDITION_READY, GrantMappingStatus, REASON_CLUSTER_ROLE_MISSING, REASON_FORBIDDEN_NAMESPACE,
+    REASON_NOT_BINDABLE, REASON_READY, REVISION_LABEL, SESSION_LABEL,
+};
+use crate::clock::Clock;
+use crate::identity::{IdentityError, IdentityProvider, WhoisRequest};
+use crate::policy::GrantMapping;
+use crate::reconciler::{
+    GrantCheck, MappingHook, NamedMapping, ObjectKind, ReconcileError, ReconcileReport, Reconciler,
+    RemovalReason, Verdict, judge, wait_until,
+};
+
+/// Settings of a [`KubernetesReconciler`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcilerSettings {
+    /// The server's namespace (session ServiceAccounts, the Lease).
+    pub namespace: String,
+    /// How long an unfinished session or an object without a live session is left alone, so a
+    /// login in flight is never raced (default 60 s).
+    pub grace: SignedDuration,
+    /// How often each live session's grant is re-checked (default 5 min); a change to any
+    /// GrantMapping re-checks all of them at the next pass.
+    pub revalidate_every: SignedDuration,
+    /// Namespaces a GrantMapping may never bind in, besides the server's own (default
+    /// `kube-system`).
+    pub denied_namespaces: Vec<String>,
+    /// The longest time between passes in [`KubernetesReconciler::run`] (default 60 s).
+    pub resync_every: Duration,
+    /// The shortest time between passes triggered by watch events (default 1 s).
+    pub min_interval: Duration,
+    /// The Lease used by [`KubernetesReconciler::run`].
+    pub lease: LeaseSettings,
+}
+
+impl ReconcilerSettings {
+    /// Defaults for a server in `namespace`, competing for the lease as `holder`.
+    pub fn new(namespace: impl Into<String>, holder: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        Self {
+            lease: LeaseSettings::new(namespace.clone(), holder),
+            namespace,
+            grace: SignedDuration::from_secs(60),
+            revalidate_every: SignedDuration::from_mins(5),
+            denied_namespaces: vec!["kube-system".to_owned()],
+            resync_every: Duration::from_secs(60),
+            min_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn is_denied(&self, namespace: &str) -> bool {
+        namespace == self.namespace || self.denied_namespaces.iter().any(|d| d == namespace)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Session UID → when its grant was last found to hold.
+    validated: HashMap<String, Timestamp>,
+    /// The GrantMappings (name, uid, generation) seen by the last complete pass.
+    mappings_seen: Option<Vec<(String, String, i64)>>,
+    /// Re-validate every live session at the next pass.
+    revalidate_all: bool,
+}
+
+/// Removes expired, revoked, half-made and orphaned objects and withdrawn sessions. See the
+/// module documentation.
+pub struct KubernetesReconciler {
+    apis: Apis,
+    settings: ReconcilerSettings,
+    clock: Arc<dyn Clock>,
+    identity: Arc<dyn IdentityProvider>,
+    check: Arc<dyn GrantCheck>,
+    hook: Option<Arc<dyn MappingHook>>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for KubernetesReconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesReconciler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a watch woke the loop.
+enum Kick {
+    Sessions,
+    Mappings,
+}
+
+impl KubernetesReconciler {
+    /// A reconciler for the cluster behind `client`. `identity` answers whois for recorded
+    /// tailnet addresses; `check` decides whether a session's grant still holds.
+    pub fn new(
+        client: Client,
+        settings: ReconcilerSettings,
+        clock: Arc<dyn Clock>,
+        identity: Arc<dyn IdentityProvider>,
+        check: Arc<dyn GrantCheck>,
+    ) -> Self {
+        Self {
+            apis: Apis::new(client, &settings.namespace),
+            settings,
+            clock,
+            identity,
+            check,
+            hook: None,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Adds a judgement that marks mappings `Ready=False/NotBindable`.
+    pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &ReconcilerSettings {
+        &self.settings
+    }
+
+    /// Makes the next pass re-validate every live session (e.g. after a policy change the
+    /// reconciler cannot see, such as the tailnet policy file).
+    pub fn request_revalidation(&self) {
+        self.state().revalidate_all = true;
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_stale(&self, session: &Session, now: Timestamp) -> bool {
+        let revised = session.spec.revised_at.0;
+        revised + self.settings.grace <= now || revised > now + self.settings.grace
+    }
+
+    /// Runs passes until `shutdown` completes: while holding the Lease, at the requeue time, at
+    /// least every `resync_every`, and soon after Session or GrantMapping watch events.
+    pub async fn run<F>(&self, shutdown: F) -> Result<(), ReconcileError>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let client = self.apis.client().clone();
+        let lease = LeaderLease::new(
+            client.clone(),
+            self.settings.lease.clone(),
+            self.clock.clone(),
+        );
+        let sessions = watcher(
+            Api::<Session>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|_| Kick::Sessions);
+        let mappings = watcher(Api::<GrantMapping>::all(client), watcher::Config::default())
+            .default_backoff()
+            .map(|_| Kick::Mappings);
+        let mut events = futures::stream::select(sessions, mappings).boxed();
+        tokio::pin!(shutdown);
+
+        let renew_every = Duration::from_secs(
+            u64::try_from((self.settings.lease.duration.as_secs() / 3).max(1)).unwrap_or(5),
+        );
+        let mut next_pass = tokio::time::Instant::now();
+        let mut leading = false;
+        loop {
+            match lease.try_acquire_or_renew().await {
+                Ok(now_leading) => {
+                    if now_leading != leading {
+                        info!(
+                            holder = lease.holder_identity(),
+                            leading = now_leading,
+                            "reconciler leadership changed"
+                        );
+                        if now_leading {
+                            self.request_revalidation();
+                            next_pass = tokio::time::Instant::now();
+                        }
+                    }
+                    leading = now_leading;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not renew the reconciler lease");
+                    leading = false;
+                }
+            }
+            if leading && tokio::time::Instant::now() >= next_pass {
+                let now = self.clock.now();
+                let wait = match self.reconcile_once(now).await {
+                    Ok(report) => {
+                        if !report.removed.is_empty() || !report.failures.is_empty() {
+                            info!(
+                                removed = report.removed.len(),
+                                failures = report.failures.len(),
+                                live = report.live_sessions,
+                                "reconcile pass"
+                            );
+                        }
+                        wait_until(now, report.next_requeue, signed(self.settings.resync_every))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reconcile pass failed");
+                        signed(self.settings.min_interval.max(Duration::from_secs(5)))
+                    }
+                };
+                let wait = unsigned(wait).max(self.settings.min_interval);
+                next_pass = tokio::time::Instant::now() + wait;
+            }
+            let wake = if leading {
+                next_pass.min(tokio::time::Instant::now() + renew_every)
+            } else {
+                tokio::time::Instant::now() + renew_every
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep_until(wake) => {}
+                Some(event) = events.next() => {
+                    if matches!(event, Kick::Mappings) {
+                        self.request_revalidation();
+                    }
+                    let soon = tokio::time::Instant::now() + self.settings.min_interval;
+                    next_pass = next_pass.min(soon);
+                    // Coalesce a burst of events into one pass.
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(self.settings.min_interval) => {}
+                    }
+                }
+            }
+        }
+        lease.release().await
+    }
+
+    async fn list_all<K>(
+        &self,
+        api: &Api<K>,
+        selector: Option<&str>,
+        what: &str,
+    ) -> Result<Vec<K>, ReconcileError>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let params = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        api.list(&params)
+            .await
+            .map(|l| l.items)
+            .map_err(|e| reconcile_error(format!("list {what}"), e))
+    }
+
+    /// Ends one session and records what went.
+    async fn end(
+        &self,
+        session: &Session,
+        mark: Option<SessionPhase>,
+        reason: RemovalReason,
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) {
+        match end_session(&self.apis, session, mark.map(|p| (p, now)), &reason).await {
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    info!(session = %session.name_any(), %reason, "session removed");
+                }
+                report.removed.extend(removed);
+            }
+            Err(e) => report.failures.push(format!(
+                "ending session {} ({reason}): {e}",
+                session.name_any()
+            )),
+        }
+    }
+
+    /// Whether a complete session still has the ServiceAccount it recorded, confirmed with a
+    /// live read when the list does not show it.
+    async fn service_account_intact(
+        &self,
+        session: &Session,
+        listed: &HashMap<String, ServiceAccount>,
+    ) -> Result<bool, kube::Error> {
+        let name = session.name_any();
+        let Some(recorded) = session
+            .status
+            .as_ref()
+            .and_then(|s| s.service_account.as_ref())
+        else {
+            return Ok(false);
+        };
+        if recorded.namespace != self.settings.namespace || recorded.name != name {
+            return Ok(false);
+        }
+        let intact = |sa: &ServiceAccount| {
+            sa.uid().as_deref() == Some(recorded.uid.as_str())
+                && owner_uid(sa) == session.uid().as_deref()
+        };
+        if listed.get(&name).is_some_and(intact) {
+            return Ok(true);
+        }
+        Ok(self
+            .apis
+            .service_accounts
+            .get_opt(&name)
+            .await?
+            .is_some_and(|sa| intact(&sa)))
+    }
+
+    async fn revalidate(
+        &self,
+        session: &Session,
+        mappings: &[NamedMapping],
+        now: Timestamp,
+    ) -> Verdict {
+        let Some(grant) = session.grant() else {
+            return Verdict::Withdrawn("the session's spec is not well-formed".into());
+        };
+        let addresses: Vec<IpAddr> = session
+            .spec
+            .identity
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let mut last: Option<Result<crate::domain::Identity, IdentityError>> = None;
+        for address in addresses {
+            let answer = self.identity.lookup(&WhoisRequest::address(address)).await;
+            if matches!(answer, Err(IdentityError::NotInTailnet(_))) {
+                last = Some(answer);
+                continue;
+            }
+            return judge(&grant, &answer, mappings, now, self.check.as_ref());
+        }
+        match last {
+            Some(answer) => judge(&grant, &answer, mappings, now, self.check.as_ref()),
+            None => Verdict::Withdrawn("no tailnet address is recorded to re-validate it".into()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn session_pass(
+        &self,
+        session: &Session,
+        now: Timestamp,
+        revalidate_all: bool,
+        mappings: &[NamedMapping],
+        service_accounts: &HashMap<String, ServiceAccount>,
+        report: &mut ReconcileReport,
+        validated: &mut HashMap<String, Timestamp>,
+    ) {
+        let uid = session.uid().unwrap_or_default();
+        if session.is_deleting() {
+            return self
+                .end(session, None, RemovalReason::Deleted, now, report)
+                .await;
+        }
+        match session.phase() {
+            Some(SessionPhase::Revoked) => {
+                return self
+                    .end(session, None, RemovalReason::Revoked, now, report)
+                    .await;
+            }
+            Some(SessionPhase::Expired) => {
+                return self
+                    .end(session, None, RemovalReason::Expired, now, report)
+                    .await;
+            }
+            _ => {}
+        }
+        if session.expires_at() <= now {
+            return self
+                .end(
+                    session,
+                    Some(SessionPhase::Expired),
+                    RemovalReason::Expired,
+                    now,
+                    report,
+                )
+                .await;
+        }
+        if session.grant().is_none() {
+            return self
+                .end(
+                    session,
+                    Some(SessionPhase::Revoked),
+                    RemovalReason::HalfMade,
+                    now,
+                    report,
+                )
+                .await;
+        }
+        if !session.is_complete() {
+            if self.is_stale(session, now) {
+                return self
+                    .end(
+                        session,
+                        Some(SessionPhase::Revoked),
+                        RemovalReason::HalfMade,
+                        now,
+                        report,
+                    )
+                    .await;
+            }
+            report.live_sessions += 1;
+            report.requeue_at(session.spec.revised_at.0 + self.settings.grace);
+            report.requeue_at(session.expires_at());
+            return;
+        }
+        match self.service_account_intact(session, service_accounts).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self
+                    .end(
+                        session,
+                        Some(SessionPhase::Revoked),
+                        RemovalReason::HalfMade,
+                        now,
+                        report,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                report.failures.push(format!(
+                    "checking the ServiceAccount of session {}: {e}",
+                    session.name_any()
+                ));
+            }
+        }
+        let due = revalidate_all
+            || validated
+                .get(&uid)
+                .is_none_or(|at| *at + self.settings.revalidate_every <= now);
+        if due {
+            report.revalidated += 1;
+            match self.revalidate(session, mappings, now).await {
+                Verdict::Holds => {
+                    validated.insert(uid.clone(), now);
+                }
+                Verdict::Withdrawn(why) => {
+                    info!(session = %session.name_any(), why, "grant withdrawn; revoking");
+                    return self
+                        .end(
+                            session,
+                            Some(SessionPhase::Revoked),
+                            RemovalReason::GrantWithdrawn(why),
+                            now,
+                            report,
+                        )
+                        .await;
+                }
+                Verdict::Unknown(why) => report.failures.push(format!(
+                    "re-validating session {}: {why}",
+                    session.name_any()
+                )),
+            }
+        }
+        report.live_sessions += 1;
+        report.requeue_at(session.expires_at());
+    }
+
+    /// Why `object` must go, judged against `session` (its `tka.dev/session`), or `None`.
+    fn orphan_reason<K: Resource>(
+        object: &K,
+        session: Option<&Session>,
+        now: Timestamp,
+        is_binding: bool,
+    ) -> Option<RemovalReason> {
+        let Some(session) = session else {
+            return Some(RemovalReason::Orphan);
+        };
+        if session.is_over(now) || owner_uid(object) != session.uid().as_deref() {
+            return Some(RemovalReason::Orphan);
+        }
+        if is_binding {
+            let revision = object
+                .meta()
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL));
+            let current = Some(&session.spec.revision);
+            let committed = session.status.as_ref().and_then(|s| s.revision.as_ref());
+            if revision != current && revision != committed {
+                return Some(RemovalReason::StaleRevision);
+            }
+        }
+        None
+    }
+
+    /// Decides about one labelled object; `Some(reason)` when it must be deleted.
+    async fn sweep_verdict<K: Resource>(
+        &self,
+        object: &K,
+        sessions: &BTreeMap<String, Session>,
+        now: Timestamp,
+        is_binding: bool,
+        report: &mut ReconcileReport,
+    ) -> Option<RemovalReason> {
+        let session_name = object
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SESSION_LABEL));
+        let listed = session_name.and_then(|n| sessions.get(n));
+        Self::orphan_reason(object, listed, now, is_binding)?;
+        // It looks orphaned. A young object may belong to a login in flight whose Session this
+        // pass's list predates: leave it until the grace period is over.
+        let created = object
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0);
+        if created + self.settings.grace > now {
+            report.requeue_at(created + self.settings.grace);
+            return None;
+        }
+        let Some(session_name) = session_name else {
+            return Some(RemovalReason::Orphan);
+        };
+        // Confirm with a live read: the session may have been made or changed since the list.
+        match self.apis.sessions.get_opt(session_name).await {
+            Ok(live) => Self::orphan_reason(object, live.as_ref(), now, is_binding),
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("confirming session {session_name}: {e}"));
+                None
+            }
+        }
+    }
+
+    async fn sweep(
+        &self,
+        sessions: &BTreeMap<String, Session>,
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ReconcileError> {
+        let selector = managed_selector();
+        let sas = self
+            .list_all(
+                &self.apis.service_accounts,
+                Some(&selector),
+                "ServiceAccounts",
+            )
+            .await?;
+        for sa in sas {
+            if let Some(reason) = self.sweep_verdict(&sa, sessions, now, false, report).await {
+                match delete_uid(
+                    &self.apis.service_accounts,
+                    &sa.name_any(),
+                    &sa.uid().unwrap_or_default(),
+                )
+                .await
+                {
+                    Ok(true) => report.removed.push(removal(
+                        ObjectKind::ServiceAccount,
+                        sa.namespace(),
+                        sa.name_any(),
+                        &reason,
+                    )),
+                    Ok(false) => {}
+                    Err(e) => report
+                        .failures
+                        .push(format!("deleting ServiceAccount {}: {e}", sa.name_any())),
+                }
+            }
+        }
+        let crbs = self
+            .list_all(
+                &self.apis.cluster_role_bindings,
+                Some(&selector),
+                "ClusterRoleBindings",
+            )
+            .await?;
+        for crb in crbs {
+            if let Some(reason) = self.sweep_verdict(&crb, sessions, now, true, report).await {
+                match delete_uid(
+                    &self.apis.cluster_role_bindings,
+                    &crb.name_any(),
+                    &crb.uid().unwrap_or_default(),
+                )
+                .await
+                {
+                    Ok(true) => report.removed.push(removal(
+                        ObjectKind::ClusterRoleBinding,
+                        None,
+                        crb.name_any(),
+                        &reason,
+                    )),
+                    Ok(false) => {}
+                    Err(e) => report.failures.push(format!(
+                        "deleting ClusterRoleBinding {}: {e}",
+                        crb.name_any()
+                    )),
+                }
+            }
+        }
+        let rbs = self
+            .list_all(
+                &self.apis.all_role_bindings,
+                Some(&selector),
+                "RoleBindings",
+            )
+            .await?;
+        for rb in rbs {
+            if let Some(reason) = self.sweep_verdict(&rb, sessions, now, true, report).await {
+                let ns = rb.namespace().unwrap_or_default();
+                match delete_uid(
+                    &self.apis.role_bindings(&ns),
+                    &rb.name_any(),
+                    &rb.uid().unwrap_or_default(),
+                )
+                .await
+                {
+                    Ok(true) => report.removed.push(removal(
+                        ObjectKind::RoleBinding,
+                        Some(ns),
+                        rb.name_any(),
+                        &reason,
+                    )),
+                    Ok(false) => {}
+                    Err(e) => report
+                        .failures
+                        .push(format!("deleting RoleBinding {ns}/{}: {e}", rb.name_any())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `Ready` condition a mapping should carry.
+    fn readiness(
+        &self,
+        mapping: &NamedMapping,
+        cluster_roles: &HashSet<String>,
+    ) -> (bool, &'static str, String) {
+        readiness(&self.settings, self.hook.as_deref(), mapping, cluster_roles)
+    }
+
+    async fn update_conditions(
+        &self,
+        mappings: &[GrantMapping],
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) -> Result<(), ReconcileError> {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        let roles: HashSet<String> = self
+            .list_all(
+                &Api::<ClusterRole>::all(self.apis.client().clone()),
+                None,
+                "ClusterRoles",
+            )
+            .await?
+            .into_iter()
+            .map(|r| r.name_any())
+            .collect();
+        let api: Api<GrantMapping> = Api::all(self.apis.client().clone());
+        for mapping in mappings {
+            let named = NamedMapping {
+                name: mapping.name_any(),
+                spec: mapping.spec.clone(),
+            };
+            let (ready, reason, message) = self.readiness(&named, &roles);
+            let status_word = if ready { "True" } else { "False" };
+            let generation = mapping.metadata.generation;
+            let mut status = mapping.status.clone().unwrap_or_default();
+            let previous = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == CONDITION_READY);
+            let unchanged = previous.is_some_and(|c| {
+                c.status == status_word
+                    && c.reason == reason
+                    && c.message == message
+                    && c.observed_generation == generation
+            });
+            if unchanged {
+                continue;
+            }
+            let transition = previous
+                .filter(|c| c.status == status_word)
+                .map_or(Time(now), |c| c.last_transition_time.clone());
+            status.conditions.retain(|c| c.type_ != CONDITION_READY);
+            status.conditions.push(Condition {
+                type_: CONDITION_READY.to_owned(),
+                status: status_word.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                last_transition_time: transition,
+                observed_generation: generation,
+            });
+            status.observed_generation = generation;
+            // A merge patch (the server may only patch grantmappings/status) carrying the
+            // resourceVersion it was computed from, so a concurrent change wins and the next
+            // pass recomputes.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": mapping.resource_version()},
+                "status": GrantMappingStatus { ..status },
+            });
+            match api
+                .patch_status(&named.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => report.mappings_updated.push(named.name),
+                Err(e) if is_conflict(&e) || is_not_found(&e) => {}
+                Err(e) => report.failures.push(format!(
+                    "updating the status of GrantMapping {}: {e}",
+                    named.name
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `Ready` condition a mapping should carry: (ready, reason, message).
+fn readiness(
+    settings: &ReconcilerSettings,
+    hook: Option<&dyn MappingHook>,
+    mapping: &NamedMapping,
+    cluster_roles: &HashSet<String>,
+) -> (bool, &'static str, String) {
+    let spec = &mapping.spec;
+    let mut forbidden: Vec<&str> = spec
+        .namespaced
+        .iter()
+        .flat_map(|g| g.namespaces.iter().map(String::as_str))
+        .filter(|ns| settings.is_denied(ns))
+        .collect();
+    forbidden.sort_unstable();
+    forbidden.dedup();
+    if !forbidden.is_empty() {
+        return (
+            false,
+            REASON_FORBIDDEN_NAMESPACE,
+            format!(
+                "binds in {}, where tka may not grant access; remove it",
+                forbidden.join(", ")
+            ),
+        );
+    }
+    let mut missing: Vec<&str> = spec
+        .cluster_roles
+        .iter()
+        .map(String::as_str)
+        .chain(spec.namespaced.iter().map(|g| g.cluster_role.as_str()))
+        .filter(|r| !cluster_roles.contains(*r))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        return (
+            false,
+            REASON_CLUSTER_ROLE_MISSING,
+            format!(
+                "ClusterRole {} does not exist; create it or fix the name",
+                missing.join(", ")
+            ),
+        );
+    }
+    if let Some(why) = hook.and_then(|h| h.not_bindable(mapping)) {
+        return (false, REASON_NOT_BINDABLE, why);
+    }
+    (true, REASON_READY, "the mapping can be used".to_owned())
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+fn unsigned(d: SignedDuration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::ZERO)
+}
+
+#[async_trait]
+impl Reconciler for KubernetesReconciler {
+    async fn reconcile_once(&self, now: Timestamp) -> Result<ReconcileReport, ReconcileError> {
+        let mut report = ReconcileReport::default();
+        let sessions = self.list_all(&self.apis.sessions, None, "Sessions").await?;
+        let mappings: Vec<GrantMapping> = self
+            .list_all(&Api::all(self.apis.client().clone()), None, "GrantMappings")
+            .await?;
+        let service_accounts: HashMap<String, ServiceAccount> = self
+            .list_all(
+                &self.apis.service_accounts,
+                Some(&managed_selector()),
+                "ServiceAccounts",
+            )
+            .await?
+            .into_iter()
+            .map(|sa| (sa.name_any(), sa))
+            .collect();
+
+        let mut fingerprint: Vec<(String, String, i64)> = mappings
+            .iter()
+            .map(|m| {
+                (
+                    m.name_any(),
+                    m.uid().unwrap_or_default(),
+                    m.metadata.generation.unwrap_or(0),
+                )
+            })
+            .collect();
+        fingerprint.sort();
+        let named: Vec<NamedMapping> = mappings
+            .iter()
+            .map(|m| NamedMapping {
+                name: m.name_any(),
+                spec: m.spec.clone(),
+            })
+            .collect();
+        let (revalidate_all, mut validated) = {
+            let state = self.state();
+            (
+                state.revalidate_all || state.mappings_seen.as_ref() != Some(&fingerprint),
+                state.validated.clone(),
+            )
+        };
+
+        for session in &sessions {
+            self.session_pass(
+                session,
+                now,
+                revalidate_all,
+                &named,
+                &service_accounts,
+                &mut report,
+                &mut validated,
+            )
+            .await;
+        }
+
+        let ended: HashSet<&str> = report
+            .removed_of(ObjectKind::Session)
+            .map(|r| r.name.as_str())
+            .collect();
+        let by_name: BTreeMap<String, Session> = sessions
+            .iter()
+            .filter(|s| !ended.contains(s.name_any().as_str()))
+            .map(|s| (s.name_any(), s.clone()))
+            .collect();
+        self.sweep(&by_name, now, &mut report).await?;
+        if let Err(e) = self.update_conditions(&mappings, now, &mut report).await {
+            report.failures.push(e.to_string());
+        }
+
+        let live: HashSet<String> = by_name.values().filter_map(|s| s.uid()).collect();
+        validated.retain(|uid, _| live.contains(uid));
+        {
+            let mut state = self.state();
+            state.validated = validated;
+            state.mappings_seen = Some(fingerprint);
+            state.revalidate_all = false;
+        }
+        debug!(
+            removed = report.removed.len(),
+            live = report.live_sessions,
+            next = ?report.next_requeue,
+            "reconcile pass done"
+        );
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{GrantMappingSpec, NamespacedGrant};
+
+    fn reconciler_settings() -> ReconcilerSettings {
+        ReconcilerSettings::new("tka-system", "test")
+    }
+
+    #[test]
+    fn the_servers_namespace_and_kube_system_are_denied() {
+        let s = reconciler_settings();
+        assert!(s.is_denied("tka-system"));
+        assert!(s.is_denied("kube-system"));
+        assert!(!s.is_denied("team-a"));
+    }
+
+    fn mapping(cluster_roles: &[&str], namespaced: &[(&str, &str)]) -> NamedMapping {
+        NamedMapping {
+            name: "dev".into(),
+            spec: GrantMappingSpec {
+                cluster_roles: cluster_roles.iter().map(|r| (*r).to_owned()).collect(),
+                namespaced: namespaced
+                    .iter()
+                    .map(|(role, ns)| NamespacedGrant {
+                        cluster_role: (*role).to_owned(),
+                        namespaces: vec![(*ns).to_owned()],
+                    })
+                    .collect(),
+                ..GrantMappingSpec::default()
+            },
+        }
+    }
+
+    struct NeverBindable;
+    impl MappingHook for NeverBindable {
+        fn not_bindable(&self, mapping: &NamedMapping) -> Option<String> {
+            Some(format!(
+                "{} binds a role outside the allowlist",
+                mapping.name
+            ))
+        }
+    }
+
+    #[test]
+    fn mapping_readiness_names_the_problem() {
+        let s = reconciler_settings();
+        let roles: HashSet<String> = ["view", "edit"].iter().map(|r| (*r).to_owned()).collect();
+        let ok = readiness(&s, None, &mapping(&["view"], &[("edit", "team-a")]), &roles);
+        assert_eq!((ok.0, ok.1), (true, REASON_READY));
+        let missing = readiness(&s, None, &mapping(&["admin"], &[]), &roles);
+        assert_eq!((missing.0, missing.1), (false, REASON_CLUSTER_ROLE_MISSING));
+        assert!(missing.2.contains("admin"));
+        let forbidden = readiness(
+            &s,
+            None,
+            &mapping(&["view"], &[("edit", "kube-system")]),
+            &roles,
+        );
+        assert_eq!(
+            (forbidden.0, forbidden.1),
+            (false, REASON_FORBIDDEN_NAMESPACE)
+        );
+        let own = readiness(&s, None, &mapping(&[], &[("view", "tka-system")]), &roles);
+        assert_eq!(own.1, REASON_FORBIDDEN_NAMESPACE);
+        let hooked = readiness(&s, Some(&NeverBindable), &mapping(&["view"], &[]), &roles);
+        assert_eq!((hooked.0, hooked.1), (false, REASON_NOT_BINDABLE));
+    }
+}

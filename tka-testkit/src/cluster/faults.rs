@@ -1,0 +1,401 @@
+//! Fault injection and the call log: which requests the fake saw (so tests can assert counts and
+//! order), and rules that make chosen requests fail the way a real API server or network can.
+//! It owns matching and counting; the HTTP layer decides where a fault takes effect.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A Kubernetes API verb, as the fake classifies requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verb {
+    /// POST to a collection, or to a subresource such as `serviceaccounts/token`.
+    Create,
+    /// GET of one object.
+    Get,
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch=true`.
+    Watch,
+    /// PUT.
+    Update,
+    /// PATCH (any flavour, including server-side apply).
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// DELETE of a collection.
+    DeleteCollection,
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Create => "create",
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::DeleteCollection => "deletecollection",
+        })
+    }
+}
+
+/// What an injected fault does to the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// 500 `InternalError`.
+    InternalError,
+    /// 409 `Conflict` ("the object has been modified"), as for a stale resourceVersion.
+    Conflict,
+    /// 429 `TooManyRequests` with a `Retry-After` header. kube's default client retries these.
+    TooManyRequests {
+        /// The `Retry-After` value, in seconds.
+        retry_after_seconds: u32,
+    },
+    /// The request hangs for `after` (tokio time), then answers 504 `Timeout`. A client timeout
+    /// shorter than `after` fires first, as it would against a stuck server.
+    Timeout {
+        /// How long the request hangs.
+        after: Duration,
+    },
+}
+
+/// Which calls of the matching ones a rule fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schedule {
+    Nth(u32),
+    Next(u32),
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubresourceMatch {
+    Main,
+    Named(String),
+    Any,
+}
+
+/// A fault-injection rule: which requests it matches, which of them it fails and how.
+///
+/// ```
+/// use tka_testkit::cluster::{Fault, FaultRule, Verb};
+///
+/// // The 2nd TokenRequest fails with 500, after the fake has processed it.
+/// let rule = FaultRule::new(Verb::Create, "serviceaccounts", Fault::InternalError)
+///     .subresource("token")
+///     .nth(2)
+///     .after_commit();
+/// # let _ = rule;
+/// ```
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    verb: Option<Verb>,
+    resource: Option<String>,
+    subresource: SubresourceMatch,
+    namespace: Option<String>,
+    name: Option<String>,
+    schedule: Schedule,
+    after_commit: bool,
+    fault: Fault,
+    seen: u32,
+    fired: u32,
+}
+
+impl FaultRule {
+    /// Fails the next call of `verb` on `resource` (plural, main resource only). Narrow or widen it
+    /// with the builder methods.
+    pub fn new(verb: Verb, resource: &str, fault: Fault) -> Self {
+        Self {
+            verb: Some(verb),
+            resource: Some(resource.to_owned()),
+            subresource: SubresourceMatch::Main,
+            namespace: None,
+            name: None,
+            schedule: Schedule::Next(1),
+            after_commit: false,
+            fault,
+            seen: 0,
+            fired: 0,
+        }
+    }
+
+    /// Matches any verb.
+    #[must_use]
+    pub fn any_verb(mut self) -> Self {
+        self.verb = None;
+        self
+    }
+
+    /// Matches any resource.
+    #[must_use]
+    pub fn any_resource(mut self) -> Self {
+        self.resource = None;
+        self
+    }
+
+    /// Matches only this subresource (e.g. `token`, `status`) instead of the main resource.
+    #[must_use]
+    pub fn subresource(mut self, subresource: &str) -> Self {
+        self.subresource = SubresourceMatch::Named(subresource.to_owned());
+        self
+    }
+
+    /// Matches the main resource and every subresource.
+    #[must_use]
+    pub fn any_subresource(mut self) -> Self {
+        self.subresource = SubresourceMatch::Any;
+        self
+    }
+
+    /// Matches only requests in this namespace.
+    #[must_use]
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+
+    /// Matches only requests for the object with this name.
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Fails only the `n`th matching call (1-based), counted from when the rule was injected.
+    #[must_use]
+    pub fn nth(mut self, n: u32) -> Self {
+        self.schedule = Schedule::Nth(n);
+        self
+    }
+
+    /// Fails the next `k` matching calls (the default is the next one).
+    #[must_use]
+    pub fn next(mut self, k: u32) -> Self {
+        self.schedule = Schedule::Next(k);
+        self
+    }
+
+    /// Fails every matching call.
+    #[must_use]
+    pub fn always(mut self) -> Self {
+        self.schedule = Schedule::Always;
+        self
+    }
+
+    /// Lets the fake carry out the request first and then answers with the fault, like a write
+    /// whose response was lost: the object is created, updated or deleted all the same.
+    #[must_use]
+    pub fn after_commit(mut self) -> Self {
+        self.after_commit = true;
+        self
+    }
+
+    fn matches(&self, call: &Call) -> bool {
+        self.verb.is_none_or(|v| v == call.verb)
+            && self.resource.as_ref().is_none_or(|r| *r == call.resource)
+            && match &self.subresource {
+                SubresourceMatch::Main => call.subresource.is_none(),
+                SubresourceMatch::Named(s) => call.subresource.as_ref() == Some(s),
+                SubresourceMatch::Any => true,
+            }
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| call.namespace.as_ref() == Some(n))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| call.name.as_ref() == Some(n))
+    }
+
+    /// Counts a matching call and says whether this rule fails it.
+    fn fires(&mut self) -> bool {
+        self.seen = self.seen.saturating_add(1);
+        let fire = match self.schedule {
+            Schedule::Nth(n) => self.seen == n,
+            Schedule::Next(k) => self.fired < k,
+            Schedule::Always => true,
+        };
+        if fire {
+            self.fired = self.fired.saturating_add(1);
+        }
+        fire
+    }
+}
+
+/// A fault chosen for a call, and when it takes effect.
+#[derive(Debug, Clone)]
+pub(crate) struct ChosenFault {
+    pub(crate) fault: Fault,
+    pub(crate) after_commit: bool,
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Call {
+    /// The verb.
+    pub verb: Verb,
+    /// The API group (`""` for core).
+    pub group: String,
+    /// The plural resource, e.g. `serviceaccounts`.
+    pub resource: String,
+    /// The subresource, e.g. `token` or `status`.
+    pub subresource: Option<String>,
+    /// The namespace in the URL, if any.
+    pub namespace: Option<String>,
+    /// The object's name, if the URL names one (for a create: the name in the body).
+    pub name: Option<String>,
+    /// The HTTP status the fake answered (0 while the call is in flight).
+    pub code: u16,
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if let Some(sub) = &self.subresource {
+            write!(f, "/{sub}")?;
+        }
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(name)) => write!(f, " {ns}/{name}")?,
+            (None, Some(name)) => write!(f, " {name}")?,
+            (Some(ns), None) => write!(f, " -n {ns}")?,
+            (None, None) => {}
+        }
+        write!(f, " -> {}", self.code)
+    }
+}
+
+/// The call log and the fault rules.
+#[derive(Debug)]
+pub(crate) struct Faults {
+    rules: Vec<FaultRule>,
+    calls: Vec<Call>,
+    recording: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            calls: Vec::new(),
+            recording: true,
+        }
+    }
+}
+
+impl Faults {
+    /// Stops (or resumes) keeping calls, e.g. for load tests; rules still apply.
+    pub(crate) fn set_recording(&mut self, recording: bool) {
+        self.recording = recording;
+    }
+
+    pub(crate) fn inject(&mut self, rule: FaultRule) {
+        self.rules.push(rule);
+    }
+
+    pub(crate) fn clear_rules(&mut self) {
+        self.rules.clear();
+    }
+
+    /// Records a call and returns its index in the log and the fault to apply, if any. Every
+    /// matching rule counts the call; the first that fires decides.
+    pub(crate) fn record(&mut self, call: Call) -> (usize, Option<ChosenFault>) {
+        let mut chosen = None;
+        for rule in self.rules.iter_mut().filter(|r| r.matches(&call)) {
+            if rule.fires() && chosen.is_none() {
+                chosen = Some(ChosenFault {
+                    fault: rule.fault.clone(),
+                    after_commit: rule.after_commit,
+                });
+            }
+        }
+        if !self.recording {
+            return (usize::MAX, chosen);
+        }
+        self.calls.push(call);
+        (self.calls.len() - 1, chosen)
+    }
+
+    pub(crate) fn finish(&mut self, index: usize, code: u16) {
+        if let Some(call) = self.calls.get_mut(index) {
+            call.code = code;
+        }
+    }
+
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.calls.clone()
+    }
+
+    pub(crate) fn clear_calls(&mut self) {
+        self.calls.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(verb: Verb, resource: &str, sub: Option<&str>) -> Call {
+        Call {
+            verb,
+            group: String::new(),
+            resource: resource.to_owned(),
+            subresource: sub.map(str::to_owned),
+            namespace: Some("ns".to_owned()),
+            name: Some("x".to_owned()),
+            code: 0,
+        }
+    }
+
+    fn fired(faults: &mut Faults, c: &Call) -> bool {
+        faults.record(c.clone()).1.is_some()
+    }
+
+    #[test]
+    fn nth_fails_only_that_call() {
+        let mut f = Faults::default();
+        f.inject(FaultRule::new(Verb::Create, "serviceaccounts", Fault::InternalError).nth(2));
+        let c = call(Verb::Create, "serviceaccounts", None);
+        assert_eq!(
+            [fired(&mut f, &c), fired(&mut f, &c), fired(&mut f, &c)],
+            [false, true, false]
+        );
+    }
+
+    #[test]
+    fn next_k_and_always() {
+        let mut f = Faults::default();
+        f.inject(FaultRule::new(Verb::Get, "leases", Fault::Conflict).next(2));
+        let c = call(Verb::Get, "leases", None);
+        assert_eq!(
+            [fired(&mut f, &c), fired(&mut f, &c), fired(&mut f, &c)],
+            [true, true, false]
+        );
+        f.inject(FaultRule::new(Verb::Get, "leases", Fault::Conflict).always());
+        assert!((0..5).all(|_| fired(&mut f, &c)));
+    }
+
+    #[test]
+    fn subresource_and_verb_must_match() {
+        let mut f = Faults::default();
+        f.inject(
+            FaultRule::new(Verb::Create, "serviceaccounts", Fault::InternalError)
+                .subresource("token")
+                .always(),
+        );
+        assert!(!fired(&mut f, &call(Verb::Create, "serviceaccounts", None)));
+        assert!(!fired(
+            &mut f,
+            &call(Verb::Get, "serviceaccounts", Some("token"))
+        ));
+        assert!(fired(
+            &mut f,
+            &call(Verb::Create, "serviceaccounts", Some("token"))
+        ));
+        assert_eq!(f.calls().len(), 3);
+    }
+}

@@ -1,0 +1,540 @@
+//! The behaviour suite's fixture: a backend plus tka's issuer and reconciler wired to it, a small
+//! tailnet of people and devices, the GrantMappings they use, and helpers that list every object
+//! tka could have made so that cases assert on what exists, not on what tka says.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use jiff::SignedDuration;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tka_core::domain::{LoginName, NodeInfo, UserInfo};
+use tka_core::issuer::{CredentialIssuer, IssuedCredential};
+use tka_core::kubernetes::{
+    GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
+    MANAGED_BY_LABEL, ReconcilerSettings, SESSION_LABEL, Session, SessionPhase, SuffixSource,
+};
+use tka_core::policy::{Decision, GrantMappingSpec, NamespacedBinding, NamespacedGrant};
+use tka_core::reconciler::{GrantCheck, GrantQuery, NamedMapping, ReconcileReport, Reconciler};
+use tka_core::{Clock, Identity, ManualClock, NodeId, RoleName, Tag, Ttl, UserId};
+
+use super::{SuiteBackend, TestTailnet};
+
+/// The namespaces the suite's mappings bind in.
+pub const TEAM_NAMESPACES: [&str; 2] = ["team-a", "team-b"];
+
+/// The people and devices of the suite's tailnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Person {
+    /// alice@example.com on her laptop: grants `sre` and `dev`.
+    AliceLaptop,
+    /// alice@example.com on her phone: the same grants, another device.
+    AlicePhone,
+    /// A tagged CI runner (`tag:ci`): grant `ci`.
+    CiRunner,
+}
+
+impl Person {
+    /// The identity whois reports for this device.
+    pub fn identity(self) -> Identity {
+        let (user, login, node, name, ip, tags, roles): (
+            i64,
+            &str,
+            &str,
+            &str,
+            [u8; 4],
+            &[&str],
+            &[&str],
+        ) = match self {
+            Self::AliceLaptop => (
+                1001,
+                "alice@example.com",
+                "nAliceLaptop1CNTRL",
+                "alice-laptop.tail1234.ts.net",
+                [100, 64, 0, 1],
+                &[],
+                &["sre", "dev"],
+            ),
+            Self::AlicePhone => (
+                1001,
+                "alice@example.com",
+                "nAlicePhone2CNTRL",
+                "alice-phone.tail1234.ts.net",
+                [100, 64, 0, 2],
+                &[],
+                &["sre", "dev"],
+            ),
+            Self::CiRunner => (
+                999,
+                "tagged-devices",
+                "nCiRunner3CNTRL",
+                "ci-runner.tail1234.ts.net",
+                [100, 64, 0, 9],
+                &["tag:ci"],
+                &["ci"],
+            ),
+        };
+        Identity {
+            user: UserInfo {
+                id: UserId(user),
+                login_name: LoginName::new(login).unwrap(),
+                display_name: String::new(),
+            },
+            node: NodeInfo {
+                stable_id: NodeId::new(node).unwrap(),
+                name: name.to_owned(),
+                addresses: vec![IpAddr::from(ip)],
+                tags: tags.iter().map(|t| Tag::new(*t).unwrap()).collect(),
+            },
+            groups: vec![],
+            capabilities: roles.iter().map(|r| json!({ "role": r })).collect(),
+            compat_capabilities: vec![],
+        }
+    }
+
+    /// The device's key.
+    pub fn node(self) -> NodeId {
+        self.identity().node.stable_id
+    }
+}
+
+/// The GrantMappings of the suite: `sre` (view cluster-wide, edit in both team namespaces),
+/// `dev` (edit in team-a) and `ci` (view cluster-wide).
+pub fn suite_mappings() -> Vec<NamedMapping> {
+    let edit_in = |namespaces: &[&str]| NamespacedGrant {
+        cluster_role: "edit".to_owned(),
+        namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+    };
+    vec![
+        NamedMapping {
+            name: "sre".into(),
+            spec: GrantMappingSpec {
+                cluster_roles: vec!["view".into()],
+                namespaced: vec![edit_in(&TEAM_NAMESPACES)],
+                default_ttl: Some("1h".into()),
+                max_ttl: Some("8h".into()),
+                ..GrantMappingSpec::default()
+            },
+        },
+        NamedMapping {
+            name: "dev".into(),
+            spec: GrantMappingSpec {
+                namespaced: vec![edit_in(&["team-a"])],
+                ..GrantMappingSpec::default()
+            },
+        },
+        NamedMapping {
+            name: "ci".into(),
+            spec: GrantMappingSpec {
+                cluster_roles: vec!["view".into()],
+                ..GrantMappingSpec::default()
+            },
+        },
+    ]
+}
+
+/// The expanded bindings of a mapping spec.
+fn bindings_of(spec: &GrantMappingSpec) -> (Vec<String>, Vec<NamespacedBinding>) {
+    let mut cluster_roles = spec.cluster_roles.clone();
+    cluster_roles.sort();
+    cluster_roles.dedup();
+    let mut namespaced: Vec<NamespacedBinding> = spec
+        .namespaced
+        .iter()
+        .flat_map(|g| {
+            g.namespaces.iter().map(|ns| NamespacedBinding {
+                cluster_role: g.cluster_role.clone(),
+                namespace: ns.clone(),
+            })
+        })
+        .collect();
+    namespaced.sort();
+    namespaced.dedup();
+    (cluster_roles, namespaced)
+}
+
+/// A stand-in for the policy resolver in re-validation: the grant holds while the device still
+/// has a capability value naming the role, the mapping of that name exists, and it still grants
+/// every binding the session has.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CapabilityCheck;
+
+impl GrantCheck for CapabilityCheck {
+    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+        let GrantQuery {
+            grant,
+            current,
+            mappings,
+            ..
+        } = *query;
+        let role = grant.role.as_str();
+        let granted = current
+            .capabilities
+            .iter()
+            .any(|v| v.get("role").and_then(|r| r.as_str()) == Some(role));
+        if !granted {
+            return Err(format!("no grant for role '{role}' any more"));
+        }
+        let Some(mapping) = mappings.iter().find(|m| m.name == role) else {
+            return Err(format!("GrantMapping '{role}' no longer exists"));
+        };
+        let (cluster_roles, namespaced) = bindings_of(&mapping.spec);
+        let all_held = grant
+            .cluster_roles
+            .iter()
+            .all(|r| cluster_roles.contains(r))
+            && grant.namespaced.iter().all(|b| namespaced.contains(b));
+        if all_held {
+            Ok(())
+        } else {
+            Err(format!(
+                "GrantMapping '{role}' no longer grants what the session has"
+            ))
+        }
+    }
+}
+
+/// Every object tka could have made, as listed from the API server.
+#[derive(Debug, Clone, Default)]
+pub struct LabelledObjects {
+    /// Every Session (labelled or not).
+    pub sessions: Vec<Session>,
+    /// ServiceAccounts labelled `managed-by=tka`, in every namespace.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// ClusterRoleBindings labelled `managed-by=tka`.
+    pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+    /// RoleBindings labelled `managed-by=tka`, in every namespace.
+    pub role_bindings: Vec<RoleBinding>,
+}
+
+impl LabelledObjects {
+    /// Whether nothing at all is left.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+            && self.service_accounts.is_empty()
+            && self.cluster_role_bindings.is_empty()
+            && self.role_bindings.is_empty()
+    }
+
+    /// A session by name.
+    pub fn session(&self, name: &str) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.name_any() == name)
+    }
+
+    /// The children of a session (by its label): ServiceAccounts, ClusterRoleBindings,
+    /// RoleBindings.
+    pub fn children_of(
+        &self,
+        session: &str,
+    ) -> (
+        Vec<&ServiceAccount>,
+        Vec<&ClusterRoleBinding>,
+        Vec<&RoleBinding>,
+    ) {
+        let of = |labels: &std::collections::BTreeMap<String, String>| {
+            labels.get(SESSION_LABEL).map(String::as_str) == Some(session)
+        };
+        (
+            self.service_accounts
+                .iter()
+                .filter(|o| of(o.labels()))
+                .collect(),
+            self.cluster_role_bindings
+                .iter()
+                .filter(|o| of(o.labels()))
+                .collect(),
+            self.role_bindings
+                .iter()
+                .filter(|o| of(o.labels()))
+                .collect(),
+        )
+    }
+
+    /// `(kind, namespace/name, roleRef)` of every binding, for readable assertions.
+    pub fn binding_names(&self) -> BTreeSet<String> {
+        self.cluster_role_bindings
+            .iter()
+            .map(|b| format!("ClusterRoleBinding {} -> {}", b.name_any(), b.role_ref.name))
+            .chain(self.role_bindings.iter().map(|b| {
+                format!(
+                    "RoleBinding {}/{} -> {}",
+                    b.namespace().unwrap_or_default(),
+                    b.name_any(),
+                    b.role_ref.name
+                )
+            }))
+            .collect()
+    }
+
+    /// Asserts the state after a failure and one reconcile pass: either exactly one complete
+    /// session with exactly its objects, or nothing labelled at all.
+    pub fn assert_complete_or_nothing(&self, context: &str) {
+        if self.sessions.is_empty() {
+            assert!(
+                self.is_empty(),
+                "{context}: no session but labelled objects remain: {:?} {:?}",
+                self.service_accounts
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect::<Vec<_>>(),
+                self.binding_names()
+            );
+            return;
+        }
+        assert_eq!(self.sessions.len(), 1, "{context}: more than one session");
+        let session = &self.sessions[0];
+        let name = session.name_any();
+        assert!(
+            session.is_complete(),
+            "{context}: session {name} is not complete: {:?}",
+            session.status
+        );
+        assert!(
+            !session.is_deleting(),
+            "{context}: session {name} is being deleted"
+        );
+        assert_eq!(session.phase(), Some(SessionPhase::Active), "{context}");
+        let uid = session.uid();
+        let (sas, crbs, rbs) = self.children_of(&name);
+        assert_eq!(sas.len(), 1, "{context}: ServiceAccounts of {name}");
+        assert_eq!(
+            sas.len(),
+            self.service_accounts.len(),
+            "{context}: foreign ServiceAccounts"
+        );
+        assert_eq!(
+            crbs.len(),
+            self.cluster_role_bindings.len(),
+            "{context}: foreign ClusterRoleBindings"
+        );
+        assert_eq!(
+            rbs.len(),
+            self.role_bindings.len(),
+            "{context}: foreign RoleBindings"
+        );
+        let owned_by_session =
+            |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+                refs.iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+            };
+        assert!(owned_by_session(sas[0].owner_references()), "{context}");
+        let mut want: BTreeSet<String> = session
+            .spec
+            .cluster_roles
+            .iter()
+            .map(|r| format!("cluster {r}"))
+            .collect();
+        want.extend(
+            session
+                .spec
+                .namespaced
+                .iter()
+                .map(|b| format!("{} {}", b.namespace, b.cluster_role)),
+        );
+        let mut have = BTreeSet::new();
+        for b in &crbs {
+            assert!(owned_by_session(b.owner_references()), "{context}");
+            have.insert(format!("cluster {}", b.role_ref.name));
+        }
+        for b in &rbs {
+            assert!(owned_by_session(b.owner_references()), "{context}");
+            have.insert(format!(
+                "{} {}",
+                b.namespace().unwrap_or_default(),
+                b.role_ref.name
+            ));
+        }
+        assert_eq!(have, want, "{context}: bindings of {name}");
+    }
+}
+
+/// A backend with tka wired to it.
+pub struct Harness<B: SuiteBackend> {
+    /// The backend.
+    pub backend: B,
+    /// A client of the backend.
+    pub client: kube::Client,
+    /// tka's clock.
+    pub clock: ManualClock,
+    /// The tailnet whois answers from.
+    pub tailnet: Arc<TestTailnet>,
+    /// The issuer under test.
+    pub issuer: KubernetesIssuer,
+    /// The reconciler under test.
+    pub reconciler: KubernetesReconciler,
+    /// The server's namespace.
+    pub namespace: String,
+}
+
+impl<B: SuiteBackend> Harness<B> {
+    /// Wires tka to `backend`: creates the team namespaces and the suite's GrantMappings, and
+    /// puts the suite's people on the tailnet.
+    pub async fn new(backend: B) -> Self {
+        let client = backend.client().await;
+        let clock = backend.clock();
+        let namespace = backend.namespace().to_owned();
+        let tailnet = Arc::new(TestTailnet::new());
+        for person in [Person::AliceLaptop, Person::AlicePhone, Person::CiRunner] {
+            tailnet.join(&person.identity());
+        }
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in TEAM_NAMESPACES {
+            let object: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+            if namespaces.get_opt(ns).await.unwrap().is_none() {
+                namespaces
+                    .create(&PostParams::default(), &object)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mappings: Api<GrantMapping> = Api::all(client.clone());
+        for m in suite_mappings() {
+            let object = GrantMapping::new(&m.name, m.spec);
+            if mappings.get_opt(&m.name).await.unwrap().is_none() {
+                mappings
+                    .create(&PostParams::default(), &object)
+                    .await
+                    .unwrap();
+            }
+        }
+        let issuer = Self::make_issuer(&client, &clock, &namespace, None);
+        let reconciler = Self::make_reconciler(&client, &clock, &namespace, &tailnet, "suite-0");
+        Self {
+            backend,
+            client,
+            clock,
+            tailnet,
+            issuer,
+            reconciler,
+            namespace,
+        }
+    }
+
+    fn make_issuer(
+        client: &kube::Client,
+        clock: &ManualClock,
+        namespace: &str,
+        suffixes: Option<SuffixSource>,
+    ) -> KubernetesIssuer {
+        let issuer = KubernetesIssuer::new(
+            client.clone(),
+            IssuerSettings::new(namespace),
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        match suffixes {
+            Some(s) => issuer.with_suffixes(s),
+            None => issuer,
+        }
+    }
+
+    fn make_reconciler(
+        client: &kube::Client,
+        clock: &ManualClock,
+        namespace: &str,
+        tailnet: &Arc<TestTailnet>,
+        holder: &str,
+    ) -> KubernetesReconciler {
+        KubernetesReconciler::new(
+            client.clone(),
+            ReconcilerSettings::new(namespace, holder),
+            Arc::new(clock.clone()),
+            tailnet.clone(),
+            Arc::new(CapabilityCheck),
+        )
+    }
+
+    /// Another issuer on the same cluster, with its own source of name suffixes.
+    pub fn issuer_with_suffixes(&self, suffixes: SuffixSource) -> KubernetesIssuer {
+        Self::make_issuer(&self.client, &self.clock, &self.namespace, Some(suffixes))
+    }
+
+    /// Another reconciler on the same cluster (a second replica, or a restart).
+    pub fn another_reconciler(&self, holder: &str) -> KubernetesReconciler {
+        Self::make_reconciler(
+            &self.client,
+            &self.clock,
+            &self.namespace,
+            &self.tailnet,
+            holder,
+        )
+    }
+
+    /// The decision policy would make for `role` with `ttl`, now.
+    pub fn decision(&self, role: &str, ttl: &str) -> Decision {
+        let mapping = suite_mappings()
+            .into_iter()
+            .find(|m| m.name == role)
+            .unwrap();
+        let (cluster_roles, namespaced) = bindings_of(&mapping.spec);
+        let ttl = Ttl::parse(ttl).unwrap();
+        Decision {
+            role: RoleName::new(role).unwrap(),
+            cluster_roles,
+            namespaced,
+            ttl,
+            expires_at: self.clock.now() + ttl.as_duration(),
+            clamped: None,
+        }
+    }
+
+    /// Logs `who` in with `role` for `ttl`; panics if that fails.
+    pub async fn login(&self, who: Person, role: &str, ttl: &str) -> IssuedCredential {
+        self.issuer
+            .issue(&who.identity(), &self.decision(role, ttl))
+            .await
+            .unwrap_or_else(|e| panic!("login of {who:?} as {role} failed: {e}"))
+    }
+
+    /// Moves tka's clock (and the fake's) forward.
+    pub fn advance(&self, by: SignedDuration) {
+        self.clock.advance(by);
+    }
+
+    /// One reconcile pass as of now; panics if the pass fails as a whole.
+    pub async fn reconcile(&self) -> ReconcileReport {
+        self.reconciler
+            .reconcile_once(self.clock.now())
+            .await
+            .unwrap_or_else(|e| panic!("reconcile pass failed: {e}"))
+    }
+
+    /// Lists every Session and every labelled ServiceAccount and binding.
+    pub async fn objects(&self) -> LabelledObjects {
+        let labelled = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        LabelledObjects {
+            sessions: Api::<Session>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items,
+            service_accounts: Api::<ServiceAccount>::all(self.client.clone())
+                .list(&labelled)
+                .await
+                .unwrap()
+                .items,
+            cluster_role_bindings: Api::<ClusterRoleBinding>::all(self.client.clone())
+                .list(&labelled)
+                .await
+                .unwrap()
+                .items,
+            role_bindings: Api::<RoleBinding>::all(self.client.clone())
+                .list(&labelled)
+                .await
+                .unwrap()
+                .items,
+        }
+    }
+
+    /// Whether the token still authenticates, when the backend can tell.
+    pub async fn token_works(&self, credential: &IssuedCredential) -> Option<bool> {
+        self.backend
+            .token_authenticates(credential.token.expose())
+            .await
+    }
+}
