@@ -18,8 +18,11 @@ pub mod clock;
 pub mod domain;
 pub mod duration;
 pub mod identity;
+pub mod issuer;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod policy;
 pub mod secret;
 
