@@ -32,7 +32,12 @@ pub use domain::{
     ClusterName, DomainError, Identity, LoginName, NodeId, NodeInfo, RoleName, SessionName, Tag,
     Ttl, UserId, UserInfo,
 };
-pub use identity::IdentityProvider;
+pub use identity::{
+    CapabilityNames, IdentityError, IdentityProvider, PeerStatus, Status, TailnetStatus,
+    WhoisRequest, WhoisTarget,
+};
+#[cfg(feature = "localapi")]
+pub use identity::{LoopbackRetry, TailscaleLocalApi};
 pub use policy::{Decision, GrantMappingSpec};
 pub use policy::{
     Denial, DenialKind, MappingView, PolicyContext, PolicySettings, ResolveRequest, RoleListing,

@@ -1,2 +1,6 @@
 //! Test support for tka and for tools that embed tka-core: fake tailnets and fake clusters that
 //! behave like the real ones, and the harness that starts the real components.
+
+pub mod tailnet;
+
+pub use tailnet::{DaemonStyle, FakeLocalApi, FakePeer, FakeTailnet, PeerSpec};
