@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod request_id;
 pub mod server;
 pub mod settings;
+pub mod tailscale;
 
 pub use api::{ApiConfig, ApiState, Backends, api_router};
 pub use error::ApiError;

@@ -72,7 +72,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let wired = wiring::wire(&settings, &shutdown).await?;
     let metrics = Arc::new(Metrics::new(wired.sessions));
-    let state = ApiState::new(settings.api_config(), wired.backends, Arc::clone(&metrics));
+    let mut config = settings.api_config();
+    config.self_node_ids.extend(wired.own_node);
+    let state = ApiState::new(config, wired.backends, Arc::clone(&metrics));
     let mut server = Server::bind(
         settings.api_listen,
         &settings.listen_mode,

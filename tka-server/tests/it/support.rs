@@ -365,6 +365,9 @@ pub(crate) struct Options {
     pub(crate) max_body_bytes: usize,
     pub(crate) mappings: Vec<MappingView>,
     pub(crate) service_name: Option<String>,
+    /// whois through this instead of the scripted tailnet.
+    pub(crate) identity: Option<Arc<dyn IdentityProvider>>,
+    pub(crate) self_node_ids: Vec<NodeId>,
 }
 
 impl Default for Options {
@@ -378,6 +381,8 @@ impl Default for Options {
             max_body_bytes: 1024,
             mappings: default_mappings(),
             service_name: None,
+            identity: None,
+            self_node_ids: vec![NodeId::new(SELF_NODE).unwrap()],
         }
     }
 }
@@ -411,7 +416,7 @@ pub(crate) fn api_config(options: &Options) -> ApiConfig {
             [HOST.to_owned(), "tka-prod.example.ts.net".to_owned()],
             ["127.0.0.1".parse().unwrap()],
         ),
-        self_node_ids: vec![NodeId::new(SELF_NODE).unwrap()],
+        self_node_ids: options.self_node_ids.clone(),
         loopback_peers_only: true,
         service_name: options.service_name.clone(),
         max_body_bytes: options.max_body_bytes,
@@ -437,7 +442,7 @@ impl TestServer {
         });
         let metrics = Arc::new(Metrics::new(Some(issuer.clone())));
         let backends = Backends {
-            identity: tailnet.clone(),
+            identity: options.identity.clone().unwrap_or_else(|| tailnet.clone()),
             issuer: issuer.clone(),
             mappings: mappings.clone(),
             clock: Arc::new(clock.clone()),
