@@ -16,6 +16,7 @@ use crate::secret::Secret;
 pub const API_PREFIX: &str = "/api/v1";
 
 /// `POST /api/v1/login` request body (`{}` when empty).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginRequest {
@@ -28,6 +29,7 @@ pub struct LoginRequest {
 }
 
 /// Where and how to reach the cluster's API server.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterEndpoint {
@@ -45,6 +47,7 @@ pub struct ClusterEndpoint {
 }
 
 /// A session as clients see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
@@ -61,16 +64,19 @@ pub struct SessionInfo {
 }
 
 /// A bearer token and when it stops working.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     /// The bearer token. Never logged: its `Debug` prints `[redacted]`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Password))]
     pub token: Secret<String>,
     /// When the API server stops accepting the token (`status.expirationTimestamp`).
     pub expires_at: Timestamp,
 }
 
 /// `POST /api/v1/login` response.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
@@ -88,6 +94,7 @@ pub struct LoginResponse {
 }
 
 /// `POST /api/v1/token` response: a fresh token within the caller's live session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenResponse {
@@ -98,6 +105,7 @@ pub struct TokenResponse {
 }
 
 /// `GET /api/v1/cluster` response.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterResponse {
@@ -113,6 +121,7 @@ pub struct ClusterResponse {
 }
 
 /// An RFC 9457 problem document: every API error.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Problem {

@@ -21,6 +21,7 @@ use crate::domain::{ClusterName, Identity, RoleName, Ttl};
 
 /// Which schema a capability value is read with; each schema is read only from its own
 /// capability name.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum CapabilitySchema {
@@ -175,6 +176,7 @@ impl Grant {
 }
 
 /// A capability value that was not used, with the reason in words.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SkippedValue {

@@ -24,6 +24,8 @@ pub mod kubeconfig;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod naming;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod policy;
 pub mod reconciler;
 pub mod secret;

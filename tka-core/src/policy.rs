@@ -97,6 +97,7 @@ pub struct NamespacedBinding {
 }
 
 /// How a requested TTL was shortened.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TtlClamp {

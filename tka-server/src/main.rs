@@ -1,17 +1,93 @@
-//! `tka-server`: wires tka-core's implementations into the login API, the ops endpoints and the
-//! reconciler loop. All behaviour lives in tka-core; this binary parses and validates settings.
+//! `tka-server`: parses the command line into validated settings, wires tka-core's
+//! implementations into the login API and the ops endpoints, and runs until SIGTERM. All
+//! behaviour lives in tka-core and the `tka_server` library; this file only wires and prints.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use tka_server::cli::{Cli, Command};
+use tka_server::server::shutdown_on_signal;
+use tka_server::{ApiState, Metrics, Server, Settings, logging, ops_router};
+use tokio_util::sync::CancellationToken;
 
-/// The tka login server.
-#[derive(Debug, Parser)]
-#[command(name = "tka-server", version, about, long_about = None)]
-struct Cli {}
+mod wiring;
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("tka-server: no subcommand is available in this build yet; see --help");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Openapi => print(tka_server::openapi::json()),
+        Command::Serve(args) => {
+            let settings = match Settings::try_from(*args) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("tka-server: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = logging::init(settings.log_format, &settings.log_filter) {
+                eprintln!("tka-server: cannot set up logging: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("tka-server: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "tka-server stopped");
+                    eprintln!("tka-server: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tka-server: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(shutdown.clone()));
+
+    let wired = wiring::wire(&settings, &shutdown).await?;
+    let metrics = Arc::new(Metrics::new(wired.sessions));
+    let mut config = settings.api_config();
+    config.self_node_ids.extend(wired.own_node);
+    let state = ApiState::new(config, wired.backends, Arc::clone(&metrics));
+    let mut server = Server::bind(
+        settings.api_listen,
+        &settings.listen_mode,
+        settings.ops_listen,
+        state,
+        ops_router(wired.readiness, metrics),
+        shutdown,
+        settings.shutdown_grace,
+    )
+    .await?;
+    for task in wired.tasks {
+        server.spawn_task(task);
+    }
+    server.run().await?;
+    Ok(())
 }

@@ -65,6 +65,7 @@ impl fmt::Display for DenialKind {
 }
 
 /// Why a role the caller holds on this cluster cannot be used.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 #[non_exhaustive]
@@ -158,6 +159,7 @@ impl fmt::Display for RoleProblem {
 }
 
 /// A role the caller could get on this cluster.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AvailableRole {
@@ -175,6 +177,7 @@ pub struct AvailableRole {
 }
 
 /// A role the caller holds on this cluster but cannot use.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnavailableRole {
@@ -186,6 +189,7 @@ pub struct UnavailableRole {
 
 /// What a caller holds on one cluster: the roles it could get (best first), the roles it holds
 /// but cannot use, and the capability values that were skipped.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleListing {

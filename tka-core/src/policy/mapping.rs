@@ -42,6 +42,7 @@ impl MappingView {
 }
 
 /// Something wrong with a GrantMapping's spec; a mapping with any problem is never used.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "problem", rename_all = "camelCase")]
 #[non_exhaustive]

@@ -1,0 +1,236 @@
+//! Audit records: one structured tracing event (target `tka::audit`) per issue, refresh, revoke
+//! and denial, with the device, the user, the role, the bindings, the expiry, the session, the
+//! token's ID (`jti`, so Kubernetes audit lines can be joined back to a device and a person), the
+//! outcome and the request ID. This module formats records; it never sees a token, only its ID.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use tka_core::issuer::IssuedCredential;
+use tka_core::{Decision, Denial, Identity, SessionName};
+
+use crate::error::ApiError;
+use crate::listener::Peer;
+use crate::request_id::RequestId;
+
+/// The tracing target of audit records.
+pub const TARGET: &str = "tka::audit";
+
+/// What was audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A login created, extended or changed a session and minted a token.
+    Issue,
+    /// A token was minted for a live session.
+    Refresh,
+    /// Sessions were revoked.
+    Revoke,
+    /// A request was refused.
+    Denial,
+}
+
+impl Event {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Refresh => "refresh",
+            Self::Revoke => "revoke",
+            Self::Denial => "denial",
+        }
+    }
+}
+
+/// One audit record. Absent fields are written as `-`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    event: Event,
+    outcome: String,
+    device: String,
+    device_name: String,
+    user: String,
+    user_id: String,
+    peer: String,
+    role: String,
+    bindings: String,
+    expires_at: String,
+    session: String,
+    token_id: String,
+    token_expires_at: String,
+    reason: String,
+}
+
+const NONE: &str = "-";
+
+fn bindings(decision: &Decision) -> String {
+    let mut out = String::new();
+    for role in &decision.cluster_roles {
+        let _ = write!(
+            out,
+            "{}ClusterRole/{role}",
+            if out.is_empty() { "" } else { "," }
+        );
+    }
+    for b in &decision.namespaced {
+        let _ = write!(
+            out,
+            "{}{}/ClusterRole/{}",
+            if out.is_empty() { "" } else { "," },
+            b.namespace,
+            b.cluster_role
+        );
+    }
+    if out.is_empty() { NONE.to_owned() } else { out }
+}
+
+impl Record {
+    /// A record about `identity`, coming from `peer`.
+    pub fn new(event: Event, identity: &Identity, peer: &Peer) -> Self {
+        Self {
+            event,
+            outcome: NONE.to_owned(),
+            device: identity.node.stable_id.to_string(),
+            device_name: identity.node.name.clone(),
+            user: if identity.is_tagged() {
+                identity
+                    .node
+                    .tags
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                identity.user.login_name.to_string()
+            },
+            user_id: identity.user.id.to_string(),
+            peer: peer.remote.to_string(),
+            role: NONE.to_owned(),
+            bindings: NONE.to_owned(),
+            expires_at: NONE.to_owned(),
+            session: NONE.to_owned(),
+            token_id: NONE.to_owned(),
+            token_expires_at: NONE.to_owned(),
+            reason: NONE.to_owned(),
+        }
+    }
+
+    /// A denial of a caller whois could not (or must not) identify.
+    pub fn denial_before_identity(peer: &Peer, error: &ApiError) -> Self {
+        Self {
+            event: Event::Denial,
+            outcome: error.code().to_owned(),
+            device: NONE.to_owned(),
+            device_name: NONE.to_owned(),
+            user: NONE.to_owned(),
+            user_id: NONE.to_owned(),
+            peer: peer.remote.to_string(),
+            role: NONE.to_owned(),
+            bindings: NONE.to_owned(),
+            expires_at: NONE.to_owned(),
+            session: NONE.to_owned(),
+            token_id: NONE.to_owned(),
+            token_expires_at: NONE.to_owned(),
+            reason: error.to_string(),
+        }
+    }
+
+    /// Sets the outcome word (`created`, `refreshed`, `noGrantForRole`, `failed`, …).
+    #[must_use]
+    pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
+        self.outcome = outcome.into();
+        self
+    }
+
+    /// Records what policy decided.
+    #[must_use]
+    pub fn decision(mut self, decision: &Decision) -> Self {
+        self.role = decision.role.to_string();
+        self.bindings = bindings(decision);
+        self.expires_at = decision.expires_at.to_string();
+        self
+    }
+
+    /// Records the credential handed out (its ID and expiry, never the token).
+    #[must_use]
+    pub fn credential(mut self, credential: &IssuedCredential) -> Self {
+        self.role = credential.role.to_string();
+        self.session = credential.session.to_string();
+        self.expires_at = credential.session_expires_at.to_string();
+        self.token_id = credential
+            .token_id
+            .clone()
+            .unwrap_or_else(|| NONE.to_owned());
+        self.token_expires_at = credential.token_expires_at.to_string();
+        self
+    }
+
+    /// Records the role asked for or held.
+    #[must_use]
+    pub fn role(mut self, role: impl std::fmt::Display) -> Self {
+        self.role = role.to_string();
+        self
+    }
+
+    /// Records the sessions concerned.
+    #[must_use]
+    pub fn sessions(mut self, sessions: &[SessionName]) -> Self {
+        if !sessions.is_empty() {
+            self.session = sessions
+                .iter()
+                .map(SessionName::as_str)
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        self
+    }
+
+    /// Records when the session ends.
+    #[must_use]
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
+        self.expires_at = at.to_string();
+        self
+    }
+
+    /// Records why, in words.
+    #[must_use]
+    pub fn reason(mut self, reason: impl std::fmt::Display) -> Self {
+        self.reason = reason.to_string();
+        self
+    }
+
+    /// Records a denial's class and message.
+    #[must_use]
+    pub fn denial(self, denial: &Denial) -> Self {
+        let role = denial
+            .requested_role
+            .as_ref()
+            .map_or_else(|| self.role.clone(), ToString::to_string);
+        Self {
+            role,
+            ..self.outcome(denial.kind.code()).reason(denial)
+        }
+    }
+
+    /// Writes the record.
+    pub fn emit(&self) {
+        let request_id = RequestId::current().map_or_else(|| NONE.to_owned(), |id| id.to_string());
+        tracing::info!(
+            target: TARGET,
+            event = self.event.as_str(),
+            outcome = %self.outcome,
+            request_id = %request_id,
+            device = %self.device,
+            device_name = %self.device_name,
+            user = %self.user,
+            user_id = %self.user_id,
+            peer = %self.peer,
+            role = %self.role,
+            bindings = %self.bindings,
+            expires_at = %self.expires_at,
+            session = %self.session,
+            token_id = %self.token_id,
+            token_expires_at = %self.token_expires_at,
+            reason = %self.reason,
+            "audit"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The command line as plain data: what the user typed (or set in the environment), before any
+//! validation. Every flag has an environment-variable twin (`TKA_…`). Turning this into something
+//! the server can run is [`crate::settings::Settings`]'s job (`TryFrom<ServeArgs>`); this module
+//! must not check values beyond their syntax, read files, or build objects.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The tka login server: Tailscale identity in, short-lived Kubernetes credentials out.
+#[derive(Debug, Parser)]
+#[command(name = "tka-server", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the login API and the ops endpoints until SIGTERM.
+    Serve(Box<ServeArgs>),
+    /// Print the OpenAPI 3 document of the login API (JSON).
+    Openapi,
+}
+
+/// How tailnet traffic reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    /// Behind a userspace-networking tailscaled sidecar: it re-dials tailnet connections to
+    /// 127.0.0.1, so the API listens on loopback and accepts only loopback peers.
+    Userspace,
+    /// tailscaled has a TUN device: the API listens on the node's tailnet address.
+    Kernel,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// `tka-server serve` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// This cluster's name, as capability `clusters` globs and `tka login CLUSTER` refer to it.
+    #[arg(long, env = "TKA_CLUSTER_NAME")]
+    pub cluster_name: String,
+
+    /// The Kubernetes API server URL handed to clients (https://…).
+    #[arg(long, env = "TKA_API_SERVER_URL")]
+    pub api_server_url: String,
+
+    /// A PEM file with the API server's CA bundle, handed to clients.
+    #[arg(
+        long,
+        env = "TKA_API_SERVER_CA_FILE",
+        conflicts_with = "api_server_ca_data"
+    )]
+    pub api_server_ca_file: Option<PathBuf>,
+
+    /// The API server's CA bundle as base64-encoded PEM (as in a kubeconfig).
+    #[arg(long, env = "TKA_API_SERVER_CA_DATA")]
+    pub api_server_ca_data: Option<String>,
+
+    /// The namespace the server runs in: its ServiceAccounts live here, and no GrantMapping may
+    /// bind into it.
+    #[arg(long, env = "TKA_NAMESPACE", default_value = "tka-system")]
+    pub namespace: String,
+
+    /// The capability name whose values are tka grants.
+    #[arg(long, env = "TKA_CAPABILITY", default_value = tka_core::identity::DEFAULT_CAPABILITY)]
+    pub capability: String,
+
+    /// Also read grants of the SpechtLabs/tka schema under this capability name
+    /// (e.g. specht-labs.de/cap/tka).
+    #[arg(long, env = "TKA_COMPAT_CAPABILITY")]
+    pub compat_capability: Option<String>,
+
+    /// The session length when neither the request nor the GrantMapping names one.
+    #[arg(
+        long,
+        env = "TKA_DEFAULT_TTL",
+        allow_hyphen_values = true,
+        default_value = "1h"
+    )]
+    pub default_ttl: String,
+
+    /// No session is ever longer than this.
+    #[arg(
+        long,
+        env = "TKA_MAX_TTL",
+        allow_hyphen_values = true,
+        default_value = "8h"
+    )]
+    pub max_ttl: String,
+
+    /// The lifetime of each token (refreshed within the session); at least 10m, the API
+    /// server's floor.
+    #[arg(
+        long,
+        env = "TKA_TOKEN_LIFETIME",
+        allow_hyphen_values = true,
+        default_value = "15m"
+    )]
+    pub token_lifetime: String,
+
+    /// Where the login API listens (tailnet traffic only).
+    #[arg(long, env = "TKA_LISTEN", default_value = "127.0.0.1:80")]
+    pub listen: SocketAddr,
+
+    /// Where /healthz, /readyz and /metrics listen (for the kubelet and Prometheus).
+    #[arg(long, env = "TKA_OPS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub ops_listen: SocketAddr,
+
+    /// How tailnet traffic reaches the server.
+    #[arg(long, env = "TKA_NETWORK_MODE", value_enum, default_value_t = NetworkMode::Userspace)]
+    pub network_mode: NetworkMode,
+
+    /// Expect a PROXY protocol v2 header on every API connection (HA behind a Tailscale
+    /// Service). The API must then listen on a loopback address tailscaled never dials, such as
+    /// 127.0.0.2.
+    #[arg(long, env = "TKA_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    /// The Tailscale Service (`svc:name`) connections are addressed to, for grants aimed at a
+    /// service; used when the PROXY header does not name one.
+    #[arg(long, env = "TKA_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// The tailscaled LocalAPI socket.
+    #[arg(long, env = "TKA_TAILSCALE_SOCKET", default_value = tka_core::identity::DEFAULT_SOCKET)]
+    pub tailscale_socket: PathBuf,
+
+    /// Namespaces no GrantMapping may bind into (the server's own namespace is always one).
+    #[arg(
+        long = "forbidden-namespace",
+        env = "TKA_FORBIDDEN_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub forbidden_namespaces: Vec<String>,
+
+    /// Elect one active reconciler among replicas with a coordination.k8s.io Lease.
+    #[arg(
+        long,
+        env = "TKA_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub leader_election: bool,
+
+    /// The Lease used for leader election, in the server's namespace.
+    #[arg(long, env = "TKA_LEASE_NAME", default_value = "tka-server")]
+    pub lease_name: String,
+
+    /// The log line format.
+    #[arg(long, env = "TKA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Which log lines to write (tracing-subscriber filter syntax, e.g. `info,tka=debug`).
+    #[arg(long, env = "TKA_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// The server's own names that clients use in `Host` (node name and MagicDNS name); any
+    /// other `Host` is refused (DNS rebinding).
+    #[arg(long = "server-name", env = "TKA_SERVER_NAMES", value_delimiter = ',')]
+    pub server_names: Vec<String>,
+
+    /// The server's own addresses that clients may use in `Host` (its tailnet IPs). The API's
+    /// listen address is always accepted.
+    #[arg(
+        long = "server-address",
+        env = "TKA_SERVER_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub server_addresses: Vec<IpAddr>,
+
+    /// The stable ID(s) of the server's own tailnet node(s); requests that whois names as one
+    /// of them are refused.
+    #[arg(
+        long = "self-node-id",
+        env = "TKA_SELF_NODE_IDS",
+        value_delimiter = ','
+    )]
+    pub self_node_ids: Vec<String>,
+
+    /// Requests per minute each device (node stable ID) may make.
+    #[arg(long, env = "TKA_RATE_LIMIT_PER_MINUTE", default_value_t = 60)]
+    pub rate_limit_per_minute: u32,
+
+    /// Requests a device may make in a burst before the per-minute rate applies.
+    #[arg(long, env = "TKA_RATE_LIMIT_BURST", default_value_t = 20)]
+    pub rate_limit_burst: u32,
+
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "TKA_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long to wait for tailscaled to answer a whois.
+    #[arg(
+        long,
+        env = "TKA_WHOIS_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "2s"
+    )]
+    pub whois_timeout: String,
+
+    /// How long to wait for the Kubernetes API for one login, refresh or logout.
+    #[arg(
+        long,
+        env = "TKA_KUBE_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "15s"
+    )]
+    pub kube_timeout: String,
+
+    /// After SIGTERM, how long in-flight requests may take before the server exits anyway.
+    #[arg(
+        long,
+        env = "TKA_SHUTDOWN_GRACE",
+        allow_hyphen_values = true,
+        default_value = "25s"
+    )]
+    pub shutdown_grace: String,
+}

@@ -1,0 +1,419 @@
+//! [`ApiError`]: every way an API request can fail, and the ONE place where failures become HTTP
+//! responses (RFC 9457 `application/problem+json`, [`tka_core::api::Problem`]). Domain errors
+//! ([`IdentityError`], [`IssueError`], [`Denial`]) are classified here, walking `source()` where a
+//! cause decides the status. Handlers return `Result<_, ApiError>` and never build error
+//! responses themselves. Problems carry the request ID in `instance`; they never carry a token.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use tka_core::api::Problem;
+use tka_core::identity::IdentityError;
+use tka_core::issuer::IssueError;
+use tka_core::policy::RoleListing;
+use tka_core::{Denial, SessionName};
+
+use crate::request_id::RequestId;
+
+/// Why an API request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request carries an `Origin` header: it came from a browser page.
+    #[error(
+        "requests from web pages are refused (the request has an Origin header); use the tka CLI or curl"
+    )]
+    OriginRefused,
+    /// `Sec-Fetch-Site` says another site made the request.
+    #[error("requests made by another web site are refused (Sec-Fetch-Site: {0})")]
+    CrossSite(String),
+    /// The `Host` is none of the server's names or addresses (DNS rebinding).
+    #[error(
+        "Host {0:?} is not one of this server's names; connect to the server by its tailnet name or address"
+    )]
+    HostNotAllowed(String),
+    /// The connection came from a peer this listener must not serve.
+    #[error("connections from {0} are not accepted by this listener")]
+    PeerNotAllowed(std::net::IpAddr),
+    /// whois failed: an unknown caller, or tailscaled could not answer.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// whois named the server's own node.
+    #[error("the server does not serve requests from its own tailnet node")]
+    SelfNode,
+    /// The device made too many requests.
+    #[error("too many requests from this device; try again in {}s", retry_after_secs(*.retry_after))]
+    RateLimited {
+        /// When the next request will be accepted.
+        retry_after: Duration,
+    },
+    /// A POST without `Content-Type: application/json`.
+    #[error("send the request body as JSON with Content-Type: application/json (got {0})")]
+    UnsupportedMediaType(String),
+    /// The body is larger than the cap.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The cap in bytes.
+        limit: usize,
+    },
+    /// The body is not the JSON this endpoint takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Policy refused (or the TTL does not parse).
+    #[error(transparent)]
+    Denied(Box<Denial>),
+    /// At refresh, the grant behind the session no longer holds; the session was ended.
+    #[error(
+        "session {session} was ended because its grant no longer holds: {reason}; run `tka login` to get a role you still hold"
+    )]
+    GrantWithdrawn {
+        /// The session that was revoked.
+        session: SessionName,
+        /// Why the grant no longer holds, naming what is missing.
+        reason: String,
+        /// What the caller still holds here, when policy said.
+        roles: Option<Box<RoleListing>>,
+    },
+    /// The device has no live session.
+    #[error("this device has no live session on this cluster; run `tka login` first")]
+    NoSession,
+    /// The issuer failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// An outbound call did not finish within its deadline.
+    #[error("{what} did not answer within {}s; try again", .after.as_secs_f32())]
+    Timeout {
+        /// What was called ("tailscaled", "the Kubernetes API").
+        what: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// No such endpoint.
+    #[error("no such endpoint; see /api/v1/openapi.json")]
+    NotFound,
+    /// The endpoint exists but not with this method.
+    #[error("this endpoint does not take this method; see /api/v1/openapi.json")]
+    MethodNotAllowed,
+    /// A bug or an impossible state; details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Denial> for ApiError {
+    fn from(denial: Denial) -> Self {
+        Self::Denied(Box::new(denial))
+    }
+}
+
+fn retry_after_secs(d: Duration) -> u64 {
+    // Round up, and never tell a client to retry "in 0s".
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.as_secs() == 0))
+}
+
+/// Whether `error` or any of its sources is a `T`.
+pub fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
+    // Source chains are short; the bound only guards against a cyclic chain.
+    for _ in 0..32 {
+        let e = current?;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// How a failure is presented: status, stable code, title.
+struct Class {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    retry_after: Option<u64>,
+}
+
+const fn class(status: StatusCode, code: &'static str, title: &'static str) -> Class {
+    Class {
+        status,
+        code,
+        title,
+        retry_after: None,
+    }
+}
+
+fn classify_identity(e: &IdentityError) -> Class {
+    match e {
+        IdentityError::NotInTailnet(_) => class(
+            StatusCode::FORBIDDEN,
+            "unknownCaller",
+            "Caller is not a tailnet peer",
+        ),
+        IdentityError::Timeout(_) => Class {
+            retry_after: Some(1),
+            ..class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identityUnavailable",
+                "Tailscale identity unavailable",
+            )
+        },
+        _ => Class {
+            retry_after: Some(2),
+            ..class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identityUnavailable",
+                "Tailscale identity unavailable",
+            )
+        },
+    }
+}
+
+fn classify_issue(e: &IssueError) -> Class {
+    match e {
+        IssueError::NoSession => class(StatusCode::NOT_FOUND, "noSession", "No session"),
+        IssueError::Expired { .. } => {
+            class(StatusCode::NOT_FOUND, "sessionExpired", "Session expired")
+        }
+        IssueError::Revoked { .. } => {
+            class(StatusCode::NOT_FOUND, "sessionRevoked", "Session revoked")
+        }
+        IssueError::IdentityChanged { .. } => class(
+            StatusCode::CONFLICT,
+            "identityChanged",
+            "Session belongs to another user",
+        ),
+        IssueError::Pending { .. } => Class {
+            retry_after: Some(2),
+            ..class(
+                StatusCode::CONFLICT,
+                "sessionPending",
+                "Session is being set up",
+            )
+        },
+        IssueError::Conflict(_) => Class {
+            retry_after: Some(1),
+            ..class(StatusCode::CONFLICT, "conflict", "Concurrent change")
+        },
+        IssueError::Foreign { .. } => class(
+            StatusCode::CONFLICT,
+            "foreignObject",
+            "Object not made by tka",
+        ),
+        IssueError::Unavailable { .. } => Class {
+            retry_after: Some(2),
+            ..class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "clusterUnavailable",
+                "Kubernetes API unavailable",
+            )
+        },
+        IssueError::Backend { .. } if find_cause::<std::io::Error>(e).is_some() => Class {
+            retry_after: Some(2),
+            ..class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "clusterUnavailable",
+                "Kubernetes API unavailable",
+            )
+        },
+        IssueError::Backend { .. } => class(
+            StatusCode::BAD_GATEWAY,
+            "backendError",
+            "Kubernetes API error",
+        ),
+        _ => class(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serverMisconfigured",
+            "Server cannot issue credentials",
+        ),
+    }
+}
+
+impl ApiError {
+    fn class(&self) -> Class {
+        match self {
+            Self::OriginRefused => class(
+                StatusCode::FORBIDDEN,
+                "originRefused",
+                "Browser requests refused",
+            ),
+            Self::CrossSite(_) => class(
+                StatusCode::FORBIDDEN,
+                "crossSiteRefused",
+                "Cross-site request refused",
+            ),
+            Self::HostNotAllowed(_) => {
+                class(StatusCode::FORBIDDEN, "hostNotAllowed", "Unknown Host")
+            }
+            Self::PeerNotAllowed(_) => {
+                class(StatusCode::FORBIDDEN, "peerNotAllowed", "Peer not accepted")
+            }
+            Self::Identity(e) => classify_identity(e),
+            Self::SelfNode => class(
+                StatusCode::FORBIDDEN,
+                "selfNode",
+                "Requests from the server's own node are refused",
+            ),
+            Self::RateLimited { retry_after } => Class {
+                retry_after: Some(retry_after_secs(*retry_after)),
+                ..class(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rateLimited",
+                    "Too many requests",
+                )
+            },
+            Self::UnsupportedMediaType(_) => class(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupportedMediaType",
+                "Body must be JSON",
+            ),
+            Self::BodyTooLarge { .. } => class(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bodyTooLarge",
+                "Request body too large",
+            ),
+            Self::BadRequest(_) => class(StatusCode::BAD_REQUEST, "badRequest", "Bad request"),
+            Self::Denied(denial) if denial.kind.is_bad_request() => {
+                class(StatusCode::BAD_REQUEST, denial.kind.code(), "Bad request")
+            }
+            Self::Denied(denial) => class(StatusCode::FORBIDDEN, denial.kind.code(), "Denied"),
+            Self::GrantWithdrawn { .. } => class(
+                StatusCode::FORBIDDEN,
+                "sessionEnded",
+                "Grant withdrawn, session ended",
+            ),
+            Self::NoSession => class(StatusCode::NOT_FOUND, "noSession", "No session"),
+            Self::Issue(e) => classify_issue(e),
+            Self::Timeout { .. } => Class {
+                retry_after: Some(1),
+                ..class(StatusCode::GATEWAY_TIMEOUT, "timeout", "Upstream timeout")
+            },
+            Self::NotFound => class(StatusCode::NOT_FOUND, "notFound", "Not found"),
+            Self::MethodNotAllowed => class(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "methodNotAllowed",
+                "Method not allowed",
+            ),
+            Self::Internal(_) => class(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.class().status
+    }
+
+    /// The stable problem code (`unknownCaller`, `noGrantForRole`, …).
+    pub fn code(&self) -> &'static str {
+        self.class().code
+    }
+
+    /// The problem document for this error (without `instance`).
+    pub fn problem(&self) -> Problem {
+        let class = self.class();
+        let detail = match self {
+            // Internal details go to the log, not to the caller.
+            Self::Internal(_) => "internal error; the server log has the details".to_owned(),
+            Self::Issue(e) if class.status.is_server_error() => e.to_string(),
+            other => other.to_string(),
+        };
+        let mut problem = Problem::new(class.status.as_u16(), class.code, class.title, detail);
+        problem.roles = match self {
+            Self::Denied(denial) => Some((*denial.listing).clone()),
+            Self::GrantWithdrawn { roles, .. } => roles.as_deref().cloned(),
+            _ => None,
+        };
+        problem
+    }
+}
+
+/// The error chain in one line, for logs.
+fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    for _ in 0..32 {
+        let Some(e) = source else { break };
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let class = self.class();
+        if class.status.is_server_error() {
+            tracing::warn!(code = class.code, error = %chain(&self), "request failed");
+        } else {
+            tracing::debug!(code = class.code, error = %self, "request refused");
+        }
+        let mut problem = self.problem();
+        problem.instance = RequestId::current().map(|id| id.to_string());
+        let body = match serde_json::to_vec(&problem) {
+            Ok(body) => body,
+            // A Problem is plain strings and numbers; serializing it cannot fail.
+            Err(_) => b"{\"title\":\"Internal error\",\"status\":500}".to_vec(),
+        };
+        let mut response = (class.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(Problem::CONTENT_TYPE),
+        );
+        if let Some(secs) = class.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_found_through_the_chain() {
+        let e = Outer(std::io::Error::other("reset"));
+        assert!(find_cause::<std::io::Error>(&e).is_some());
+        assert!(find_cause::<IdentityError>(&e).is_none());
+    }
+
+    #[test]
+    fn backend_errors_caused_by_io_are_retryable_unavailability() {
+        let io = IssueError::Backend {
+            action: "create the ServiceAccount".into(),
+            source: Box::new(Outer(std::io::Error::other("connection reset"))),
+        };
+        let err = ApiError::from(io);
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let other = IssueError::Backend {
+            action: "create the ServiceAccount".into(),
+            source: "weird".into(),
+        };
+        assert_eq!(ApiError::from(other).status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::from_millis(3100)), 4);
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let p = ApiError::Internal("secret path /etc/x".into()).problem();
+        assert_eq!(p.status, 500);
+        assert!(!p.detail.contains("/etc/x"));
+    }
+}

@@ -1,0 +1,234 @@
+//! The checks every API request passes before a handler runs, cheapest first:
+//! no `Origin` header and no cross-site `Sec-Fetch-Site` (browser pages), a `Host` that is one of
+//! the server's own names or addresses (DNS rebinding), a peer the listener may serve, then whois
+//! on the connection (a miss is 403, never a fallback; the server's own node is refused), then
+//! the per-device rate limit. What passes becomes a [`Caller`] in the request's extensions.
+//!
+//! Body checks (content type, size, JSON) belong to [`crate::body`]; policy to the handlers.
+//! whois answers are never cached: each request asks for its own connection.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, header};
+use tka_core::Identity;
+use tka_core::identity::WhoisRequest;
+
+use crate::api::ApiState;
+use crate::audit;
+use crate::error::ApiError;
+use crate::listener::Peer;
+
+/// The `Host` values the API answers to: the server's own names (lowercase, without a trailing
+/// dot) and addresses. Ports are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts {
+    names: BTreeSet<String>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+impl AllowedHosts {
+    /// Hosts from names and addresses. Names are compared case-insensitively.
+    pub fn new(
+        names: impl IntoIterator<Item = String>,
+        addresses: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        Self {
+            names: names
+                .into_iter()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            addresses: addresses.into_iter().map(|a| a.to_canonical()).collect(),
+        }
+    }
+
+    /// Whether a `Host` header value (`name`, `name:port`, `1.2.3.4:80`, `[fd7a::1]:80`) names
+    /// this server.
+    pub fn allows(&self, host: &str) -> bool {
+        let Ok(authority) = host.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        if authority.as_str().contains('@') {
+            return false;
+        }
+        let name = authority.host();
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.addresses.contains(&ip.to_canonical());
+        }
+        self.names
+            .contains(&name.trim_end_matches('.').to_ascii_lowercase())
+    }
+}
+
+/// A caller that passed every check: who tailscaled says it is, and how it connected.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The identity whois reported for this request's connection.
+    pub identity: Arc<Identity>,
+    /// The connection's peer.
+    pub peer: Peer,
+}
+
+fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiError> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(ApiError::OriginRefused);
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("invalid");
+        // `none` is a user typing the URL; `same-origin` a page of this server (it serves none).
+        if !matches!(site, "none" | "same-origin") {
+            return Err(ApiError::CrossSite(site.to_owned()));
+        }
+    }
+    let host = headers
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("(not text)"))
+        .unwrap_or("");
+    if !hosts.allows(host) {
+        return Err(ApiError::HostNotAllowed(host.to_owned()));
+    }
+    Ok(())
+}
+
+/// Middleware: runs the checks and inserts the [`Caller`]. Refusals are answered here.
+pub async fn middleware(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match check(&state, &peer, request.headers()).await {
+        Ok(identity) => {
+            request.extensions_mut().insert(Caller {
+                identity: Arc::new(identity),
+                peer,
+            });
+            next.run(request).await
+        }
+        Err(error) => {
+            state.metrics.refused(error.code());
+            if matches!(
+                error,
+                ApiError::Identity(tka_core::identity::IdentityError::NotInTailnet(_))
+                    | ApiError::SelfNode
+            ) {
+                audit::Record::denial_before_identity(&peer, &error).emit();
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn check(state: &ApiState, peer: &Peer, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let config = &state.config;
+    browser_checks(headers, &config.allowed_hosts)?;
+    if config.loopback_peers_only && !peer.transport.ip().to_canonical().is_loopback() {
+        return Err(ApiError::PeerNotAllowed(peer.transport.ip()));
+    }
+
+    let mut whois = WhoisRequest::connection(peer.remote);
+    whois.svc_name = peer
+        .svc_name
+        .clone()
+        .or_else(|| config.service_name.clone());
+    let started = Instant::now();
+    let answer =
+        tokio::time::timeout(config.whois_timeout, state.backends.identity.lookup(&whois)).await;
+    state.metrics.observe_whois(started.elapsed());
+    let identity = match answer {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(e)) => return Err(ApiError::Identity(e)),
+        Err(_) => {
+            return Err(ApiError::Timeout {
+                what: "tailscaled",
+                after: config.whois_timeout,
+            });
+        }
+    };
+    tracing::trace!(
+        device = %identity.key(),
+        peer = %peer.remote,
+        capability_values = identity.capabilities.len(),
+        "caller identified"
+    );
+    if config.self_node_ids.contains(identity.key()) {
+        return Err(ApiError::SelfNode);
+    }
+    state.rate_limiter.check(identity.key())?;
+    Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts() -> AllowedHosts {
+        AllowedHosts::new(
+            ["tka-prod".to_owned(), "TKA-prod.example.ts.net.".to_owned()],
+            [
+                "100.64.0.5".parse().unwrap(),
+                "fd7a:115c:a1e0::5".parse().unwrap(),
+            ],
+        )
+    }
+
+    #[test]
+    fn own_names_and_addresses_are_allowed_with_or_without_port() {
+        let h = hosts();
+        for ok in [
+            "tka-prod",
+            "tka-prod:80",
+            "TKA-PROD",
+            "tka-prod.example.ts.net",
+            "tka-prod.example.ts.net.",
+            "100.64.0.5",
+            "100.64.0.5:80",
+            "[fd7a:115c:a1e0::5]:80",
+        ] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for refused in [
+            "",
+            "evil.example.com",
+            "tka-prod.evil.com",
+            "100.64.0.6",
+            "127.0.0.1",
+            "user@tka-prod",
+            "tka-prod/x",
+        ] {
+            assert!(!h.allows(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn browser_requests_are_refused() {
+        let h = hosts();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "tka-prod".parse().unwrap());
+        assert!(browser_checks(&headers, &h).is_ok());
+        headers.insert("sec-fetch-site", "none".parse().unwrap());
+        assert!(browser_checks(&headers, &h).is_ok());
+        for site in ["cross-site", "same-site"] {
+            headers.insert("sec-fetch-site", site.parse().unwrap());
+            assert!(matches!(
+                browser_checks(&headers, &h),
+                Err(ApiError::CrossSite(_))
+            ));
+        }
+        headers.remove("sec-fetch-site");
+        headers.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(matches!(
+            browser_checks(&headers, &h),
+            Err(ApiError::OriginRefused)
+        ));
+    }
+}

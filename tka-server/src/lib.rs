@@ -1,0 +1,41 @@
+//! The HTTP side of `tka-server`: the login API under `/api/v1` (tailnet only), the ops endpoints
+//! (`/healthz`, `/readyz`, `/metrics`), the listeners they run on, and the validated settings that
+//! configure them.
+//!
+//! This crate is a thin layer: who is calling comes from a [`tka_core::IdentityProvider`], what
+//! they may get from [`tka_core::policy`], and the credentials from a
+//! [`tka_core::issuer::CredentialIssuer`]. It owns only the HTTP contract (DESIGN §6): the
+//! security checks every request passes, the mapping of domain errors to RFC 9457 problems (in
+//! [`error::ApiError`], the one place that does it), the audit records, the metrics and graceful
+//! shutdown. It must not decide policy, talk to Kubernetes or tailscaled itself, or log a token.
+//!
+//! The binary (`main.rs`) parses flags into [`settings::Settings`], wires the real
+//! implementations in, and calls [`server::Server::run`]. Tests boot the same router with fakes.
+
+pub mod api;
+pub mod audit;
+pub mod body;
+pub mod cli;
+pub mod error;
+pub mod guard;
+pub mod kubeconfig;
+pub mod listener;
+pub mod logging;
+pub mod mappings;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod ratelimit;
+pub mod request_id;
+pub mod server;
+pub mod settings;
+pub mod tailscale;
+
+pub use api::{ApiConfig, ApiState, Backends, api_router};
+pub use error::ApiError;
+pub use listener::{ApiListener, ListenMode, Peer};
+pub use mappings::{InMemoryMappings, MappingStore};
+pub use metrics::{Metrics, SessionCounter};
+pub use ops::{ReadinessCheck, ops_router};
+pub use server::Server;
+pub use settings::{Settings, SettingsError};

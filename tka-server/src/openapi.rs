@@ -1,0 +1,48 @@
+//! The OpenAPI 3 document of the login API, generated with `utoipa` from the Rust types: the wire
+//! types of [`tka_core::api`] derive `utoipa::ToSchema` (tka-core feature `openapi`), and each
+//! handler in [`crate::api`] declares its path, body and every error status. Served at
+//! `/api/v1/openapi.json` and printed by `tka-server openapi`; an `insta` snapshot guards it.
+
+use std::sync::LazyLock;
+
+use utoipa::OpenApi;
+
+use crate::api;
+
+/// The document's definition.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tka login API",
+        version = "v1",
+        description = "Short-lived Kubernetes credentials for Tailscale identities. Every request is identified by tailscaled's whois on its connection; errors are RFC 9457 problems (`application/problem+json`) with a stable `code`. Every POST takes a JSON body (`{}` when empty) with `Content-Type: application/json`. Requests with an `Origin` header, a cross-site `Sec-Fetch-Site` or a foreign `Host` are refused.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(
+        api::login,
+        api::token,
+        api::get_session,
+        api::delete_session,
+        api::cluster,
+        api::openapi_document
+    ),
+    components(schemas(tka_core::api::Problem)),
+    tags(
+        (name = "sessions", description = "Log in, refresh, inspect and end the device's session"),
+        (name = "cluster", description = "What this cluster is and what the caller could get here"),
+        (name = "meta", description = "This document")
+    )
+)]
+pub struct ApiDoc;
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        // The document is plain data built from string literals; serializing it cannot fail.
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+});
+
+/// The document as pretty-printed JSON.
+pub fn json() -> &'static str {
+    &DOCUMENT
+}

@@ -1,0 +1,110 @@
+//! The ops endpoints, on their own listener for the kubelet and Prometheus: `/healthz` (the
+//! process is alive), `/readyz` (every [`ReadinessCheck`] passes: tailscaled answers, the API
+//! server answers, the CRDs are installed), `/metrics` (Prometheus text). No user data here:
+//! readiness names its failing checks and their messages, nothing about callers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::metrics::{self, Metrics};
+
+/// One condition the server needs before it can serve logins.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    /// A short name for the check (`tailscaled`, `kubernetes`, `crds`).
+    fn name(&self) -> &str;
+
+    /// `Ok` when the condition holds; otherwise what is wrong, for the operator.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// How long one readiness check may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct OpsState {
+    checks: Arc<[Arc<dyn ReadinessCheck>]>,
+    metrics: Arc<Metrics>,
+}
+
+/// The ops router.
+pub fn ops_router(checks: Vec<Arc<dyn ReadinessCheck>>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(OpsState {
+            checks: checks.into(),
+            metrics,
+        })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let results = futures_join(&state.checks).await;
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|(name, result)| result.err().map(|why| format!("{name}: {why}")))
+        .collect();
+    if failures.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        tracing::debug!(failures = ?failures, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", failures.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+/// Runs every check concurrently, each under [`CHECK_TIMEOUT`].
+async fn futures_join(checks: &[Arc<dyn ReadinessCheck>]) -> Vec<(String, Result<(), String>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (index, check) in checks.iter().enumerate() {
+        let check = Arc::clone(check);
+        set.spawn(async move {
+            let result = match tokio::time::timeout(CHECK_TIMEOUT, check.check()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+            };
+            (index, check.name().to_owned(), result)
+        });
+    }
+    let mut results: Vec<(usize, String, Result<(), String>)> = Vec::with_capacity(checks.len());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(result) => results.push(result),
+            Err(e) => results.push((usize::MAX, "check".into(), Err(format!("panicked: {e}")))),
+        }
+    }
+    results.sort_by_key(|(index, _, _)| *index);
+    results
+        .into_iter()
+        .map(|(_, name, result)| (name, result))
+        .collect()
+}
+
+async fn metrics_text(State(state): State<OpsState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
+    }
+}

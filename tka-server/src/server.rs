@@ -1,0 +1,175 @@
+//! Running the two listeners until shutdown: the login API (on an [`ApiListener`], with each
+//! connection's [`Peer`] as connect info) and the ops endpoints. Shutdown is a
+//! [`CancellationToken`]: cancelling it (SIGTERM does, see [`shutdown_on_signal`]) stops accepting,
+//! lets in-flight requests finish (axum's graceful shutdown) for at most the grace period, and
+//! tells background tasks ([`Server::spawn_task`], e.g. the reconciler) to stop.
+
+use std::future::{Future, IntoFuture as _};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiState, api_router};
+use crate::listener::{ApiListener, ListenMode, Peer};
+
+/// How often the rate limiter forgets idle devices.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// A bound server, ready to run.
+#[derive(Debug)]
+pub struct Server {
+    api_listener: ApiListener,
+    api_addr: SocketAddr,
+    ops_listener: TcpListener,
+    api: Router,
+    ops: Router,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Binds both listeners. Fails with the address if one cannot be bound.
+    pub async fn bind(
+        api_addr: SocketAddr,
+        mode: &ListenMode,
+        ops_addr: SocketAddr,
+        state: Arc<ApiState>,
+        ops: Router,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> io::Result<Self> {
+        let api_tcp = TcpListener::bind(api_addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {api_addr} (--listen): {e}"),
+            )
+        })?;
+        let ops_listener = TcpListener::bind(ops_addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {ops_addr} (--ops-listen): {e}"),
+            )
+        })?;
+        let api_addr = api_tcp.local_addr()?;
+        let api_listener = ApiListener::new(api_tcp, mode, &shutdown)?;
+        Ok(Self {
+            api_listener,
+            api_addr,
+            ops_listener,
+            api: api_router(Arc::clone(&state)),
+            ops,
+            state,
+            shutdown,
+            grace,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    /// Where the API listens (with the port the OS picked for port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Where the ops endpoints listen.
+    pub fn ops_addr(&self) -> io::Result<SocketAddr> {
+        self.ops_listener.local_addr()
+    }
+
+    /// The token that shuts the server down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs a background task for the server's lifetime (the reconciler's loop goes here). It is
+    /// handed the shutdown token and must return soon after it is cancelled.
+    pub fn spawn_task<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.shutdown.clone()));
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains in-flight requests for at most
+    /// the grace period and waits for background tasks for what is left of it.
+    pub async fn run(mut self) -> io::Result<()> {
+        let limiter_state = Arc::clone(&self.state);
+        self.spawn_task(|shutdown| async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(FORGET_IDLE_EVERY) => limiter_state.rate_limiter.forget_idle(),
+                }
+            }
+        });
+
+        let stop = self.shutdown.clone();
+        let api = axum::serve(
+            self.api_listener,
+            self.api.into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let ops = axum::serve(self.ops_listener, self.ops)
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        tracing::info!(api = %self.api_addr, "serving");
+
+        let grace = self.grace;
+        let deadline = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = async { tokio::try_join!(api.into_future(), ops.into_future()) } => served.map(|_| ()),
+            () = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the shutdown grace period");
+                Ok(())
+            }
+        };
+        // Whatever ended serving, background tasks must stop too.
+        stop.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop within the shutdown grace period");
+            self.tasks.abort_all();
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    token.cancel();
+}

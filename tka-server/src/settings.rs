@@ -1,0 +1,637 @@
+//! Validated settings: [`Settings`] is built once from the command line
+//! (`TryFrom<ServeArgs>`) and is everything `serve` needs, already checked and converted into
+//! domain types. Every error names the flag to fix. This module reads the CA file (the one piece
+//! of I/O validation needs) and nothing else; it starts nothing.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use jiff::SignedDuration;
+use tka_core::api::ClusterEndpoint;
+use tka_core::domain::{is_dns1123_label, is_dns1123_subdomain};
+use tka_core::issuer::TOKEN_LIFETIME_FLOOR;
+use tka_core::{ClusterName, NodeId, PolicySettings, Ttl};
+
+use crate::api::ApiConfig;
+use crate::cli::{LogFormat, NetworkMode, ServeArgs};
+use crate::guard::AllowedHosts;
+use crate::listener::ListenMode;
+use crate::ratelimit::RateLimitConfig;
+
+/// A flag whose value cannot be used. The message says which flag and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The value is not acceptable.
+    #[error("{flag}: {message}")]
+    Invalid {
+        /// The flag, e.g. `--max-ttl`.
+        flag: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A file named by the flag cannot be read.
+    #[error("{flag}: cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The flag, e.g. `--api-server-ca-file`.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SettingsError {
+    /// The flag to fix.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Invalid { flag, .. } | Self::Unreadable { flag, .. } => flag,
+        }
+    }
+
+    fn invalid(flag: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// Leader election among replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElection {
+    /// The Lease's name, in the server's namespace.
+    pub lease_name: String,
+}
+
+/// Everything `tka-server serve` runs with, validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The cluster as clients are told about it.
+    pub cluster: ClusterEndpoint,
+    /// The namespace the server runs in.
+    pub namespace: String,
+    /// Policy bounds, capability names and protected namespaces.
+    pub policy: PolicySettings,
+    /// The lifetime of each token; at least the API server's floor of 600 s.
+    pub token_lifetime: SignedDuration,
+    /// Where the login API listens.
+    pub api_listen: SocketAddr,
+    /// Which peers the API listener accepts and how it learns who they are.
+    pub listen_mode: ListenMode,
+    /// Where the ops endpoints listen.
+    pub ops_listen: SocketAddr,
+    /// The tailscaled LocalAPI socket.
+    pub tailscale_socket: PathBuf,
+    /// The Tailscale Service connections are addressed to, when configured.
+    pub service_name: Option<String>,
+    /// Leader election for the reconciler; `None` when disabled.
+    pub leader_election: Option<LeaderElection>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter directives.
+    pub log_filter: String,
+    /// The `Host` values the API accepts.
+    pub allowed_hosts: AllowedHosts,
+    /// The server's own node IDs; whois answers naming them are refused.
+    pub self_node_ids: Vec<NodeId>,
+    /// Per-device rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Deadline for one whois.
+    pub whois_timeout: Duration,
+    /// Deadline for one issuer call (login, refresh, logout, describe).
+    pub kube_timeout: Duration,
+    /// How long in-flight requests may take after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// The configuration of the login API router.
+    pub fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            cluster: self.cluster.clone(),
+            policy: self.policy.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            self_node_ids: self.self_node_ids.clone(),
+            loopback_peers_only: matches!(
+                self.listen_mode,
+                ListenMode::LoopbackOnly | ListenMode::ProxyProtocol { .. }
+            ),
+            service_name: self.service_name.clone(),
+            max_body_bytes: self.max_body_bytes,
+            rate_limit: self.rate_limit,
+            whois_timeout: self.whois_timeout,
+            issuer_timeout: self.kube_timeout,
+        }
+    }
+}
+
+/// The smallest and largest request body caps accepted by `--max-body-bytes`.
+const BODY_CAP_RANGE: (usize, usize) = (64, 1 << 20);
+
+fn duration(flag: &'static str, text: &str) -> Result<SignedDuration, SettingsError> {
+    let d = tka_core::duration::parse(text).map_err(|e| {
+        SettingsError::invalid(flag, format!("{e}; write a duration like 90s, 15m or 8h"))
+    })?;
+    if d.is_negative() || d.is_zero() {
+        return Err(SettingsError::invalid(
+            flag,
+            format!("{text:?} must be positive"),
+        ));
+    }
+    Ok(d)
+}
+
+fn std_duration(flag: &'static str, text: &str) -> Result<Duration, SettingsError> {
+    duration(flag, text).map(SignedDuration::unsigned_abs)
+}
+
+fn ttl(flag: &'static str, text: &str) -> Result<Ttl, SettingsError> {
+    Ttl::parse(text).map_err(|e| SettingsError::invalid(flag, e.to_string()))
+}
+
+fn capability_name(flag: &'static str, name: &str) -> Result<String, SettingsError> {
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) || !name.contains('/') {
+        return Err(SettingsError::invalid(
+            flag,
+            format!(
+                "{name:?} is not a capability name; it looks like example.com/cap/name, as in the tailnet policy file"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn api_server_url(text: &str) -> Result<String, SettingsError> {
+    const FLAG: &str = "--api-server-url";
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| SettingsError::invalid(FLAG, format!("{text:?} is not a URL ({e})")))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(SettingsError::invalid(
+            FLAG,
+            format!("{text:?} must be an https:// URL of the Kubernetes API server"),
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn is_pem_certificates(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|s| s.contains("-----BEGIN CERTIFICATE-----"))
+}
+
+fn ca_data(args: &ServeArgs) -> Result<Option<String>, SettingsError> {
+    if let Some(path) = &args.api_server_ca_file {
+        const FLAG: &str = "--api-server-ca-file";
+        let pem = std::fs::read(path).map_err(|source| SettingsError::Unreadable {
+            flag: FLAG,
+            path: path.clone(),
+            source,
+        })?;
+        if !is_pem_certificates(&pem) {
+            return Err(SettingsError::invalid(
+                FLAG,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        return Ok(Some(BASE64.encode(pem)));
+    }
+    if let Some(data) = &args.api_server_ca_data {
+        const FLAG: &str = "--api-server-ca-data";
+        let data: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+        let pem = BASE64.decode(&data).map_err(|e| {
+            SettingsError::invalid(
+                FLAG,
+                format!("not valid base64 ({e}); give the PEM bundle base64-encoded, as in a kubeconfig's certificate-authority-data"),
+            )
+        })?;
+        if !is_pem_certificates(&pem) {
+            return Err(SettingsError::invalid(
+                FLAG,
+                "decodes to no PEM certificate; give the PEM bundle base64-encoded",
+            ));
+        }
+        return Ok(Some(data));
+    }
+    Ok(None)
+}
+
+fn listen_mode(args: &ServeArgs) -> Result<ListenMode, SettingsError> {
+    const FLAG: &str = "--listen";
+    let ip = args.listen.ip();
+    if args.proxy_protocol {
+        let dialed_by_tailscaled =
+            ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        if !ip.is_loopback() || dialed_by_tailscaled {
+            return Err(SettingsError::invalid(
+                FLAG,
+                format!(
+                    "{} cannot be used with --proxy-protocol: the API must listen on a loopback address tailscaled never dials (such as 127.0.0.2:80), or a tailnet peer could send its own PROXY header",
+                    args.listen
+                ),
+            ));
+        }
+        return Ok(ListenMode::ProxyProtocol {
+            service_name: args.service_name.clone(),
+        });
+    }
+    match args.network_mode {
+        NetworkMode::Userspace if !ip.is_loopback() => Err(SettingsError::invalid(
+            FLAG,
+            format!(
+                "{} is not a loopback address; with --network-mode userspace tailscaled delivers tailnet traffic to 127.0.0.1, so listen there (e.g. 127.0.0.1:80), or use --network-mode kernel",
+                args.listen
+            ),
+        )),
+        NetworkMode::Userspace => Ok(ListenMode::LoopbackOnly),
+        NetworkMode::Kernel if ip.is_loopback() => Err(SettingsError::invalid(
+            FLAG,
+            format!(
+                "{} is a loopback address, where tailnet traffic never arrives with --network-mode kernel; listen on the node's tailnet address, or use --network-mode userspace",
+                args.listen
+            ),
+        )),
+        NetworkMode::Kernel => Ok(ListenMode::Tailnet),
+    }
+}
+
+fn allowed_hosts(args: &ServeArgs) -> Result<AllowedHosts, SettingsError> {
+    const FLAG: &str = "--server-name";
+    if args.server_names.is_empty() {
+        return Err(SettingsError::invalid(
+            FLAG,
+            "give the server's tailnet node name and MagicDNS name (e.g. --server-name tka-prod,tka-prod.example.ts.net); requests with any other Host are refused",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for name in &args.server_names {
+        let normalized = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_dns1123_subdomain(&normalized) {
+            return Err(SettingsError::invalid(
+                FLAG,
+                format!("{name:?} is not a host name"),
+            ));
+        }
+        names.insert(normalized);
+    }
+    let mut addresses: BTreeSet<IpAddr> = args.server_addresses.iter().copied().collect();
+    if !args.listen.ip().is_unspecified() {
+        addresses.insert(args.listen.ip());
+    }
+    Ok(AllowedHosts::new(names, addresses))
+}
+
+impl TryFrom<ServeArgs> for Settings {
+    type Error = SettingsError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
+        let cluster_name = ClusterName::new(args.cluster_name.trim())
+            .map_err(|e| SettingsError::invalid("--cluster-name", e.to_string()))?;
+        let cluster = ClusterEndpoint {
+            name: cluster_name,
+            server: api_server_url(&args.api_server_url)?,
+            certificate_authority_data: ca_data(&args)?,
+            proxy: None,
+        };
+
+        if !is_dns1123_label(&args.namespace) {
+            return Err(SettingsError::invalid(
+                "--namespace",
+                format!("{:?} is not a namespace name", args.namespace),
+            ));
+        }
+
+        let capability = capability_name("--capability", &args.capability)?;
+        let compat = args
+            .compat_capability
+            .as_deref()
+            .map(|c| capability_name("--compat-capability", c))
+            .transpose()?;
+        if compat.as_deref() == Some(capability.as_str()) {
+            return Err(SettingsError::invalid(
+                "--compat-capability",
+                "must differ from --capability: each capability name is read with one schema",
+            ));
+        }
+
+        let default_ttl = ttl("--default-ttl", &args.default_ttl)?;
+        let max_ttl = ttl("--max-ttl", &args.max_ttl)?;
+        if default_ttl > max_ttl {
+            return Err(SettingsError::invalid(
+                "--default-ttl",
+                format!("{default_ttl} is longer than --max-ttl {max_ttl}"),
+            ));
+        }
+        let token_lifetime = duration("--token-lifetime", &args.token_lifetime)?;
+        if token_lifetime < TOKEN_LIFETIME_FLOOR {
+            return Err(SettingsError::invalid(
+                "--token-lifetime",
+                format!(
+                    "{} is below the Kubernetes API server's minimum of 10m (600s)",
+                    args.token_lifetime
+                ),
+            ));
+        }
+
+        for namespace in &args.forbidden_namespaces {
+            if !is_dns1123_label(namespace) {
+                return Err(SettingsError::invalid(
+                    "--forbidden-namespace",
+                    format!("{namespace:?} is not a namespace name"),
+                ));
+            }
+        }
+        let policy = PolicySettings::new(args.namespace.clone(), default_ttl, max_ttl)
+            .with_capability_names(capability, compat)
+            .deny_namespaces(args.forbidden_namespaces.iter().cloned());
+
+        let listen_mode = listen_mode(&args)?;
+        if args.ops_listen == args.listen {
+            return Err(SettingsError::invalid(
+                "--ops-listen",
+                "must differ from --listen: the ops endpoints must not be reachable from the tailnet through the API listener",
+            ));
+        }
+        if let Some(service) = &args.service_name
+            && !service.strip_prefix("svc:").is_some_and(is_dns1123_label)
+        {
+            return Err(SettingsError::invalid(
+                "--service-name",
+                format!("{service:?} is not a Tailscale Service name; they look like svc:tka"),
+            ));
+        }
+
+        let leader_election = if args.leader_election {
+            if !is_dns1123_subdomain(&args.lease_name) {
+                return Err(SettingsError::invalid(
+                    "--lease-name",
+                    format!("{:?} is not a Lease name", args.lease_name),
+                ));
+            }
+            Some(LeaderElection {
+                lease_name: args.lease_name.clone(),
+            })
+        } else {
+            None
+        };
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_filter) {
+            return Err(SettingsError::invalid(
+                "--log-filter",
+                format!("{:?} is not a log filter: {e}", args.log_filter),
+            ));
+        }
+
+        let allowed_hosts = allowed_hosts(&args)?;
+        let self_node_ids = args
+            .self_node_ids
+            .iter()
+            .map(|id| {
+                NodeId::new(id.trim())
+                    .map_err(|e| SettingsError::invalid("--self-node-id", e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let per_minute = NonZeroU32::new(args.rate_limit_per_minute).ok_or_else(|| {
+            SettingsError::invalid("--rate-limit-per-minute", "must be at least 1")
+        })?;
+        let burst = NonZeroU32::new(args.rate_limit_burst)
+            .ok_or_else(|| SettingsError::invalid("--rate-limit-burst", "must be at least 1"))?;
+
+        let (min_body, max_body) = BODY_CAP_RANGE;
+        if !(min_body..=max_body).contains(&args.max_body_bytes) {
+            return Err(SettingsError::invalid(
+                "--max-body-bytes",
+                format!("must be between {min_body} and {max_body}"),
+            ));
+        }
+
+        Ok(Self {
+            cluster,
+            namespace: args.namespace,
+            policy,
+            token_lifetime,
+            api_listen: args.listen,
+            listen_mode,
+            ops_listen: args.ops_listen,
+            tailscale_socket: args.tailscale_socket,
+            service_name: args.service_name,
+            leader_election,
+            log_format: args.log_format,
+            log_filter: args.log_filter,
+            allowed_hosts,
+            self_node_ids,
+            rate_limit: RateLimitConfig { per_minute, burst },
+            max_body_bytes: args.max_body_bytes,
+            whois_timeout: std_duration("--whois-timeout", &args.whois_timeout)?,
+            kube_timeout: std_duration("--kube-timeout", &args.kube_timeout)?,
+            shutdown_grace: std_duration("--shutdown-grace", &args.shutdown_grace)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    const BASE: &[&str] = &[
+        "tka-server",
+        "serve",
+        "--cluster-name",
+        "prod",
+        "--api-server-url",
+        "https://10.0.0.1:6443",
+        "--server-name",
+        "tka-prod,tka-prod.example.ts.net",
+    ];
+
+    /// `BASE` with `extra` added; a flag in `extra` replaces the same flag in `BASE`.
+    fn parse(extra: &[&str]) -> Result<Settings, SettingsError> {
+        let mut argv: Vec<&str> = BASE[..2].to_vec();
+        for pair in BASE[2..].chunks(2) {
+            if !extra.contains(&pair[0]) {
+                argv.extend(pair);
+            }
+        }
+        argv.extend(extra);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        Settings::try_from(*args)
+    }
+
+    fn refused(extra: &[&str], flag: &str) -> String {
+        let err = parse(extra).unwrap_err();
+        assert_eq!(err.flag(), flag, "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with(flag), "{message}");
+        message
+    }
+
+    #[test]
+    fn defaults_are_a_working_userspace_setup() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.cluster.name.as_str(), "prod");
+        assert_eq!(s.listen_mode, ListenMode::LoopbackOnly);
+        assert_eq!(s.api_listen.to_string(), "127.0.0.1:80");
+        assert_eq!(s.token_lifetime.as_secs(), 900);
+        assert_eq!(s.policy.max_ttl.as_secs(), 8 * 3600);
+        assert!(s.policy.forbidden_namespaces.contains("kube-system"));
+        assert!(s.policy.forbidden_namespaces.contains("tka-system"));
+        assert_eq!(
+            s.leader_election,
+            Some(LeaderElection {
+                lease_name: "tka-server".into()
+            })
+        );
+        assert!(s.allowed_hosts.allows("tka-prod.example.ts.net"));
+        assert!(s.allowed_hosts.allows("127.0.0.1:80"));
+        assert!(!s.allowed_hosts.allows("evil.example.com"));
+    }
+
+    #[test]
+    fn every_error_names_its_flag() {
+        refused(&["--cluster-name", "Prod_EU"], "--cluster-name");
+        refused(&["--api-server-url", "http://10.0.0.1"], "--api-server-url");
+        refused(&["--namespace", "Not A Namespace"], "--namespace");
+        refused(&["--capability", "no-slash"], "--capability");
+        refused(&["--compat-capability", "a b/c"], "--compat-capability");
+        refused(&["--max-ttl", "0s"], "--max-ttl");
+        refused(&["--default-ttl", "abc"], "--default-ttl");
+        refused(&["--default-ttl", "9h"], "--default-ttl");
+        refused(
+            &["--forbidden-namespace", "kube-system,Bad"],
+            "--forbidden-namespace",
+        );
+        refused(&["--ops-listen", "127.0.0.1:80"], "--ops-listen");
+        refused(&["--service-name", "tka"], "--service-name");
+        refused(&["--lease-name", "Bad Lease"], "--lease-name");
+        refused(&["--log-filter", "=["], "--log-filter");
+        refused(&["--self-node-id", " "], "--self-node-id");
+        refused(&["--rate-limit-per-minute", "0"], "--rate-limit-per-minute");
+        refused(&["--rate-limit-burst", "0"], "--rate-limit-burst");
+        refused(&["--max-body-bytes", "10"], "--max-body-bytes");
+        refused(&["--whois-timeout", "-1s"], "--whois-timeout");
+        refused(&["--kube-timeout", "soon"], "--kube-timeout");
+        refused(&["--shutdown-grace", "0s"], "--shutdown-grace");
+        refused(&["--api-server-ca-data", "%%%"], "--api-server-ca-data");
+        refused(
+            &["--api-server-ca-file", "/nonexistent/ca.pem"],
+            "--api-server-ca-file",
+        );
+    }
+
+    #[test]
+    fn server_names_are_required() {
+        let argv = &BASE[..BASE.len() - 2];
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let err = Settings::try_from(*args).unwrap_err();
+        assert_eq!(err.flag(), "--server-name");
+    }
+
+    #[test]
+    fn token_lifetime_respects_the_api_server_floor() {
+        let message = refused(&["--token-lifetime", "9m59s"], "--token-lifetime");
+        assert!(message.contains("600s"), "{message}");
+        assert_eq!(
+            parse(&["--token-lifetime", "10m"])
+                .unwrap()
+                .token_lifetime
+                .as_secs(),
+            600
+        );
+    }
+
+    #[test]
+    fn userspace_mode_refuses_a_non_loopback_bind() {
+        let message = refused(&["--listen", "0.0.0.0:80"], "--listen");
+        assert!(message.contains("--network-mode userspace"), "{message}");
+        refused(&["--listen", "100.64.0.5:80"], "--listen");
+        assert_eq!(
+            parse(&["--listen", "127.0.0.1:8080"]).unwrap().listen_mode,
+            ListenMode::LoopbackOnly
+        );
+    }
+
+    #[test]
+    fn kernel_mode_listens_on_the_tailnet_address() {
+        let s = parse(&["--network-mode", "kernel", "--listen", "100.64.0.5:80"]).unwrap();
+        assert_eq!(s.listen_mode, ListenMode::Tailnet);
+        assert!(s.allowed_hosts.allows("100.64.0.5"));
+        refused(
+            &["--network-mode", "kernel", "--listen", "127.0.0.1:80"],
+            "--listen",
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_refuses_addresses_tailscaled_dials() {
+        for listen in ["127.0.0.1:80", "[::1]:80", "0.0.0.0:80", "100.64.0.5:80"] {
+            let message = refused(&["--proxy-protocol", "--listen", listen], "--listen");
+            assert!(message.contains("--proxy-protocol"), "{message}");
+        }
+        let s = parse(&[
+            "--proxy-protocol",
+            "--listen",
+            "127.0.0.2:80",
+            "--service-name",
+            "svc:tka",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.listen_mode,
+            ListenMode::ProxyProtocol {
+                service_name: Some("svc:tka".into())
+            }
+        );
+    }
+
+    #[test]
+    fn ca_bundles_are_checked_and_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        let s = parse(&["--api-server-ca-file", path.to_str().unwrap()]).unwrap();
+        let data = s.cluster.certificate_authority_data.unwrap();
+        assert_eq!(BASE64.decode(&data).unwrap(), pem.as_bytes());
+
+        let s = parse(&["--api-server-ca-data", &data]).unwrap();
+        assert_eq!(s.cluster.certificate_authority_data, Some(data));
+
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        refused(
+            &["--api-server-ca-file", not_pem.to_str().unwrap()],
+            "--api-server-ca-file",
+        );
+    }
+
+    #[test]
+    fn leader_election_can_be_turned_off() {
+        assert_eq!(
+            parse(&["--leader-election", "false"])
+                .unwrap()
+                .leader_election,
+            None
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests of tka-server: the real router and listeners on loopback, a scripted
+//! tailnet and an in-memory issuer.
+
+// Test code may panic on what it does not expect.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod flows;
+mod localapi;
+mod logs;
+mod openapi;
+mod ops;
+mod proxy;
+mod refusals;
+mod security;
+mod shutdown;
+mod support;
