@@ -366,7 +366,7 @@ fn judge(
                         })
                         .unwrap_or_default();
                     match pins.clusters.get(name.as_str()) {
-                        Some(pin) if pin.node.id == candidate.node.id => {
+                        Some(pin) if pin.belongs_to(&candidate) => {
                             Outcome::Trusted(Box::new(response))
                         }
                         Some(pin) => Outcome::Conflict {
@@ -441,6 +441,15 @@ pub(crate) fn pins_path(env: &Environment) -> Result<PathBuf, PinError> {
         .or_else(|| env.home.as_ref().map(|h| h.join(".local").join("state")))
         .map(|base| base.join("tka").join("pins.json"))
         .ok_or(PinError::NoHome)
+}
+
+impl Pin {
+    /// Whether `candidate` is the pinned node: the same stable ID, or, for a server pinned by
+    /// its URL (configured, and not known as a peer then), the same URL.
+    fn belongs_to(&self, candidate: &Candidate) -> bool {
+        self.node.id == candidate.node.id
+            || self.node.id.strip_prefix("url:") == Some(candidate.url.as_str())
+    }
 }
 
 impl Pins {
@@ -569,6 +578,46 @@ mod tests {
         assert!(is_trusted(&found[2]));
         assert!(!pins.clusters.contains_key("prod"));
         assert!(pins.clusters.contains_key("staging"));
+    }
+
+    #[test]
+    fn a_server_pinned_by_url_is_still_trusted_once_its_node_is_known() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut pins = Pins::default();
+        let by_url = Candidate {
+            node: ServerNode {
+                id: "url:http://a".to_owned(),
+                name: "http://a".to_owned(),
+            },
+            ..candidate("a")
+        };
+        judge(vec![(by_url, Some(Ok(response("lab"))))], &mut pins, now);
+        let found = judge(
+            vec![(candidate("a"), Some(Ok(response("lab"))))],
+            &mut pins,
+            now,
+        );
+        assert!(is_trusted(&found[0]));
+        let found = judge(
+            vec![(candidate("b"), Some(Ok(response("lab"))))],
+            &mut pins,
+            now,
+        );
+        assert!(!is_trusted(&found[0]));
+    }
+
+    #[test]
+    fn the_config_file_has_servers_socks5_and_tag_and_refuses_unknown_keys() {
+        let config: ConfigFile = toml::from_str(
+            "server_tag = \"tag:k8s-auth\"\nsocks5 = \"localhost:1055\"\n\n[[servers]]\nurl = \"http://tka-lab\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.server_tag.unwrap().to_string(), "tag:k8s-auth");
+        assert!(config.socks5.is_some());
+        assert_eq!(config.servers[0].url.as_str(), "http://tka-lab");
+        assert!(toml::from_str::<ConfigFile>("servers = []\nsever_tag = \"tag:x\"\n").is_err());
+        assert!(toml::from_str::<ConfigFile>("[[servers]]\nurl = \"ftp://x\"\n").is_err());
+        assert!(toml::from_str::<ConfigFile>("").unwrap().servers.is_empty());
     }
 
     #[test]

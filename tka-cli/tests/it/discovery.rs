@@ -426,3 +426,43 @@ fn login_all_logs_in_to_every_listed_cluster_and_status_shows_the_sessions() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(prod.calls("DELETE", "/api/v1/session"), 2);
 }
+
+#[test]
+fn status_refresh_asks_each_sessions_server() {
+    let sandbox = Sandbox::new();
+    let tailnet = Tailnet::start();
+    let (port, mut ls) = listeners(&[ip(2)]);
+    let prod = serve_cluster(ls.pop().unwrap(), "prod", true);
+    tailnet.server("tag:tka", "tka-prod", ip(2));
+    prod.on_login(login_response("https://prod.api.example:6443"));
+    let out = run(tailnet.tka(&sandbox, port).args(["login", "prod"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The server says the session ends at SESSION_END with role admin.
+    prod.mount(
+        Mock::given(method("GET"))
+            .and(path("/api/v1/session"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(cluster_json("prod", true)["session"].clone()),
+            ),
+    );
+    let out = run(tailnet
+        .tka(&sandbox, port)
+        .args(["status", "--refresh", "-o", "json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["sessions"][0]["role"], "admin");
+    assert_eq!(report["sessions"][0]["expiresAt"], SESSION_END);
+    assert_eq!(prod.calls("GET", "/api/v1/session"), 1);
+
+    // Without --refresh the server is not asked.
+    let out = run(tailnet.tka(&sandbox, port).arg("status"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("* prod (context tka-prod"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(prod.calls("GET", "/api/v1/session"), 1);
+}
