@@ -203,14 +203,15 @@ pub(crate) fn tailnet_status(
         .enable_all()
         .build()
         .map_err(DiscoveryError::Runtime)?;
-    let status = runtime
-        .block_on(localapi.status())
-        .and_then(|status| status.require_self().map(|_| ()).map(|()| status))
-        .map_err(|source| DiscoveryError::Tailscaled {
-            socket: settings.socket.clone(),
-            source,
-        })?;
-    Ok(status)
+    // Without a self node (logged out, stopped) this device reaches no peers: say so.
+    let checked = runtime.block_on(localapi.status()).and_then(|status| {
+        status.require_self()?;
+        Ok(status)
+    });
+    checked.map_err(|source| DiscoveryError::Tailscaled {
+        socket: settings.socket.clone(),
+        source,
+    })
 }
 
 /// The servers to ask: tagged peers (by IPv4 address, else IPv6) and configured servers, each

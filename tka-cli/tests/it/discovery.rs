@@ -142,7 +142,8 @@ fn pins(sandbox: &Sandbox) -> Value {
 fn list_shows_clusters_roles_and_this_devices_session() {
     let sandbox = Sandbox::new();
     let tailnet = Tailnet::start();
-    let (port, mut ls) = listeners(&[ip(2), ip(3), ip(4)]);
+    let (port, mut ls) = listeners(&[ip(2), ip(3), ip(4), ip(5)]);
+    let offline = serve_cluster(ls.pop().unwrap(), "down", false);
     let other = Server::on(ls.pop().unwrap());
     let staging = serve_cluster(ls.pop().unwrap(), "staging", false);
     let prod = serve_cluster(ls.pop().unwrap(), "prod", true);
@@ -150,6 +151,9 @@ fn list_shows_clusters_roles_and_this_devices_session() {
     tailnet.server("tag:tka", "tka-staging", ip(3));
     // A peer without the server tag is never asked.
     tailnet.server("tag:web", "web", ip(4));
+    // An offline server is listed but not asked.
+    let down = tailnet.server("tag:tka", "tka-down", ip(5));
+    tailnet.tailnet.set_online(&down.stable_id, false).unwrap();
 
     let out = run(tailnet.tka(&sandbox, port).arg("list"));
     assert_eq!(
@@ -163,6 +167,7 @@ fn list_shows_clusters_roles_and_this_devices_session() {
     assert_eq!(prod.calls("GET", "/api/v1/cluster"), 1);
     assert_eq!(staging.calls("GET", "/api/v1/cluster"), 1);
     assert_eq!(other.requests().len(), 0);
+    assert_eq!(offline.requests().len(), 0);
 
     let out = run(tailnet.tka(&sandbox, port).args(["list", "-o", "json"]));
     let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
