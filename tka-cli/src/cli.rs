@@ -9,7 +9,7 @@ use clap_complete::Shell;
 use tka_core::domain::is_dns1123_label;
 use tka_core::endpoint::{ServerUrl, Socks5Addr};
 use tka_core::kubeconfig::ContextTemplate;
-use tka_core::{ClusterName, RoleName, Ttl};
+use tka_core::{ClusterName, RoleName, Tag, Ttl};
 
 /// Log in to Kubernetes clusters with your Tailscale identity.
 ///
@@ -54,6 +54,49 @@ pub(crate) struct Cli {
     )]
     pub(crate) timeout: Duration,
 
+    /// The tailscaled LocalAPI socket, for finding tka servers on the tailnet (where it cannot
+    /// be reached, `tailscale status --json` is asked instead).
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_TAILSCALE_SOCKET",
+        hide_env_values = true,
+        value_name = "PATH",
+        default_value = tka_core::identity::DEFAULT_SOCKET
+    )]
+    pub(crate) tailscale_socket: PathBuf,
+
+    /// The tag that marks tka servers on the tailnet [default: tag:tka, or server_tag in the
+    /// config file].
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_SERVER_TAG",
+        hide_env_values = true,
+        value_name = "TAG"
+    )]
+    pub(crate) server_tag: Option<Tag>,
+
+    /// The port discovered servers are asked on (80: plain HTTP on the tailnet address).
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_SERVER_PORT",
+        hide = true,
+        default_value_t = 80
+    )]
+    pub(crate) server_port: u16,
+
+    /// The `tailscale` CLI asked when the LocalAPI socket cannot be reached.
+    #[arg(
+        long,
+        global = true,
+        env = "TKA_TAILSCALE_CLI",
+        hide = true,
+        default_value = tka_core::identity::DEFAULT_CLI_BINARY
+    )]
+    pub(crate) tailscale_cli: std::ffi::OsString,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -71,6 +114,11 @@ pub(crate) enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// List the clusters whose tka servers this device finds on the tailnet, the roles you may
+    /// get there and this device's sessions.
+    List,
+    /// Show who this device is on the tailnet and its tka sessions.
+    Status(StatusArgs),
     /// Log in to a cluster: get a session and write a kubeconfig context for it.
     Login(LoginArgs),
     /// End sessions and remove their kubeconfig entries.
@@ -90,11 +138,9 @@ pub(crate) enum Command {
 /// Where and how to log in; shared by `login` and `shell`.
 #[derive(Debug, Args)]
 pub(crate) struct SessionArgs {
-    /// The cluster to log in to.
-    pub(crate) cluster: ClusterName,
-
-    /// The cluster's tka server (e.g. http://tka-prod). Defaults to the server of an earlier
-    /// login to CLUSTER found in the kubeconfig.
+    /// The cluster's tka server (e.g. http://tka-prod). Defaults to the server that discovery
+    /// on the tailnet finds for CLUSTER (see `tka list`), else the server of an earlier login
+    /// to CLUSTER found in the kubeconfig.
     #[arg(long, value_name = "URL")]
     pub(crate) server: Option<ServerUrl>,
 
@@ -119,6 +165,15 @@ pub(crate) struct SessionArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LoginArgs {
+    /// The cluster to log in to.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub(crate) cluster: Option<ClusterName>,
+
+    /// Log in to every cluster `tka list` shows (except name conflicts); keeps the current
+    /// context.
+    #[arg(long, conflicts_with = "server")]
+    pub(crate) all: bool,
+
     #[command(flatten)]
     pub(crate) session: SessionArgs,
 
@@ -146,7 +201,7 @@ pub(crate) struct LogoutArgs {
     pub(crate) cluster: Option<ClusterName>,
 
     /// The cluster's tka server. Defaults to the server(s) of the cluster's tka contexts in the
-    /// kubeconfig.
+    /// kubeconfig, else the server discovery on the tailnet finds.
     #[arg(long, value_name = "URL", conflicts_with = "all")]
     pub(crate) server: Option<ServerUrl>,
 
@@ -171,12 +226,23 @@ pub(crate) struct CredentialArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ShellArgs {
+    /// The cluster to log in to.
+    pub(crate) cluster: ClusterName,
+
     #[command(flatten)]
     pub(crate) session: SessionArgs,
 
     /// Keep the session when the shell exits (the private kubeconfig is removed either way).
     #[arg(long)]
     pub(crate) keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Ask each session's server for it (`GET /api/v1/session`) instead of reading only the
+    /// kubeconfig and the token cache.
+    #[arg(long)]
+    pub(crate) refresh: bool,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +258,8 @@ pub(crate) struct Environment {
     pub(crate) kubeconfig: Option<std::ffi::OsString>,
     pub(crate) home: Option<PathBuf>,
     pub(crate) xdg_cache_home: Option<PathBuf>,
+    pub(crate) xdg_config_home: Option<PathBuf>,
+    pub(crate) xdg_state_home: Option<PathBuf>,
     pub(crate) shell: Option<PathBuf>,
 }
 
@@ -201,6 +269,8 @@ impl Environment {
             kubeconfig: std::env::var_os("KUBECONFIG"),
             home: std::env::home_dir(),
             xdg_cache_home: std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+            xdg_config_home: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+            xdg_state_home: std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
             shell: std::env::var_os("SHELL").map(PathBuf::from),
         }
     }

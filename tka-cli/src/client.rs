@@ -10,7 +10,9 @@ use std::io;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tka_core::api::{API_PREFIX, LoginRequest, LoginResponse, Problem, TokenResponse};
+use tka_core::api::{
+    API_PREFIX, ClusterResponse, LoginRequest, LoginResponse, Problem, SessionInfo, TokenResponse,
+};
 use tka_core::endpoint::{ServerUrl, Socks5Addr};
 
 use crate::error::Exit;
@@ -174,6 +176,18 @@ impl ApiClient {
             .post(self.url("/token"))
             .content_type("application/json")
             .send("{}");
+        self.json(response)
+    }
+
+    /// `GET /api/v1/cluster`: the cluster, the roles this caller could get, its session.
+    pub(crate) fn cluster(&self) -> Result<ClusterResponse, ApiError> {
+        let response = self.agent.get(self.url("/cluster")).call();
+        self.json(response)
+    }
+
+    /// `GET /api/v1/session`: the caller's live session (404 when there is none).
+    pub(crate) fn session(&self) -> Result<SessionInfo, ApiError> {
+        let response = self.agent.get(self.url("/session")).call();
         self.json(response)
     }
 

@@ -79,6 +79,31 @@ pub(crate) enum CliError {
     NoServer {
         /// The cluster.
         cluster: ClusterName,
+        /// Why discovery found none.
+        discovery: String,
+    },
+    /// Finding servers failed.
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
+    /// The pin file could not be used.
+    #[error(transparent)]
+    Pins(#[from] crate::discovery::PinError),
+    /// Another node claims a cluster name than the one it is pinned to (or several unpinned
+    /// nodes claim it).
+    #[error(
+        "cluster name '{cluster}' is claimed by {second}, but {}",
+        if *.pinned { format!("it belongs to {first} (pinned when {first} first claimed it)") }
+        else { format!("{first} claims it too") }
+    )]
+    NameConflict {
+        /// The name.
+        cluster: ClusterName,
+        /// Whether `first` is the pinned node.
+        pinned: bool,
+        /// The pinned node, or another claimant.
+        first: String,
+        /// The claimant not trusted.
+        second: String,
     },
     /// The server belongs to another cluster.
     #[error("the tka server at {server} serves cluster '{actual}', not '{requested}'")]
@@ -127,8 +152,8 @@ pub(crate) enum CliError {
     /// Writing output failed.
     #[error("cannot write the output: {0}")]
     Output(String),
-    /// Several failures (logout --all).
-    #[error("{count} of the logouts failed (see above)")]
+    /// Several failures (logout --all, login --all).
+    #[error("{count} of them failed (see above)")]
     Several {
         /// How many failed.
         count: usize,
@@ -182,8 +207,14 @@ impl CliError {
             Self::Api(e) => e.exit(),
             Self::Kubeconfig(_) => Exit::Kubeconfig,
             Self::NoServer { .. } => Exit::Usage,
+            Self::Discovery(crate::discovery::DiscoveryError::Tailscaled { .. }) => {
+                Exit::Unreachable
+            }
             Self::Several { exit, .. } => *exit,
             Self::Cache(_)
+            | Self::Discovery(_)
+            | Self::Pins(_)
+            | Self::NameConflict { .. }
             | Self::WrongCluster { .. }
             | Self::UnusableResponse(_)
             | Self::Shell { .. }
@@ -201,9 +232,15 @@ impl CliError {
             Self::Api(e) => e.hint(),
             Self::Kubeconfig(e) => Some(e.hint()),
             Self::Cache(e) => Some(e.hint()),
-            Self::NoServer { cluster } => Some(format!(
-                "pass the server with `tka login {cluster} --server URL` (e.g. http://tka-{cluster}); \
-                 finding servers on the tailnet comes with `tka list`"
+            Self::NoServer { cluster, discovery } => Some(format!(
+                "discovery found none ({discovery}); see `tka list`, or pass the server with \
+                 `tka login {cluster} --server URL`"
+            )),
+            Self::Discovery(e) => Some(e.hint()),
+            Self::Pins(e) => Some(e.hint()),
+            Self::NameConflict { cluster, .. } => Some(format!(
+                "a server claiming another's cluster name is not trusted; if the cluster really \
+                 moved, remove '{cluster}' from the pin file (see docs/cli.md) or pass --server URL"
             )),
             Self::WrongCluster { actual, .. } => {
                 Some(format!("check --server, or log in to '{actual}' instead"))
@@ -217,7 +254,8 @@ impl CliError {
             Self::IdentityChanged { cluster, .. } => Some(format!(
                 "run `tka login {cluster}` to log in as this machine"
             )),
-            Self::Output(_) | Self::Several { .. } | Self::Settings(_) => None,
+            Self::Settings(e) => e.hint(),
+            Self::Output(_) | Self::Several { .. } => None,
         }
     }
 }

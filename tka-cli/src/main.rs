@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod client;
 mod commands;
+mod discovery;
 mod error;
 mod kubeconfig_file;
 mod output;

@@ -14,6 +14,7 @@ use tka_core::token_cache::CacheKey;
 
 use crate::cli::{Cli, Command, Environment, OutputFormat, SessionArgs};
 use crate::client::Network;
+use crate::discovery::{ConfigError, ConfigFile, DEFAULT_SERVER_TAG, DiscoverySettings};
 
 /// Extra time, beyond one server call's timeout, that a token refresh waits for another
 /// process's refresh of the same entry.
@@ -25,12 +26,15 @@ pub(crate) struct Settings {
     pub(crate) output: OutputFormat,
     pub(crate) network: Network,
     pub(crate) env: Environment,
+    pub(crate) discovery: DiscoverySettings,
     pub(crate) action: Action,
 }
 
 /// What to do.
 #[derive(Debug)]
 pub(crate) enum Action {
+    List,
+    Status { refresh: bool },
     Login(LoginSettings),
     Logout(LogoutSettings),
     Credential(CredentialSettings),
@@ -50,7 +54,7 @@ pub(crate) enum CredentialMode {
 }
 
 /// A login request, shared by `login` and `shell`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
     pub(crate) cluster: ClusterName,
     pub(crate) server: Option<ServerUrl>,
@@ -59,9 +63,33 @@ pub(crate) struct SessionSettings {
     pub(crate) namespace: Option<String>,
 }
 
+/// A login request without its cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionOptions {
+    pub(crate) server: Option<ServerUrl>,
+    pub(crate) request: LoginRequest,
+    pub(crate) credential: CredentialMode,
+    pub(crate) namespace: Option<String>,
+}
+
+impl SessionOptions {
+    pub(crate) fn for_cluster(&self, cluster: ClusterName) -> SessionSettings {
+        SessionSettings {
+            cluster,
+            server: self.server.clone(),
+            request: self.request.clone(),
+            credential: self.credential.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct LoginSettings {
-    pub(crate) session: SessionSettings,
+    /// One cluster, or `None` for `--all`.
+    pub(crate) cluster: Option<ClusterName>,
+    /// The login wanted, for any cluster.
+    pub(crate) options: SessionOptions,
     pub(crate) template: ContextTemplate,
     pub(crate) switch: bool,
 }
@@ -94,22 +122,68 @@ pub(crate) enum SettingsError {
     /// The exec plugin needs the absolute path of this binary.
     #[error("cannot find the path of the running tka for the kubeconfig's exec entry: {0}")]
     CurrentExe(std::io::Error),
+    /// The config file cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl SettingsError {
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            Self::CurrentExe(_) => None,
+            Self::Config(e) => Some(e.hint()),
+        }
+    }
 }
 
 impl TryFrom<(Cli, Environment)> for Settings {
     type Error = SettingsError;
 
     fn try_from((cli, env): (Cli, Environment)) -> Result<Self, Self::Error> {
+        // The config file matters only to commands that find or reach servers by name; the
+        // exec plugin and the prompt never fail because of it.
+        let config = match cli.command {
+            Command::List
+            | Command::Status(_)
+            | Command::Login(_)
+            | Command::Logout(_)
+            | Command::Shell(_) => ConfigFile::load(&env)?,
+            _ => ConfigFile::default(),
+        };
         let network = Network {
-            socks5: cli.socks5,
+            socks5: cli.socks5.or(config.socks5),
             timeout: cli.timeout,
         };
+        let discovery = DiscoverySettings {
+            socket: cli.tailscale_socket,
+            tailscale_cli: cli.tailscale_cli,
+            tag: match cli.server_tag.or(config.server_tag) {
+                Some(tag) => tag,
+                None => {
+                    tka_core::Tag::new(DEFAULT_SERVER_TAG).map_err(|e| ConfigError::Invalid {
+                        path: "(built-in default)".into(),
+                        reason: e.to_string(),
+                    })?
+                }
+            },
+            port: cli.server_port,
+            configured: config.servers.into_iter().map(|s| s.url).collect(),
+        };
         let action = match cli.command {
-            Command::Login(args) => Action::Login(LoginSettings {
-                session: session(args.session)?,
-                template: args.context_name,
-                switch: !args.no_switch,
-            }),
+            Command::List => Action::List,
+            Command::Status(args) => Action::Status {
+                refresh: args.refresh,
+            },
+            Command::Login(args) => {
+                let all = args.cluster.is_none();
+                Action::Login(LoginSettings {
+                    options: session(args.session)?,
+                    cluster: args.cluster,
+                    template: args.context_name,
+                    // --all keeps the current context: which of many should win is not obvious.
+                    switch: !args.no_switch && !all,
+                })
+            }
             Command::Logout(args) => Action::Logout(LogoutSettings {
                 cluster: args.cluster,
                 server: args.server,
@@ -124,7 +198,7 @@ impl TryFrom<(Cli, Environment)> for Settings {
             }),
             Command::Prompt => Action::Prompt,
             Command::Shell(args) => Action::Shell(ShellSettings {
-                session: session(args.session)?,
+                session: session(args.session)?.for_cluster(args.cluster),
                 keep: args.keep,
                 shell: env
                     .shell
@@ -139,12 +213,13 @@ impl TryFrom<(Cli, Environment)> for Settings {
             output: cli.output,
             network,
             env,
+            discovery,
             action,
         })
     }
 }
 
-fn session(args: SessionArgs) -> Result<SessionSettings, SettingsError> {
+fn session(args: SessionArgs) -> Result<SessionOptions, SettingsError> {
     let credential = if args.static_token {
         CredentialMode::Static
     } else {
@@ -153,8 +228,7 @@ fn session(args: SessionArgs) -> Result<SessionSettings, SettingsError> {
             command: exe.to_string_lossy().into_owned(),
         }
     };
-    Ok(SessionSettings {
-        cluster: args.cluster,
+    Ok(SessionOptions {
         server: args.server,
         request: LoginRequest {
             role: args.role.map(String::from),

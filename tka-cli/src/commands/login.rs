@@ -15,6 +15,7 @@ use tka_core::{Clock, Secret, Ttl};
 
 use crate::cache::TokenCache;
 use crate::client::{ApiClient, Network};
+use crate::discovery::Outcome;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
 use crate::output;
@@ -49,7 +50,60 @@ pub(crate) fn run(
     login: &LoginSettings,
     clock: &dyn Clock,
 ) -> Result<(), CliError> {
-    let session = &login.session;
+    let Some(cluster) = &login.cluster else {
+        return run_all(settings, login, clock);
+    };
+    let session = login.options.for_cluster(cluster.clone());
+    let summary = login_one(settings, login, &session, None, clock)?;
+    output::result(settings.output, &summary, || human(&summary, clock))
+}
+
+/// `tka login --all`: every cluster discovery trusts (name conflicts are skipped with a note).
+fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Result<(), CliError> {
+    let found = super::discover(settings, clock)?;
+    let mut summaries = Vec::new();
+    let mut failures = Vec::new();
+    for f in &found {
+        match &f.outcome {
+            Outcome::Trusted(response) => {
+                let session = login.options.for_cluster(response.cluster.name.clone());
+                match login_one(
+                    settings,
+                    login,
+                    &session,
+                    Some(f.candidate.url.clone()),
+                    clock,
+                ) {
+                    Ok(summary) => summaries.push(summary),
+                    Err(e) => failures.push(e),
+                }
+            }
+            Outcome::Conflict { response, .. } => output::note(&format!(
+                "Skipped {} at {}: its cluster name is in conflict (see `tka list`).",
+                response.cluster.name, f.candidate.node.name
+            )),
+            Outcome::Offline | Outcome::Failed(_) => {}
+        }
+    }
+    let printed = output::result(settings.output, &summaries, || {
+        let mut out: String = summaries.iter().map(|s| human(s, clock)).collect();
+        if summaries.is_empty() {
+            out += "No cluster to log in to (see `tka list`).\n";
+        }
+        out
+    });
+    super::several(failures, printed)
+}
+
+/// One login: checks the kubeconfig, finds the server (unless given), asks it, writes the
+/// entries and seeds the token cache.
+fn login_one(
+    settings: &Settings,
+    login: &LoginSettings,
+    session: &SessionSettings,
+    server: Option<ServerUrl>,
+    clock: &dyn Clock,
+) -> Result<LoginSummary, CliError> {
     let file = KubeconfigFile::locate(&settings.env)?;
     file.check_writable()?;
     let config = file.read()?;
@@ -60,7 +114,16 @@ pub(crate) fn run(
             source,
         }
     })?;
-    let server = resolve_server(&session.cluster, session.server.as_ref(), Some(&config))?;
+    let server = match server {
+        Some(server) => server,
+        None => resolve_server(
+            settings,
+            &session.cluster,
+            session.server.as_ref(),
+            Some(&config),
+            clock,
+        )?,
+    };
 
     let response = request(&settings.network, &server, session)?;
     let entries = entries(
@@ -73,7 +136,7 @@ pub(crate) fn run(
     let change = file.update(|config| config.login(&entries, login.switch))?;
     seed_cache(settings, &server, &response, clock);
 
-    let summary = LoginSummary {
+    Ok(LoginSummary {
         cluster: session.cluster.to_string(),
         server,
         context: change.context,
@@ -91,8 +154,7 @@ pub(crate) fn run(
         switched: change.switched,
         previous_context: change.previous_context,
         clamped: response.clamped,
-    };
-    output::result(settings.output, &summary, || human(&summary, clock))
+    })
 }
 
 /// `POST /api/v1/login`, with a spinner, checking that the server serves the cluster asked for.

@@ -3,12 +3,12 @@
 //! so the logout can be repeated.
 
 use serde::Serialize;
-use tka_core::ClusterName;
 use tka_core::endpoint::ServerUrl;
+use tka_core::{Clock, ClusterName};
 
 use crate::cache::TokenCache;
 use crate::client::ApiClient;
-use crate::error::{CliError, Exit};
+use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
 use crate::output;
 use crate::settings::{LogoutSettings, Settings};
@@ -32,10 +32,19 @@ struct Target {
     contexts: Vec<String>,
 }
 
-pub(crate) fn run(settings: &Settings, logout: &LogoutSettings) -> Result<(), CliError> {
+pub(crate) fn run(
+    settings: &Settings,
+    logout: &LogoutSettings,
+    clock: &dyn Clock,
+) -> Result<(), CliError> {
     let file = KubeconfigFile::locate(&settings.env)?;
     let config = file.read()?;
-    let targets = targets(&config, logout, &file)?;
+    let targets = targets(&config, logout, &file, |cluster| {
+        // Nothing in the kubeconfig: the server discovery trusts for the name, if any.
+        super::discover(settings, clock)
+            .ok()
+            .and_then(|found| super::discovered_server(cluster, &found).ok().flatten())
+    })?;
     if targets.iter().any(|t| !t.contexts.is_empty()) {
         file.check_writable()?;
     }
@@ -79,27 +88,14 @@ pub(crate) fn run(settings: &Settings, logout: &LogoutSettings) -> Result<(), Cl
     }
 
     let printed = output::result(settings.output, &summaries, || human(&summaries));
-    match failures.len() {
-        0 => printed,
-        1 => Err(failures.remove(0)),
-        count => {
-            for failure in &failures {
-                output::report(failure, false);
-            }
-            let exit = failures
-                .iter()
-                .map(CliError::exit)
-                .find(|e| *e != Exit::Failure)
-                .unwrap_or(Exit::Failure);
-            Err(CliError::Several { count, exit })
-        }
-    }
+    super::several(failures, printed)
 }
 
 fn targets(
     config: &tka_core::kubeconfig::Kubeconfig,
     logout: &LogoutSettings,
     file: &KubeconfigFile,
+    discover: impl FnOnce(&ClusterName) -> Option<ServerUrl>,
 ) -> Result<Vec<Target>, CliError> {
     let mut targets: Vec<Target> = Vec::new();
     for context in config.tka_contexts() {
@@ -133,10 +129,10 @@ fn targets(
     {
         // Nothing in the kubeconfig: with --server, end the session on the server anyway
         // (e.g. a login made with another kubeconfig or by `tka shell --keep`).
-        match &logout.server {
+        match logout.server.clone().or_else(|| discover(cluster)) {
             Some(server) => targets.push(Target {
                 cluster: cluster.clone(),
-                server: server.clone(),
+                server,
                 contexts: Vec::new(),
             }),
             None => {

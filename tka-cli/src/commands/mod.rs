@@ -9,21 +9,26 @@ use tka_core::kubeconfig::Kubeconfig;
 use tka_core::{Clock, ClusterName};
 
 use crate::cli::Cli;
+use crate::discovery::{self, DiscoveryError, Found, Outcome, Pins};
 use crate::error::{CliError, Exit};
 use crate::output;
 use crate::settings::{Action, Settings};
 
 mod credential;
+mod list;
 mod login;
 mod logout;
 mod prompt;
 mod shell;
+mod status;
 
 /// Runs the action; the exit code on success.
 pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<ExitCode, CliError> {
     match &settings.action {
+        Action::List => return list::run(settings, clock),
+        Action::Status { refresh } => status::run(settings, *refresh, clock)?,
         Action::Login(login) => login::run(settings, login, clock)?,
-        Action::Logout(logout) => logout::run(settings, logout)?,
+        Action::Logout(logout) => logout::run(settings, logout, clock)?,
         Action::Credential(credential) => {
             credential::run(credential, &settings.network, &settings.env, clock)?;
         }
@@ -46,17 +51,110 @@ pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<ExitCode, Cl
     Ok(Exit::Ok.into())
 }
 
-/// Where a cluster's tka server is. Today: the explicit `--server`, else the server of an
-/// earlier login to the cluster found in the kubeconfig. Discovery on the tailnet (peers tagged
-/// `tag:tka`) becomes one more source here.
+/// Finds the servers on the tailnet (and in the config file), asks each for its cluster and
+/// applies the pins. When tailscaled cannot be asked, the configured servers alone are asked (with
+/// a warning); with none configured that is the error.
+pub(crate) fn discover(settings: &Settings, clock: &dyn Clock) -> Result<Vec<Found>, CliError> {
+    let status = match discovery::tailnet_status(&settings.discovery, settings.network.timeout) {
+        Ok(status) => Some(status),
+        Err(e) if settings.discovery.configured.is_empty() => return Err(e.into()),
+        Err(e) => {
+            output::warn(
+                &format!("{e}; asking only the servers in the config file"),
+                false,
+            );
+            None
+        }
+    };
+    let candidates = discovery::candidates(&settings.discovery, status.as_ref());
+    if candidates.is_empty() {
+        return Err(DiscoveryError::NoServers {
+            tag: settings.discovery.tag.clone(),
+            config: discovery::config_path(&settings.env),
+        }
+        .into());
+    }
+    let path = discovery::pins_path(&settings.env)?;
+    let mut pins = Pins::load(&path)?;
+    let count = candidates.len();
+    let found = output::with_spinner(
+        format!(
+            "Asking {count} tka server{}",
+            if count == 1 { "" } else { "s" }
+        ),
+        || discovery::probe(candidates, &settings.network, &mut pins, clock.now()),
+    );
+    if let Err(e) = pins.save_if_changed(&path) {
+        output::warn(&format!("{e}; the new pins were not kept"), false);
+    }
+    Ok(found)
+}
+
+/// The server discovery trusts for `cluster`: `Ok(None)` when no server claims it, an error when
+/// only nodes other than the pinned one (or several unpinned ones) claim it.
+pub(crate) fn discovered_server(
+    cluster: &ClusterName,
+    found: &[Found],
+) -> Result<Option<ServerUrl>, CliError> {
+    let mut conflict = None;
+    for f in found {
+        match &f.outcome {
+            Outcome::Trusted(response) if &response.cluster.name == cluster => {
+                return Ok(Some(f.candidate.url.clone()));
+            }
+            Outcome::Conflict {
+                response,
+                pinned_to,
+                others,
+            } if &response.cluster.name == cluster && conflict.is_none() => {
+                let first = pinned_to
+                    .as_ref()
+                    .or(others.first())
+                    .map_or_else(|| "another node".to_owned(), |n| n.name.clone());
+                conflict = Some(CliError::NameConflict {
+                    cluster: cluster.clone(),
+                    pinned: pinned_to.is_some(),
+                    first,
+                    second: f.candidate.node.name.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    conflict.map_or(Ok(None), Err)
+}
+
+/// Where a cluster's tka server is: the explicit `--server`; else the server discovery on the
+/// tailnet trusts for the name (pins respected; a name conflict is an error); else the server of
+/// an earlier login to the cluster found in the kubeconfig.
 pub(crate) fn resolve_server(
+    settings: &Settings,
     cluster: &ClusterName,
     explicit: Option<&ServerUrl>,
     kubeconfig: Option<&Kubeconfig>,
+    clock: &dyn Clock,
 ) -> Result<ServerUrl, CliError> {
     if let Some(server) = explicit {
         return Ok(server.clone());
     }
+    let why_not = match discover(settings, clock) {
+        Ok(found) => match discovered_server(cluster, &found)? {
+            Some(server) => return Ok(server),
+            None => format!(
+                "no server on the tailnet tagged {} serves it",
+                settings.discovery.tag
+            ),
+        },
+        Err(e) => e.to_string(),
+    };
+    recorded_server(cluster, kubeconfig).ok_or_else(|| CliError::NoServer {
+        cluster: cluster.clone(),
+        discovery: why_not,
+    })
+}
+
+/// The server of an earlier login to `cluster` in the kubeconfig, when there is exactly one.
+fn recorded_server(cluster: &ClusterName, kubeconfig: Option<&Kubeconfig>) -> Option<ServerUrl> {
     let mut known: Vec<ServerUrl> = kubeconfig
         .map(|config| {
             config
@@ -70,9 +168,30 @@ pub(crate) fn resolve_server(
     known.sort();
     known.dedup();
     match known.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => Err(CliError::NoServer {
-            cluster: cluster.clone(),
-        }),
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// The end of a command that did several things: the printing's result when nothing failed, the
+/// one failure, or each failure reported and a summary error with the most telling exit code.
+pub(crate) fn several(
+    mut failures: Vec<CliError>,
+    printed: Result<(), CliError>,
+) -> Result<(), CliError> {
+    match failures.len() {
+        0 => printed,
+        1 => Err(failures.remove(0)),
+        count => {
+            for failure in &failures {
+                output::report(failure, false);
+            }
+            let exit = failures
+                .iter()
+                .map(CliError::exit)
+                .find(|e| *e != Exit::Failure)
+                .unwrap_or(Exit::Failure);
+            Err(CliError::Several { count, exit })
+        }
     }
 }

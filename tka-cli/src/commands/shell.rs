@@ -30,9 +30,11 @@ pub(crate) fn run(
         .ok()
         .and_then(|f| f.read().ok());
     let server = resolve_server(
+        settings,
         &session.cluster,
         session.server.as_ref(),
         user_config.as_ref(),
+        clock,
     )?;
     let response = login::request(&settings.network, &server, session)?;
     let entries = login::entries(

@@ -46,7 +46,16 @@ impl Sandbox {
     /// `tka` with a clean environment: only PATH, HOME, XDG_CACHE_HOME, KUBECONFIG, TZ and
     /// NO_COLOR, so no ambient proxy or setting leaks in.
     pub(crate) fn tka(&self) -> Command {
-        self.isolated(env!("CARGO_BIN_EXE_tka"))
+        let mut cmd = self.isolated(env!("CARGO_BIN_EXE_tka"));
+        // No tailscaled and no `tailscale` CLI unless a test serves a fake one.
+        cmd.env(
+            "TKA_TAILSCALE_SOCKET",
+            self.dir.path().join("no-tailscaled.sock"),
+        )
+        .env("TKA_TAILSCALE_CLI", self.dir.path().join("no-tailscale"))
+        .env("XDG_STATE_HOME", self.dir.path().join("state"))
+        .env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        cmd
     }
 
     /// The machine's `kubectl` in the same environment.
@@ -135,6 +144,16 @@ impl Server {
             .build()
             .unwrap();
         let mock = rt.block_on(MockServer::start());
+        Self { rt, mock }
+    }
+
+    /// A server on an already bound listener (e.g. on 127.0.0.2).
+    pub(crate) fn on(listener: TcpListener) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mock = rt.block_on(MockServer::builder().listener(listener).start());
         Self { rt, mock }
     }
 

@@ -64,6 +64,7 @@ pub struct PeerSpec {
     service_caps: BTreeMap<String, BTreeMap<String, Vec<Value>>>,
     online: bool,
     os: String,
+    ipv4: Option<Ipv4Addr>,
 }
 
 impl PeerSpec {
@@ -79,6 +80,7 @@ impl PeerSpec {
             service_caps: BTreeMap::new(),
             online: true,
             os: "linux".to_owned(),
+            ipv4: None,
         }
     }
 
@@ -146,6 +148,13 @@ impl PeerSpec {
     /// The device is not connected to the control plane.
     pub fn offline(mut self) -> Self {
         self.online = false;
+        self
+    }
+
+    /// A fixed IPv4 address instead of a generated 100.64.x.y one, e.g. a loopback address
+    /// (127.0.0.2) where a test runs a server that clients find through the tailnet status.
+    pub fn ipv4(mut self, ipv4: Ipv4Addr) -> Self {
+        self.ipv4 = Some(ipv4);
         self
     }
 
@@ -238,10 +247,14 @@ struct Node {
     service_caps: BTreeMap<String, BTreeMap<String, Vec<Value>>>,
     online: bool,
     os: String,
+    ipv4: Option<Ipv4Addr>,
 }
 
 impl Node {
     fn ipv4(&self) -> Ipv4Addr {
+        if let Some(ipv4) = self.ipv4 {
+            return ipv4;
+        }
         // 100.64.0.0/10 holds 2^22 addresses; a test adds far fewer nodes.
         Ipv4Addr::from_bits(Ipv4Addr::new(100, 64, 0, 0).to_bits() + (self.index & 0x3f_ffff))
     }
@@ -491,6 +504,7 @@ impl FakeTailnet {
             service_caps: spec.service_caps,
             online: spec.online,
             os: spec.os,
+            ipv4: spec.ipv4,
         };
         let peer = state.snapshot(&node);
         state.nodes.push(node);

@@ -1,0 +1,183 @@
+//! `tka status`: who this device is on the tailnet (from the local tailscaled) and its tka
+//! sessions (the kubeconfig's tka contexts and the token cache). No server is asked unless
+//! `--refresh` is given, and then only `GET /api/v1/session`. Changes nothing.
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tka_core::endpoint::ServerUrl;
+use tka_core::token_cache::CacheKey;
+use tka_core::{Clock, ClusterName};
+
+use crate::cache::TokenCache;
+use crate::client::ApiClient;
+use crate::discovery;
+use crate::error::CliError;
+use crate::kubeconfig_file::KubeconfigFile;
+use crate::output;
+use crate::settings::Settings;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tailnet: Option<TailnetSelf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tailnet_error: Option<String>,
+    kubeconfig: String,
+    sessions: Vec<SessionLine>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TailnetSelf {
+    /// The login name, or the tags of a tagged device.
+    user: String,
+    device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tailnet: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionLine {
+    cluster: ClusterName,
+    context: String,
+    server: ServerUrl,
+    current: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<String>,
+    /// With `--refresh`: what asking the server failed with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub(crate) fn run(settings: &Settings, refresh: bool, clock: &dyn Clock) -> Result<(), CliError> {
+    let (tailnet, tailnet_error) =
+        match discovery::tailnet_status(&settings.discovery, settings.network.timeout) {
+            Ok(status) => (
+                status.self_node.as_ref().map(|node| TailnetSelf {
+                    user: if node.is_tagged() {
+                        node.tags
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    } else {
+                        node.login_name
+                            .as_ref()
+                            .map_or_else(|| "unknown user".to_owned(), ToString::to_string)
+                    },
+                    device: if node.dns_name.is_empty() {
+                        node.host_name.clone()
+                    } else {
+                        node.dns_name.clone()
+                    },
+                    tailnet: status.tailnet.clone(),
+                }),
+                None,
+            ),
+            Err(e) => {
+                output::warn(&format!("{e}; {}", e.hint()), false);
+                (None, Some(e.to_string()))
+            }
+        };
+
+    let file = KubeconfigFile::locate(&settings.env)?;
+    let config = file.read()?;
+    let cache = TokenCache::locate(&settings.env).ok();
+    let now = clock.now();
+    let sessions = config
+        .tka_contexts()
+        .into_iter()
+        .map(|context| {
+            let key = CacheKey {
+                server: context.marker.server.clone(),
+                cluster: context.marker.cluster.clone(),
+                identity: context.marker.identity.clone(),
+            };
+            let mut line = SessionLine {
+                cluster: context.marker.cluster.clone(),
+                context: context.name,
+                server: context.marker.server.clone(),
+                current: context.current,
+                role: None,
+                expires_at: cache
+                    .as_ref()
+                    .and_then(|c| c.lookup(&key))
+                    .and_then(|hit| hit.entry.session_expires_at),
+                remaining: None,
+                error: None,
+            };
+            if refresh {
+                let asked = ApiClient::new(context.marker.server, &settings.network)
+                    .and_then(|client| client.session());
+                match asked {
+                    Ok(session) => {
+                        line.role = Some(session.role.to_string());
+                        line.expires_at = Some(session.expires_at);
+                    }
+                    Err(e) => {
+                        line.error = Some(
+                            CliError::from_session_call(&context.marker.cluster, e).to_string(),
+                        );
+                    }
+                }
+            }
+            line.remaining = line
+                .expires_at
+                .map(|t| output::remaining(t.duration_since(now)));
+            line
+        })
+        .collect();
+    let report = StatusReport {
+        tailnet,
+        tailnet_error,
+        kubeconfig: file.path().display().to_string(),
+        sessions,
+    };
+    output::result(settings.output, &report, || human(&report))
+}
+
+fn human(report: &StatusReport) -> String {
+    let mut out = match &report.tailnet {
+        Some(me) => format!(
+            "Tailnet: {} on {}{}\n",
+            me.user,
+            me.device,
+            me.tailnet
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" (tailnet {t})"))
+        ),
+        None => "Tailnet: unknown (tailscaled could not be asked)\n".to_owned(),
+    };
+    if report.sessions.is_empty() {
+        out += &format!("No tka sessions in {}.\n", report.kubeconfig);
+        return out;
+    }
+    out += &format!("Sessions in {}:\n", report.kubeconfig);
+    for s in &report.sessions {
+        out += &format!(
+            "  {}{} (context {}, {})",
+            if s.current { "* " } else { "" },
+            s.cluster,
+            s.context,
+            s.server
+        );
+        if let Some(role) = &s.role {
+            out += &format!(" role {role}");
+        }
+        match (&s.error, s.expires_at, &s.remaining) {
+            (Some(e), _, _) => out += &format!(": {e}"),
+            (None, Some(t), Some(r)) => {
+                out += &format!(": until {} ({r})", output::local_time(t));
+            }
+            _ => out += ": expiry unknown",
+        }
+        out.push('\n');
+    }
+    out
+}
