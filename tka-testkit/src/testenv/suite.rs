@@ -69,13 +69,18 @@ impl SuiteBackend for RealClusterBackend {
         false
     }
 
-    /// Asks the API server with a TokenReview.
+    /// Asks the API server with a TokenReview. kube-apiserver caches successful token
+    /// authentications for 10 s, keyed by token and requested audiences; a fresh extra audience
+    /// per review (besides the API server's own, which the token carries) bypasses that cache,
+    /// so the answer is the current state, not one up to 10 s old. Clients such as kubectl do
+    /// see the cache: the kubectl tests allow 15 s for a revocation.
     async fn token_authenticates(&self, token: &str) -> Option<bool> {
         let reviews: Api<TokenReview> = Api::all(self.env.client());
+        let nonce = format!("tka-review-{:032x}", rand::random::<u128>());
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                ..TokenReviewSpec::default()
+                audiences: Some(vec![self.env.api_url().to_owned(), nonce]),
             },
             ..TokenReview::default()
         };
