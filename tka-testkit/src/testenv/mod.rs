@@ -149,7 +149,7 @@ impl Watchdog {
             .arg("-c")
             .arg(
                 "pids=''; while read -r p; do pids=\"$pids -$p\"; done; \
-                 if [ -n \"$pids\" ]; then kill -KILL -- $pids 2>/dev/null; fi; exit 0",
+                 if [ -n \"$pids\" ]; then kill -KILL $pids 2>/dev/null; fi; exit 0",
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
