@@ -11,10 +11,18 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit doc examples fmt
+.PHONY: test fmt-check clippy unit doc examples fmt testenv e2e demo
 
-test: fmt-check clippy unit doc examples
+# The real components for the end-to-end tests (built once into the user's cache; < 1 s when
+# cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
+TESTENV_BUILD := tka-testkit/testenv/build.sh
+
+test: fmt-check clippy testenv unit doc examples
 	@echo "make test: all checks passed"
+
+testenv:
+	$(TESTENV_BUILD) >/dev/null
+
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -22,8 +30,23 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-unit:
+# Every test, the end-to-end ones included: they find the components through TKA_TESTENV_BIN
+# and fail (instead of skipping) because TKA_REQUIRE_TESTENV=1.
+unit: testenv
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	export TKA_REQUIRE_TESTENV=1; \
 	$(CARGO) test --workspace --locked
+
+# Only the end-to-end tests.
+e2e: testenv
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	export TKA_REQUIRE_TESTENV=1; \
+	$(CARGO) test --locked -p tka-testkit --test it e2e::
+
+# The story on loopback: a real control plane and tailnet, bounded and self-cleaning.
+demo: testenv
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	$(CARGO) run --locked -q -p tka-testkit --example demo
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p tka-core --all-features --no-deps --locked

@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod suite;
 pub mod tailnet;
+pub mod testenv;
 
 pub use tailnet::{DaemonStyle, FakeLocalApi, FakePeer, FakeTailnet, PeerSpec};

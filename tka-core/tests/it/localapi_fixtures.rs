@@ -254,3 +254,22 @@ fn old_daemons_without_cap_map_deliver_no_grants() {
     assert!(identity.capabilities.is_empty());
     assert_eq!(identity.user.login_name.as_str(), "dave@example.com");
 }
+
+#[test]
+fn recorded_not_found_answers_are_the_body_the_client_expects() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = file_name(&path);
+        if name.starts_with("whois-") && name.ends_with("-notfound.txt") {
+            let body = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                body.trim_end(),
+                tka_core::identity::wire::WHOIS_NOT_FOUND,
+                "{name}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no recorded not-found answer");
+}

@@ -131,7 +131,8 @@ pub trait SuiteBackend: Send + Sync + 'static {
 
 /// Expands to one `#[tokio::test]` per behaviour case, each with a fresh backend from `$make`
 /// (an expression evaluating to a future of a [`SuiteBackend`]). With `; faults`, also the cases
-/// that need [`SuiteBackend::faults`].
+/// that need [`SuiteBackend::faults`]. With `; when GUARD`, each case first evaluates `GUARD` (a
+/// `bool`) and returns at once when it is false (a backend whose components may be missing).
 ///
 /// ```ignore
 /// tka_testkit::behaviour_suite!(tka_testkit::suite::FakeClusterBackend::start(); faults);
@@ -139,7 +140,10 @@ pub trait SuiteBackend: Send + Sync + 'static {
 #[macro_export]
 macro_rules! behaviour_suite {
     ($make:expr) => {
-        $crate::behaviour_suite!(@cases $make;
+        $crate::behaviour_suite!($make; when true);
+    };
+    ($make:expr; when $guard:expr) => {
+        $crate::behaviour_suite!(@cases ($guard) $make;
             a_user_device_and_a_tagged_device_get_the_objects_of_design,
             relogin_with_the_same_role_extends_the_session,
             a_role_change_gets_new_bindings_and_deletes_the_old,
@@ -165,17 +169,20 @@ macro_rules! behaviour_suite {
     };
     ($make:expr; faults) => {
         $crate::behaviour_suite!($make);
-        $crate::behaviour_suite!(@cases $make;
+        $crate::behaviour_suite!(@cases (true) $make;
             a_failure_at_any_write_of_issue_leaves_a_session_or_nothing,
             a_failure_at_any_write_of_revoke_leaves_a_session_or_nothing,
             revoke_deletes_the_service_account_before_the_bindings,
             a_reconcile_pass_during_a_login_does_not_disturb_it
         );
     };
-    (@cases $make:expr; $($case:ident),+ $(,)?) => {
+    (@cases ($guard:expr) $make:expr; $($case:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
+                if !$guard {
+                    return;
+                }
                 $crate::suite::$case(|| $make).await;
             }
         )+

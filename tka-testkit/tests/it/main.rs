@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
 mod cluster;
+mod e2e;
 mod fake_tailnet;
 mod localapi;
 mod suite;
