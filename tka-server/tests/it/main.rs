@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod flows;
+mod kube;
 mod localapi;
 mod logs;
 mod openapi;
