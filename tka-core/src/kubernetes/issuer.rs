@@ -960,7 +960,10 @@ impl KubernetesIssuer {
     }
 
     /// Ends every Session on the cluster (labelled or not) like a logout: ServiceAccount,
-    /// bindings, Session, finalizer. What `tka-server drain` does before an uninstall.
+    /// bindings, Session, finalizer. What `tka-server drain` does before an uninstall. Unlike a
+    /// logout it writes no status (an administrator running it is not allowed to, by the
+    /// admission policy that reserves Session writes to the server), so it only deletes and
+    /// removes finalizers.
     pub async fn revoke_all(&self) -> Result<Vec<SessionName>, IssueError> {
         let sessions = self
             .apis
@@ -969,7 +972,12 @@ impl KubernetesIssuer {
             .await
             .map_err(|e| issue_error("list every Session", e))?
             .items;
-        self.end_all(sessions).await
+        let mut ended = Vec::new();
+        for session in sessions {
+            self.end(&session, None, &RemovalReason::Revoked).await?;
+            ended.extend(session.session_name());
+        }
+        Ok(ended)
     }
 
     /// Removes what [`KubernetesIssuer::revoke_all`] could not: ServiceAccounts and bindings
