@@ -104,11 +104,27 @@ impl Bindability {
     /// Asks the API server about every mapping whose spec changed since it was last checked
     /// (and again about those it could not check), and forgets removed mappings.
     pub async fn refresh(&self, mappings: &[NamedMapping]) {
+        self.refresh_where(mappings, false).await;
+    }
+
+    /// Asks again about every mapping (RBAC may have changed: a role added to or removed from
+    /// the allowlist). A definite earlier answer stays when the API server cannot be asked now.
+    pub async fn refresh_all(&self, mappings: &[NamedMapping]) {
+        self.refresh_where(mappings, true).await;
+    }
+
+    async fn refresh_where(&self, mappings: &[NamedMapping], all: bool) {
         for mapping in mappings {
-            if matches!(self.get(mapping), Some(Bindable::Yes | Bindable::No(_))) {
+            let previous = self.get(mapping);
+            if !all && matches!(previous, Some(Bindable::Yes | Bindable::No(_))) {
                 continue;
             }
-            let answer = self.ask(&mapping.spec).await;
+            let mut answer = self.ask(&mapping.spec).await;
+            if matches!(answer, Bindable::Unknown(_))
+                && let Some(known @ (Bindable::Yes | Bindable::No(_))) = previous
+            {
+                answer = known;
+            }
             if let Bindable::No(why) = &answer {
                 tracing::warn!(mapping = %mapping.name, why, "GrantMapping is not bindable");
             }
@@ -251,6 +267,8 @@ pub struct MappingFeed {
 
 /// How often the feed re-asks about mappings it could not check.
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often the feed re-asks about every mapping (the server's RBAC may have changed).
+const RECHECK_ALL_EVERY: Duration = Duration::from_secs(300);
 
 impl MappingFeed {
     /// A feed into `store` using `bindability`.
@@ -267,10 +285,15 @@ impl MappingFeed {
         self.synced.load(Ordering::SeqCst)
     }
 
-    /// Publishes the mappings in `reader` (checking bindability first).
-    pub async fn publish(&self, reader: &Store<GrantMapping>) {
+    /// Publishes the mappings in `reader` (checking bindability first: changed and unchecked
+    /// mappings, or all of them when `recheck_all`).
+    pub async fn publish(&self, reader: &Store<GrantMapping>, recheck_all: bool) {
         let mappings = named(&reader.state());
-        self.bindability.refresh(&mappings).await;
+        if recheck_all {
+            self.bindability.refresh_all(&mappings).await;
+        } else {
+            self.bindability.refresh(&mappings).await;
+        }
         self.store.replace(self.bindability.views(&mappings));
     }
 
@@ -285,12 +308,18 @@ impl MappingFeed {
         .boxed();
         tokio::pin!(stream);
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        let mut recheck_all = tokio::time::interval(RECHECK_ALL_EVERY);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = recheck.tick() => {
                     if self.is_synced() {
-                        self.publish(&reader).await;
+                        self.publish(&reader, false).await;
+                    }
+                }
+                _ = recheck_all.tick() => {
+                    if self.is_synced() {
+                        self.publish(&reader, true).await;
                     }
                 }
                 event = stream.next() => match event {
@@ -298,7 +327,7 @@ impl MappingFeed {
                     Some(Err(e)) => tracing::warn!(error = %e, "GrantMapping watch failed; retrying"),
                     Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Some(Ok(_)) => {
-                        self.publish(&reader).await;
+                        self.publish(&reader, false).await;
                         self.synced.store(true, Ordering::SeqCst);
                     }
                 },

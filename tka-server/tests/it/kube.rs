@@ -326,6 +326,35 @@ async fn a_mapping_the_server_may_not_bind_is_not_bindable_and_its_login_creates
     let allowed = alice.login(r#"{"role":"sre"}"#).await;
     assert_eq!(allowed.status, 200, "{}", allowed.text());
     assert_eq!(server.sessions().await.len(), 1);
+
+    // Once the server's RBAC allows it (the allowlist grew), a re-check makes it Ready.
+    server.cluster.set_access_policy(AccessPolicy::allow_all());
+    let named: Vec<_> = mappings
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|m| tka_core::reconciler::NamedMapping {
+            name: m.name_any(),
+            spec: m.spec,
+        })
+        .collect();
+    server.bindability.refresh_all(&named).await;
+    server
+        .reconciler()
+        .reconcile_once(server.clock.now())
+        .await
+        .unwrap();
+    let ops = ready(&mappings.get("ops").await.unwrap());
+    assert_eq!((ops.0.as_str(), ops.1.as_str()), ("True", "Ready"));
+    assert!(
+        server
+            .bindability
+            .views(&named)
+            .iter()
+            .all(|v| v.unusable.is_none())
+    );
 }
 
 #[tokio::test]
