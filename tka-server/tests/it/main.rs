@@ -14,5 +14,6 @@ mod ops;
 mod proxy;
 mod refusals;
 mod security;
+mod serve;
 mod shutdown;
 mod support;
