@@ -365,7 +365,7 @@ async fn drain_leaves_no_session_and_no_labelled_object() {
         let r = c.login(r#"{"role":"sre"}"#).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    // A stray labelled ServiceAccount whose session is gone, and a Session left mid-deletion.
+    // A stray labelled ServiceAccount whose session is gone, and a Session stuck in Terminating.
     server
         .cluster
         .insert(json!({
@@ -374,8 +374,30 @@ async fn drain_leaves_no_session_and_no_labelled_object() {
                          "labels": {MANAGED_BY_LABEL: MANAGED_BY}}
         }))
         .unwrap();
+    let sessions: Api<Session> = Api::all(server.client.clone());
+    let mut copy = serde_json::to_value(&server.sessions().await[0]).unwrap();
+    copy["metadata"] = json!({
+        "name": "tka-stuck-zzzzz",
+        "finalizers": ["tka.dev/cleanup"],
+        "labels": copy["metadata"]["labels"].clone(),
+    });
+    let stuck: Session = serde_json::from_value(copy).unwrap();
+    sessions
+        .create(&PostParams::default(), &stuck)
+        .await
+        .unwrap();
+    sessions
+        .delete("tka-stuck-zzzzz", &Default::default())
+        .await
+        .unwrap();
+    let terminating = sessions.get("tka-stuck-zzzzz").await.unwrap();
+    assert!(
+        terminating.is_deleting(),
+        "the finalizer holds it in Terminating"
+    );
+
     let before = leftovers(&server.client, NAMESPACE).await.unwrap();
-    assert_eq!(before.sessions, 2);
+    assert_eq!(before.sessions, 3);
     assert!(before.labelled >= 7, "{before:?}");
 
     let left = drain(
