@@ -127,6 +127,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let wired = wiring::wire(&settings, &shutdown).await?;
     let metrics = Arc::new(Metrics::new(wired.sessions));
+    // Only `serve` sets it, once; a second set cannot happen.
+    let _ = wired.metrics.set(Arc::clone(&metrics));
     let mut config = settings.api_config();
     config.self_node_ids.extend(wired.own_node);
     let state = ApiState::new(config, wired.backends, Arc::clone(&metrics));

@@ -5,20 +5,23 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::Client;
 use tka_core::identity::{CapabilityNames, IdentityProvider, TailscaleLocalApi};
 use tka_core::kubernetes::{
-    IssuerSettings, KubernetesIssuer, KubernetesReconciler, PolicyGrantCheck, ReconcilerSettings,
+    IssuerSettings, KubernetesIssuer, KubernetesReconciler, PassObserver, PolicyGrantCheck,
+    ReconcilerSettings,
 };
+use tka_core::reconciler::{ObjectKind, RemovalReason};
 use tka_core::{Clock, NodeId, SystemClock};
 use tka_server::kubernetes::{
     ApiServerReady, Bindability, CrdsInstalled, MappingFeed, MappingsSynced, ReflectedSessions,
 };
+use tka_server::metrics::RevocationCause;
 use tka_server::tailscale::{TailscaledReady, own_node};
-use tka_server::{Backends, InMemoryMappings, ReadinessCheck, SessionCounter, Settings};
+use tka_server::{Backends, InMemoryMappings, Metrics, ReadinessCheck, SessionCounter, Settings};
 use tokio_util::sync::CancellationToken;
 
 /// A background task: handed the shutdown token, it returns soon after cancellation.
@@ -32,6 +35,8 @@ pub(crate) struct Wired {
     pub(crate) sessions: Option<Arc<dyn SessionCounter>>,
     pub(crate) readiness: Vec<Arc<dyn ReadinessCheck>>,
     pub(crate) tasks: Vec<Task>,
+    /// Set by `serve` once the metrics exist; the reconciler reports its passes there.
+    pub(crate) metrics: Arc<OnceLock<Arc<Metrics>>>,
 }
 
 /// How long `serve` waits for tailscaled to report its own node at start.
@@ -53,6 +58,29 @@ struct Kube {
     sessions: Arc<dyn SessionCounter>,
     readiness: Vec<Arc<dyn ReadinessCheck>>,
     tasks: Vec<Task>,
+    metrics: Arc<OnceLock<Arc<Metrics>>>,
+}
+
+/// Feeds the reconciler's passes into the metrics, once they exist.
+fn pass_observer(metrics: Arc<OnceLock<Arc<Metrics>>>) -> PassObserver {
+    Arc::new(move |took, outcome| {
+        let Some(metrics) = metrics.get() else { return };
+        metrics.observe_reconcile(took, outcome.is_ok());
+        if let Ok(report) = outcome {
+            let ended: Vec<_> = report.removed_of(ObjectKind::Session).collect();
+            let expired = ended
+                .iter()
+                .filter(|r| r.reason == RemovalReason::Expired)
+                .count();
+            let other = ended.len() - expired;
+            if expired > 0 {
+                metrics.revoked(RevocationCause::Expired, expired as u64);
+            }
+            if other > 0 {
+                metrics.revoked(RevocationCause::Reconciler, other as u64);
+            }
+        }
+    })
 }
 
 fn kube(
@@ -73,6 +101,7 @@ fn kube(
     let feed = Arc::new(MappingFeed::new(mappings.clone(), bindability.clone()));
     let (sessions, session_task) = ReflectedSessions::new(client.clone(), clock.clone());
 
+    let metrics = Arc::new(OnceLock::new());
     let holder = holder_identity();
     let mut reconciler_settings = ReconcilerSettings::new(&settings.namespace, &holder);
     reconciler_settings.denied_namespaces = settings
@@ -99,7 +128,8 @@ fn kube(
             identity,
             Arc::new(check),
         )
-        .with_mapping_hook(bindability),
+        .with_mapping_hook(bindability)
+        .with_pass_observer(pass_observer(metrics.clone())),
     );
 
     let feed_task = {
@@ -138,6 +168,7 @@ fn kube(
             Arc::new(MappingsSynced(feed)),
         ],
         tasks: vec![feed_task, sessions_task, reconciler_task],
+        metrics,
     })
 }
 
@@ -194,5 +225,6 @@ pub(crate) async fn wire(
         sessions: Some(kube.sessions),
         readiness,
         tasks: kube.tasks,
+        metrics: kube.metrics,
     })
 }

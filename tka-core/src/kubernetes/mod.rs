@@ -22,7 +22,7 @@ pub use crd::{
 };
 pub use issuer::{IssuerSettings, KubernetesIssuer, SuffixSource, decode_token_id};
 pub use lease::{LeaderLease, LeaseSettings};
-pub use reconciler::{KubernetesReconciler, ReconcilerSettings};
+pub use reconciler::{KubernetesReconciler, PassObserver, ReconcilerSettings};
 pub use session::{
     BindingKind, BindingRef, ObjectRef, Session, SessionIdentity, SessionPhase, SessionRoleBinding,
     SessionSpec, SessionStatus,

@@ -116,8 +116,14 @@ pub struct KubernetesReconciler {
     identity: Arc<dyn IdentityProvider>,
     check: Arc<dyn GrantCheck>,
     hook: Option<Arc<dyn MappingHook>>,
+    observer: Option<PassObserver>,
     state: Mutex<State>,
 }
+
+/// Told about every pass [`KubernetesReconciler::run`] makes: how long it took and what it
+/// did (for metrics).
+pub type PassObserver =
+    Arc<dyn Fn(Duration, Result<&ReconcileReport, &ReconcileError>) + Send + Sync>;
 
 impl std::fmt::Debug for KubernetesReconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +156,7 @@ impl KubernetesReconciler {
             identity,
             check,
             hook: None,
+            observer: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -157,6 +164,12 @@ impl KubernetesReconciler {
     /// Adds a judgement that marks mappings `Ready=False/NotBindable`.
     pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Reports every pass of [`KubernetesReconciler::run`] to `observer`.
+    pub fn with_pass_observer(mut self, observer: PassObserver) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -232,7 +245,12 @@ impl KubernetesReconciler {
             }
             if leading && tokio::time::Instant::now() >= next_pass {
                 let now = self.clock.now();
-                let wait = match self.reconcile_once(now).await {
+                let started = std::time::Instant::now();
+                let outcome = self.reconcile_once(now).await;
+                if let Some(observer) = &self.observer {
+                    observer(started.elapsed(), outcome.as_ref());
+                }
+                let wait = match outcome {
                     Ok(report) => {
                         if !report.removed.is_empty() || !report.failures.is_empty() {
                             info!(

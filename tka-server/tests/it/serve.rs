@@ -1,7 +1,7 @@
 //! The built `tka-server serve` binary, wired to a FakeCluster (through `--kubeconfig`) and a
 //! fake tailscaled (through `--tailscale-socket`): it becomes ready only with every check
 //! passing, serves a login that creates a Session, counts it in `/metrics`, holds the
-//! reconciler Lease, and on SIGTERM exits cleanly and releases the Lease.
+//! reconciler Lease (its passes in `/metrics` too), and on SIGTERM exits cleanly and releases the Lease.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -154,6 +154,17 @@ async fn serve_wires_the_kubernetes_backend_and_releases_the_lease_on_sigterm() 
     };
     eventually("the lease", || async {
         holder().filter(|h| h == "tka-server-test-0")
+    })
+    .await;
+
+    // Its passes show in the metrics.
+    eventually("a reconcile pass in /metrics", || async {
+        get(ops, "/metrics").await.filter(|(_, text)| {
+            text.lines().any(|l| {
+                l.strip_prefix("tka_reconcile_duration_seconds_count ")
+                    .is_some_and(|n| n.trim() != "0")
+            })
+        })
     })
     .await;
 
