@@ -53,10 +53,14 @@ pub struct GrantMappingSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaced: Vec<NamespacedGrant>,
     /// Session lifetime when the caller asks for none (Go notation, e.g. `1h`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "defaultTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_ttl: Option<String>,
     /// Upper bound for sessions from this mapping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "maxTTL", skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<String>,
 }
 

@@ -8,14 +8,19 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Identity, NodeId, RoleName, SessionName, UserId};
+use crate::capability::ParsedGrants;
+use crate::domain::{ClusterName, Identity, NodeId, RoleName, SessionName, UserId};
 use crate::identity::IdentityError;
-use crate::policy::{GrantMappingSpec, NamespacedBinding};
+use crate::policy::{
+    GrantMappingSpec, MappingView, NamespacedBinding, PolicyContext, PolicySettings,
+    ResolveRequest, resolve,
+};
 
 /// The kinds of object a reconciler removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -258,6 +263,108 @@ pub trait MappingHook: Send + Sync {
     fn not_bindable(&self, mapping: &NamedMapping) -> Option<String>;
 }
 
+/// The real re-validation: the policy resolver asked again, for the session's role, with the
+/// device's capability values and the GrantMappings as they are now. The grant holds when
+/// resolution succeeds and the decision still covers every binding the session has (a mapping
+/// that grew is fine; one that shrank, or a role no longer granted, is not).
+///
+/// Mappings a [`MappingHook`] finds not bindable are unusable here as at login.
+pub struct PolicyGrantCheck {
+    cluster: ClusterName,
+    settings: PolicySettings,
+    hook: Option<Arc<dyn MappingHook>>,
+}
+
+impl fmt::Debug for PolicyGrantCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyGrantCheck")
+            .field("cluster", &self.cluster)
+            .field("settings", &self.settings)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl PolicyGrantCheck {
+    /// A check for this cluster with the server's policy settings.
+    pub fn new(cluster: ClusterName, settings: PolicySettings) -> Self {
+        Self {
+            cluster,
+            settings,
+            hook: None,
+        }
+    }
+
+    /// Treats mappings that `hook` finds not bindable as unusable.
+    #[must_use]
+    pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The mappings as resolution sees them: invalid names dropped (no capability value can
+    /// name them), not-bindable ones marked unusable.
+    pub fn views(&self, mappings: &[NamedMapping]) -> Vec<MappingView> {
+        mappings
+            .iter()
+            .filter_map(|m| {
+                let view = MappingView::new(RoleName::new(&m.name).ok()?, m.spec.clone());
+                Some(match self.hook.as_ref().and_then(|h| h.not_bindable(m)) {
+                    Some(why) => view.unusable(why),
+                    None => view,
+                })
+            })
+            .collect()
+    }
+}
+
+impl GrantCheck for PolicyGrantCheck {
+    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+        let grants = ParsedGrants::from_identity(query.current);
+        let views = self.views(query.mappings);
+        let request = ResolveRequest {
+            context: PolicyContext {
+                identity: query.current,
+                grants: &grants,
+                mappings: &views,
+                cluster: &self.cluster,
+                settings: &self.settings,
+            },
+            role: Some(&query.grant.role),
+            ttl: None,
+            now: query.now,
+        };
+        let decision = resolve(&request).map_err(|denial| denial.message())?;
+        let lost_cluster: Vec<&str> = query
+            .grant
+            .cluster_roles
+            .iter()
+            .filter(|r| !decision.cluster_roles.contains(r))
+            .map(String::as_str)
+            .collect();
+        let lost_namespaced: Vec<String> = query
+            .grant
+            .namespaced
+            .iter()
+            .filter(|b| !decision.namespaced.contains(b))
+            .map(|b| format!("{} in {}", b.cluster_role, b.namespace))
+            .collect();
+        if lost_cluster.is_empty() && lost_namespaced.is_empty() {
+            return Ok(());
+        }
+        let lost: Vec<String> = lost_cluster
+            .iter()
+            .map(|r| format!("{r} cluster-wide"))
+            .chain(lost_namespaced)
+            .collect();
+        Err(format!(
+            "GrantMapping '{}' no longer grants {}",
+            query.grant.role,
+            lost.join(", ")
+        ))
+    }
+}
+
 /// The outcome of re-validating one live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -434,5 +541,109 @@ mod tests {
         report.requeue_at(t0 + SignedDuration::from_mins(5));
         report.requeue_at(t0 + SignedDuration::from_mins(7));
         assert_eq!(report.next_requeue, Some(t0 + SignedDuration::from_mins(5)));
+    }
+
+    fn policy_check() -> PolicyGrantCheck {
+        PolicyGrantCheck::new(
+            ClusterName::new("prod").unwrap(),
+            PolicySettings::new(
+                "tka-system",
+                crate::Ttl::parse("1h").unwrap(),
+                crate::Ttl::parse("8h").unwrap(),
+            ),
+        )
+    }
+
+    fn sre_mapping(cluster_roles: &[&str]) -> NamedMapping {
+        NamedMapping {
+            name: "sre".into(),
+            spec: GrantMappingSpec {
+                cluster_roles: cluster_roles.iter().map(|r| (*r).to_owned()).collect(),
+                ..GrantMappingSpec::default()
+            },
+        }
+    }
+
+    fn policy_verdict(
+        check: &PolicyGrantCheck,
+        roles: &[&str],
+        mapping: &[NamedMapping],
+    ) -> Verdict {
+        judge(
+            &grant(),
+            &Ok(identity("n1", 1, roles)),
+            mapping,
+            now(),
+            check,
+        )
+    }
+
+    #[test]
+    fn policy_check_holds_while_grant_and_mapping_cover_the_session() {
+        let check = policy_check();
+        assert_eq!(
+            policy_verdict(&check, &["sre"], &[sre_mapping(&["view"])]),
+            Verdict::Holds
+        );
+        // A mapping that grew still covers the session.
+        assert_eq!(
+            policy_verdict(&check, &["sre"], &[sre_mapping(&["view", "edit"])]),
+            Verdict::Holds
+        );
+    }
+
+    #[test]
+    fn policy_check_withdraws_when_grant_mapping_or_bindings_go() {
+        let check = policy_check();
+        let Verdict::Withdrawn(no_grant) =
+            policy_verdict(&check, &["dev"], &[sre_mapping(&["view"])])
+        else {
+            panic!("a session without its grant must be withdrawn");
+        };
+        assert!(no_grant.contains("sre"), "{no_grant}");
+        assert!(matches!(
+            policy_verdict(&check, &["sre"], &[]),
+            Verdict::Withdrawn(_)
+        ));
+        let Verdict::Withdrawn(shrunk) =
+            policy_verdict(&check, &["sre"], &[sre_mapping(&["edit"])])
+        else {
+            panic!("a mapping that no longer grants view must withdraw the session");
+        };
+        assert!(shrunk.contains("view cluster-wide"), "{shrunk}");
+        // A value for another cluster does not hold here.
+        let elsewhere = identity("n1", 1, &[]);
+        let mut elsewhere = elsewhere;
+        elsewhere.capabilities = vec![serde_json::json!({"role": "sre", "clusters": ["staging"]})];
+        assert!(matches!(
+            judge(
+                &grant(),
+                &Ok(elsewhere),
+                &[sre_mapping(&["view"])],
+                now(),
+                &check
+            ),
+            Verdict::Withdrawn(_)
+        ));
+    }
+
+    #[test]
+    fn policy_check_treats_not_bindable_mappings_as_unusable() {
+        struct Refuse;
+        impl MappingHook for Refuse {
+            fn not_bindable(&self, m: &NamedMapping) -> Option<String> {
+                (m.name == "sre").then(|| "may not bind view".to_owned())
+            }
+        }
+        let plain = policy_check();
+        assert_eq!(
+            policy_verdict(&plain, &["sre"], &[sre_mapping(&["view"])]),
+            Verdict::Holds
+        );
+        let hooked = policy_check().with_mapping_hook(Arc::new(Refuse));
+        assert!(matches!(
+            policy_verdict(&hooked, &["sre"], &[sre_mapping(&["view"])]),
+            Verdict::Withdrawn(_)
+        ));
     }
 }

@@ -24,6 +24,27 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the OpenAPI 3 document of the login API (JSON).
     Openapi,
+    /// Print the CustomResourceDefinitions (YAML), generated from the Rust types, for
+    /// `kubectl apply -f -`.
+    Crds,
+    /// Revoke every session and remove what tka created, so an uninstall never leaves Sessions
+    /// or the CRDs stuck in Terminating. Run it before deleting the Deployment and the CRDs.
+    Drain(DrainArgs),
+}
+
+/// `tka-server drain` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// A kubeconfig file to reach the cluster with (default: in-cluster, then `KUBECONFIG`,
+    /// then `~/.kube/config`).
+    #[arg(long, env = "TKA_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace the server runs in (where session ServiceAccounts live).
+    #[arg(long, env = "TKA_NAMESPACE", default_value = "tka-system")]
+    pub namespace: String,
+    /// How long to wait for everything to be gone before giving up (non-zero exit).
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
 }
 
 /// How tailnet traffic reaches the server.
@@ -68,6 +89,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_API_SERVER_CA_DATA")]
     pub api_server_ca_data: Option<String>,
 
+    /// A kubeconfig file to reach the cluster with (default: in-cluster, then `KUBECONFIG`,
+    /// then `~/.kube/config`).
+    #[arg(long, env = "TKA_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// The namespace the server runs in: its ServiceAccounts live here, and no GrantMapping may
     /// bind into it.
     #[arg(long, env = "TKA_NAMESPACE", default_value = "tka-system")]

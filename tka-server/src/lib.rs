@@ -7,7 +7,8 @@
 //! [`tka_core::issuer::CredentialIssuer`]. It owns only the HTTP contract (DESIGN §6): the
 //! security checks every request passes, the mapping of domain errors to RFC 9457 problems (in
 //! [`error::ApiError`], the one place that does it), the audit records, the metrics and graceful
-//! shutdown. It must not decide policy, talk to Kubernetes or tailscaled itself, or log a token.
+//! shutdown. It must not decide policy, talk to tailscaled itself, or log a token; the one module
+//! that talks to Kubernetes is [`kubernetes`], which feeds the server from tka-core's backend.
 //!
 //! The binary (`main.rs`) parses flags into [`settings::Settings`], wires the real
 //! implementations in, and calls [`server::Server::run`]. Tests boot the same router with fakes.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod error;
 pub mod guard;
 pub mod kubeconfig;
+pub mod kubernetes;
 pub mod listener;
 pub mod logging;
 pub mod mappings;

@@ -77,6 +77,8 @@ pub struct LeaderElection {
 pub struct Settings {
     /// The cluster as clients are told about it.
     pub cluster: ClusterEndpoint,
+    /// The kubeconfig to reach the cluster with; `None` infers (in-cluster, `KUBECONFIG`, ...).
+    pub kubeconfig: Option<PathBuf>,
     /// The namespace the server runs in.
     pub namespace: String,
     /// Policy bounds, capability names and protected namespaces.
@@ -419,6 +421,7 @@ impl TryFrom<ServeArgs> for Settings {
 
         Ok(Self {
             cluster,
+            kubeconfig: args.kubeconfig,
             namespace: args.namespace,
             policy,
             token_lifetime,

@@ -45,9 +45,7 @@ pub fn grant_mapping_crd() -> CustomResourceDefinition {
             continue;
         };
         validate_grant_mapping_spec(spec);
-        let default_ttl = field_name(spec, &["defaultTTL", "defaultTtl"]);
-        let max_ttl = field_name(spec, &["maxTTL", "maxTtl"]);
-        version.additional_printer_columns = Some(grant_mapping_columns(default_ttl, max_ttl));
+        version.additional_printer_columns = Some(grant_mapping_columns(DEFAULT_TTL, MAX_TTL));
     }
     crd
 }
@@ -96,18 +94,13 @@ fn string_rules(schema: &mut JSONSchemaProps, pattern: &str, max_length: i64) {
     schema.max_length = Some(max_length);
 }
 
-/// The schema name of a field, whichever spelling the Rust type serializes it as.
-fn field_name(spec: &JSONSchemaProps, spellings: &[&'static str]) -> &'static str {
-    spellings
-        .iter()
-        .copied()
-        .find(|n| spec.properties.as_ref().is_some_and(|p| p.contains_key(*n)))
-        .unwrap_or(spellings[0])
-}
+/// The wire name of `GrantMappingSpec::default_ttl` (DESIGN §4.3).
+const DEFAULT_TTL: &str = "defaultTTL";
+/// The wire name of `GrantMappingSpec::max_ttl` (DESIGN §4.3).
+const MAX_TTL: &str = "maxTTL";
 
 fn validate_grant_mapping_spec(spec: &mut JSONSchemaProps) {
-    let default_ttl = field_name(spec, &["defaultTTL", "defaultTtl"]);
-    let max_ttl = field_name(spec, &["maxTTL", "maxTtl"]);
+    let (default_ttl, max_ttl) = (DEFAULT_TTL, MAX_TTL);
     spec.x_kubernetes_validations = Some(vec![
         rule(
             "has(self.clusterRoles) || has(self.namespaced)",
@@ -316,6 +309,23 @@ mod tests {
             .as_ref()
             .unwrap();
         assert!(subject_rules[0].rule.contains("== 1"));
+    }
+
+    #[test]
+    fn grant_mapping_ttl_fields_are_spelled_as_documented() {
+        let nodes = nodes(&grant_mapping_crd());
+        assert!(nodes.contains_key(".spec.defaultTTL"));
+        assert!(nodes.contains_key(".spec.maxTTL"));
+        assert!(!nodes.contains_key(".spec.defaultTtl"));
+        let spec: crate::policy::GrantMappingSpec = serde_json::from_value(serde_json::json!({
+            "clusterRoles": ["view"], "defaultTTL": "1h", "maxTTL": "8h"
+        }))
+        .unwrap();
+        assert_eq!(spec.default_ttl.as_deref(), Some("1h"));
+        assert_eq!(spec.max_ttl.as_deref(), Some("8h"));
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["defaultTTL"], "1h");
+        assert_eq!(back["maxTTL"], "8h");
     }
 
     #[test]

@@ -959,6 +959,90 @@ impl KubernetesIssuer {
         )?))
     }
 
+    /// Ends every Session on the cluster (labelled or not) like a logout: ServiceAccount,
+    /// bindings, Session, finalizer. What `tka-server drain` does before an uninstall. Unlike a
+    /// logout it writes no status (an administrator running it is not allowed to, by the
+    /// admission policy that reserves Session writes to the server), so it only deletes and
+    /// removes finalizers.
+    pub async fn revoke_all(&self) -> Result<Vec<SessionName>, IssueError> {
+        let sessions = self
+            .apis
+            .sessions
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| issue_error("list every Session", e))?
+            .items;
+        let mut ended = Vec::new();
+        for session in sessions {
+            self.end(&session, None, &RemovalReason::Revoked).await?;
+            ended.extend(session.session_name());
+        }
+        Ok(ended)
+    }
+
+    /// Removes what [`KubernetesIssuer::revoke_all`] could not: ServiceAccounts and bindings
+    /// labelled `managed-by=tka` whatever their session, and tka's finalizer from any Session
+    /// still there (so deleting the CRD never hangs). Returns how many objects it changed.
+    /// Only for an uninstall: a login in flight loses its objects.
+    pub async fn remove_leftovers(&self) -> Result<usize, IssueError> {
+        let selector = managed_selector();
+        let fail = |what: &'static str| move |e| issue_error(what, e);
+        let mut changed = 0;
+        for sa in objects::list(&self.apis.service_accounts, &selector)
+            .await
+            .map_err(fail("list tka's ServiceAccounts"))?
+        {
+            let uid = sa.uid().unwrap_or_default();
+            changed += usize::from(
+                delete_uid(&self.apis.service_accounts, &sa.name_any(), &uid)
+                    .await
+                    .map_err(fail("delete a ServiceAccount"))?,
+            );
+        }
+        for crb in objects::list(&self.apis.cluster_role_bindings, &selector)
+            .await
+            .map_err(fail("list tka's ClusterRoleBindings"))?
+        {
+            let uid = crb.uid().unwrap_or_default();
+            changed += usize::from(
+                delete_uid(&self.apis.cluster_role_bindings, &crb.name_any(), &uid)
+                    .await
+                    .map_err(fail("delete a ClusterRoleBinding"))?,
+            );
+        }
+        for rb in objects::list(&self.apis.all_role_bindings, &selector)
+            .await
+            .map_err(fail("list tka's RoleBindings"))?
+        {
+            let uid = rb.uid().unwrap_or_default();
+            let api = self.apis.role_bindings(&rb.namespace().unwrap_or_default());
+            changed += usize::from(
+                delete_uid(&api, &rb.name_any(), &uid)
+                    .await
+                    .map_err(fail("delete a RoleBinding"))?,
+            );
+        }
+        let sessions = self
+            .apis
+            .sessions
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(fail("list every Session"))?
+            .items;
+        for session in sessions {
+            let Some(uid) = session.uid() else { continue };
+            let had = session.finalizers().iter().any(|f| f == FINALIZER);
+            objects::remove_finalizer(&self.apis.sessions, &session.name_any(), &uid)
+                .await
+                .map_err(fail("remove tka's finalizer from a Session"))?;
+            delete_uid(&self.apis.sessions, &session.name_any(), &uid)
+                .await
+                .map_err(fail("delete a Session"))?;
+            changed += usize::from(had) + 1;
+        }
+        Ok(changed)
+    }
+
     async fn end_all(&self, sessions: Vec<Session>) -> Result<Vec<SessionName>, IssueError> {
         let mut ended = Vec::new();
         for session in sessions {

@@ -22,13 +22,14 @@ pub use crd::{
 };
 pub use issuer::{IssuerSettings, KubernetesIssuer, SuffixSource, decode_token_id};
 pub use lease::{LeaderLease, LeaseSettings};
-pub use reconciler::{KubernetesReconciler, ReconcilerSettings};
+pub use reconciler::{KubernetesReconciler, PassObserver, ReconcilerSettings};
 pub use session::{
     BindingKind, BindingRef, ObjectRef, Session, SessionIdentity, SessionPhase, SessionRoleBinding,
     SessionSpec, SessionStatus,
 };
 
 pub use crate::policy::GrantMapping;
+pub use crate::reconciler::PolicyGrantCheck;
 
 /// `app.kubernetes.io/managed-by`: every object tka creates carries it with value [`MANAGED_BY`].
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -53,6 +54,8 @@ pub const REASON_READY: &str = "Ready";
 pub const REASON_CLUSTER_ROLE_MISSING: &str = "ClusterRoleMissing";
 /// `Ready=False`: it binds in the server's namespace or a denied namespace; it is never used.
 pub const REASON_FORBIDDEN_NAMESPACE: &str = "ForbiddenNamespace";
+/// `Ready=False`: the spec is invalid (see `policy::MappingProblem`); it is never used.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// `Ready=False`: the server may not bind one of its ClusterRoles.
 pub const REASON_NOT_BINDABLE: &str = "NotBindable";
 

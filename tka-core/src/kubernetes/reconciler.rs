@@ -19,7 +19,7 @@
 //! preconditions, "already gone" is done), so two reconcilers at once are harmless; a Lease keeps
 //! one active in steady state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,11 +42,11 @@ use super::objects::{Apis, delete_uid, end_session, managed_selector, owner_uid,
 use super::session::{Session, SessionPhase};
 use super::{
     CONDITION_READY, GrantMappingStatus, REASON_CLUSTER_ROLE_MISSING, REASON_FORBIDDEN_NAMESPACE,
-    REASON_NOT_BINDABLE, REASON_READY, REVISION_LABEL, SESSION_LABEL,
+    REASON_INVALID_SPEC, REASON_NOT_BINDABLE, REASON_READY, REVISION_LABEL, SESSION_LABEL,
 };
 use crate::clock::Clock;
 use crate::identity::{IdentityError, IdentityProvider, WhoisRequest};
-use crate::policy::GrantMapping;
+use crate::policy::{GrantMapping, validate_mapping};
 use crate::reconciler::{
     GrantCheck, MappingHook, NamedMapping, ObjectKind, ReconcileError, ReconcileReport, Reconciler,
     RemovalReason, Verdict, judge, wait_until,
@@ -89,8 +89,11 @@ impl ReconcilerSettings {
         }
     }
 
-    fn is_denied(&self, namespace: &str) -> bool {
-        namespace == self.namespace || self.denied_namespaces.iter().any(|d| d == namespace)
+    /// The server's namespace and the deny list: where no mapping may bind.
+    pub fn forbidden_namespaces(&self) -> BTreeSet<String> {
+        std::iter::once(self.namespace.clone())
+            .chain(self.denied_namespaces.iter().cloned())
+            .collect()
     }
 }
 
@@ -113,8 +116,14 @@ pub struct KubernetesReconciler {
     identity: Arc<dyn IdentityProvider>,
     check: Arc<dyn GrantCheck>,
     hook: Option<Arc<dyn MappingHook>>,
+    observer: Option<PassObserver>,
     state: Mutex<State>,
 }
+
+/// Told about every pass [`KubernetesReconciler::run`] makes: how long it took and what it
+/// did (for metrics).
+pub type PassObserver =
+    Arc<dyn Fn(Duration, Result<&ReconcileReport, &ReconcileError>) + Send + Sync>;
 
 impl std::fmt::Debug for KubernetesReconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +156,7 @@ impl KubernetesReconciler {
             identity,
             check,
             hook: None,
+            observer: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -154,6 +164,12 @@ impl KubernetesReconciler {
     /// Adds a judgement that marks mappings `Ready=False/NotBindable`.
     pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
         self.hook = Some(hook);
+        self
+    }
+
+    /// Reports every pass of [`KubernetesReconciler::run`] to `observer`.
+    pub fn with_pass_observer(mut self, observer: PassObserver) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -229,7 +245,12 @@ impl KubernetesReconciler {
             }
             if leading && tokio::time::Instant::now() >= next_pass {
                 let now = self.clock.now();
-                let wait = match self.reconcile_once(now).await {
+                let started = std::time::Instant::now();
+                let outcome = self.reconcile_once(now).await;
+                if let Some(observer) = &self.observer {
+                    observer(started.elapsed(), outcome.as_ref());
+                }
+                let wait = match outcome {
                     Ok(report) => {
                         if !report.removed.is_empty() || !report.failures.is_empty() {
                             info!(
@@ -765,22 +786,22 @@ fn readiness(
     cluster_roles: &HashSet<String>,
 ) -> (bool, &'static str, String) {
     let spec = &mapping.spec;
-    let mut forbidden: Vec<&str> = spec
-        .namespaced
-        .iter()
-        .flat_map(|g| g.namespaces.iter().map(String::as_str))
-        .filter(|ns| settings.is_denied(ns))
-        .collect();
-    forbidden.sort_unstable();
-    forbidden.dedup();
-    if !forbidden.is_empty() {
+    let problems = validate_mapping(&mapping.name, spec, &settings.forbidden_namespaces());
+    if let Some(first) = problems.first() {
+        let reason = if first.is_forbidden_namespace() {
+            REASON_FORBIDDEN_NAMESPACE
+        } else {
+            REASON_INVALID_SPEC
+        };
+        let words: Vec<String> = problems
+            .iter()
+            .filter(|p| p.is_forbidden_namespace() == first.is_forbidden_namespace())
+            .map(ToString::to_string)
+            .collect();
         return (
             false,
-            REASON_FORBIDDEN_NAMESPACE,
-            format!(
-                "binds in {}, where tka may not grant access; remove it",
-                forbidden.join(", ")
-            ),
+            reason,
+            format!("{}; fix or remove it", words.join("; ")),
         );
     }
     let mut missing: Vec<&str> = spec
@@ -918,9 +939,10 @@ mod tests {
     #[test]
     fn the_servers_namespace_and_kube_system_are_denied() {
         let s = reconciler_settings();
-        assert!(s.is_denied("tka-system"));
-        assert!(s.is_denied("kube-system"));
-        assert!(!s.is_denied("team-a"));
+        let denied = s.forbidden_namespaces();
+        assert!(denied.contains("tka-system"));
+        assert!(denied.contains("kube-system"));
+        assert!(!denied.contains("team-a"));
     }
 
     fn mapping(cluster_roles: &[&str], namespaced: &[(&str, &str)]) -> NamedMapping {
@@ -973,5 +995,12 @@ mod tests {
         assert_eq!(own.1, REASON_FORBIDDEN_NAMESPACE);
         let hooked = readiness(&s, Some(&NeverBindable), &mapping(&["view"], &[]), &roles);
         assert_eq!((hooked.0, hooked.1), (false, REASON_NOT_BINDABLE));
+        let mut bad_ttl = mapping(&["view"], &[]);
+        bad_ttl.spec.default_ttl = Some("0s".into());
+        let invalid = readiness(&s, None, &bad_ttl, &roles);
+        assert_eq!((invalid.0, invalid.1), (false, REASON_INVALID_SPEC));
+        assert!(invalid.2.contains("defaultTTL"), "{}", invalid.2);
+        let nothing = readiness(&s, None, &mapping(&[], &[]), &roles);
+        assert_eq!((nothing.0, nothing.1), (false, REASON_INVALID_SPEC));
     }
 }

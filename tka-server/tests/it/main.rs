@@ -4,7 +4,9 @@
 // Test code may panic on what it does not expect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod deploy;
 mod flows;
+mod kube;
 mod localapi;
 mod logs;
 mod openapi;
@@ -12,5 +14,6 @@ mod ops;
 mod proxy;
 mod refusals;
 mod security;
+mod serve;
 mod shutdown;
 mod support;

@@ -1434,7 +1434,7 @@ where
         settings,
         Arc::new(h.clock.clone()),
         h.tailnet.clone(),
-        Arc::new(super::CapabilityCheck),
+        Arc::new(super::suite_grant_check(&h.namespace)),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = reconciler.clone();

@@ -18,9 +18,14 @@ use tka_core::kubernetes::{
     GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
     MANAGED_BY_LABEL, ReconcilerSettings, SESSION_LABEL, Session, SessionPhase, SuffixSource,
 };
-use tka_core::policy::{Decision, GrantMappingSpec, NamespacedBinding, NamespacedGrant};
-use tka_core::reconciler::{GrantCheck, GrantQuery, NamedMapping, ReconcileReport, Reconciler};
-use tka_core::{Clock, Identity, ManualClock, NodeId, RoleName, Tag, Ttl, UserId};
+use tka_core::policy::{
+    Decision, GrantMappingSpec, NamespacedGrant, PolicyContext, PolicySettings, ResolveRequest,
+    TtlRequest, resolve,
+};
+use tka_core::reconciler::{NamedMapping, PolicyGrantCheck, ReconcileReport, Reconciler};
+use tka_core::{
+    Clock, ClusterName, Identity, ManualClock, NodeId, ParsedGrants, RoleName, Tag, Ttl, UserId,
+};
 
 use super::{SuiteBackend, TestTailnet};
 
@@ -137,65 +142,24 @@ pub fn suite_mappings() -> Vec<NamedMapping> {
     ]
 }
 
-/// The expanded bindings of a mapping spec.
-fn bindings_of(spec: &GrantMappingSpec) -> (Vec<String>, Vec<NamespacedBinding>) {
-    let mut cluster_roles = spec.cluster_roles.clone();
-    cluster_roles.sort();
-    cluster_roles.dedup();
-    let mut namespaced: Vec<NamespacedBinding> = spec
-        .namespaced
-        .iter()
-        .flat_map(|g| {
-            g.namespaces.iter().map(|ns| NamespacedBinding {
-                cluster_role: g.cluster_role.clone(),
-                namespace: ns.clone(),
-            })
-        })
-        .collect();
-    namespaced.sort();
-    namespaced.dedup();
-    (cluster_roles, namespaced)
+/// The cluster name the suite's policy resolves for.
+pub const SUITE_CLUSTER: &str = "suite";
+
+/// The policy settings of the suite's server in `namespace`: 1h default, 8h limit.
+pub fn suite_policy(namespace: &str) -> PolicySettings {
+    PolicySettings::new(
+        namespace,
+        Ttl::parse("1h").unwrap(),
+        Ttl::parse("8h").unwrap(),
+    )
 }
 
-/// A stand-in for the policy resolver in re-validation: the grant holds while the device still
-/// has a capability value naming the role, the mapping of that name exists, and it still grants
-/// every binding the session has.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CapabilityCheck;
-
-impl GrantCheck for CapabilityCheck {
-    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
-        let GrantQuery {
-            grant,
-            current,
-            mappings,
-            ..
-        } = *query;
-        let role = grant.role.as_str();
-        let granted = current
-            .capabilities
-            .iter()
-            .any(|v| v.get("role").and_then(|r| r.as_str()) == Some(role));
-        if !granted {
-            return Err(format!("no grant for role '{role}' any more"));
-        }
-        let Some(mapping) = mappings.iter().find(|m| m.name == role) else {
-            return Err(format!("GrantMapping '{role}' no longer exists"));
-        };
-        let (cluster_roles, namespaced) = bindings_of(&mapping.spec);
-        let all_held = grant
-            .cluster_roles
-            .iter()
-            .all(|r| cluster_roles.contains(r))
-            && grant.namespaced.iter().all(|b| namespaced.contains(b));
-        if all_held {
-            Ok(())
-        } else {
-            Err(format!(
-                "GrantMapping '{role}' no longer grants what the session has"
-            ))
-        }
-    }
+/// The real re-validation (the policy resolver) for the suite's server in `namespace`.
+pub fn suite_grant_check(namespace: &str) -> PolicyGrantCheck {
+    PolicyGrantCheck::new(
+        ClusterName::new(SUITE_CLUSTER).unwrap(),
+        suite_policy(namespace),
+    )
 }
 
 /// Every object tka could have made, as listed from the API server.
@@ -445,7 +409,7 @@ impl<B: SuiteBackend> Harness<B> {
             ReconcilerSettings::new(namespace, holder),
             Arc::new(clock.clone()),
             tailnet.clone(),
-            Arc::new(CapabilityCheck),
+            Arc::new(suite_grant_check(namespace)),
         )
     }
 
@@ -465,28 +429,46 @@ impl<B: SuiteBackend> Harness<B> {
         )
     }
 
-    /// The decision policy would make for `role` with `ttl`, now.
+    /// The decision policy makes for `role` with `ttl`, now: alice's laptop for `sre` and
+    /// `dev`, the CI runner for `ci`.
     pub fn decision(&self, role: &str, ttl: &str) -> Decision {
-        let mapping = suite_mappings()
-            .into_iter()
-            .find(|m| m.name == role)
-            .unwrap();
-        let (cluster_roles, namespaced) = bindings_of(&mapping.spec);
-        let ttl = Ttl::parse(ttl).unwrap();
-        Decision {
-            role: RoleName::new(role).unwrap(),
-            cluster_roles,
-            namespaced,
-            ttl,
-            expires_at: self.clock.now() + ttl.as_duration(),
-            clamped: None,
-        }
+        let who = if role == "ci" {
+            Person::CiRunner
+        } else {
+            Person::AliceLaptop
+        };
+        self.decision_for(who, role, ttl)
+    }
+
+    /// The decision the policy resolver makes for `who` asking for `role` with `ttl`, now,
+    /// against the suite's GrantMappings; panics on a denial.
+    pub fn decision_for(&self, who: Person, role: &str, ttl: &str) -> Decision {
+        let identity = who.identity();
+        let grants = ParsedGrants::from_identity(&identity);
+        let check = suite_grant_check(&self.namespace);
+        let views = check.views(&suite_mappings());
+        let settings = suite_policy(&self.namespace);
+        let cluster = ClusterName::new(SUITE_CLUSTER).unwrap();
+        let role = RoleName::new(role).unwrap();
+        resolve(&ResolveRequest {
+            context: PolicyContext {
+                identity: &identity,
+                grants: &grants,
+                mappings: &views,
+                cluster: &cluster,
+                settings: &settings,
+            },
+            role: Some(&role),
+            ttl: Some(TtlRequest::Text(ttl)),
+            now: self.clock.now(),
+        })
+        .unwrap_or_else(|denial| panic!("policy denied {who:?} {role}: {}", denial.message()))
     }
 
     /// Logs `who` in with `role` for `ttl`; panics if that fails.
     pub async fn login(&self, who: Person, role: &str, ttl: &str) -> IssuedCredential {
         self.issuer
-            .issue(&who.identity(), &self.decision(role, ttl))
+            .issue(&who.identity(), &self.decision_for(who, role, ttl))
             .await
             .unwrap_or_else(|e| panic!("login of {who:?} as {role} failed: {e}"))
     }

@@ -26,7 +26,8 @@ use tka_core::ManualClock;
 pub use cases::*;
 pub use fake::FakeClusterBackend;
 pub use harness::{
-    CapabilityCheck, Harness, LabelledObjects, Person, TEAM_NAMESPACES, suite_mappings,
+    Harness, LabelledObjects, Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check,
+    suite_mappings, suite_policy,
 };
 pub use tailnet::TestTailnet;
 
