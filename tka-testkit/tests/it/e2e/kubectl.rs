@@ -15,7 +15,7 @@ use tka_core::kubernetes::{
 };
 use tka_core::policy::{Decision, GrantMappingSpec, NamespacedBinding};
 use tka_core::{Identity, NodeId, RoleName, SystemClock, Ttl, UserId};
-use tka_testkit::suite::{CapabilityCheck, TestTailnet};
+use tka_testkit::suite::{TestTailnet, suite_grant_check};
 use tka_testkit::testenv::{KubeEnv, bin_dir_or_skip, exclusive};
 
 use super::{eventually, kubectl, kubectls};
@@ -281,7 +281,7 @@ async fn a_session_is_refused_within_15_seconds_of_its_expiry() {
         ReconcilerSettings::new(NAMESPACE, "e2e-reconciler"),
         Arc::new(SystemClock),
         tailnet,
-        Arc::new(CapabilityCheck),
+        Arc::new(suite_grant_check(NAMESPACE)),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
