@@ -22,18 +22,14 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::Request;
 use http_body_util::BodyExt as _;
-use tka_benches::issuer::FastIssuer;
+use tka_benches::server::{self, HOST};
 use tka_benches::{FixtureError, fixtures, or_exit};
 use tka_core::identity::DEFAULT_CAPABILITY;
-use tka_core::{Clock, SystemClock};
 use tka_server::cli::LogFormat;
-use tka_server::guard::AllowedHosts;
-use tka_server::ratelimit::RateLimitConfig;
-use tka_server::{ApiConfig, ApiState, Backends, InMemoryMappings, Metrics, Peer, api_router};
+use tka_server::{Metrics, Peer, api_router};
 use tka_testkit::{FakeTailnet, PeerSpec};
 use tower::ServiceExt as _;
 
-const HOST: &str = "tka-prod-eu";
 const BODY: &str = r#"{"ttl":"90m"}"#;
 
 #[derive(Debug, Clone, Copy)]
@@ -90,31 +86,7 @@ fn setup(devices: usize) -> Result<(Router, Vec<Peer>, FakeTailnet), FixtureErro
             .map_err(|e| FixtureError::new("bind", e))?;
         peers.push(Peer::direct(addr));
     }
-    let limit = |n: u32| std::num::NonZeroU32::new(n).ok_or(FixtureError::new("limit", "zero"));
-    let config = ApiConfig {
-        cluster: fixtures::endpoint()?,
-        policy: fixtures::policy_settings()?,
-        allowed_hosts: AllowedHosts::new([HOST.to_owned()], []),
-        self_node_ids: Vec::new(),
-        loopback_peers_only: true,
-        service_name: None,
-        max_body_bytes: 64 * 1024,
-        // Far above the load: this measures the limiter's cost, not its refusals.
-        rate_limit: RateLimitConfig {
-            per_minute: limit(u32::MAX)?,
-            burst: limit(1_000_000)?,
-        },
-        whois_timeout: Duration::from_secs(5),
-        issuer_timeout: Duration::from_secs(10),
-    };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let backends = Backends {
-        identity: Arc::new(tailnet.clone()),
-        issuer: Arc::new(FastIssuer::new(SystemClock)?),
-        mappings: Arc::new(InMemoryMappings::new(fixtures::mappings()?)),
-        clock,
-    };
-    let state = ApiState::new(config, backends, Arc::new(Metrics::new(None)));
+    let state = server::api_state(Arc::new(tailnet.clone()), Arc::new(Metrics::new(None)))?;
     Ok((api_router(state), peers, tailnet))
 }
 

@@ -5,20 +5,31 @@
 //! - one reconcile pass's listing: N `Session` objects and N ServiceAccounts, deserialized from
 //!   the JSON an API server sends (held only during the pass).
 //!
+//! First, before any of that, the idle HTTP side of the server: the real `Server` (API and ops
+//! listeners on 127.0.0.1, `api_router` with the fixture mappings) on a 2-worker runtime,
+//! idling for a second.
+//!
 //! RSS is read from `/proc/self/status`; allocator slack is included, which is what the
 //! operating system charges. Usage: `memory [--sessions N]` (N at most 1,000,000).
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use serde_json::json;
 use tka_benches::rss::rss_kib;
+use tka_benches::server;
 use tka_core::NodeId;
 use tka_core::kubernetes::Session;
 use tka_server::ratelimit::{DeviceRateLimiter, RateLimitConfig};
+use tka_server::{ListenMode, Metrics, Server, ops_router};
+use tka_testkit::FakeTailnet;
+use tokio_util::sync::CancellationToken;
 
 fn sessions_arg() -> usize {
     let mut it = std::env::args().skip(1);
@@ -70,8 +81,15 @@ fn session_json(i: usize) -> serde_json::Value {
         },
         "status": {
             "phase": "Active",
-            "serviceAccount": format!("tka-alice-laptop-{i:06}"),
-            "bindings": ["tka-alice-laptop-view", "tka-alice-laptop-edit-team-a", "tka-alice-laptop-edit-team-b"]
+            "revision": "1",
+            "serviceAccount": {"namespace": "tka-system", "name": format!("tka-alice-laptop-{i:06}"), "uid": uid(i + 1_000_000)},
+            "bindings": [
+                {"kind": "ClusterRoleBinding", "name": format!("tka-alice-laptop-{i:06}-view"), "clusterRole": "view", "uid": uid(i + 2_000_000)},
+                {"kind": "RoleBinding", "namespace": "team-a", "name": format!("tka-alice-laptop-{i:06}-edit"), "clusterRole": "edit", "uid": uid(i + 3_000_000)},
+                {"kind": "RoleBinding", "namespace": "team-b", "name": format!("tka-alice-laptop-{i:06}-edit"), "clusterRole": "edit", "uid": uid(i + 4_000_000)}
+            ],
+            "lastTokenExpiresAt": "2026-03-01T12:15:00Z",
+            "lastTokenId": format!("jti-{i}")
         }
     })
 }
@@ -96,8 +114,49 @@ fn service_account_json(i: usize) -> serde_json::Value {
     })
 }
 
+/// Starts the real server on loopback, lets it idle for a second, and returns RSS while it idles.
+fn idle_server() -> Result<(u64, u64), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let metrics = Arc::new(Metrics::new(None));
+        let state = server::api_state(Arc::new(FakeTailnet::new()), metrics.clone())
+            .map_err(|e| e.to_string())?;
+        let shutdown = CancellationToken::new();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let bound = Server::bind(
+            loopback,
+            &ListenMode::LoopbackOnly,
+            loopback,
+            state,
+            ops_router(Vec::new(), metrics),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let task = tokio::spawn(bound.run());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = rss_kib().ok_or("no /proc/self/status")?;
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        Ok(rss)
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let n = sessions_arg();
+    let before_server = rss_kib().map(|r| r.0).unwrap_or(0);
+    let idle = match idle_server() {
+        Ok(rss) => rss,
+        Err(e) => {
+            eprintln!("memory: idle server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let mut rows: Vec<(String, i64)> = Vec::new();
     let mut last = rss_kib().map(|r| r.0).unwrap_or(0);
     let baseline = last;
@@ -163,7 +222,15 @@ fn main() -> std::process::ExitCode {
 
     let mut out = std::io::stdout().lock();
     let written = (|| -> std::io::Result<()> {
-        writeln!(out, "sessions: {n}; baseline RSS {baseline} KiB")?;
+        writeln!(
+            out,
+            "idle server (API + ops listeners, 2 workers): RSS {} KiB while idle (process before it: {before_server} KiB)",
+            idle.0
+        )?;
+        writeln!(
+            out,
+            "sessions: {n}; baseline RSS {baseline} KiB (runtime shut down)"
+        )?;
         for (name, kib) in &rows {
             writeln!(
                 out,
