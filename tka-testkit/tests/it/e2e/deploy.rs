@@ -4,15 +4,26 @@
 //! rest.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use jiff::Timestamp;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
-use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tka_core::kubernetes::{MANAGED_BY, MANAGED_BY_LABEL, Session};
+use tka_core::issuer::CredentialIssuer;
+use tka_core::kubernetes::{
+    IssuerSettings, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session, SessionPhase,
+};
+use tka_core::policy::{Decision, PolicyContext, ResolveRequest, TtlRequest, resolve};
+use tka_core::{Clock, ClusterName, Identity, ManualClock, ParsedGrants, RoleName};
+use tka_testkit::suite::{
+    Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check, suite_mappings, suite_policy,
+};
 use tka_testkit::testenv::{KubeEnv, bin_dir_or_skip, exclusive};
 
 use super::kubectl;
@@ -514,4 +525,74 @@ async fn the_deploy_base_applies_and_its_rbac_and_admission_policies_hold() {
         .await,
         "another identity may delete (revoke) a Session"
     );
+
+    // 3. The real write path: KubernetesIssuer with the server's client (not the admin) issues
+    // a session of mapping `sre` (view cluster-wide, edit in the team namespaces), and revokes it.
+    for namespace in TEAM_NAMESPACES {
+        env.ensure_namespace(namespace).await.unwrap();
+    }
+    let clock = ManualClock::new(Timestamp::now());
+    let issuer = KubernetesIssuer::new(
+        server.clone(),
+        IssuerSettings::new(NS),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let alice = Person::AliceLaptop.identity();
+    let decision = decision(&alice, "sre", &clock);
+    let issued = issuer.issue(&alice, &decision).await.unwrap();
+    let session = admin_sessions.get(issued.session.as_str()).await.unwrap();
+    let status = session.status.unwrap();
+    assert_eq!(status.phase, Some(SessionPhase::Active), "{status:?}");
+    let labelled = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let made_crbs = admin_crbs.list(&labelled).await.unwrap();
+    assert!(
+        made_crbs
+            .items
+            .iter()
+            .any(|b| b.role_ref.name == "view" && b.name_any().starts_with("tka-")),
+        "the issuer made its view ClusterRoleBinding"
+    );
+    for namespace in TEAM_NAMESPACES {
+        let made = Api::<RoleBinding>::namespaced(env.client(), namespace)
+            .list(&labelled)
+            .await
+            .unwrap();
+        assert!(
+            made.items.iter().any(|b| b.role_ref.name == "edit"),
+            "the issuer made its edit RoleBinding in {namespace}"
+        );
+    }
+    // The token the server minted authenticates as the session's ServiceAccount and can read.
+    let session_client = env.client_for_token(issued.token.expose()).await.unwrap();
+    Api::<ServiceAccount>::namespaced(session_client, "team-a")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let revoked = issuer.revoke(&alice.node.stable_id).await.unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+}
+
+/// What the policy resolver decides for `who` asking for `role` (1h) under the suite's
+/// mappings; panics on a denial.
+fn decision(who: &Identity, role: &str, clock: &ManualClock) -> Decision {
+    let grants = ParsedGrants::from_identity(who);
+    let check = suite_grant_check(NS);
+    let views = check.views(&suite_mappings());
+    let settings = suite_policy(NS);
+    let cluster = ClusterName::new(SUITE_CLUSTER).unwrap();
+    let role = RoleName::new(role).unwrap();
+    resolve(&ResolveRequest {
+        context: PolicyContext {
+            identity: who,
+            grants: &grants,
+            mappings: &views,
+            cluster: &cluster,
+            settings: &settings,
+        },
+        role: Some(&role),
+        ttl: Some(TtlRequest::Text("1h")),
+        now: clock.now(),
+    })
+    .unwrap_or_else(|denial| panic!("policy denied {role}: {}", denial.message()))
 }
