@@ -17,12 +17,15 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tka_core::issuer::CredentialIssuer;
 use tka_core::kubernetes::{
-    IssuerSettings, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session, SessionPhase,
+    GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
+    MANAGED_BY_LABEL, ReconcilerSettings, Session, SessionPhase,
 };
 use tka_core::policy::{Decision, PolicyContext, ResolveRequest, TtlRequest, resolve};
+use tka_core::reconciler::Reconciler;
 use tka_core::{Clock, ClusterName, Identity, ManualClock, ParsedGrants, RoleName};
 use tka_testkit::suite::{
-    Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check, suite_mappings, suite_policy,
+    Person, SUITE_CLUSTER, TEAM_NAMESPACES, TestTailnet, suite_grant_check, suite_mappings,
+    suite_policy,
 };
 use tka_testkit::testenv::{KubeEnv, bin_dir_or_skip, exclusive};
 
@@ -571,6 +574,70 @@ async fn the_deploy_base_applies_and_its_rbac_and_admission_policies_hold() {
         .unwrap();
     let revoked = issuer.revoke(&alice.node.stable_id).await.unwrap();
     assert_eq!(revoked.len(), 1, "{revoked:?}");
+
+    // The reconciler, also with the server's client, cleans up after the revocation (deletes,
+    // finalizer removal, its Lease) and reports each GrantMapping's readiness (status patch).
+    let mappings: Api<GrantMapping> = Api::all(env.client());
+    for mapping in suite_mappings() {
+        mappings
+            .create(&pp, &GrantMapping::new(mapping.name.as_str(), mapping.spec))
+            .await
+            .unwrap();
+    }
+    let tailnet = Arc::new(TestTailnet::new());
+    tailnet.join(&alice);
+    let reconciler = KubernetesReconciler::new(
+        server.clone(),
+        ReconcilerSettings::new(NS, "deploy-e2e"),
+        Arc::new(clock.clone()),
+        tailnet,
+        Arc::new(suite_grant_check(NS)),
+    );
+    let report = reconciler.reconcile_once(clock.now()).await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(
+        report.removed_session(issued.session.as_str())
+            || admin_sessions
+                .get_opt(issued.session.as_str())
+                .await
+                .unwrap()
+                .is_none(),
+        "{report:?}"
+    );
+    assert!(
+        super::eventually(Duration::from_secs(10), || async {
+            admin_sessions
+                .get_opt(issued.session.as_str())
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await,
+        "the revoked session is gone"
+    );
+    assert!(admin_crbs.list(&labelled).await.unwrap().items.is_empty());
+    for namespace in TEAM_NAMESPACES {
+        let left = Api::<RoleBinding>::namespaced(env.client(), namespace)
+            .list(&labelled)
+            .await
+            .unwrap();
+        assert!(left.items.is_empty(), "{namespace}: {left:?}");
+    }
+    // The status patch went through: `sre`'s ClusterRoles exist. (Bindability, `NotBindable`, is
+    // a check of tka-server's, not of the reconciler run here.)
+    let ready = |mapping: GrantMapping| {
+        mapping
+            .status
+            .map(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status, c.reason))
+    };
+    assert_eq!(
+        ready(mappings.get("sre").await.unwrap()),
+        Some(("True".to_owned(), "Ready".to_owned()))
+    );
 }
 
 /// What the policy resolver decides for `who` asking for `role` (1h) under the suite's
