@@ -5,6 +5,7 @@
 //! (`tka_testkit::testenv::exclusive`).
 
 mod crds;
+mod deploy;
 mod kubectl;
 mod localapi;
 mod suite;
