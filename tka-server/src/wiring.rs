@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::Client;
-use tka_core::identity::{CapabilityNames, IdentityProvider, TailscaleLocalApi};
+use tka_core::identity::{CapabilityNames, IdentityProvider, LoopbackRetry, TailscaleLocalApi};
 use tka_core::kubernetes::{
     IssuerSettings, KubernetesIssuer, KubernetesReconciler, PassObserver, PolicyGrantCheck,
     ReconcilerSettings,
@@ -185,6 +185,14 @@ pub(crate) async fn wire(
                 compat: settings.policy.compat_capability_name.clone(),
             })
             .with_timeout(settings.whois_timeout)
+            // tailscaled itself waits (about 350 ms) for the mapping of a loopback connection
+            // before it answers a miss, so five asks of a non-tailnet connection would take
+            // about 2 s, the default `--whois-timeout`, and refuse it with 503 instead of 403.
+            // Two asks keep a miss well inside the deadline.
+            .with_loopback_retry(LoopbackRetry {
+                attempts: 2,
+                delay: Duration::from_millis(50),
+            })
             // The server never runs a `tailscale` binary it happens to find.
             .without_cli_fallback(),
     );
