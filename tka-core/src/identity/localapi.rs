@@ -53,7 +53,10 @@ pub struct LoopbackRetry {
 }
 
 impl Default for LoopbackRetry {
-    /// Five asks, 50 ms apart: a lagging mapping gets about 200 ms to appear.
+    /// Five asks, 50 ms apart: a lagging mapping gets 200 ms of pauses to appear. Each miss also
+    /// costs the daemon's own answer time (real userspace tailscaled takes about 360 ms to answer
+    /// a miss on a loopback address), so a caller that is truly unknown waits about 2 s in all;
+    /// servers with a whois timeout near that should ask fewer times (tka-server asks twice).
     fn default() -> Self {
         Self {
             attempts: 5,
