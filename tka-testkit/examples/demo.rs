@@ -14,7 +14,6 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::error::Error;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -22,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tka_core::kubernetes::GrantMapping;
 use tka_core::policy::GrantMappingSpec;
-use tka_testkit::testenv::{KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tka_testkit::testenv::{
+    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -60,19 +59,6 @@ fn built(var: &str, name: &str) -> Result<PathBuf> {
             path.display()
         )
         .into())
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The server process, killed when the demo ends (however it ends).
-struct Killed(tokio::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
     }
 }
 
@@ -119,23 +105,6 @@ async fn run(
         ok: out.status.success(),
         stdout,
     })
-}
-
-/// A plain HTTP/1.1 GET to `addr`; the status code.
-async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&out)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 async fn demo() -> Result<()> {
@@ -208,62 +177,12 @@ async fn demo() -> Result<()> {
     .await?;
 
     step(3, "tka-server on the cluster node");
-    let ca_file = work.path().join("ca.pem");
-    std::fs::write(&ca_file, kube.ca_pem())?;
-    let port = free_port()?;
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
-    let server_names = format!("{},{dns_name},cluster", cluster.ipv4);
-    let server_log = work.path().join("tka-server.log");
-    let child = tokio::process::Command::new(&server_bin)
-        .arg("serve")
-        .arg("--kubeconfig")
-        .arg(kube.admin_kubeconfig())
-        .arg("--tailscale-socket")
-        .arg(&cluster.socket)
-        .arg("--api-server-ca-file")
-        .arg(&ca_file)
-        .args([
-            "--network-mode",
-            "userspace",
-            "--cluster-name",
-            CLUSTER,
-            "--api-server-url",
-            kube.api_url(),
-            "--server-name",
-            &server_names,
-            "--server-address",
-            &cluster.ipv4.to_string(),
-            "--listen",
-            &listen.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
-            "--log-format",
-            "pretty",
-        ])
-        .env("POD_NAME", "tka-server-demo-0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log)?)
-        .kill_on_drop(true)
-        .spawn()?;
-    let _server = Killed(child);
-    let mut ready = false;
-    for _ in 0..240 {
-        if status_of(ops, "/readyz").await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    if !ready {
-        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
-        return Err(format!("tka-server was not ready within 60 s:\n{log}").into());
-    }
+    let server = ServerProcess::start(&server_bin, &kube, &cluster, CLUSTER).await?;
+    let port = server.port();
     say(&format!(
-        "tka-server serves cluster \"{CLUSTER}\" on {}:{port} (the tailnet) and is ready (/readyz on {ops})",
-        cluster.ipv4
+        "tka-server serves cluster \"{CLUSTER}\" on {} (the tailnet) and is ready (/readyz on {})",
+        server.url(),
+        server.ops()
     ));
 
     // The laptop: its own HOME, config and kubeconfig, reaching the tailnet via SOCKS5.
@@ -290,7 +209,7 @@ async fn demo() -> Result<()> {
         ("TKA_SOCKS5", format!("127.0.0.1:{}", laptop.socks5_port)),
         ("TKA_TAILSCALE_SOCKET", laptop.socket.display().to_string()),
     ];
-    let server_url = format!("http://{}:{port}", cluster.ipv4);
+    let server_url = server.url();
 
     step(
         4,
@@ -313,7 +232,7 @@ async fn demo() -> Result<()> {
     )
     .await?;
     if !list.ok || !login.ok {
-        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+        let log = server.log();
         return Err(format!("tka list or tka login failed; server log:\n{log}").into());
     }
 
