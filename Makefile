@@ -43,9 +43,12 @@ e2e: testenv
 	export TKA_REQUIRE_TESTENV=1; \
 	$(CARGO) test --locked -p tka-testkit --test it e2e::
 
-# The story on loopback: a real control plane and tailnet, bounded and self-cleaning.
+# The story on loopback: a real control plane and tailnet, the built tka-server and tka CLI;
+# bounded and self-cleaning.
 demo: testenv
+	$(CARGO) build --locked -q -p tka-server -p tka-cli
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	TKA_SERVER_BIN="$(CARGO_TARGET_DIR)/debug/tka-server" TKA_BIN="$(CARGO_TARGET_DIR)/debug/tka" \
 	$(CARGO) run --locked -q -p tka-testkit --example demo
 
 doc:

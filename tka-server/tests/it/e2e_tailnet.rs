@@ -8,7 +8,7 @@
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`), like the e2e tests of
 //! tka-testkit.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,30 +19,13 @@ use serde_json::json;
 use tka_core::GrantMappingSpec;
 use tka_core::kubernetes::GrantMapping;
 use tka_testkit::testenv::{
-    KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CLUSTER: &str = "e2e";
 const MANAGED: &str = "app.kubernetes.io/managed-by=tka";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server process, killed when the test ends (however it ends).
-struct Killed(tokio::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
 
 #[derive(Debug)]
 struct Run {
@@ -75,12 +58,6 @@ async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// A plain HTTP/1.1 GET straight to `addr` (not through the tailnet); the status code.
-async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
-    let (status, _) = get(addr, host, path).await?;
-    Some(status)
 }
 
 /// A plain HTTP/1.1 GET straight to `addr`; the status code and the whole response text.
@@ -171,59 +148,15 @@ async fn tka_login_on_a_real_tailnet_lets_kubectl_in_and_logout_shuts_it_out() {
 
     // 2. The server, its API on 127.0.0.1:P where cluster's userspace tailscaled re-dials
     // inbound tailnet connections for port P.
-    let work = tempfile::tempdir().unwrap();
-    let ca_file = work.path().join("ca.pem");
-    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
-    let port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
-    let server_names = format!("{},{dns_name},cluster", cluster.ipv4);
-    let server_log = work.path().join("tka-server.log");
-    let child = tokio::process::Command::new(&server_bin)
-        .arg("serve")
-        .arg("--kubeconfig")
-        .arg(kube.admin_kubeconfig())
-        .arg("--tailscale-socket")
-        .arg(&cluster.socket)
-        .arg("--api-server-ca-file")
-        .arg(&ca_file)
-        .args([
-            "--network-mode",
-            "userspace",
-            "--cluster-name",
-            CLUSTER,
-            "--api-server-url",
-            kube.api_url(),
-            "--server-name",
-            &server_names,
-            "--server-address",
-            &cluster.ipv4.to_string(),
-            "--listen",
-            &listen.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
-            "--log-format",
-            "pretty",
-        ])
-        .env("POD_NAME", "tka-server-e2e-0")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
+    let server = ServerProcess::start(&server_bin, &kube, &cluster, CLUSTER)
+        .await
         .unwrap();
-    let _server = Killed(child);
-    let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
-    let mut ready = false;
-    for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(ready, "the server did not become ready in 60 s:\n{}", log());
+    let port = server.port();
+    let listen = server.listen();
+    let ops = server.ops();
+    let log = || server.log();
 
+    let work = tempfile::tempdir().unwrap();
     // 3. The laptop: its own HOME and a kubeconfig with a foreign context.
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -272,7 +205,7 @@ async fn tka_login_on_a_real_tailnet_lets_kubectl_in_and_logout_shuts_it_out() {
     let foreign_before = run(&kubectl, &["config", "view", "-o", "json"], &env).await;
     assert!(foreign_before.ok, "{foreign_before:?}");
 
-    let server_url = format!("http://{}:{port}", cluster.ipv4);
+    let server_url = server.url();
 
     // Discovery through the laptop's LocalAPI finds the tagged node and asks it on port P.
     let list = run(

@@ -9,6 +9,7 @@
 
 mod http;
 mod kube_env;
+mod server_process;
 mod suite;
 mod tailnet_env;
 
@@ -18,6 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 pub use kube_env::KubeEnv;
+pub use server_process::ServerProcess;
 pub use suite::RealClusterBackend;
 pub use tailnet_env::{TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec};
 
