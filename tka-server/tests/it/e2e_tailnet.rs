@@ -24,10 +24,10 @@ use tka_testkit::testenv::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CLUSTER: &str = "e2e";
-const MANAGED: &str = "app.kubernetes.io/managed-by=tka";
+pub(super) const CLUSTER: &str = "e2e";
+pub(super) const MANAGED: &str = "app.kubernetes.io/managed-by=tka";
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,7 +36,7 @@ fn free_port() -> u16 {
 }
 
 /// The server process, killed when the test ends (however it ends).
-struct Killed(tokio::process::Child);
+pub(super) struct Killed(pub(super) tokio::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -45,14 +45,14 @@ impl Drop for Killed {
 }
 
 #[derive(Debug)]
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct Run {
+    pub(super) ok: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// Runs `program ARGS…` with exactly `env` besides `PATH` (bounded by 90 s).
-async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+pub(super) async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -78,7 +78,7 @@ async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
 }
 
 /// A plain HTTP/1.1 GET straight to `addr` (not through the tailnet); the status code.
-async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
+pub(super) async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
     let (status, _) = get(addr, host, path).await?;
     Some(status)
 }
@@ -99,7 +99,7 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> 
 }
 
 /// The objects tka labels as its own, as `kind/name` lines.
-async fn managed_objects(env: &KubeEnv) -> Vec<String> {
+pub(super) async fn managed_objects(env: &KubeEnv) -> Vec<String> {
     let out = run(
         &env.kubectl(),
         &[

@@ -1,0 +1,420 @@
+//! The server's refusals with nothing faked: the built `tka-server serve` runs with the token of
+//! the `tka-system/tka-server` ServiceAccount that `kubectl apply -k tka-server/deploy` makes
+//! (so with deploy/'s RBAC and admission policy, not as admin), on a real API server and a real
+//! tailnet. Requests come from other nodes through their SOCKS5 proxies (curl). Each refusal
+//! gets its documented status and problem code and creates no labelled object; each is paired
+//! with an allowed request that succeeds.
+//!
+//! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tka_testkit::testenv::{
+    KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+};
+
+use super::e2e_tailnet::{CLUSTER, Killed, free_port, managed_objects, run, status_of};
+
+const NS: &str = "tka-system";
+const MAX_BODY: usize = 4096;
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// `kubectl --kubeconfig ADMIN ARGS…`; must succeed; its stdout.
+async fn admin_kubectl(kube: &KubeEnv, args: &[&str]) -> String {
+    let mut all = vec!["--kubeconfig", kube.admin_kubeconfig().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(
+        &kube.kubectl(),
+        &all,
+        &[("HOME", std::env::temp_dir().display().to_string())],
+    )
+    .await;
+    assert!(out.ok, "kubectl {args:?}: {out:?}");
+    out.stdout
+}
+
+/// `Ready` condition of GrantMapping `name` as `Status/Reason`, once it is there (30 s at most).
+async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
+    let path = format!("grantmapping/{name}");
+    let jsonpath =
+        "jsonpath={range .status.conditions[?(@.type==\"Ready\")]}{.status}/{.reason}{end}";
+    for _ in 0..120 {
+        let got = admin_kubectl(kube, &["get", &path, "-o", jsonpath]).await;
+        if !got.trim().is_empty() {
+            return got.trim().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("GrantMapping {name} got no Ready condition in 30 s");
+}
+
+/// One HTTP request through a node's SOCKS5 proxy with curl: the status and the body (JSON
+/// when it is JSON, else a string).
+struct Http {
+    socks5: String,
+    base: String,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut args: Vec<&str> = vec![
+            "-sS",
+            "--max-time",
+            "30",
+            "--socks5-hostname",
+            &self.socks5,
+            "-X",
+            method,
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ];
+        for h in headers {
+            args.push("-H");
+            args.push(h);
+        }
+        if let Some(b) = body {
+            args.push("--data-binary");
+            args.push(b);
+        }
+        args.push(&url);
+        let out = run(Path::new("/usr/bin/curl"), &args, &[]).await;
+        assert!(out.ok, "curl {args:?}: {out:?}");
+        let (text, status) = out.stdout.rsplit_once('\n').unwrap();
+        let status = status.trim().parse().unwrap();
+        let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()));
+        (status, value)
+    }
+
+    /// `POST /api/v1/login` with a JSON body.
+    async fn login(&self, body: &str) -> (u16, Value) {
+        self.send(
+            "POST",
+            "/api/v1/login",
+            &["Content-Type: application/json"],
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass() {
+    let Some(bin) =
+        bin_dir_or_skip("e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass")
+    else {
+        return;
+    };
+    let _permit = exclusive().await;
+    let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
+
+    // 1. The cluster as deploy/ makes it; the server's own ServiceAccount token.
+    let kube = KubeEnv::start(&bin).await.unwrap();
+    let dir = deploy_dir();
+    let ns_file = dir.join("namespace.yaml");
+    admin_kubectl(&kube, &["apply", "-f", ns_file.to_str().unwrap()]).await;
+    admin_kubectl(&kube, &["apply", "-k", dir.to_str().unwrap()]).await;
+    admin_kubectl(
+        &kube,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/grantmappings.tka.dev",
+            "crd/sessions.tka.dev",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    kube.ensure_namespace("team-a").await.unwrap();
+    let token = admin_kubectl(
+        &kube,
+        &["create", "token", "tka-server", "-n", NS, "--duration=2h"],
+    )
+    .await;
+    let server_kubeconfig = kube.kubeconfig_for_token(token.trim()).unwrap();
+
+    // Mappings: usable ones, and one per refusal.
+    let mappings = r#"
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: viewer}
+spec: {clusterRoles: [view], defaultTTL: 1h, maxTTL: 8h}
+---
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: alice-only}
+spec: {subjects: [{user: alice@example.com}], clusterRoles: [view]}
+---
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: bob-only}
+spec: {subjects: [{user: bob@example.com}], clusterRoles: [view]}
+---
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: admin}
+spec: {clusterRoles: [cluster-admin]}
+---
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: team}
+spec: {namespaced: [{clusterRole: edit, namespaces: [team-a]}]}
+---
+apiVersion: tka.dev/v1alpha1
+kind: GrantMapping
+metadata: {name: sysns}
+spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
+"#;
+    let work = tempfile::tempdir().unwrap();
+    let mappings_file = work.path().join("mappings.yaml");
+    std::fs::write(&mappings_file, mappings).unwrap();
+    admin_kubectl(&kube, &["apply", "-f", mappings_file.to_str().unwrap()]).await;
+
+    let roles = [
+        "viewer",
+        "alice-only",
+        "bob-only",
+        "admin",
+        "team",
+        "sysns",
+        "ghost",
+    ];
+    let tailnet = TailnetEnv::start(
+        &bin,
+        &[
+            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
+            TailnetNodeSpec::user("laptop", "alice@example.com"),
+            TailnetNodeSpec::user("other", "bob@example.com"),
+        ],
+        &[TailnetGrant::new(
+            "laptop",
+            "cluster",
+            "tka.dev/cap/kubernetes",
+            roles.iter().map(|r| json!({"role": r})).collect(),
+        )],
+    )
+    .await
+    .unwrap();
+    let cluster = tailnet.node("cluster").unwrap().clone();
+    let laptop = tailnet.node("laptop").unwrap().clone();
+    let other = tailnet.node("other").unwrap().clone();
+
+    // 2. The server, with the ServiceAccount's kubeconfig.
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
+    let port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
+    let server_names = format!("{},{dns_name},cluster", cluster.ipv4);
+    let server_log = work.path().join("tka-server.log");
+    let max_body = MAX_BODY.to_string();
+    let child = tokio::process::Command::new(&server_bin)
+        .arg("serve")
+        .arg("--kubeconfig")
+        .arg(&server_kubeconfig)
+        .arg("--tailscale-socket")
+        .arg(&cluster.socket)
+        .arg("--api-server-ca-file")
+        .arg(&ca_file)
+        .args([
+            "--network-mode",
+            "userspace",
+            "--cluster-name",
+            CLUSTER,
+            "--api-server-url",
+            kube.api_url(),
+            "--server-name",
+            &server_names,
+            "--server-address",
+            &cluster.ipv4.to_string(),
+            "--listen",
+            &listen.to_string(),
+            "--ops-listen",
+            &ops.to_string(),
+            "--max-body-bytes",
+            &max_body,
+            "--rate-limit-per-minute",
+            "600",
+            "--rate-limit-burst",
+            "200",
+            "--log-format",
+            "pretty",
+        ])
+        .env("POD_NAME", "tka-server-refusals-0")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&server_log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _server = Killed(child);
+    let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
+    let mut ready = false;
+    for _ in 0..240 {
+        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ready, "the server did not become ready in 60 s:\n{}", log());
+
+    let base = format!("http://{}:{port}", cluster.ipv4);
+    let alice = Http {
+        socks5: format!("127.0.0.1:{}", laptop.socks5_port),
+        base: base.clone(),
+    };
+    let bob = Http {
+        socks5: format!("127.0.0.1:{}", other.socks5_port),
+        base: base.clone(),
+    };
+    let code = |v: &Value| v["code"].as_str().unwrap_or_default().to_owned();
+
+    // Mapping conditions: the server (with deploy/'s RBAC) judges them.
+    assert_eq!(ready_condition(&kube, "viewer").await, "True/Ready");
+    assert_eq!(ready_condition(&kube, "team").await, "True/Ready");
+    assert_eq!(
+        ready_condition(&kube, "admin").await,
+        "False/NotBindable",
+        "server log:\n{}",
+        log()
+    );
+    let sysns = ready_condition(&kube, "sysns").await;
+    assert_eq!(sysns, "False/ForbiddenNamespace", "server log:\n{}", log());
+
+    // A refusal: the status and code, and no labelled object made or removed by it.
+    macro_rules! refused {
+        ($req:expr, $status:expr, $code:expr) => {{
+            let before = managed_objects(&kube).await;
+            let (status, answer) = $req.await;
+            assert_eq!(status, $status, "{answer}\nserver log:\n{}", log());
+            assert_eq!(code(&answer), $code, "{answer}");
+            assert_eq!(managed_objects(&kube).await, before, "after {answer}");
+        }};
+    }
+
+    // Allowed first: the plain login works with deploy/'s RBAC and binds view.
+    let (status, answer) = alice.login(r#"{"role":"viewer"}"#).await;
+    assert_eq!(status, 200, "{answer}\nserver log:\n{}", log());
+    assert_eq!(answer["session"]["role"], "viewer", "{answer}");
+    let made = managed_objects(&kube).await;
+    assert!(
+        made.iter().any(|o| o.starts_with("clusterrolebinding")),
+        "{made:?}"
+    );
+
+    // 1. A node without the capability.
+    refused!(bob.login("{}"), 403, "noGrants");
+    let (status, _) = alice.send("GET", "/api/v1/cluster", &[], None).await;
+    assert_eq!(status, 200);
+
+    // 2. A capability for a role no GrantMapping maps.
+    refused!(alice.login(r#"{"role":"ghost"}"#), 403, "noMapping");
+    // 3. A mapping whose subjects exclude the caller; one that includes her works.
+    refused!(
+        alice.login(r#"{"role":"bob-only"}"#),
+        403,
+        "subjectsDoNotMatch"
+    );
+    let (status, answer) = alice.login(r#"{"role":"alice-only"}"#).await;
+    assert_eq!(status, 200, "{answer}\nserver log:\n{}", log());
+    // 4. A ClusterRole outside deploy/'s bind list; a namespaced edit in team-a works.
+    refused!(alice.login(r#"{"role":"admin"}"#), 403, "mappingUnusable");
+    // 5. A mapping into the server's namespace.
+    refused!(
+        alice.login(r#"{"role":"sysns"}"#),
+        403,
+        "forbiddenNamespace"
+    );
+    let (status, answer) = alice.login(r#"{"role":"team"}"#).await;
+    assert_eq!(status, 200, "{answer}\nserver log:\n{}", log());
+    let made = managed_objects(&kube).await;
+    assert!(
+        made.iter().any(|o| o.starts_with("rolebinding")),
+        "{made:?}"
+    );
+
+    // 6. Bodies: malformed, mistyped, too large, no content type; `{}` works.
+    refused!(alice.login(r#"{"role":"#), 400, "badRequest");
+    refused!(alice.login(r#"{"role":5}"#), 400, "badRequest");
+    let big = format!(r#"{{"role":"viewer","x":"{}"}}"#, "a".repeat(2 * MAX_BODY));
+    refused!(alice.login(&big), 413, "bodyTooLarge");
+    refused!(
+        alice.send(
+            "POST",
+            "/api/v1/login",
+            &["Content-Type:"],
+            Some(r#"{"role":"viewer"}"#)
+        ),
+        415,
+        "unsupportedMediaType"
+    );
+    let (status, answer) = alice.login("{}").await;
+    assert_eq!(status, 200, "{answer}");
+
+    // 7. An Origin header; a foreign Host. The server's DNS name as Host works.
+    refused!(
+        alice.send(
+            "POST",
+            "/api/v1/login",
+            &[
+                "Content-Type: application/json",
+                "Origin: https://evil.example"
+            ],
+            Some(r#"{"role":"viewer"}"#)
+        ),
+        403,
+        "originRefused"
+    );
+    refused!(
+        alice.send(
+            "POST",
+            "/api/v1/login",
+            &["Content-Type: application/json", "Host: evil.example"],
+            Some(r#"{"role":"viewer"}"#)
+        ),
+        403,
+        "hostNotAllowed"
+    );
+    let host = format!("Host: {dns_name}:{port}");
+    let (status, answer) = alice
+        .send(
+            "POST",
+            "/api/v1/login",
+            &["Content-Type: application/json", &host],
+            Some(r#"{"role":"viewer"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // 8. TTLs that are not positive durations; one above the limits is clamped and said so.
+    for ttl in ["0s", "-1h", "abc"] {
+        refused!(
+            alice.login(&format!(r#"{{"role":"viewer","ttl":"{ttl}"}}"#)),
+            400,
+            "invalidTtl"
+        );
+    }
+    let (status, answer) = alice.login(r#"{"role":"viewer","ttl":"100000h"}"#).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        !answer["clamped"].is_null(),
+        "not reported as clamped: {answer}"
+    );
+    assert_ne!(answer["ttl"], "100000h", "{answer}");
+}
