@@ -262,7 +262,7 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let _server = Killed(child);
+    let mut server = Killed(child);
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
     let mut ready = false;
     for _ in 0..240 {
@@ -417,4 +417,44 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
         "not reported as clamped: {answer}"
     );
     assert_ne!(answer["ttl"], "100000h", "{answer}");
+
+    // Uninstall: with the server stopped, `tka-server drain` (with the same ServiceAccount's
+    // kubeconfig) leaves no Session and no labelled object, and the CRDs delete without
+    // hanging in Terminating.
+    let left = managed_objects(&kube).await;
+    assert!(
+        left.iter().any(|o| o.starts_with("session.tka.dev/")),
+        "{left:?}"
+    );
+    server.0.start_kill().unwrap();
+    server.0.wait().await.unwrap();
+    let drain = run(
+        &server_bin,
+        &[
+            "drain",
+            "--kubeconfig",
+            server_kubeconfig.to_str().unwrap(),
+            "--timeout",
+            "60s",
+        ],
+        &[("HOME", std::env::temp_dir().display().to_string())],
+    )
+    .await;
+    assert!(drain.ok, "tka-server drain: {drain:?}");
+    assert_eq!(managed_objects(&kube).await, Vec::<String>::new());
+    let sessions = admin_kubectl(&kube, &["get", "sessions.tka.dev", "-A", "-o", "name"]).await;
+    assert_eq!(sessions.trim(), "", "sessions left after drain");
+    admin_kubectl(
+        &kube,
+        &[
+            "delete",
+            "crd",
+            "sessions.tka.dev",
+            "grantmappings.tka.dev",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let crds = admin_kubectl(&kube, &["get", "crd", "-o", "name"]).await;
+    assert!(!crds.contains("tka.dev"), "CRDs left: {crds}");
 }
