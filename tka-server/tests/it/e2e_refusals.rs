@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tka_testkit::testenv::{
-    KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    KubeEnv, TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec, bin_dir_or_skip, exclusive,
 };
 
 use super::e2e_tailnet::{CLUSTER, Killed, free_port, managed_objects, run, status_of};
@@ -113,6 +113,114 @@ impl Http {
     }
 }
 
+/// `kubectl apply -k tka-server/deploy` (its namespace first); a kubeconfig with a token of the
+/// `tka-system/tka-server` ServiceAccount it makes.
+async fn apply_deploy(kube: &KubeEnv) -> PathBuf {
+    let dir = deploy_dir();
+    let ns_file = dir.join("namespace.yaml");
+    admin_kubectl(kube, &["apply", "-f", ns_file.to_str().unwrap()]).await;
+    admin_kubectl(kube, &["apply", "-k", dir.to_str().unwrap()]).await;
+    admin_kubectl(
+        kube,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/grantmappings.tka.dev",
+            "crd/sessions.tka.dev",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let token = admin_kubectl(
+        kube,
+        &["create", "token", "tka-server", "-n", NS, "--duration=2h"],
+    )
+    .await;
+    kube.kubeconfig_for_token(token.trim()).unwrap()
+}
+
+/// A running `tka-server serve`, killed when dropped.
+struct Server {
+    child: Killed,
+    port: u16,
+    log: PathBuf,
+}
+
+/// Starts `tka-server serve` as `pod` with `kubeconfig` on `node`'s tailscaled (API on
+/// 127.0.0.1:P, where that node re-dials tailnet connections for port P); returns once ready.
+async fn start_server(
+    kube: &KubeEnv,
+    kubeconfig: &Path,
+    cluster: &TailnetNode,
+    work: &Path,
+    pod: &str,
+) -> Server {
+    let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
+    let ca_file = work.join(format!("{pod}-ca.pem"));
+    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
+    let port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
+    let server_names = format!("{},{dns_name},{}", cluster.ipv4, cluster.name);
+    let server_log = work.join(format!("{pod}.log"));
+    let max_body = MAX_BODY.to_string();
+    let child = tokio::process::Command::new(&server_bin)
+        .arg("serve")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--tailscale-socket")
+        .arg(&cluster.socket)
+        .arg("--api-server-ca-file")
+        .arg(&ca_file)
+        .args([
+            "--network-mode",
+            "userspace",
+            "--cluster-name",
+            CLUSTER,
+            "--api-server-url",
+            kube.api_url(),
+            "--server-name",
+            &server_names,
+            "--server-address",
+            &cluster.ipv4.to_string(),
+            "--listen",
+            &listen.to_string(),
+            "--ops-listen",
+            &ops.to_string(),
+            "--max-body-bytes",
+            &max_body,
+            "--rate-limit-per-minute",
+            "600",
+            "--rate-limit-burst",
+            "200",
+            "--log-format",
+            "pretty",
+        ])
+        .env("POD_NAME", pod)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&server_log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    let mut ready = false;
+    for _ in 0..240 {
+        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+    assert!(ready, "{pod} did not become ready in 60 s:\n{log}");
+    Server {
+        child,
+        port,
+        log: server_log,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass() {
     let Some(bin) =
@@ -125,28 +233,8 @@ async fn e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass(
 
     // 1. The cluster as deploy/ makes it; the server's own ServiceAccount token.
     let kube = KubeEnv::start(&bin).await.unwrap();
-    let dir = deploy_dir();
-    let ns_file = dir.join("namespace.yaml");
-    admin_kubectl(&kube, &["apply", "-f", ns_file.to_str().unwrap()]).await;
-    admin_kubectl(&kube, &["apply", "-k", dir.to_str().unwrap()]).await;
-    admin_kubectl(
-        &kube,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/grantmappings.tka.dev",
-            "crd/sessions.tka.dev",
-            "--timeout=60s",
-        ],
-    )
-    .await;
+    let server_kubeconfig = apply_deploy(&kube).await;
     kube.ensure_namespace("team-a").await.unwrap();
-    let token = admin_kubectl(
-        &kube,
-        &["create", "token", "tka-server", "-n", NS, "--duration=2h"],
-    )
-    .await;
-    let server_kubeconfig = kube.kubeconfig_for_token(token.trim()).unwrap();
 
     // Mappings: usable ones, and one per refusal.
     let mappings = r#"
@@ -215,64 +303,18 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
     let other = tailnet.node("other").unwrap().clone();
 
     // 2. The server, with the ServiceAccount's kubeconfig.
-    let ca_file = work.path().join("ca.pem");
-    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
-    let port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
-    let server_names = format!("{},{dns_name},cluster", cluster.ipv4);
-    let server_log = work.path().join("tka-server.log");
-    let max_body = MAX_BODY.to_string();
-    let child = tokio::process::Command::new(&server_bin)
-        .arg("serve")
-        .arg("--kubeconfig")
-        .arg(&server_kubeconfig)
-        .arg("--tailscale-socket")
-        .arg(&cluster.socket)
-        .arg("--api-server-ca-file")
-        .arg(&ca_file)
-        .args([
-            "--network-mode",
-            "userspace",
-            "--cluster-name",
-            CLUSTER,
-            "--api-server-url",
-            kube.api_url(),
-            "--server-name",
-            &server_names,
-            "--server-address",
-            &cluster.ipv4.to_string(),
-            "--listen",
-            &listen.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
-            "--max-body-bytes",
-            &max_body,
-            "--rate-limit-per-minute",
-            "600",
-            "--rate-limit-burst",
-            "200",
-            "--log-format",
-            "pretty",
-        ])
-        .env("POD_NAME", "tka-server-refusals-0")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut server = Killed(child);
+    let mut server = start_server(
+        &kube,
+        &server_kubeconfig,
+        &cluster,
+        work.path(),
+        "tka-server-refusals-0",
+    )
+    .await;
+    let port = server.port;
+    let server_log = server.log.clone();
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
-    let mut ready = false;
-    for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(ready, "the server did not become ready in 60 s:\n{}", log());
 
     let base = format!("http://{}:{port}", cluster.ipv4);
     let alice = Http {
@@ -426,8 +468,8 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
         left.iter().any(|o| o.starts_with("session.tka.dev/")),
         "{left:?}"
     );
-    server.0.start_kill().unwrap();
-    server.0.wait().await.unwrap();
+    server.child.0.start_kill().unwrap();
+    server.child.0.wait().await.unwrap();
     let drain = run(
         &server_bin,
         &[
