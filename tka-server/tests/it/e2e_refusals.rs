@@ -500,3 +500,127 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
     let crds = admin_kubectl(&kube, &["get", "crd", "-o", "name"]).await;
     assert!(!crds.contains("tka.dev"), "CRDs left: {crds}");
 }
+
+/// The Lease's holder, once there is one (60 s at most).
+async fn lease_holder(kube: &KubeEnv, not: Option<&str>) -> String {
+    for _ in 0..240 {
+        let out = run(
+            &kube.kubectl(),
+            &[
+                "--kubeconfig",
+                kube.admin_kubeconfig().to_str().unwrap(),
+                "get",
+                "lease",
+                "tka-server",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            &[("HOME", std::env::temp_dir().display().to_string())],
+        )
+        .await;
+        let holder = out.stdout.trim().to_owned();
+        if out.ok && !holder.is_empty() && Some(holder.as_str()) != not {
+            return holder;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("Lease {NS}/tka-server got no holder (other than {not:?}) in 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
+    let Some(bin) = bin_dir_or_skip("e2e_two_replicas_serve_logins_and_hand_the_lease_over") else {
+        return;
+    };
+    let _permit = exclusive().await;
+    let kube = KubeEnv::start(&bin).await.unwrap();
+    let server_kubeconfig = apply_deploy(&kube).await;
+    let work = tempfile::tempdir().unwrap();
+    let mapping = work.path().join("mapping.yaml");
+    std::fs::write(
+        &mapping,
+        "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n",
+    )
+    .unwrap();
+    admin_kubectl(&kube, &["apply", "-f", mapping.to_str().unwrap()]).await;
+    let cap = "tka.dev/cap/kubernetes";
+    let tailnet = TailnetEnv::start(
+        &bin,
+        &[
+            TailnetNodeSpec::tagged("cluster-a", &["tag:tka"]),
+            TailnetNodeSpec::tagged("cluster-b", &["tag:tka"]),
+            TailnetNodeSpec::user("laptop", "alice@example.com"),
+        ],
+        &[
+            TailnetGrant::new("laptop", "cluster-a", cap, vec![json!({"role": "viewer"})]),
+            TailnetGrant::new("laptop", "cluster-b", cap, vec![json!({"role": "viewer"})]),
+        ],
+    )
+    .await
+    .unwrap();
+    let laptop = tailnet.node("laptop").unwrap().clone();
+    let mut replicas = Vec::new();
+    for (node, pod) in [("cluster-a", "tka-server-a"), ("cluster-b", "tka-server-b")] {
+        let node = tailnet.node(node).unwrap().clone();
+        let server = start_server(&kube, &server_kubeconfig, &node, work.path(), pod).await;
+        let http = Http {
+            socks5: format!("127.0.0.1:{}", laptop.socks5_port),
+            base: format!("http://{}:{}", node.ipv4, server.port),
+        };
+        replicas.push((pod, server, http));
+    }
+    let logs = |replicas: &[(&str, Server, Http)]| {
+        replicas
+            .iter()
+            .map(|(pod, s, _)| {
+                format!(
+                    "{pod}:\n{}",
+                    std::fs::read_to_string(&s.log).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Logins succeed on both replicas; one of them holds the Lease, and keeps it.
+    for (pod, _, http) in &replicas {
+        let (status, answer) = http.login(r#"{"role":"viewer"}"#).await;
+        assert_eq!(status, 200, "{pod}: {answer}\n{}", logs(&replicas));
+    }
+    let holder = lease_holder(&kube, None).await;
+    assert!(
+        replicas.iter().any(|(pod, _, _)| *pod == holder),
+        "the Lease is held by {holder}"
+    );
+    assert_eq!(lease_holder(&kube, None).await, holder);
+
+    // Killing the holder hands the Lease to the other; logins keep working there and the
+    // killed replica answers nothing.
+    let at = replicas
+        .iter()
+        .position(|(pod, _, _)| *pod == holder)
+        .unwrap();
+    let (_, mut killed, killed_http) = replicas.remove(at);
+    killed.child.0.start_kill().unwrap();
+    killed.child.0.wait().await.unwrap();
+    let successor = lease_holder(&kube, Some(&holder)).await;
+    assert_eq!(successor, replicas[0].0, "{}", logs(&replicas));
+    let (status, answer) = replicas[0].2.login(r#"{"role":"viewer"}"#).await;
+    assert_eq!(status, 200, "{answer}\n{}", logs(&replicas));
+    let gone = run(
+        Path::new("/usr/bin/curl"),
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            &killed_http.socks5,
+            &format!("{}/api/v1/cluster", killed_http.base),
+        ],
+        &[],
+    )
+    .await;
+    assert!(!gone.ok, "the killed replica answered: {gone:?}");
+}
