@@ -3,7 +3,8 @@
 //! (so with deploy/'s RBAC and admission policy, not as admin), on a real API server and a real
 //! tailnet. Requests come from other nodes through their SOCKS5 proxies (curl). Each refusal
 //! gets its documented status and problem code and creates no labelled object; each is paired
-//! with an allowed request that succeeds.
+//! with an allowed request that succeeds; `tka-server drain` then leaves nothing behind. A
+//! second test runs two replicas on two tagged nodes and checks that the Lease is handed over.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
