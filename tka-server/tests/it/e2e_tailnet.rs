@@ -8,7 +8,7 @@
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`), like the e2e tests of
 //! tka-testkit.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,18 +24,35 @@ use tka_testkit::testenv::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CLUSTER: &str = "e2e";
-const MANAGED: &str = "app.kubernetes.io/managed-by=tka";
+pub(super) const CLUSTER: &str = "e2e";
+pub(super) const MANAGED: &str = "app.kubernetes.io/managed-by=tka";
+
+pub(super) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server process, killed when the test ends (however it ends).
+pub(super) struct Killed(pub(super) tokio::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
 
 #[derive(Debug)]
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(super) struct Run {
+    pub(super) ok: bool,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// Runs `program ARGS…` with exactly `env` besides `PATH` (bounded by 90 s).
-async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+pub(super) async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -60,6 +77,12 @@ async fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     }
 }
 
+/// A plain HTTP/1.1 GET straight to `addr` (not through the tailnet); the status code.
+pub(super) async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
+    let (status, _) = get(addr, host, path).await?;
+    Some(status)
+}
+
 /// A plain HTTP/1.1 GET straight to `addr`; the status code and the whole response text.
 async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).await.ok()?;
@@ -76,7 +99,7 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> 
 }
 
 /// The objects tka labels as its own, as `kind/name` lines.
-async fn managed_objects(env: &KubeEnv) -> Vec<String> {
+pub(super) async fn managed_objects(env: &KubeEnv) -> Vec<String> {
     let out = run(
         &env.kubectl(),
         &[
@@ -202,6 +225,13 @@ async fn tka_login_on_a_real_tailnet_lets_kubectl_in_and_logout_shuts_it_out() {
         let out = run(&kubectl, args, &env).await;
         assert!(out.ok, "kubectl {args:?}: {out:?}");
     }
+    // People annotate their kubeconfigs: comments must not make tka refuse or lose the file.
+    let written = std::fs::read_to_string(&kubeconfig).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        format!("# kubeconfig of alice's laptop\n{written}# the foreign context is the team's\n"),
+    )
+    .unwrap();
     let foreign_before = run(&kubectl, &["config", "view", "-o", "json"], &env).await;
     assert!(foreign_before.ok, "{foreign_before:?}");
 
