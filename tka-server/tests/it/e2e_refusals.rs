@@ -5,6 +5,8 @@
 //! gets its documented status and problem code and creates no labelled object; each is paired
 //! with an allowed request that succeeds; `tka-server drain` then leaves nothing behind. A
 //! second test runs two replicas on two tagged nodes and checks that the Lease is handed over.
+//! A third runs the server in PROXY protocol mode on 127.0.0.2 and checks that a tailnet peer
+//! cannot reach it with a forged header, while the same bytes from the host are served.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
@@ -624,4 +626,178 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
     )
     .await;
     assert!(!gone.ok, "the killed replica answered: {gone:?}");
+}
+
+/// `bytes` sent on `stream`, then everything it answers until it closes (10 s at most); an
+/// error or a timeout counts as no answer.
+async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if stream.write_all(bytes).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A TCP stream to `target` through the SOCKS5 proxy at `socks5` (no authentication), or `None`
+/// when the proxy refuses to connect.
+async fn socks5_connect(socks5: &str, target: SocketAddr) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(socks5).await.unwrap();
+    stream.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    stream.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 0], "the SOCKS5 proxy wants authentication");
+    let SocketAddr::V4(v4) = target else {
+        panic!("an IPv4 target");
+    };
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&v4.ip().octets());
+    request.extend_from_slice(&v4.port().to_be_bytes());
+    stream.write_all(&request).await.unwrap();
+    let mut reply = [0u8; 10];
+    if stream.read_exact(&mut reply).await.is_err() || reply[1] != 0 {
+        return None;
+    }
+    Some(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
+    let Some(bin) = bin_dir_or_skip("a_forged_proxy_header_from_a_tailnet_peer_is_refused") else {
+        return;
+    };
+    let _permit = exclusive().await;
+    let kube = KubeEnv::start(&bin).await.unwrap();
+    let server_kubeconfig = apply_deploy(&kube).await;
+    let work = tempfile::tempdir().unwrap();
+    let mapping = work.path().join("mapping.yaml");
+    std::fs::write(
+        &mapping,
+        "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n",
+    )
+    .unwrap();
+    admin_kubectl(&kube, &["apply", "-f", mapping.to_str().unwrap()]).await;
+    let tailnet = TailnetEnv::start(
+        &bin,
+        &[
+            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
+            TailnetNodeSpec::user("laptop", "alice@example.com"),
+            TailnetNodeSpec::user("other", "bob@example.com"),
+        ],
+        &[TailnetGrant::new(
+            "laptop",
+            "cluster",
+            "tka.dev/cap/kubernetes",
+            vec![json!({"role": "viewer"})],
+        )],
+    )
+    .await
+    .unwrap();
+    let cluster = tailnet.node("cluster").unwrap().clone();
+    let laptop = tailnet.node("laptop").unwrap().clone();
+    let other = tailnet.node("other").unwrap().clone();
+
+    // The server in PROXY mode on 127.0.0.2:P, an address tailscaled never dials.
+    let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
+    let port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 2], port));
+    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server_names = format!("{},{}", cluster.ipv4, cluster.name);
+    let server_log = work.path().join("server.log");
+    let child = tokio::process::Command::new(&server_bin)
+        .arg("serve")
+        .arg("--kubeconfig")
+        .arg(&server_kubeconfig)
+        .arg("--tailscale-socket")
+        .arg(&cluster.socket)
+        .arg("--api-server-ca-file")
+        .arg(&ca_file)
+        .args([
+            "--proxy-protocol",
+            "--cluster-name",
+            CLUSTER,
+            "--api-server-url",
+            kube.api_url(),
+            "--server-name",
+            &server_names,
+            "--server-address",
+            &cluster.ipv4.to_string(),
+            "--listen",
+            &listen.to_string(),
+            "--ops-listen",
+            &ops.to_string(),
+            "--log-format",
+            "pretty",
+        ])
+        .env("POD_NAME", "tka-server-proxy-0")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&server_log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _child = Killed(child);
+    let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
+    let mut ready = false;
+    for _ in 0..240 {
+        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ready, "the server did not become ready in 60 s:\n{}", log());
+
+    // The header: "other" (not granted) claims to be the laptop, which is granted.
+    let claimed = SocketAddr::from((laptop.ipv4, 40000));
+    let tailnet_target = SocketAddr::from((cluster.ipv4, port));
+    let header = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (claimed, tailnet_target),
+    )
+    .build()
+    .unwrap();
+    let body = r#"{"role":"viewer"}"#;
+    let mut forged = header.clone();
+    forged.extend_from_slice(
+        format!(
+            "POST /api/v1/login HTTP/1.1\r\nHost: {tailnet_target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+
+    // Refused: through the tailnet the bytes reach 127.0.0.1:P, where nothing of tka
+    // listens; no HTTP answer and no labelled object.
+    let before = managed_objects(&kube).await;
+    let socks5 = format!("127.0.0.1:{}", other.socks5_port);
+    let answer = match socks5_connect(&socks5, tailnet_target).await {
+        Some(stream) => exchange(stream, &forged).await,
+        None => String::new(),
+    };
+    assert!(
+        !answer.starts_with("HTTP/"),
+        "a tailnet peer got an HTTP answer: {answer}\nserver log:\n{}",
+        log()
+    );
+    assert_eq!(managed_objects(&kube).await, before);
+
+    // Allowed: the same bytes on 127.0.0.2:P (where only a trusted proxy can connect) are
+    // parsed, whois is asked about the header's source, and the laptop's login succeeds.
+    let stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let answer = exchange(stream, &forged).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\nserver log:\n{}",
+        log()
+    );
+    let made = managed_objects(&kube).await;
+    assert!(
+        made.iter().any(|o| o.starts_with("session.tka.dev/")),
+        "{made:?}"
+    );
 }
