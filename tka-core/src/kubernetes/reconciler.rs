@@ -606,28 +606,15 @@ impl KubernetesReconciler {
                 "ServiceAccounts",
             )
             .await?;
-        for sa in sas {
-            if let Some(reason) = self.sweep_verdict(&sa, sessions, now, false, report).await {
-                match delete_uid(
-                    &self.apis.service_accounts,
-                    &sa.name_any(),
-                    &sa.uid().unwrap_or_default(),
-                )
-                .await
-                {
-                    Ok(true) => report.removed.push(removal(
-                        ObjectKind::ServiceAccount,
-                        sa.namespace(),
-                        sa.name_any(),
-                        &reason,
-                    )),
-                    Ok(false) => {}
-                    Err(e) => report
-                        .failures
-                        .push(format!("deleting ServiceAccount {}: {e}", sa.name_any())),
-                }
-            }
-        }
+        self.sweep_objects(
+            sas,
+            ObjectKind::ServiceAccount,
+            |_| self.apis.service_accounts.clone(),
+            sessions,
+            now,
+            report,
+        )
+        .await;
         let crbs = self
             .list_all(
                 &self.apis.cluster_role_bindings,
@@ -635,29 +622,15 @@ impl KubernetesReconciler {
                 "ClusterRoleBindings",
             )
             .await?;
-        for crb in crbs {
-            if let Some(reason) = self.sweep_verdict(&crb, sessions, now, true, report).await {
-                match delete_uid(
-                    &self.apis.cluster_role_bindings,
-                    &crb.name_any(),
-                    &crb.uid().unwrap_or_default(),
-                )
-                .await
-                {
-                    Ok(true) => report.removed.push(removal(
-                        ObjectKind::ClusterRoleBinding,
-                        None,
-                        crb.name_any(),
-                        &reason,
-                    )),
-                    Ok(false) => {}
-                    Err(e) => report.failures.push(format!(
-                        "deleting ClusterRoleBinding {}: {e}",
-                        crb.name_any()
-                    )),
-                }
-            }
-        }
+        self.sweep_objects(
+            crbs,
+            ObjectKind::ClusterRoleBinding,
+            |_| self.apis.cluster_role_bindings.clone(),
+            sessions,
+            now,
+            report,
+        )
+        .await;
         let rbs = self
             .list_all(
                 &self.apis.all_role_bindings,
@@ -665,30 +638,55 @@ impl KubernetesReconciler {
                 "RoleBindings",
             )
             .await?;
-        for rb in rbs {
-            if let Some(reason) = self.sweep_verdict(&rb, sessions, now, true, report).await {
-                let ns = rb.namespace().unwrap_or_default();
-                match delete_uid(
-                    &self.apis.role_bindings(&ns),
-                    &rb.name_any(),
-                    &rb.uid().unwrap_or_default(),
-                )
+        self.sweep_objects(
+            rbs,
+            ObjectKind::RoleBinding,
+            |rb| self.apis.role_bindings(&rb.namespace().unwrap_or_default()),
+            sessions,
+            now,
+            report,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Deletes (with a UID precondition) each of `objects` that [`Self::sweep_verdict`] condemns,
+    /// recording removals and failures in `report`; `api_for` gives the API to delete it through.
+    async fn sweep_objects<K>(
+        &self,
+        objects: Vec<K>,
+        kind: ObjectKind,
+        api_for: impl Fn(&K) -> Api<K>,
+        sessions: &BTreeMap<String, Session>,
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let is_binding = kind != ObjectKind::ServiceAccount;
+        for object in objects {
+            let Some(reason) = self
+                .sweep_verdict(&object, sessions, now, is_binding, report)
                 .await
-                {
-                    Ok(true) => report.removed.push(removal(
-                        ObjectKind::RoleBinding,
-                        Some(ns),
-                        rb.name_any(),
-                        &reason,
-                    )),
-                    Ok(false) => {}
-                    Err(e) => report
+            else {
+                continue;
+            };
+            let (namespace, name) = (object.namespace(), object.name_any());
+            let uid = object.uid().unwrap_or_default();
+            match delete_uid(&api_for(&object), &name, &uid).await {
+                Ok(true) => report.removed.push(removal(kind, namespace, name, &reason)),
+                Ok(false) => {}
+                Err(e) => {
+                    let shown = match &namespace {
+                        Some(ns) => format!("{ns}/{name}"),
+                        None => name,
+                    };
+                    report
                         .failures
-                        .push(format!("deleting RoleBinding {ns}/{}: {e}", rb.name_any())),
+                        .push(format!("deleting {kind} {shown}: {e}"));
                 }
             }
         }
-        Ok(())
     }
 
     /// The `Ready` condition a mapping should carry.
