@@ -16,9 +16,10 @@ use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PostParams;
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::error::{is_already_exists, is_conflict, is_not_found, issue_error};
@@ -512,68 +513,26 @@ impl KubernetesIssuer {
         namespace: Option<&str>,
     ) -> Result<Option<BindingRef>, IssueError> {
         let sa_ns = self.apis.namespace.as_str();
-        let (uid, kind) = match namespace {
-            None => {
-                let wanted = cluster_role_binding(session, name, revision, cluster_role, sa_ns);
-                let api = &self.apis.cluster_role_bindings;
-                match api.create(&PostParams::default(), &wanted).await {
-                    Ok(b) => (b.uid(), BindingKind::ClusterRoleBinding),
-                    Err(e) if is_already_exists(&e) => {
-                        let existing = api.get_opt(name).await.map_err(|e| {
-                            issue_error(format!("read ClusterRoleBinding {name}"), e)
-                        })?;
-                        match existing {
-                            Some(b)
-                                if is_exact_binding(
-                                    &b.metadata,
-                                    &b.role_ref,
-                                    b.subjects.as_ref(),
-                                    &wanted.metadata,
-                                    &wanted.role_ref,
-                                    wanted.subjects.as_ref(),
-                                ) =>
-                            {
-                                (b.uid(), BindingKind::ClusterRoleBinding)
-                            }
-                            _ => return Ok(None),
-                        }
-                    }
-                    Err(e) => {
-                        return Err(issue_error(format!("create ClusterRoleBinding {name}"), e));
-                    }
-                }
-            }
-            Some(ns) => {
-                let wanted = role_binding(session, name, revision, cluster_role, ns, sa_ns);
-                let api = self.apis.role_bindings(ns);
-                match api.create(&PostParams::default(), &wanted).await {
-                    Ok(b) => (b.uid(), BindingKind::RoleBinding),
-                    Err(e) if is_already_exists(&e) => {
-                        let existing = api
-                            .get_opt(name)
-                            .await
-                            .map_err(|e| issue_error(format!("read RoleBinding {ns}/{name}"), e))?;
-                        match existing {
-                            Some(b)
-                                if is_exact_binding(
-                                    &b.metadata,
-                                    &b.role_ref,
-                                    b.subjects.as_ref(),
-                                    &wanted.metadata,
-                                    &wanted.role_ref,
-                                    wanted.subjects.as_ref(),
-                                ) =>
-                            {
-                                (b.uid(), BindingKind::RoleBinding)
-                            }
-                            _ => return Ok(None),
-                        }
-                    }
-                    Err(e) => {
-                        return Err(issue_error(format!("create RoleBinding {ns}/{name}"), e));
-                    }
-                }
-            }
+        let created = match namespace {
+            None => create_or_confirm_binding(
+                &self.apis.cluster_role_bindings,
+                &cluster_role_binding(session, name, revision, cluster_role, sa_ns),
+                &format!("ClusterRoleBinding {name}"),
+                |b: &ClusterRoleBinding| (&b.metadata, &b.role_ref, b.subjects.as_ref()),
+            )
+            .await?
+            .map(|uid| (uid, BindingKind::ClusterRoleBinding)),
+            Some(ns) => create_or_confirm_binding(
+                &self.apis.role_bindings(ns),
+                &role_binding(session, name, revision, cluster_role, ns, sa_ns),
+                &format!("RoleBinding {ns}/{name}"),
+                |b: &RoleBinding| (&b.metadata, &b.role_ref, b.subjects.as_ref()),
+            )
+            .await?
+            .map(|uid| (uid, BindingKind::RoleBinding)),
+        };
+        let Some((uid, kind)) = created else {
+            return Ok(None);
         };
         Ok(Some(BindingRef {
             kind,
@@ -1185,6 +1144,39 @@ impl CredentialIssuer for KubernetesIssuer {
             pick(live)
         };
         Ok(chosen.and_then(|s| s.info(now)))
+    }
+}
+
+/// The parts of a binding that decide whether it is exactly the one wanted.
+type BindingParts<'a> = (&'a ObjectMeta, &'a RoleRef, Option<&'a Vec<Subject>>);
+
+/// Creates `wanted`; when its name exists already, confirms that the existing object is exactly
+/// the one wanted (a lost answer to our own create) rather than adopting a stranger. The UID of
+/// the binding, or `None` when the name is taken by something else. `what` names it in errors.
+async fn create_or_confirm_binding<K>(
+    api: &Api<K>,
+    wanted: &K,
+    what: &str,
+    parts: impl Fn(&K) -> BindingParts<'_>,
+) -> Result<Option<Option<String>>, IssueError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), wanted).await {
+        Ok(created) => Ok(Some(created.uid())),
+        Err(e) if is_already_exists(&e) => {
+            let existing = api
+                .get_opt(&wanted.name_any())
+                .await
+                .map_err(|e| issue_error(format!("read {what}"), e))?;
+            Ok(existing.and_then(|b| {
+                let (meta, role_ref, subjects) = parts(&b);
+                let (w_meta, w_role_ref, w_subjects) = parts(wanted);
+                is_exact_binding(meta, role_ref, subjects, w_meta, w_role_ref, w_subjects)
+                    .then(|| b.uid())
+            }))
+        }
+        Err(e) => Err(issue_error(format!("create {what}"), e)),
     }
 }
 
