@@ -6,7 +6,7 @@
 //! left behind and the lock survives the rename), re-reads the file under that lock, and writes
 //! atomically: a temporary file in the same directory, fsync, rename over the target, fsync of the
 //! directory. The result has mode 0600. A symlinked kubeconfig is written through to its target
-//! and the link is kept. A read-only file (no write permission bits) or a malformed one is never
+//! and the link is kept, when [`crate::kubeconfig_link`]'s rules allow following it. A read-only file (no write permission bits) or a malformed one is never
 //! touched, even by root, who could otherwise replace it.
 
 use std::fs::{self, File, OpenOptions};
@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 use tka_core::kubeconfig::{Kubeconfig, KubeconfigError, destination};
 
 use crate::cli::Environment;
+use crate::kubeconfig_link::{self, LinkRefusal, ResolveError};
 
 /// How long to wait for another tka process to finish changing the kubeconfig.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// Symlink hops followed before giving up (as the kernel's ELOOP limit).
-const MAX_SYMLINKS: usize = 40;
 
 /// Why the kubeconfig could not be used. The file is unchanged in every case.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +54,14 @@ pub(crate) enum KubeconfigFileError {
         /// The file.
         path: PathBuf,
     },
+    /// The path is a symlink tka does not follow.
+    #[error("the kubeconfig {path} is refused: {refusal}; tka left it untouched", path = .path.display())]
+    UnsafeLink {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        refusal: LinkRefusal,
+    },
     /// Another process holds the lock.
     #[error("another tka is changing the kubeconfig {path}", path = .path.display())]
     Busy {
@@ -86,6 +93,7 @@ impl KubeconfigFileError {
                 "make it writable (chmod u+w {}) or point KUBECONFIG at a writable file",
                 path.display()
             ),
+            Self::UnsafeLink { path, refusal } => refusal.hint(path),
             Self::Busy { .. } => "try again in a moment".to_owned(),
             Self::Io { .. } => {
                 "check the file's and its directory's permissions, or point KUBECONFIG elsewhere"
@@ -200,26 +208,16 @@ impl KubeconfigFile {
         Ok(result)
     }
 
-    /// The file the path finally names, following symlinks (also dangling ones).
+    /// The file the path finally names, following only the symlinks
+    /// [`crate::kubeconfig_link`] allows (a dangling one is refused).
     fn target(&self) -> Result<PathBuf, KubeconfigFileError> {
-        let mut current = self.path.clone();
-        for _ in 0..MAX_SYMLINKS {
-            match fs::symlink_metadata(&current) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let link = fs::read_link(&current).map_err(|e| self.io("read the link", e))?;
-                    current = if link.is_absolute() {
-                        link
-                    } else {
-                        parent_dir(&current).join(link)
-                    };
-                }
-                _ => return Ok(current),
-            }
-        }
-        Err(self.io(
-            "resolve",
-            io::Error::other("too many levels of symbolic links"),
-        ))
+        kubeconfig_link::resolve(&self.path).map_err(|e| match e {
+            ResolveError::Refused(refusal) => KubeconfigFileError::UnsafeLink {
+                path: self.path.clone(),
+                refusal,
+            },
+            ResolveError::Io { action, source } => self.io(action, source),
+        })
     }
 
     /// Locks the directory (bounded wait).

@@ -14,6 +14,7 @@ mod commands;
 mod discovery;
 mod error;
 mod kubeconfig_file;
+mod kubeconfig_link;
 mod output;
 mod settings;
 

@@ -12,7 +12,7 @@ use tka_core::{Clock, ClusterName, Ttl};
 use crate::client::ApiError;
 use crate::discovery::{Found, Outcome};
 use crate::error::{CliError, Exit};
-use crate::output;
+use crate::output::{self, Untrusted};
 use crate::settings::Settings;
 
 /// One server (`-o json|yaml` prints a list of these).
@@ -161,7 +161,11 @@ fn table(entries: &[ListEntry]) -> String {
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         let roles = match e.state {
             "offline" => "offline: not asked".to_owned(),
-            "unreachable" | "error" => e.error.clone().unwrap_or_default(),
+            "unreachable" | "error" => e
+                .error
+                .as_deref()
+                .map(|error| Untrusted(error).to_string())
+                .unwrap_or_default(),
             _ if e.roles.is_empty() => "none".to_owned(),
             _ => e
                 .roles
@@ -178,11 +182,11 @@ fn table(entries: &[ListEntry]) -> String {
                 .join(", "),
         };
         let session = match (&e.conflict, &e.session) {
-            (Some(conflict), _) => format!("CONFLICT: {conflict}; not trusted"),
+            (Some(conflict), _) => format!("CONFLICT: {}; not trusted", Untrusted(conflict)),
             (None, Some(s)) => format!("{} until {}", s.role, output::local_time(s.expires_at)),
             (None, None) => "-".to_owned(),
         };
-        rows.push([cluster, e.node.clone(), roles, session]);
+        rows.push([cluster, Untrusted(&e.node).to_string(), roles, session]);
     }
     let widths: Vec<usize> = (0..3)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

@@ -18,7 +18,7 @@ use crate::client::{ApiClient, Network};
 use crate::discovery::Outcome;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
-use crate::output;
+use crate::output::{self, Untrusted};
 use crate::settings::{CredentialMode, LoginSettings, SessionSettings, Settings};
 
 use super::resolve_server;
@@ -80,7 +80,8 @@ fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Res
             }
             Outcome::Conflict { response, .. } => output::note(&format!(
                 "Skipped {} at {}: its cluster name is in conflict (see `tka list`).",
-                response.cluster.name, f.candidate.node.name
+                response.cluster.name,
+                Untrusted(&f.candidate.node.name)
             )),
             Outcome::Offline | Outcome::Failed(_) => {}
         }
@@ -264,7 +265,7 @@ fn human(s: &LoginSummary, clock: &dyn Clock) -> String {
     let mut out = format!(
         "Logged in to {} as {} with role {} until {} ({}).\n",
         s.cluster,
-        s.caller,
+        Untrusted(&s.caller),
         s.role,
         output::local_time(s.session_expires_at),
         output::remaining(s.session_expires_at.duration_since(clock.now())),
@@ -272,21 +273,31 @@ fn human(s: &LoginSummary, clock: &dyn Clock) -> String {
     if let Some(clamp) = &s.clamped {
         out += &format!(
             "The session was shortened from the {} asked for to {}: {}.\n",
-            clamp.requested, clamp.granted, clamp.bound
+            clamp.requested,
+            clamp.granted,
+            Untrusted(&clamp.bound)
         );
     }
     if s.switched {
-        out += &format!("Context {} in {} is now current", s.context, s.kubeconfig);
+        out += &format!(
+            "Context {} in {} is now current",
+            Untrusted(&s.context),
+            Untrusted(&s.kubeconfig)
+        );
         out += &match &s.previous_context {
-            Some(prev) if !prev.is_empty() && prev != &s.context => {
-                format!(" (`tka logout {}` returns to {prev}).\n", s.cluster)
-            }
+            Some(prev) if !prev.is_empty() && prev != &s.context => format!(
+                " (`tka logout {}` returns to {}).\n",
+                s.cluster,
+                Untrusted(prev)
+            ),
             _ => ".\n".to_owned(),
         };
     } else {
         out += &format!(
             "Context {} written to {}; the current context is unchanged (use kubectl --context {}).\n",
-            s.context, s.kubeconfig, s.context
+            Untrusted(&s.context),
+            Untrusted(&s.kubeconfig),
+            Untrusted(&s.context)
         );
     }
     if s.credential == "static" {

@@ -10,7 +10,7 @@ use crate::cache::TokenCache;
 use crate::client::ApiClient;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
-use crate::output;
+use crate::output::{self, Untrusted};
 use crate::settings::{LogoutSettings, Settings};
 
 /// One logout (`-o json|yaml` prints a list of these).
@@ -154,10 +154,13 @@ fn human(summaries: &[LogoutSummary]) -> String {
     for s in summaries {
         out += &format!("Logged out of {} ({}).", s.cluster, s.server);
         if !s.removed_contexts.is_empty() {
-            out += &format!(" Removed context {}.", s.removed_contexts.join(", "));
+            out += &format!(
+                " Removed context {}.",
+                Untrusted(s.removed_contexts.join(", "))
+            );
         }
         match &s.current_context {
-            Some(Some(c)) => out += &format!(" The current context is {c} again."),
+            Some(Some(c)) => out += &format!(" The current context is {} again.", Untrusted(c)),
             Some(None) => out += " No context is current now.",
             None => {}
         }

@@ -9,7 +9,7 @@ use crate::cache::TokenCache;
 use crate::cli::OutputFormat;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
-use crate::output;
+use crate::output::{self, Untrusted};
 use crate::settings::Settings;
 
 #[derive(Debug, Serialize)]
@@ -48,7 +48,7 @@ pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<(), CliError
         remaining,
     };
     output::result(settings.output, &Some(&info), || match &info.remaining {
-        Some(r) => format!("{} ({r})\n", info.cluster),
-        None => format!("{}\n", info.cluster),
+        Some(r) => format!("{} ({r})\n", Untrusted(&info.cluster)),
+        None => format!("{}\n", Untrusted(&info.cluster)),
     })
 }

@@ -13,7 +13,7 @@ use crate::client::ApiClient;
 use crate::discovery;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
-use crate::output;
+use crate::output::{self, Untrusted};
 use crate::settings::Settings;
 
 #[derive(Debug, Serialize)]
@@ -146,11 +146,11 @@ fn human(report: &StatusReport) -> String {
     let mut out = match &report.tailnet {
         Some(me) => format!(
             "Tailnet: {} on {}{}\n",
-            me.user,
-            me.device,
+            Untrusted(&me.user),
+            Untrusted(&me.device),
             me.tailnet
                 .as_ref()
-                .map_or_else(String::new, |t| format!(" (tailnet {t})"))
+                .map_or_else(String::new, |t| format!(" (tailnet {})", Untrusted(t)))
         ),
         None => "Tailnet: unknown (tailscaled could not be asked)\n".to_owned(),
     };
@@ -164,14 +164,14 @@ fn human(report: &StatusReport) -> String {
             "  {}{} (context {}, {})",
             if s.current { "* " } else { "" },
             s.cluster,
-            s.context,
+            Untrusted(&s.context),
             s.server
         );
         if let Some(role) = &s.role {
-            out += &format!(" role {role}");
+            out += &format!(" role {}", Untrusted(role));
         }
         match (&s.error, s.expires_at, &s.remaining) {
-            (Some(e), _, _) => out += &format!(": {e}"),
+            (Some(e), _, _) => out += &format!(": {}", Untrusted(e)),
             (None, Some(t), Some(r)) => {
                 out += &format!(": until {} ({r})", output::local_time(t));
             }

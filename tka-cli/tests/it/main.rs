@@ -5,5 +5,6 @@
 mod credential;
 mod discovery;
 mod help;
+mod hostile;
 mod login;
 mod support;
