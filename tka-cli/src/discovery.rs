@@ -469,6 +469,13 @@ impl Pins {
         }
     }
 
+    /// Whether `cluster` is pinned to `candidate`.
+    pub(crate) fn is_pinned_to(&self, cluster: &ClusterName, candidate: &Candidate) -> bool {
+        self.clusters
+            .get(cluster.as_str())
+            .is_some_and(|pin| pin.belongs_to(candidate))
+    }
+
     fn pin(&mut self, name: &ClusterName, node: &ServerNode, now: Timestamp) {
         self.clusters.insert(
             name.to_string(),

@@ -82,6 +82,30 @@ pub(crate) enum CliError {
         /// Why discovery found none.
         discovery: String,
     },
+    /// Discovery found servers, but the cluster's (pinned, or maybe among them) did not answer.
+    #[error(
+        "{}",
+        if *.pinned {
+            format!("the tka server of cluster '{cluster}' was found on the tailnet but did not answer: {}", .servers.join(", "))
+        } else {
+            format!(
+                "no tka server that answered serves cluster '{cluster}'; found on the tailnet but not answering: {}",
+                .servers.join(", ")
+            )
+        }
+    )]
+    ServerSilent {
+        /// The cluster.
+        cluster: ClusterName,
+        /// Whether `servers` is the one node the name is pinned to.
+        pinned: bool,
+        /// The servers that did not answer, each with why (`tka-prod (connection refused)`).
+        servers: Vec<String>,
+        /// The server tag.
+        tag: tka_core::Tag,
+        /// The port servers are asked on.
+        port: u16,
+    },
     /// Finding servers failed.
     #[error(transparent)]
     Discovery(#[from] crate::discovery::DiscoveryError),
@@ -207,6 +231,7 @@ impl CliError {
             Self::Api(e) => e.exit(),
             Self::Kubeconfig(_) => Exit::Kubeconfig,
             Self::NoServer { .. } => Exit::Usage,
+            Self::ServerSilent { .. } => Exit::Unreachable,
             Self::Discovery(crate::discovery::DiscoveryError::Tailscaled { .. }) => {
                 Exit::Unreachable
             }
@@ -234,6 +259,13 @@ impl CliError {
             Self::Cache(e) => Some(e.hint()),
             Self::NoServer { cluster, discovery } => Some(format!(
                 "discovery found none ({discovery}); see `tka list`, or pass the server with \
+                 `tka login {cluster} --server URL`"
+            )),
+            Self::ServerSilent {
+                cluster, tag, port, ..
+            } => Some(format!(
+                "check that the server is up and that the tailnet policy lets this device reach \
+                 {tag} on port {port} (`tka list` shows what answers), or pass \
                  `tka login {cluster} --server URL`"
             )),
             Self::Discovery(e) => Some(e.hint()),

@@ -126,7 +126,9 @@ pub(crate) fn discovered_server(
 
 /// Where a cluster's tka server is: the explicit `--server`; else the server discovery on the
 /// tailnet trusts for the name (pins respected; a name conflict is an error); else the server of
-/// an earlier login to the cluster found in the kubeconfig.
+/// an earlier login to the cluster found in the kubeconfig. When none is known but discovery
+/// found servers that did not answer, the error says so (the cluster's may be among them), as
+/// `tka list` does, instead of "no server known".
 pub(crate) fn resolve_server(
     settings: &Settings,
     cluster: &ClusterName,
@@ -137,19 +139,68 @@ pub(crate) fn resolve_server(
     if let Some(server) = explicit {
         return Ok(server.clone());
     }
-    let why_not = match discover(settings, clock) {
+    let (why_not, silent) = match discover(settings, clock) {
         Ok(found) => match discovered_server(cluster, &found)? {
             Some(server) => return Ok(server),
-            None => format!(
-                "no server on the tailnet tagged {} serves it",
-                settings.discovery.tag
+            None => (
+                format!(
+                    "no server on the tailnet tagged {} serves it",
+                    settings.discovery.tag
+                ),
+                silent_servers(settings, cluster, &found),
             ),
         },
-        Err(e) => e.to_string(),
+        Err(e) => (e.to_string(), None),
     };
-    recorded_server(cluster, kubeconfig).ok_or_else(|| CliError::NoServer {
+    if let Some(server) = recorded_server(cluster, kubeconfig) {
+        return Ok(server);
+    }
+    Err(match silent {
+        Some(silent) => silent,
+        None => CliError::NoServer {
+            cluster: cluster.clone(),
+            discovery: why_not,
+        },
+    })
+}
+
+/// The error for servers discovery found that gave no answer, when there are any: naming the
+/// one `cluster` is pinned to when that is among them.
+fn silent_servers(settings: &Settings, cluster: &ClusterName, found: &[Found]) -> Option<CliError> {
+    let silent: Vec<(&Found, String)> = found
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            Outcome::Offline => Some((f, "offline".to_owned())),
+            Outcome::Failed(e) => Some((f, e.to_string())),
+            Outcome::Trusted(_) | Outcome::Conflict { .. } => None,
+        })
+        .collect();
+    if silent.is_empty() {
+        return None;
+    }
+    let pins = discovery::pins_path(&settings.env)
+        .ok()
+        .and_then(|path| Pins::load(&path).ok())
+        .unwrap_or_default();
+    let pinned = silent
+        .iter()
+        .find(|(f, _)| pins.is_pinned_to(cluster, &f.candidate));
+    let (servers, pinned) = match pinned {
+        Some((f, reason)) => (vec![format!("{} ({reason})", f.candidate.node.name)], true),
+        None => (
+            silent
+                .iter()
+                .map(|(f, reason)| format!("{} ({reason})", f.candidate.node.name))
+                .collect(),
+            false,
+        ),
+    };
+    Some(CliError::ServerSilent {
         cluster: cluster.clone(),
-        discovery: why_not,
+        pinned,
+        servers,
+        tag: settings.discovery.tag.clone(),
+        port: settings.discovery.port,
     })
 }
 

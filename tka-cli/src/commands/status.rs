@@ -50,6 +50,9 @@ struct SessionLine {
     expires_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<String>,
+    /// `active`, `ended` (expired, or the server says it is gone: log in again), `unknown` (no
+    /// cached end and the server not asked) or `error` (asking the server failed).
+    state: &'static str,
     /// With `--refresh`: what asking the server failed with.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -110,6 +113,7 @@ pub(crate) fn run(settings: &Settings, refresh: bool, clock: &dyn Clock) -> Resu
                     .and_then(|c| c.lookup(&key))
                     .and_then(|hit| hit.entry.session_expires_at),
                 remaining: None,
+                state: "unknown",
                 error: None,
             };
             if refresh {
@@ -120,16 +124,25 @@ pub(crate) fn run(settings: &Settings, refresh: bool, clock: &dyn Clock) -> Resu
                         line.role = Some(session.role.to_string());
                         line.expires_at = Some(session.expires_at);
                     }
-                    Err(e) => {
-                        line.error = Some(
-                            CliError::from_session_call(&context.marker.cluster, e).to_string(),
-                        );
-                    }
+                    Err(e) => match CliError::from_session_call(&context.marker.cluster, e) {
+                        CliError::SessionEnded { .. } => {
+                            // Whatever the cache says, the session is gone.
+                            line.expires_at = None;
+                            line.state = "ended";
+                        }
+                        other => {
+                            line.error = Some(other.to_string());
+                            line.state = "error";
+                        }
+                    },
                 }
             }
             line.remaining = line
                 .expires_at
                 .map(|t| output::remaining(t.duration_since(now)));
+            if let Some(t) = line.expires_at {
+                line.state = if t > now { "active" } else { "ended" };
+            }
             line
         })
         .collect();
@@ -170,12 +183,21 @@ fn human(report: &StatusReport) -> String {
         if let Some(role) = &s.role {
             out += &format!(" role {}", Untrusted(role));
         }
-        match (&s.error, s.expires_at, &s.remaining) {
-            (Some(e), _, _) => out += &format!(": {}", Untrusted(e)),
-            (None, Some(t), Some(r)) => {
+        let login_again = format!("log in again with `tka login {}`", s.cluster);
+        match (&s.error, s.state, s.expires_at, &s.remaining) {
+            (Some(e), _, _, _) => out += &format!(": {}", Untrusted(e)),
+            (None, "ended", Some(t), _) => {
+                out += &format!(": ended at {}; {login_again}", output::local_time(t));
+            }
+            (None, "ended", None, _) => {
+                out += &format!(": the session has ended on the server; {login_again}");
+            }
+            (None, _, Some(t), Some(r)) => {
                 out += &format!(": until {} ({r})", output::local_time(t));
             }
-            _ => out += ": expiry unknown",
+            _ => {
+                out += ": expiry unknown (no cached token); `tka status --refresh` asks the server";
+            }
         }
         out.push('\n');
     }

@@ -471,3 +471,109 @@ fn status_refresh_asks_each_sessions_server() {
     );
     assert_eq!(prod.calls("GET", "/api/v1/session"), 1);
 }
+
+#[test]
+fn hostile_node_names_and_server_errors_are_escaped_in_list() {
+    use crate::hostile::{HOSTILE, assert_escaped, assert_inert};
+    let sandbox = Sandbox::new();
+    let tailnet = Tailnet::start();
+    let (port, mut ls) = listeners(&[ip(2), ip(3)]);
+    let failing = Server::on(ls.pop().unwrap());
+    failing.mount(
+        Mock::given(method("GET"))
+            .and(path("/api/v1/cluster"))
+            .respond_with(crate::support::problem(500, "internal", HOSTILE, None)),
+    );
+    let _prod = serve_cluster(ls.pop().unwrap(), "prod", true);
+    tailnet.server("tag:tka", HOSTILE, ip(2));
+    tailnet.server("tag:tka", "tka-broken", ip(3));
+
+    let out = run(tailnet.tka(&sandbox, port).arg("list"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    // The node's name and the failing server's detail, each escaped on its row.
+    assert_escaped(&text);
+    assert_eq!(text.matches("\\u{1b}[2J").count(), 2, "{text}");
+    assert!(
+        text.contains("\ntka-broken") || text.contains(" tka-broken "),
+        "{text}"
+    );
+    assert!(text.contains("prod "), "{text}");
+    assert_inert(&stderr(&out));
+
+    // JSON carries the exact strings.
+    let out = run(tailnet.tka(&sandbox, port).args(["list", "-o", "json"]));
+    assert_inert(&stdout(&out));
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list[0]["node"], HOSTILE);
+    assert_eq!(list[0]["cluster"], "prod");
+    assert_eq!(list[1]["node"], "tka-broken");
+    assert_eq!(list[1]["error"], HOSTILE);
+}
+
+#[test]
+fn login_through_discovery_says_the_server_was_found_and_did_not_answer() {
+    let sandbox = Sandbox::new();
+    let tailnet = Tailnet::start();
+    let (port, mut ls) = listeners(&[ip(2), ip(3)]);
+    let idle = ls.pop().unwrap();
+    let prod = serve_cluster(ls.pop().unwrap(), "prod", false);
+    tailnet.server("tag:tka", "tka-prod", ip(2));
+
+    // While it answers, `tka list` pins the name to it.
+    let out = run(tailnet.tka(&sandbox, port).arg("list"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        pins(&sandbox)["clusters"]["prod"]["node"]["name"],
+        "tka-prod"
+    );
+
+    // The pinned server stops answering: the login says so (as `tka list` does), not that no
+    // server is known.
+    drop(prod);
+    let out = run(tailnet.tka(&sandbox, port).args(["login", "prod"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = redact_port(&stderr(&out), port);
+    assert!(
+        err.starts_with(
+            "error: the tka server of cluster 'prod' was found on the tailnet but did not answer: \
+             tka-prod (cannot reach the tka server at http://127.0.0.2:[port]: connection refused)\n"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: check that the server is up and that the tailnet policy lets this device reach tag:tka"),
+        "{err}"
+    );
+    assert!(!err.contains("no tka server known"), "{err}");
+
+    // A first login, nothing pinned, the only server silent: it was found and did not answer.
+    let fresh = Sandbox::new();
+    drop(idle); // nothing listens on 127.0.0.3
+    tailnet.server("tag:tka", "tka-new", ip(3));
+    let out = run(tailnet.tka(&fresh, port).args(["login", "staging"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = redact_port(&stderr(&out), port);
+    assert!(
+        err.starts_with(
+            "error: no tka server that answered serves cluster 'staging'; found on the tailnet but \
+             not answering: "
+        ),
+        "{err}"
+    );
+    assert!(err.contains("tka-new (cannot reach"), "{err}");
+    assert!(err.contains("tka-prod (cannot reach"), "{err}");
+
+    // When every server answers and none serves the name, no server is known (exit 2).
+    let (port, mut ls) = listeners(&[ip(4)]);
+    let _lab = serve_cluster(ls.pop().unwrap(), "lab", false);
+    let tailnet = Tailnet::start();
+    tailnet.server("tag:tka", "tka-lab", ip(4));
+    let out = run(tailnet.tka(&fresh, port).args(["login", "staging"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: no tka server known for cluster 'staging'\n"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// Erase the screen, set the window title (OSC ended by BEL), a C1 CSI that erases the line, a
 /// right-to-left override, and a line break that fakes a line of tka's own.
-const HOSTILE: &str =
+pub(crate) const HOSTILE: &str =
     "\u{1b}[2J\u{1b}]0;owned\u{7}alice\u{9b}2K\u{202e}nimda\u{202c}\nerror: fake line\u{7f}";
 /// How each part of [`HOSTILE`] must look on the terminal.
 const ESCAPES: [&str; 8] = [
@@ -30,7 +30,7 @@ const ESCAPES: [&str; 8] = [
 /// Asserts that `text` carries no character that drives a terminal or reorders text: only its
 /// own line breaks.
 #[track_caller]
-fn assert_inert(text: &str) {
+pub(crate) fn assert_inert(text: &str) {
     let bad: Vec<char> = text
         .chars()
         .filter(|&c| {
@@ -42,7 +42,7 @@ fn assert_inert(text: &str) {
 }
 
 #[track_caller]
-fn assert_escaped(text: &str) {
+pub(crate) fn assert_escaped(text: &str) {
     assert_inert(text);
     for escape in ESCAPES {
         assert!(text.contains(escape), "{escape:?} not shown in {text:?}");

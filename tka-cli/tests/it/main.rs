@@ -7,4 +7,5 @@ mod discovery;
 mod help;
 mod hostile;
 mod login;
+mod status;
 mod support;
