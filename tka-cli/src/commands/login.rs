@@ -14,7 +14,7 @@ use tka_core::token_cache::{CacheKey, CachedToken};
 use tka_core::{Clock, Secret, Ttl};
 
 use crate::cache::TokenCache;
-use crate::client::{ApiClient, Network};
+use crate::client::{ApiClient, ApiError, Network};
 use crate::discovery::Outcome;
 use crate::error::CliError;
 use crate::kubeconfig_file::KubeconfigFile;
@@ -134,6 +134,7 @@ fn login_one(
         &login.template,
         &settings.network,
     )?;
+    warn_if_plain_http(&entries);
     let change = file.update(|config| config.login(&entries, login.switch))?;
     seed_cache(settings, &server, &response, clock);
 
@@ -176,6 +177,17 @@ pub(crate) fn request(
             requested: session.cluster.clone(),
             actual: response.cluster.name,
         });
+    }
+    // The device name becomes the exec entry's `--identity` argument: one that starts with a
+    // dash would be read by `tka credential` as an option (and break every kubectl call).
+    if response.session.device.starts_with('-') {
+        return Err(CliError::Api(ApiError::InvalidResponse {
+            server: server.clone(),
+            reason: format!(
+                "it names this device {:?}, which cannot be a command-line argument",
+                response.session.device
+            ),
+        }));
     }
     Ok(response)
 }

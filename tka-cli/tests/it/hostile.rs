@@ -312,3 +312,53 @@ fn effective_uid() -> u32 {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().metadata().unwrap().uid()
 }
+
+#[test]
+fn a_device_name_that_would_be_an_option_is_refused() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    let mut response = login_response("https://prod.api.example:6443");
+    response["session"]["device"] = json!("--server=http://evil.example");
+    server.on_login(response);
+    let out = run(&mut login(&sandbox, &server));
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be a command-line argument"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sandbox.kubeconfig().exists());
+
+    // The device name the server normally sends is recorded as the identity.
+    let honest = Server::start();
+    honest.on_login(login_response("https://prod.api.example:6443"));
+    let out = run(&mut login(&sandbox, &honest));
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        sandbox
+            .read_kubeconfig()
+            .contains(&format!("--identity\n      - {DEVICE}")),
+        "{}",
+        sandbox.read_kubeconfig()
+    );
+}
+
+#[test]
+fn login_warns_when_the_server_hands_out_a_plain_http_api_server() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_login(login_response("http://prod.api.example:8080"));
+    let out = run(&mut login(&sandbox, &server));
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kubectl sends no credentials to http:// servers"),
+        "{}",
+        stderr(&out)
+    );
+
+    let tls = Server::start();
+    tls.on_login(login_response("https://prod.api.example:6443"));
+    let out = run(&mut login(&sandbox, &tls));
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
