@@ -8,7 +8,7 @@
 //! escape sequence; bidirectional overrides and isolates, which reorder text) by a visible
 //! escape such as `\u{1b}`. A hostile server therefore cannot move the cursor, rewrite earlier
 //! lines, set the window title or fake a line of tka's own. `-o json|yaml` prints the exact
-//! strings: their serializers escape them.
+//! strings, escaped the way each format escapes (see [`result`]).
 
 use std::borrow::Cow;
 use std::fmt;
