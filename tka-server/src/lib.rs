@@ -17,6 +17,7 @@ pub mod api;
 pub mod audit;
 pub mod body;
 pub mod cli;
+pub mod connections;
 pub mod error;
 pub mod guard;
 pub mod kubeconfig;

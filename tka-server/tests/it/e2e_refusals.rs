@@ -163,7 +163,8 @@ async fn start_server(
     std::fs::write(&ca_file, kube.ca_pem()).unwrap();
     let port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
+    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
     let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
     let server_names = format!("{},{dns_name},{}", cluster.ipv4, cluster.name);
     let server_log = work.join(format!("{pod}.log"));
@@ -209,7 +210,7 @@ async fn start_server(
     let child = Killed(child);
     let mut ready = false;
     for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
             ready = true;
             break;
         }
@@ -705,7 +706,8 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
     std::fs::write(&ca_file, kube.ca_pem()).unwrap();
     let port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 2], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
+    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
     let server_names = format!("{},{}", cluster.ipv4, cluster.name);
     let server_log = work.path().join("server.log");
     let child = tokio::process::Command::new(&server_bin)
@@ -743,7 +745,7 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
     let mut ready = false;
     for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
             ready = true;
             break;
         }

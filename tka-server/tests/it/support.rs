@@ -138,6 +138,11 @@ impl ScriptedTailnet {
         self.by_addr.lock().unwrap().insert(addr, identity);
     }
 
+    /// How many times whois was asked (once per connection at accept, once per request).
+    pub(crate) fn lookup_count(&self) -> usize {
+        self.lookups.lock().unwrap().len()
+    }
+
     pub(crate) fn last_lookup(&self) -> Option<WhoisRequest> {
         self.lookups.lock().unwrap().last().cloned()
     }
@@ -456,7 +461,9 @@ impl TestServer {
         let server = Server::bind(
             api_ip.parse().unwrap(),
             &options.mode,
-            "127.0.0.1:0".parse().unwrap(),
+            // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
+            // arrives.
+            "127.0.0.3:0".parse().unwrap(),
             state,
             ops_router(vec![readiness.clone()], metrics),
             shutdown.clone(),
@@ -482,9 +489,16 @@ impl TestServer {
 
     /// A connection whose socket whois knows as `identity`.
     pub(crate) async fn client(&self, identity: Identity) -> Client {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        self.tailnet.insert(stream.local_addr().unwrap(), identity);
-        Client::over(stream).await
+        Client::over(self.stream_of(identity).await).await
+    }
+
+    /// A TCP connection whose socket whois knows as `identity` from the start (the server asks
+    /// at accept).
+    pub(crate) async fn stream_of(&self, identity: Identity) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.tailnet.insert(socket.local_addr().unwrap(), identity);
+        socket.connect(self.addr).await.unwrap()
     }
 
     /// A connection whois knows nothing about.
@@ -492,9 +506,11 @@ impl TestServer {
         Client::over(TcpStream::connect(self.addr).await.unwrap()).await
     }
 
-    /// A client of the ops listener.
+    /// A client of the ops listener, sending `Host: <ops address>` as the kubelet does.
     pub(crate) async fn ops_client(&self) -> Client {
-        Client::over(TcpStream::connect(self.ops).await.unwrap()).await
+        let mut client = Client::over(TcpStream::connect(self.ops).await.unwrap()).await;
+        client.set_host(&self.ops.to_string());
+        client
     }
 }
 
@@ -502,6 +518,8 @@ impl TestServer {
 
 pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The `Host` every request carries unless a test replaces it.
+    host: String,
 }
 
 pub(crate) struct Response {
@@ -579,14 +597,22 @@ impl Client {
             .await
             .unwrap();
         tokio::spawn(connection);
-        Self { sender }
+        Self {
+            sender,
+            host: HOST.to_owned(),
+        }
+    }
+
+    /// Sends `host` as `Host` from now on.
+    pub(crate) fn set_host(&mut self, host: &str) {
+        self.host = host.to_owned();
     }
 
     pub(crate) fn request(&mut self, method: &str, path: &str) -> RequestBuilder<'_> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", HOST);
+            .header("host", self.host.as_str());
         if method == "POST" {
             request = request.header("content-type", "application/json");
         }
