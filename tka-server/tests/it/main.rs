@@ -9,6 +9,7 @@ mod e2e_refusals;
 mod e2e_tailnet;
 mod flows;
 mod kube;
+mod listeners;
 mod localapi;
 mod logs;
 mod openapi;

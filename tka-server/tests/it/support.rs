@@ -24,6 +24,7 @@ use tka_core::{
     Clock, ClusterName, Decision, GrantMappingSpec, Identity, LoginName, ManualClock, MappingView,
     NodeId, NodeInfo, PolicySettings, RoleName, Secret, SessionName, Tag, Ttl, UserId, UserInfo,
 };
+use tka_server::connections::ConnectionLimits;
 use tka_server::guard::AllowedHosts;
 use tka_server::ops::ReadinessCheck;
 use tka_server::ratelimit::RateLimitConfig;
@@ -373,6 +374,10 @@ pub(crate) struct Options {
     /// whois through this instead of the scripted tailnet.
     pub(crate) identity: Option<Arc<dyn IdentityProvider>>,
     pub(crate) self_node_ids: Vec<NodeId>,
+    /// Deadlines and connection caps of both listeners.
+    pub(crate) limits: ConnectionLimits,
+    /// Where ops listens (port 0).
+    pub(crate) ops_ip: &'static str,
 }
 
 impl Default for Options {
@@ -388,6 +393,10 @@ impl Default for Options {
             service_name: None,
             identity: None,
             self_node_ids: vec![NodeId::new(SELF_NODE).unwrap()],
+            limits: ConnectionLimits::default(),
+            // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
+            // arrives.
+            ops_ip: "127.0.0.3",
         }
     }
 }
@@ -461,16 +470,15 @@ impl TestServer {
         let server = Server::bind(
             api_ip.parse().unwrap(),
             &options.mode,
-            // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
-            // arrives.
-            "127.0.0.3:0".parse().unwrap(),
+            SocketAddr::new(options.ops_ip.parse().unwrap(), 0),
             state,
             ops_router(vec![readiness.clone()], metrics),
             shutdown.clone(),
             Duration::from_secs(10),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .with_connection_limits(options.limits);
         let addr = server.api_addr();
         let ops = server.ops_addr().unwrap();
         let task = tokio::spawn(server.run());
