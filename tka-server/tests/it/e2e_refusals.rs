@@ -60,13 +60,13 @@ async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
 
 /// One HTTP request through a node's SOCKS5 proxy with curl: the status and the body (JSON
 /// when it is JSON, else a string).
-struct Http {
-    socks5: String,
-    base: String,
+pub(super) struct Http {
+    pub(super) socks5: String,
+    pub(super) base: String,
 }
 
 impl Http {
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -105,7 +105,7 @@ impl Http {
     }
 
     /// `POST /api/v1/login` with a JSON body.
-    async fn login(&self, body: &str) -> (u16, Value) {
+    pub(super) async fn login(&self, body: &str) -> (u16, Value) {
         self.send(
             "POST",
             "/api/v1/login",
@@ -631,7 +631,7 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
 
 /// `bytes` sent on `stream`, then everything it answers until it closes (10 s at most); an
 /// error or a timeout counts as no answer.
-async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
+pub(super) async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if stream.write_all(bytes).await.is_err() {
         return String::new();
@@ -643,7 +643,10 @@ async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
 
 /// A TCP stream to `target` through the SOCKS5 proxy at `socks5` (no authentication), or `None`
 /// when the proxy refuses to connect.
-async fn socks5_connect(socks5: &str, target: SocketAddr) -> Option<tokio::net::TcpStream> {
+pub(super) async fn socks5_connect(
+    socks5: &str,
+    target: SocketAddr,
+) -> Option<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(socks5).await.unwrap();
     stream.write_all(&[5, 1, 0]).await.unwrap();
