@@ -6,6 +6,8 @@
 //!   bound on their size (431 beyond it);
 //! - a deadline for the whole request body, counted from the moment its headers arrived
 //!   ([`BodyDeadline`]; reading past it fails, and [`crate::body`] answers 408);
+//! - a refusal (400) of a request with both `Transfer-Encoding` and `Content-Length`
+//!   ([`crate::framing`] follows the bytes, since hyper drops one of the two);
 //! - an idle timeout: a connection with no request in flight that sends nothing for that long is
 //!   closed (a fresh connection that never speaks, or a kept-alive one that stopped);
 //! - a slot under two caps, taken at accept: one on all connections of the listener, one per
@@ -31,6 +33,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse as _;
 use axum::serve::Listener;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -45,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
+use crate::framing::{Framing, Verdict};
 use crate::listener::Peer;
 
 /// The limits every listener applies to its connections. [`Default`] is the server's defaults.
@@ -341,16 +345,24 @@ async fn connection(
         return;
     };
     let activity = Arc::new(Activity::new());
+    let framing = Arc::new(Mutex::new(Framing::new(shared.limits.max_header_bytes)));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
+        framing: Arc::clone(&framing),
     });
     let info = ConnectionInfo { peer, local };
     let service = {
         let shared = Arc::clone(&shared);
         let activity = Arc::clone(&activity);
+        let framing = Arc::clone(&framing);
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let busy = Busy::begin(Arc::clone(&activity));
+            let verdict = framing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .next_verdict();
+            let ambiguous = verdict == Some(Verdict::Ambiguous);
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(ConnectInfo(info.peer.clone()));
             parts.extensions.insert(info.clone());
@@ -358,7 +370,20 @@ async fn connection(
             let request = http::Request::from_parts(parts, body);
             let router = shared.router.clone();
             async move {
-                let response = router.oneshot(request).await;
+                let response = if ambiguous {
+                    let mut refused = ApiError::BadRequest(
+                        "the request has both Transfer-Encoding and Content-Length; send one"
+                            .into(),
+                    )
+                    .into_response();
+                    refused.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    Ok(refused)
+                } else {
+                    router.oneshot(request).await
+                };
                 drop(busy);
                 response
             }
@@ -446,10 +471,11 @@ impl Drop for Busy {
     }
 }
 
-/// The socket, noting each byte received as activity.
+/// The socket, noting each byte received as activity and following the request framing.
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    framing: Arc<Mutex<Framing>>,
 }
 
 impl AsyncRead for Watched {
@@ -462,6 +488,10 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            self.framing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .feed(&buf.filled()[before..]);
         }
         polled
     }

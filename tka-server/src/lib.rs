@@ -19,6 +19,7 @@ pub mod body;
 pub mod cli;
 pub mod connections;
 pub mod error;
+pub mod framing;
 pub mod guard;
 pub mod kubeconfig;
 pub mod kubernetes;

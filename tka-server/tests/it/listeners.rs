@@ -283,6 +283,41 @@ async fn a_huge_header_is_refused() {
     assert_eq!(status_of(&answer), Some(200), "{answer}");
 }
 
+#[tokio::test]
+async fn both_transfer_encoding_and_content_length_are_refused() {
+    let server = TestServer::start().await;
+    for head in [
+        "Content-Length: 7\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 7",
+    ] {
+        let request = format!(
+            "POST /api/v1/login HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\n{head}\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        );
+        let answer = exchange(server.stream_of(alice()).await, request.as_bytes()).await;
+        assert_eq!(status_of(&answer), Some(400), "{head}: {answer}");
+        assert_eq!(problem_of(&answer)["code"], "badRequest");
+    }
+    assert_eq!(server.issuer.issue_calls(), 0);
+
+    // On a kept-alive connection, after requests framed each way, the same holds.
+    let mut stream = server.stream_of(alice()).await;
+    stream
+        .write_all(b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\n\r\nPOST /api/v1/login HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nPOST /api/v1/login HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_until_closed(&mut stream).await;
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answers[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{answers}");
+    assert_eq!(
+        server.issuer.issue_calls(),
+        1,
+        "only the clear login was served"
+    );
+}
+
 /// A chunked body: `data` in chunks of at most 4 KiB.
 fn chunked(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
