@@ -9,7 +9,8 @@
 //! - a refusal (400) of a request with both `Transfer-Encoding` and `Content-Length`
 //!   ([`crate::framing`] follows the bytes, since hyper drops one of the two);
 //! - an idle timeout: a connection with no request in flight that sends nothing for that long is
-//!   closed (a fresh connection that never speaks, or a kept-alive one that stopped);
+//!   closed (a fresh connection that never speaks, a kept-alive one that stopped, or one that
+//!   stopped reading its answers: it gets one more header deadline to finish, then is dropped);
 //! - a slot under two caps, taken at accept: one on all connections of the listener, one per
 //!   peer. "Peer" is what a [`PeerKeyer`] says: for the API, the tailnet node whois names
 //!   (behind a userspace sidecar every connection comes from 127.0.0.1, so an address would lump
@@ -391,6 +392,9 @@ async fn connection(
     };
     let mut conn = pin!(shared.http.serve_connection(io, service));
     let mut closing = false;
+    // Set when an idle connection is being closed: nothing is in flight, so anything left (an
+    // answer the client does not read, say) gets one header deadline and is then dropped.
+    let mut abandon: Option<Instant> = None;
     loop {
         tokio::select! {
             served = conn.as_mut() => {
@@ -403,10 +407,15 @@ async fn connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = activity.idle_for(shared.limits.idle_timeout), if !closing => {
+            () = activity.idle_for(shared.limits.idle_timeout), if abandon.is_none() => {
                 closing = true;
+                abandon = Some(Instant::now() + shared.limits.header_timeout);
                 tracing::debug!(listener = shared.name, "closing an idle connection");
                 conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(abandon.unwrap_or_else(Instant::now)), if abandon.is_some() => {
+                tracing::debug!(listener = shared.name, "dropped a connection that did not close when idle");
+                return;
             }
         }
     }

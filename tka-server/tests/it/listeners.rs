@@ -244,6 +244,48 @@ async fn the_listener_caps_connections_in_total() {
     assert_eq!(first.login("{}").await.status, 200);
 }
 
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    let server = TestServer::with(Options {
+        limits: ConnectionLimits {
+            max_connections_per_peer: 1,
+            ..short()
+        },
+        ..Options::default()
+    })
+    .await;
+    // Pipelined requests whose answers (megabytes) are never read: the server's writes stall.
+    let stalled = server.stream_of(bob()).await;
+    let (_reader, mut writer) = stalled.into_split();
+    let pipelined = b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\n\r\n".repeat(60_000);
+    let flood = tokio::spawn(async move {
+        let _ = writer.write_all(&pipelined).await;
+        writer
+    });
+    // bob's one slot is taken while that connection lives; it is freed once the server drops
+    // it (bounded wait).
+    let mut served = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = exchange(
+            server.stream_of(bob()).await,
+            b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        // Served (bob's flood used up his rate limit, so 429 counts) rather than refused for
+        // want of a connection slot.
+        if status_of(&answer).is_some_and(|s| s != 503) {
+            served = true;
+            break;
+        }
+    }
+    assert!(
+        served,
+        "a connection whose answers were never read was never dropped"
+    );
+    flood.abort();
+}
+
 // ------------------------------------------------------------------ finding 9: hygiene
 
 #[tokio::test]
