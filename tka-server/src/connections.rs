@@ -237,7 +237,9 @@ struct Shared {
     http: hyper::server::conn::http1::Builder,
     shutdown: CancellationToken,
     epoch: Instant,
-    throttle: Throttle,
+    /// Warnings about the per-listener and the per-peer cap.
+    total_full: Throttle,
+    peer_full: Throttle,
 }
 
 /// Serves `router` on `listener` under `limits` until `shutdown`, then waits for the
@@ -272,7 +274,8 @@ pub async fn serve<L>(
         http,
         shutdown: shutdown.clone(),
         epoch: Instant::now(),
-        throttle: Throttle::default(),
+        total_full: Throttle::default(),
+        peer_full: Throttle::default(),
     });
     let total = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
@@ -284,7 +287,7 @@ pub async fn serve<L>(
         };
         let peer = to_peer(addr);
         let Ok(permit) = Arc::clone(&total).try_acquire_owned() else {
-            if shared.throttle.allow(shared.epoch) {
+            if shared.total_full.allow(shared.epoch) {
                 tracing::warn!(
                     listener = name,
                     limit = limits.max_connections,
@@ -327,7 +330,7 @@ async fn connection(
         key = shared.keyer.key(&peer) => key,
     };
     let Some(_slot) = shared.per_peer.take(key) else {
-        if shared.throttle.allow(shared.epoch) {
+        if shared.peer_full.allow(shared.epoch) {
             tracing::warn!(
                 listener = shared.name,
                 peer = %peer.remote,
@@ -616,6 +619,16 @@ mod tests {
             per_peer.take(a).is_some(),
             "a closed connection frees its slot"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusal_warnings_are_throttled() {
+        let epoch = Instant::now();
+        let throttle = Throttle::default();
+        assert!(throttle.allow(epoch), "the first is logged");
+        assert!(!throttle.allow(epoch), "a second at once is not");
+        tokio::time::advance(Duration::from_secs(Throttle::EVERY_SECS)).await;
+        assert!(throttle.allow(epoch), "one per interval is");
     }
 
     #[tokio::test(start_paused = true)]
