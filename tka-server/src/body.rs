@@ -1,16 +1,28 @@
 //! [`JsonBody`]: the only way an API handler reads a request body. Every POST must say
 //! `Content-Type: application/json` (415 otherwise) and carry a JSON document (`{}` when there is
 //! nothing to say; 400 for an empty or malformed body, or wrong or unknown fields), no larger than
-//! the configured cap (413). It only parses; what the values mean is the handler's business.
+//! the configured cap (413), complete within the listener's body deadline (408; the deadline is
+//! put on the body by [`crate::connections`]). It only parses; what the values mean is the
+//! handler's business.
+//!
+//! A body over the cap is still read (and thrown away) up to [`DRAIN_LIMIT`] bytes, within the
+//! same deadline, before the 413 is sent: closing a socket with unread data makes the kernel
+//! reset the connection, and the client would then lose the answer.
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use http::header;
+use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
 
 use crate::api::ApiState;
+use crate::connections::BodyTimedOut;
 use crate::error::{ApiError, find_cause};
+
+/// How much of a body over the cap is read and thrown away before the 413 is sent.
+pub const DRAIN_LIMIT: usize = 256 * 1024;
 
 /// A JSON request body of type `T`, checked as described in the module docs.
 #[derive(Debug, Clone)]
@@ -45,18 +57,11 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n > DRAIN_LIMIT.max(limit) as u64) {
+            // Too large to be worth reading: answer now, the connection closes after.
             return Err(ApiError::BodyTooLarge { limit });
         }
-        let bytes = axum::body::to_bytes(request.into_body(), limit)
-            .await
-            .map_err(|e| {
-                if find_cause::<http_body_util::LengthLimitError>(&e).is_some() {
-                    ApiError::BodyTooLarge { limit }
-                } else {
-                    ApiError::BadRequest(format!("the request body could not be read: {e}"))
-                }
-            })?;
+        let bytes = read_capped(request.into_body(), limit).await?;
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             None => {
                 return Err(ApiError::BadRequest(
@@ -81,6 +86,43 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for JsonBody<T> {
             ApiError::BadRequest(format!("the request body {what}: {e}"))
         })
     }
+}
+
+/// Reads `body` up to `limit` bytes; beyond that, reads and drops up to [`DRAIN_LIMIT`] more
+/// bytes and answers 413.
+async fn read_capped(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if seen > limit => break,
+            Err(e) => {
+                return Err(match find_cause::<BodyTimedOut>(&e) {
+                    Some(timed_out) => ApiError::BodyTimeout { after: timed_out.0 },
+                    None => {
+                        ApiError::BadRequest(format!("the request body could not be read: {e}"))
+                    }
+                });
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            bytes = Vec::new();
+            if seen > DRAIN_LIMIT.max(limit) {
+                break;
+            }
+            continue;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    if seen > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

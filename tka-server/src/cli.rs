@@ -227,6 +227,49 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long a client may take to send a request's headers (from when the connection is
+    /// ready for a request); then the connection is closed.
+    #[arg(
+        long,
+        env = "TKA_HEADER_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "10s"
+    )]
+    pub header_timeout: String,
+
+    /// How long a client may take to send a whole request body (from its headers); then the
+    /// request is answered 408 and the connection closed.
+    #[arg(
+        long,
+        env = "TKA_BODY_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "10s"
+    )]
+    pub body_timeout: String,
+
+    /// How long a connection may stay open with no request in flight and nothing received
+    /// (at most --header-timeout).
+    #[arg(
+        long,
+        env = "TKA_IDLE_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "5s"
+    )]
+    pub idle_timeout: String,
+
+    /// The largest request head (request line and headers) accepted, in bytes; larger is 431.
+    #[arg(long, env = "TKA_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Connections open at once on each listener (API, ops); more are refused with 503.
+    #[arg(long, env = "TKA_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Connections open at once from one peer on each listener: per tailnet node (whois at
+    /// accept) on the API, per address on ops; more are refused with 503.
+    #[arg(long, env = "TKA_MAX_CONNECTIONS_PER_PEER", default_value_t = 32)]
+    pub max_connections_per_peer: usize,
+
     /// How long to wait for tailscaled to answer a whois.
     #[arg(
         long,

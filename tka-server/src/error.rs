@@ -58,9 +58,23 @@ pub enum ApiError {
         /// The cap in bytes.
         limit: usize,
     },
-    /// The body is not the JSON this endpoint takes.
+    /// The body did not arrive within the body deadline.
+    #[error("the request body did not arrive within {}s; send it at once", .after.as_secs_f32())]
+    BodyTimeout {
+        /// The deadline.
+        after: Duration,
+    },
+    /// The request is malformed (its body, or its headers).
     #[error("{0}")]
     BadRequest(String),
+    /// A listener, or one device on it, is at its connection limit.
+    #[error("too many connections {scope} (at most {limit}); close some or try again shortly")]
+    TooManyConnections {
+        /// The limit that was reached.
+        limit: usize,
+        /// Whose connections: "on this listener" or "from this device".
+        scope: &'static str,
+    },
     /// Policy refused (or the TTL does not parse).
     #[error(transparent)]
     Denied(Box<Denial>),
@@ -272,7 +286,20 @@ impl ApiError {
                 "bodyTooLarge",
                 "Request body too large",
             ),
+            Self::BodyTimeout { .. } => class(
+                StatusCode::REQUEST_TIMEOUT,
+                "bodyTimeout",
+                "Request body too slow",
+            ),
             Self::BadRequest(_) => class(StatusCode::BAD_REQUEST, "badRequest", "Bad request"),
+            Self::TooManyConnections { .. } => Class {
+                retry_after: Some(1),
+                ..class(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tooManyConnections",
+                    "Too many connections",
+                )
+            },
             Self::Denied(denial) if denial.kind.is_bad_request() => {
                 class(StatusCode::BAD_REQUEST, denial.kind.code(), "Bad request")
             }
@@ -313,12 +340,18 @@ impl ApiError {
     }
 
     /// The problem document for this error (without `instance`).
+    ///
+    /// A server error's detail is this server's own words only: text from Kubernetes, tailscaled
+    /// or a bug can name objects, users or paths, so it goes to the log (with the request ID)
+    /// and the caller gets the request ID to quote.
     pub fn problem(&self) -> Problem {
         let class = self.class();
         let detail = match self {
-            // Internal details go to the log, not to the caller.
-            Self::Internal(_) => "internal error; the server log has the details".to_owned(),
-            Self::Issue(e) if class.status.is_server_error() => e.to_string(),
+            Self::Timeout { .. } | Self::TooManyConnections { .. } => self.to_string(),
+            _ if class.status.is_server_error() => format!(
+                "{}; try again, and if it persists give the server's operator the request ID in `instance`, which the server log has the details under",
+                class.title
+            ),
             other => other.to_string(),
         };
         let mut problem = Problem::new(class.status.as_u16(), class.code, class.title, detail);
@@ -347,13 +380,15 @@ fn chain(error: &(dyn StdError + 'static)) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let class = self.class();
+        let request_id = RequestId::current().map(|id| id.to_string());
+        let logged_id = request_id.as_deref().unwrap_or("-");
         if class.status.is_server_error() {
-            tracing::warn!(code = class.code, error = %chain(&self), "request failed");
+            tracing::warn!(code = class.code, request_id = logged_id, error = %chain(&self), "request failed");
         } else {
-            tracing::debug!(code = class.code, error = %self, "request refused");
+            tracing::debug!(code = class.code, request_id = logged_id, error = %self, "request refused");
         }
         let mut problem = self.problem();
-        problem.instance = RequestId::current().map(|id| id.to_string());
+        problem.instance = request_id;
         let body = match serde_json::to_vec(&problem) {
             Ok(body) => body,
             // A Problem is plain strings and numbers; serializing it cannot fail.
@@ -367,6 +402,10 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = class.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, Self::BodyTooLarge { .. } | Self::BodyTimeout { .. }) {
+            // The client may still be sending a body nobody will read: say the connection ends.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -415,5 +454,29 @@ mod tests {
         let p = ApiError::Internal("secret path /etc/x".into()).problem();
         assert_eq!(p.status, 500);
         assert!(!p.detail.contains("/etc/x"));
+    }
+
+    #[test]
+    fn kubernetes_error_text_stays_in_the_log() {
+        let kube_text = r#"serviceaccounts "tka-session-x" is forbidden: User "system:serviceaccount:tka-system:tka-server" cannot create"#;
+        for error in [
+            IssueError::Backend {
+                action: "create the ServiceAccount".into(),
+                source: kube_text.into(),
+            },
+            IssueError::Backend {
+                action: "create the ServiceAccount".into(),
+                source: Box::new(Outer(std::io::Error::other(kube_text))),
+            },
+        ] {
+            let p = ApiError::from(error).problem();
+            assert!(p.status >= 500, "{}", p.status);
+            assert!(!p.detail.contains("forbidden"), "{}", p.detail);
+            assert!(!p.detail.contains("system:serviceaccount"), "{}", p.detail);
+            assert!(p.detail.contains("request ID"), "{}", p.detail);
+        }
+        // A refusal in the caller's own terms still says what is wrong.
+        let p = ApiError::BadRequest("the request body is empty".into()).problem();
+        assert_eq!(p.detail, "the request body is empty");
     }
 }

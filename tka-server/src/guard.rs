@@ -78,7 +78,24 @@ pub struct Caller {
     pub peer: Peer,
 }
 
+/// The request's one `Host` header (`""` when there is none). Two are refused: each hop could
+/// read a different one.
+pub fn single_host(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts
+        .next()
+        .map(|h| h.to_str().unwrap_or("(not text)"))
+        .unwrap_or("");
+    if hosts.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "the request has more than one Host header; send exactly one".into(),
+        ));
+    }
+    Ok(host)
+}
+
 fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiError> {
+    let host = single_host(headers)?;
     if headers.contains_key(header::ORIGIN) {
         return Err(ApiError::OriginRefused);
     }
@@ -89,10 +106,6 @@ fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiEr
             return Err(ApiError::CrossSite(site.to_owned()));
         }
     }
-    let host = headers
-        .get(header::HOST)
-        .map(|h| h.to_str().unwrap_or("(not text)"))
-        .unwrap_or("");
     if !hosts.allows(host) {
         return Err(ApiError::HostNotAllowed(host.to_owned()));
     }
@@ -225,6 +238,12 @@ mod tests {
             ));
         }
         headers.remove("sec-fetch-site");
+        headers.append(header::HOST, "tka-prod".parse().unwrap());
+        assert!(matches!(
+            browser_checks(&headers, &h),
+            Err(ApiError::BadRequest(_))
+        ));
+        headers.insert(header::HOST, "tka-prod".parse().unwrap());
         headers.insert(header::ORIGIN, "null".parse().unwrap());
         assert!(matches!(
             browser_checks(&headers, &h),

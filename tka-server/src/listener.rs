@@ -10,6 +10,9 @@
 //!   Connections without one are closed. The listener address must be one tailscaled never
 //!   dials (checked by [`crate::settings`]), or a peer could send its own header.
 //!
+//! The ops listener ([`OpsListener`]) never serves the tailnet: it drops connections that
+//! arrived at an address where tailnet traffic is delivered ([`tailnet_delivers_to`]).
+//!
 //! Parsing uses the `ppp` crate. This module knows nothing about HTTP.
 
 use std::io;
@@ -295,9 +298,112 @@ impl Listener for ApiListener {
     }
 }
 
+/// Whether tailnet traffic can arrive at local address `local`, so the ops listener must not
+/// answer there: 127.0.0.1 and ::1 (a userspace-networking tailscaled re-dials every inbound
+/// tailnet connection, for any port, to these), Tailscale's address ranges 100.64.0.0/10 and
+/// fd7a:115c:a1e0::/48 (kernel networking), and the API's own listen address.
+pub fn tailnet_delivers_to(local: IpAddr, api_listen: IpAddr) -> bool {
+    let local = local.to_canonical();
+    if local == IpAddr::from([127, 0, 0, 1]) || local == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    {
+        return true;
+    }
+    if !api_listen.is_unspecified() && local == api_listen.to_canonical() {
+        return true;
+    }
+    match local {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            a == 100 && (64..128).contains(&b)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
+        }
+    }
+}
+
+/// The ops listener: a TCP listener that drops connections which arrived where tailnet traffic
+/// is delivered (see [`tailnet_delivers_to`]), so `/metrics` is never readable from the
+/// tailnet whatever `--ops-listen` binds.
+#[derive(Debug)]
+pub struct OpsListener {
+    tcp: TcpListener,
+    api_listen: IpAddr,
+}
+
+impl OpsListener {
+    /// Wraps a bound listener; `api_listen` is the API's listen address.
+    pub fn new(tcp: TcpListener, api_listen: IpAddr) -> Self {
+        Self { tcp, api_listen }
+    }
+}
+
+impl Listener for OpsListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, remote)) => {
+                    let Ok(local) = stream.local_addr() else {
+                        continue;
+                    };
+                    if tailnet_delivers_to(local.ip(), self.api_listen) {
+                        tracing::debug!(peer = %remote, %local, "ops refused a connection that arrived where tailnet traffic is delivered");
+                        continue;
+                    }
+                    return (stream, remote);
+                }
+                Err(e) => backoff_after(&e).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ops_refuses_where_tailnet_traffic_arrives() {
+        let api: IpAddr = "127.0.0.1".parse().unwrap();
+        let kernel_api: IpAddr = "100.64.0.5".parse().unwrap();
+        for refused in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.5",
+            "100.127.255.1",
+            "fd7a:115c:a1e0::5",
+        ] {
+            assert!(
+                tailnet_delivers_to(refused.parse().unwrap(), api),
+                "{refused}"
+            );
+        }
+        assert!(tailnet_delivers_to(
+            "192.0.2.9".parse().unwrap(),
+            "192.0.2.9".parse().unwrap()
+        ));
+        for allowed in [
+            "10.244.1.7",
+            "127.0.0.3",
+            "192.168.0.4",
+            "100.128.0.1",
+            "fd00::7",
+        ] {
+            assert!(
+                !tailnet_delivers_to(allowed.parse().unwrap(), kernel_api),
+                "{allowed}"
+            );
+        }
+    }
 
     #[test]
     fn userspace_and_proxy_modes_accept_only_loopback_peers() {

@@ -141,7 +141,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown,
         settings.shutdown_grace,
     )
-    .await?;
+    .await?
+    .with_connection_limits(settings.connection_limits);
     for task in wired.tasks {
         server.spawn_task(task);
     }

@@ -2,17 +2,25 @@
 //! process is alive), `/readyz` (every [`ReadinessCheck`] passes: tailscaled answers, the API
 //! server answers, the CRDs are installed), `/metrics` (Prometheus text). No user data here:
 //! readiness names its failing checks and their messages, nothing about callers.
+//!
+//! Every request passes the API's `Host` check ([`crate::guard`]), with one allowed host: the
+//! address the client connected to, as the kubelet's probes and Prometheus send it
+//! (`Host: <pod IP>:9090`). A name in `Host` is refused (DNS rebinding). Which connections reach
+//! ops at all is [`crate::listener::OpsListener`]'s business.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 
+use crate::connections::ConnectionInfo;
+use crate::guard::{AllowedHosts, single_host};
 use crate::metrics::{self, Metrics};
 
 /// One condition the server needs before it can serve logins.
@@ -44,6 +52,29 @@ pub fn ops_router(checks: Vec<Arc<dyn ReadinessCheck>>, metrics: Arc<Metrics>) -
             checks: checks.into(),
             metrics,
         })
+        .layer(middleware::from_fn(host_check))
+}
+
+/// Refuses a request whose `Host` is not the address the client connected to.
+async fn host_check(request: Request, next: Next) -> Response {
+    let local = request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .map(|info| info.local.ip());
+    let host = match single_host(request.headers()) {
+        Ok(host) => host,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let allowed = local.is_some_and(|ip| AllowedHosts::new([], [ip]).allows(host));
+    if !allowed {
+        tracing::debug!(host, "ops refused a request for a foreign Host");
+        return (
+            StatusCode::FORBIDDEN,
+            "Host must be the address you connected to (the pod's IP and port)\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {

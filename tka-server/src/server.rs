@@ -1,10 +1,15 @@
 //! Running the two listeners until shutdown: the login API (on an [`ApiListener`], with each
 //! connection's [`Peer`] as connect info) and the ops endpoints. Shutdown is a
 //! [`CancellationToken`]: cancelling it (SIGTERM does, see [`shutdown_on_signal`]) stops accepting,
-//! lets in-flight requests finish (axum's graceful shutdown) for at most the grace period, and
-//! tells background tasks ([`Server::spawn_task`], e.g. the reconciler) to stop.
+//! lets in-flight requests finish for at most the grace period, and tells background tasks
+//! ([`Server::spawn_task`], e.g. the reconciler) to stop.
+//!
+//! Both listeners are served by [`connections::serve`] under the same [`ConnectionLimits`]
+//! (deadlines and connection caps); API connections count per tailnet node (whois at accept),
+//! ops connections per address. The ops listener is an [`OpsListener`]: it never answers where
+//! tailnet traffic arrives.
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiState, api_router};
-use crate::listener::{ApiListener, ListenMode, Peer};
+use crate::connections::{self, ByAddress, ByNode, ConnectionLimits};
+use crate::listener::{ApiListener, ListenMode, OpsListener, Peer};
 
 /// How often the rate limiter forgets idle devices.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
@@ -26,7 +32,9 @@ const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 pub struct Server {
     api_listener: ApiListener,
     api_addr: SocketAddr,
-    ops_listener: TcpListener,
+    ops_listener: OpsListener,
+    ops_addr: SocketAddr,
+    limits: ConnectionLimits,
     api: Router,
     ops: Router,
     state: Arc<ApiState>,
@@ -59,11 +67,14 @@ impl Server {
             )
         })?;
         let api_addr = api_tcp.local_addr()?;
+        let ops_addr = ops_listener.local_addr()?;
         let api_listener = ApiListener::new(api_tcp, mode, &shutdown)?;
         Ok(Self {
             api_listener,
             api_addr,
-            ops_listener,
+            ops_listener: OpsListener::new(ops_listener, api_addr.ip()),
+            ops_addr,
+            limits: ConnectionLimits::default(),
             api: api_router(Arc::clone(&state)),
             ops,
             state,
@@ -73,6 +84,13 @@ impl Server {
         })
     }
 
+    /// Serves with `limits` instead of the defaults.
+    #[must_use]
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Where the API listens (with the port the OS picked for port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
@@ -80,7 +98,7 @@ impl Server {
 
     /// Where the ops endpoints listen.
     pub fn ops_addr(&self) -> io::Result<SocketAddr> {
-        self.ops_listener.local_addr()
+        Ok(self.ops_addr)
     }
 
     /// The token that shuts the server down.
@@ -112,14 +130,30 @@ impl Server {
         });
 
         let stop = self.shutdown.clone();
-        let api = axum::serve(
+        let keyer = ByNode::new(
+            Arc::clone(&self.state.backends.identity),
+            self.state.config.whois_timeout,
+            self.state.config.service_name.clone(),
+        );
+        let api = connections::serve(
+            "api",
             self.api_listener,
-            self.api.into_make_service_with_connect_info::<Peer>(),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-        let ops = axum::serve(self.ops_listener, self.ops)
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
-        tracing::info!(api = %self.api_addr, "serving");
+            |peer: Peer| peer,
+            self.api,
+            self.limits,
+            Arc::new(keyer),
+            stop.clone(),
+        );
+        let ops = connections::serve(
+            "ops",
+            self.ops_listener,
+            Peer::direct,
+            self.ops,
+            self.limits,
+            Arc::new(ByAddress),
+            stop.clone(),
+        );
+        tracing::info!(api = %self.api_addr, ops = %self.ops_addr, "serving");
 
         let grace = self.grace;
         let deadline = async {
@@ -127,7 +161,7 @@ impl Server {
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
-            served = async { tokio::try_join!(api.into_future(), ops.into_future()) } => served.map(|_| ()),
+            ((), ()) = async { tokio::join!(api, ops) } => Ok(()),
             () = deadline => {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the shutdown grace period");
                 Ok(())

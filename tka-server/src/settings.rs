@@ -19,8 +19,9 @@ use tka_core::{ClusterName, NodeId, PolicySettings, Ttl};
 
 use crate::api::ApiConfig;
 use crate::cli::{LogFormat, NetworkMode, ServeArgs};
+use crate::connections::ConnectionLimits;
 use crate::guard::AllowedHosts;
-use crate::listener::ListenMode;
+use crate::listener::{ListenMode, tailnet_delivers_to};
 use crate::ratelimit::RateLimitConfig;
 
 /// A flag whose value cannot be used. The message says which flag and what to do.
@@ -115,6 +116,8 @@ pub struct Settings {
     pub kube_timeout: Duration,
     /// How long in-flight requests may take after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Deadlines and connection caps of every listener.
+    pub connection_limits: ConnectionLimits,
 }
 
 impl Settings {
@@ -140,6 +143,91 @@ impl Settings {
 
 /// The smallest and largest request body caps accepted by `--max-body-bytes`.
 const BODY_CAP_RANGE: (usize, usize) = (64, 1 << 20);
+
+/// The smallest and largest request head caps accepted by `--max-header-bytes`.
+const HEADER_CAP_RANGE: (usize, usize) = (4 * 1024, 1 << 20);
+
+/// The longest deadline accepted by `--header-timeout`, `--body-timeout` and `--idle-timeout`:
+/// longer ones would let a silent client hold a connection for minutes.
+const LISTENER_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// The most connections one listener may be allowed (a file descriptor each).
+const MAX_CONNECTIONS_MAX: usize = 65_536;
+
+fn listener_timeout(flag: &'static str, text: &str) -> Result<Duration, SettingsError> {
+    let d = std_duration(flag, text)?;
+    if d > LISTENER_TIMEOUT_MAX {
+        return Err(SettingsError::invalid(
+            flag,
+            format!(
+                "{text} is longer than {}s; a silent client could hold a connection that long",
+                LISTENER_TIMEOUT_MAX.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn connection_limits(args: &ServeArgs) -> Result<ConnectionLimits, SettingsError> {
+    let header_timeout = listener_timeout("--header-timeout", &args.header_timeout)?;
+    let body_timeout = listener_timeout("--body-timeout", &args.body_timeout)?;
+    let idle_timeout = listener_timeout("--idle-timeout", &args.idle_timeout)?;
+    if idle_timeout > header_timeout {
+        return Err(SettingsError::invalid(
+            "--idle-timeout",
+            format!(
+                "{} is longer than --header-timeout {}; an idle connection is waiting for its next request's headers, so the header deadline would close it first. Lower --idle-timeout or raise --header-timeout",
+                args.idle_timeout, args.header_timeout
+            ),
+        ));
+    }
+    let (min_head, max_head) = HEADER_CAP_RANGE;
+    if !(min_head..=max_head).contains(&args.max_header_bytes) {
+        return Err(SettingsError::invalid(
+            "--max-header-bytes",
+            format!("must be between {min_head} and {max_head}"),
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS_MAX).contains(&args.max_connections) {
+        return Err(SettingsError::invalid(
+            "--max-connections",
+            format!("must be between 1 and {MAX_CONNECTIONS_MAX}"),
+        ));
+    }
+    if args.max_connections_per_peer == 0 || args.max_connections_per_peer > args.max_connections {
+        return Err(SettingsError::invalid(
+            "--max-connections-per-peer",
+            format!(
+                "must be between 1 and --max-connections ({})",
+                args.max_connections
+            ),
+        ));
+    }
+    Ok(ConnectionLimits {
+        header_timeout,
+        body_timeout,
+        idle_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_peer,
+    })
+}
+
+/// `--ops-listen` must not be an address where tailnet traffic arrives.
+fn ops_listen(args: &ServeArgs) -> Result<SocketAddr, SettingsError> {
+    const FLAG: &str = "--ops-listen";
+    let ip = args.ops_listen.ip();
+    if !ip.is_unspecified() && tailnet_delivers_to(ip, args.listen.ip()) {
+        return Err(SettingsError::invalid(
+            FLAG,
+            format!(
+                "{} is where tailnet traffic arrives (a userspace-networking tailscaled delivers every tailnet connection to 127.0.0.1), so ops would answer the tailnet; listen on the pod's own address (e.g. $(POD_IP):9090 from the downward API) or 0.0.0.0:9090",
+                args.ops_listen
+            ),
+        ));
+    }
+    Ok(args.ops_listen)
+}
 
 fn duration(flag: &'static str, text: &str) -> Result<SignedDuration, SettingsError> {
     let d = tka_core::duration::parse(text).map_err(|e| {
@@ -359,6 +447,8 @@ impl TryFrom<ServeArgs> for Settings {
             .deny_namespaces(args.forbidden_namespaces.iter().cloned());
 
         let listen_mode = listen_mode(&args)?;
+        let ops_listen = ops_listen(&args)?;
+        let connection_limits = connection_limits(&args)?;
         if args.ops_listen == args.listen {
             return Err(SettingsError::invalid(
                 "--ops-listen",
@@ -427,7 +517,7 @@ impl TryFrom<ServeArgs> for Settings {
             token_lifetime,
             api_listen: args.listen,
             listen_mode,
-            ops_listen: args.ops_listen,
+            ops_listen,
             tailscale_socket: args.tailscale_socket,
             service_name: args.service_name,
             leader_election,
@@ -440,6 +530,7 @@ impl TryFrom<ServeArgs> for Settings {
             whois_timeout: std_duration("--whois-timeout", &args.whois_timeout)?,
             kube_timeout: std_duration("--kube-timeout", &args.kube_timeout)?,
             shutdown_grace: std_duration("--shutdown-grace", &args.shutdown_grace)?,
+            connection_limits,
         })
     }
 }
@@ -522,6 +613,16 @@ mod tests {
             "--forbidden-namespace",
         );
         refused(&["--ops-listen", "127.0.0.1:80"], "--ops-listen");
+        refused(&["--header-timeout", "0s"], "--header-timeout");
+        refused(&["--header-timeout", "1h"], "--header-timeout");
+        refused(&["--body-timeout", "-3s"], "--body-timeout");
+        refused(&["--idle-timeout", "soon"], "--idle-timeout");
+        refused(&["--max-header-bytes", "100"], "--max-header-bytes");
+        refused(&["--max-connections", "0"], "--max-connections");
+        refused(
+            &["--max-connections-per-peer", "0"],
+            "--max-connections-per-peer",
+        );
         refused(&["--service-name", "tka"], "--service-name");
         refused(&["--lease-name", "Bad Lease"], "--lease-name");
         refused(&["--log-filter", "=["], "--log-filter");
@@ -626,6 +727,66 @@ mod tests {
             &["--api-server-ca-file", not_pem.to_str().unwrap()],
             "--api-server-ca-file",
         );
+    }
+
+    #[test]
+    fn listener_limits_have_sane_defaults_and_are_configurable() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.connection_limits, ConnectionLimits::default());
+        let s = parse(&[
+            "--header-timeout",
+            "20s",
+            "--body-timeout",
+            "30s",
+            "--idle-timeout",
+            "15s",
+            "--max-header-bytes",
+            "8192",
+            "--max-connections",
+            "100",
+            "--max-connections-per-peer",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.connection_limits,
+            ConnectionLimits {
+                header_timeout: Duration::from_secs(20),
+                body_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(15),
+                max_header_bytes: 8192,
+                max_connections: 100,
+                max_connections_per_peer: 4,
+            }
+        );
+        let message = refused(&["--idle-timeout", "30s"], "--idle-timeout");
+        assert!(message.contains("--header-timeout"), "{message}");
+        refused(
+            &[
+                "--max-connections",
+                "10",
+                "--max-connections-per-peer",
+                "11",
+            ],
+            "--max-connections-per-peer",
+        );
+    }
+
+    #[test]
+    fn ops_never_listens_where_tailnet_traffic_arrives() {
+        for ops in ["127.0.0.1:9090", "[::1]:9090", "100.100.1.2:9090"] {
+            let message = refused(&["--ops-listen", ops], "--ops-listen");
+            assert!(message.contains("POD_IP"), "{message}");
+        }
+        for ops in ["0.0.0.0:9090", "10.244.0.7:9090", "127.0.0.3:9090"] {
+            assert_eq!(
+                parse(&["--ops-listen", ops])
+                    .unwrap()
+                    .ops_listen
+                    .to_string(),
+                ops
+            );
+        }
     }
 
     #[test]

@@ -60,13 +60,13 @@ async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
 
 /// One HTTP request through a node's SOCKS5 proxy with curl: the status and the body (JSON
 /// when it is JSON, else a string).
-struct Http {
-    socks5: String,
-    base: String,
+pub(super) struct Http {
+    pub(super) socks5: String,
+    pub(super) base: String,
 }
 
 impl Http {
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: &str,
         path: &str,
@@ -105,7 +105,7 @@ impl Http {
     }
 
     /// `POST /api/v1/login` with a JSON body.
-    async fn login(&self, body: &str) -> (u16, Value) {
+    pub(super) async fn login(&self, body: &str) -> (u16, Value) {
         self.send(
             "POST",
             "/api/v1/login",
@@ -163,7 +163,8 @@ async fn start_server(
     std::fs::write(&ca_file, kube.ca_pem()).unwrap();
     let port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
+    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
     let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
     let server_names = format!("{},{dns_name},{}", cluster.ipv4, cluster.name);
     let server_log = work.join(format!("{pod}.log"));
@@ -209,7 +210,7 @@ async fn start_server(
     let child = Killed(child);
     let mut ready = false;
     for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
             ready = true;
             break;
         }
@@ -630,7 +631,7 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
 
 /// `bytes` sent on `stream`, then everything it answers until it closes (10 s at most); an
 /// error or a timeout counts as no answer.
-async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
+pub(super) async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if stream.write_all(bytes).await.is_err() {
         return String::new();
@@ -642,7 +643,10 @@ async fn exchange(mut stream: tokio::net::TcpStream, bytes: &[u8]) -> String {
 
 /// A TCP stream to `target` through the SOCKS5 proxy at `socks5` (no authentication), or `None`
 /// when the proxy refuses to connect.
-async fn socks5_connect(socks5: &str, target: SocketAddr) -> Option<tokio::net::TcpStream> {
+pub(super) async fn socks5_connect(
+    socks5: &str,
+    target: SocketAddr,
+) -> Option<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(socks5).await.unwrap();
     stream.write_all(&[5, 1, 0]).await.unwrap();
@@ -705,7 +709,8 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
     std::fs::write(&ca_file, kube.ca_pem()).unwrap();
     let port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 2], port));
-    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
+    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
     let server_names = format!("{},{}", cluster.ipv4, cluster.name);
     let server_log = work.path().join("server.log");
     let child = tokio::process::Command::new(&server_bin)
@@ -743,7 +748,7 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
     let mut ready = false;
     for _ in 0..240 {
-        if status_of(ops, "localhost", "/readyz").await == Some(200) {
+        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
             ready = true;
             break;
         }

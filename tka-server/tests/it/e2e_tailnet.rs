@@ -268,7 +268,7 @@ async fn tka_login_on_a_real_tailnet_lets_kubectl_in_and_logout_shuts_it_out() {
         "{refused:?}"
     );
     // The server refused it (not only the CLI): a denied login in its metrics.
-    let (_, metrics) = get(ops, "localhost", "/metrics").await.unwrap();
+    let (_, metrics) = get(ops, &ops.to_string(), "/metrics").await.unwrap();
     assert!(
         metrics.contains("tka_logins_total{outcome=\"denied\"} 1"),
         "{metrics}"

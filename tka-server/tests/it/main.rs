@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod deploy;
+mod e2e_listeners;
 mod e2e_refusals;
 mod e2e_tailnet;
 mod flows;
 mod kube;
+mod listeners;
 mod localapi;
 mod logs;
 mod openapi;

@@ -143,3 +143,72 @@ async fn a_local_command_header_is_refused() {
     let read = raw.read_to_end(&mut answer).await;
     assert!(read.is_err() || answer.is_empty());
 }
+
+#[tokio::test]
+async fn connections_count_against_the_header_source_s_node() {
+    let server = TestServer::with(Options {
+        mode: ListenMode::ProxyProtocol {
+            service_name: Some("svc:tka".into()),
+        },
+        limits: tka_server::connections::ConnectionLimits {
+            max_connections_per_peer: 2,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    // Every connection comes from the same trusted proxy on 127.0.0.1; the headers name bob's
+    // node (from three source ports) and alice's.
+    let bob_sources: Vec<SocketAddr> = (0..3)
+        .map(|i| SocketAddr::from(([100, 64, 0, 20], 41000 + i)))
+        .collect();
+    for source in &bob_sources {
+        server.tailnet.insert(
+            *source,
+            crate::support::identity(
+                "nBOB",
+                "bob@example.com",
+                &[],
+                serde_json::json!([{"role": "sre"}]),
+            ),
+        );
+    }
+    let alice_source: SocketAddr = "100.64.0.9:41000".parse().unwrap();
+    server.tailnet.insert(alice_source, alice());
+    let connect = |source: SocketAddr| async move {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(&header(source, server.addr, None))
+            .await
+            .unwrap();
+        stream
+    };
+
+    let mut held = Vec::new();
+    for source in &bob_sources[..2] {
+        let mut client = Client::over(connect(*source).await).await;
+        assert_eq!(client.get("/api/v1/cluster").send().await.status, 200);
+        held.push(client);
+    }
+    let mut third = connect(bob_sources[2]).await;
+    third
+        .write_all(b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        third.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection over bob's cap is closed promptly");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "bob's third connection was served: {answer}"
+    );
+
+    // alice, through the same proxy address, is served.
+    let mut client = Client::over(connect(alice_source).await).await;
+    assert_eq!(client.login("{}").await.status, 200);
+}

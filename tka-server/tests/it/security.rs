@@ -23,9 +23,10 @@ async fn an_origin_header_is_refused() {
         .await;
     assert_eq!(response.problem_code(403), "originRefused");
     assert_eq!(server.issuer.issue_calls(), 0);
-    assert!(
-        server.tailnet.last_lookup().is_none(),
-        "refused before asking tailscaled"
+    assert_eq!(
+        server.tailnet.lookup_count(),
+        1,
+        "refused before asking tailscaled about the request (the one whois is the connection's, at accept)"
     );
     assert_eq!(client.login("{}").await.status, 200);
 }

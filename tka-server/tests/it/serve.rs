@@ -19,11 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::support::Client;
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+fn free_port(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
 }
 
 struct Killed(Child);
@@ -38,6 +35,7 @@ impl Drop for Killed {
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let mut client = Client::over(stream).await;
+    client.set_host(&addr.to_string());
     let response = client.get(path).send().await;
     Some((response.status, response.text()))
 }
@@ -94,8 +92,10 @@ async fn serve_wires_the_kubernetes_backend_and_releases_the_lease_on_sigterm() 
     tailnet.set_self(&me.stable_id).unwrap();
     let daemon = tailnet.serve().await.unwrap();
 
-    let api = free_port();
-    let ops = free_port();
+    let api = free_port("127.0.0.1");
+    // Ops on "the pod's address" (127.0.0.3 stands in); 127.0.0.1 is where tailnet traffic
+    // arrives, which the server refuses for ops.
+    let ops = free_port("127.0.0.3");
     let child = Command::new(env!("CARGO_BIN_EXE_tka-server"))
         .args(["serve", "--kubeconfig"])
         .arg(&kubeconfig)

@@ -24,6 +24,7 @@ use tka_core::{
     Clock, ClusterName, Decision, GrantMappingSpec, Identity, LoginName, ManualClock, MappingView,
     NodeId, NodeInfo, PolicySettings, RoleName, Secret, SessionName, Tag, Ttl, UserId, UserInfo,
 };
+use tka_server::connections::ConnectionLimits;
 use tka_server::guard::AllowedHosts;
 use tka_server::ops::ReadinessCheck;
 use tka_server::ratelimit::RateLimitConfig;
@@ -136,6 +137,11 @@ pub(crate) struct ScriptedTailnet {
 impl ScriptedTailnet {
     pub(crate) fn insert(&self, addr: SocketAddr, identity: Identity) {
         self.by_addr.lock().unwrap().insert(addr, identity);
+    }
+
+    /// How many times whois was asked (once per connection at accept, once per request).
+    pub(crate) fn lookup_count(&self) -> usize {
+        self.lookups.lock().unwrap().len()
     }
 
     pub(crate) fn last_lookup(&self) -> Option<WhoisRequest> {
@@ -368,6 +374,10 @@ pub(crate) struct Options {
     /// whois through this instead of the scripted tailnet.
     pub(crate) identity: Option<Arc<dyn IdentityProvider>>,
     pub(crate) self_node_ids: Vec<NodeId>,
+    /// Deadlines and connection caps of both listeners.
+    pub(crate) limits: ConnectionLimits,
+    /// Where ops listens (port 0).
+    pub(crate) ops_ip: &'static str,
 }
 
 impl Default for Options {
@@ -383,6 +393,10 @@ impl Default for Options {
             service_name: None,
             identity: None,
             self_node_ids: vec![NodeId::new(SELF_NODE).unwrap()],
+            limits: ConnectionLimits::default(),
+            // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
+            // arrives.
+            ops_ip: "127.0.0.3",
         }
     }
 }
@@ -456,14 +470,15 @@ impl TestServer {
         let server = Server::bind(
             api_ip.parse().unwrap(),
             &options.mode,
-            "127.0.0.1:0".parse().unwrap(),
+            SocketAddr::new(options.ops_ip.parse().unwrap(), 0),
             state,
             ops_router(vec![readiness.clone()], metrics),
             shutdown.clone(),
             Duration::from_secs(10),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .with_connection_limits(options.limits);
         let addr = server.api_addr();
         let ops = server.ops_addr().unwrap();
         let task = tokio::spawn(server.run());
@@ -482,9 +497,16 @@ impl TestServer {
 
     /// A connection whose socket whois knows as `identity`.
     pub(crate) async fn client(&self, identity: Identity) -> Client {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        self.tailnet.insert(stream.local_addr().unwrap(), identity);
-        Client::over(stream).await
+        Client::over(self.stream_of(identity).await).await
+    }
+
+    /// A TCP connection whose socket whois knows as `identity` from the start (the server asks
+    /// at accept).
+    pub(crate) async fn stream_of(&self, identity: Identity) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.tailnet.insert(socket.local_addr().unwrap(), identity);
+        socket.connect(self.addr).await.unwrap()
     }
 
     /// A connection whois knows nothing about.
@@ -492,9 +514,11 @@ impl TestServer {
         Client::over(TcpStream::connect(self.addr).await.unwrap()).await
     }
 
-    /// A client of the ops listener.
+    /// A client of the ops listener, sending `Host: <ops address>` as the kubelet does.
     pub(crate) async fn ops_client(&self) -> Client {
-        Client::over(TcpStream::connect(self.ops).await.unwrap()).await
+        let mut client = Client::over(TcpStream::connect(self.ops).await.unwrap()).await;
+        client.set_host(&self.ops.to_string());
+        client
     }
 }
 
@@ -502,6 +526,8 @@ impl TestServer {
 
 pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The `Host` every request carries unless a test replaces it.
+    host: String,
 }
 
 pub(crate) struct Response {
@@ -579,14 +605,22 @@ impl Client {
             .await
             .unwrap();
         tokio::spawn(connection);
-        Self { sender }
+        Self {
+            sender,
+            host: HOST.to_owned(),
+        }
+    }
+
+    /// Sends `host` as `Host` from now on.
+    pub(crate) fn set_host(&mut self, host: &str) {
+        self.host = host.to_owned();
     }
 
     pub(crate) fn request(&mut self, method: &str, path: &str) -> RequestBuilder<'_> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", HOST);
+            .header("host", self.host.as_str());
         if method == "POST" {
             request = request.header("content-type", "application/json");
         }

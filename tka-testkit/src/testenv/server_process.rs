@@ -59,7 +59,9 @@ impl ServerProcess {
             .map_err(io_err(format!("writing {}", ca_file.display())))?;
         let port = free_port()?;
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let ops = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        // Ops on "the pod's address" (127.0.0.3 stands in): the server refuses ops where
+        // tailnet traffic arrives (127.0.0.1 behind a userspace tailscaled).
+        let ops = SocketAddr::from(([127, 0, 0, 3], free_port()?));
         let dns_name = node.dns_name.trim_end_matches('.');
         let server_names = format!("{},{dns_name},{}", node.ipv4, node.name);
         let log = dir.path().join("tka-server.log");
@@ -142,7 +144,8 @@ impl ServerProcess {
         self.listen.port()
     }
 
-    /// The ops listener (`/readyz`, `/metrics`) on loopback.
+    /// The ops listener (`/readyz`, `/metrics`) on 127.0.0.3, a loopback address tailscaled
+    /// never dials; requests must carry `Host: <this address>`.
     pub fn ops(&self) -> SocketAddr {
         self.ops
     }
