@@ -67,11 +67,11 @@ pub(crate) fn run(
         let mut current_context = None;
         if !target.contexts.is_empty() {
             let changes = file.update(|config| {
-                Ok(target
-                    .contexts
-                    .iter()
-                    .filter_map(|c| config.logout(c))
-                    .collect::<Vec<_>>())
+                let mut changes = Vec::new();
+                for context in &target.contexts {
+                    changes.extend(config.logout(context)?);
+                }
+                Ok(changes)
             })?;
             for change in &changes {
                 if change.restored.is_some() {
