@@ -631,7 +631,8 @@ impl Kubeconfig {
     }
 
     /// Fails when a login under context name `context` would have to overwrite an entry that is
-    /// not tka's; lets a caller find out before asking a server for a session.
+    /// not tka's, or could not edit the file; lets a caller find out before asking a server for
+    /// a session.
     pub fn check_login(&self, context: &str) -> Result<(), KubeconfigError> {
         for (key, body, kind) in LISTS {
             if self
@@ -645,7 +646,18 @@ impl Kubeconfig {
                 });
             }
         }
-        Ok(())
+        // A trial of the edits a login makes, so that a file written in a way tka does not edit
+        // is refused before a server is asked for a session.
+        let mut trial = self.clone();
+        trial.ensure_root()?;
+        let probe = Out::Map(vec![("name", Out::str(context))]);
+        for (key, _, _) in LISTS {
+            match find(trial.items(key), context) {
+                Some(i) => trial.replace_item(key, i, &probe)?,
+                None => trial.append_item(&[], key, &probe)?,
+            }
+        }
+        trial.set_value(&[], "current-context", &yaml::scalar(context))
     }
 
     /// Merges a login's entries. Fails, changing nothing, when an entry of that name exists and

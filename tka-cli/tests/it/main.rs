@@ -5,5 +5,6 @@
 mod credential;
 mod discovery;
 mod help;
+mod kubectl_reads_the_same;
 mod login;
 mod support;
