@@ -922,7 +922,11 @@ impl Kubeconfig {
     fn col(&self, pos: usize) -> usize {
         let before = self.text.get(..pos).unwrap_or_default();
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        before[line_start..].chars().count()
+        // A byte order mark before the first line is not indentation.
+        before[line_start..]
+            .chars()
+            .filter(|&c| c != '\u{feff}')
+            .count()
     }
 
     fn line_start(&self, pos: usize) -> usize {

@@ -699,13 +699,81 @@ fn tka_strings_read_back_the_same_under_yaml_1_1() {
         "ünïcode",
         "key:",
         "[x]",
+        "---",
+        "--- x",
+        "-",
+        "-1",
+        "-.inf",
     ] {
         let text = format!("k: {}\n", yaml::scalar(s));
         let root = yaml::parse(&text).unwrap().unwrap();
         assert_eq!(root.get("k").and_then(Node::as_str), Some(s), "{text}");
     }
     assert_eq!(yaml::scalar("tka-prod"), "tka-prod");
+    assert_eq!(yaml::scalar("--server"), "--server");
     assert_eq!(yaml::scalar("on"), "\"on\"");
+    assert_eq!(yaml::scalar("---"), "\"---\"");
+    assert_eq!(yaml::scalar("-1"), "\"-1\"");
+}
+
+#[test]
+fn crlf_and_byte_order_marks_are_kept() {
+    for text in [
+        "apiVersion: v1\r\nclusters:\r\n- name: kind\r\n  cluster: {server: \"https://k\"}\r\ncurrent-context: kind\r\n",
+        "\u{feff}apiVersion: v1\nkind: Config\n",
+    ] {
+        let original = Kubeconfig::parse(text).unwrap();
+        let mut config = original.clone();
+        config.login(&entries("prod"), true).unwrap();
+        let written = config.render().unwrap();
+        let reread = Kubeconfig::parse(&written).unwrap();
+        assert_eq!(reread.current_context(), Some("tka-prod"), "{written:?}");
+        assert_eq!(reread.tka_contexts().len(), 1, "{written:?}");
+        config.logout("tka-prod").unwrap().unwrap();
+        assert_eq!(foreign_texts(&config), foreign_texts(&original));
+        assert_eq!(config.current_context(), original.current_context());
+    }
+}
+
+#[test]
+fn a_hostile_identity_cannot_add_structure() {
+    let server = server();
+    let hostile = "laptop\"\n  exec: {command: /bin/sh}\n# x: [y, {z";
+    let built = LoginEntries::new(
+        &endpoint("prod"),
+        EntryOptions {
+            template: &ContextTemplate::default(),
+            server: &server,
+            identity: Some(hostile),
+            socks5: None,
+            namespace: None,
+            credential: exec(),
+        },
+    )
+    .unwrap();
+    let mut config = Kubeconfig::default();
+    config.login(&built, true).unwrap();
+    let reread = Kubeconfig::parse(&config.render().unwrap()).unwrap();
+    assert_eq!(
+        reread.tka_contexts()[0].marker.identity.as_deref(),
+        Some(hostile)
+    );
+    let users = reread.items("users");
+    let user = users[0].get("user").unwrap();
+    let exec = user.get("exec").unwrap();
+    assert_eq!(
+        exec.get("command").and_then(Node::as_str),
+        Some("/usr/local/bin/tka")
+    );
+    // The well-behaved identity, for contrast, is written plain.
+    let mut plain = Kubeconfig::default();
+    plain.login(&entries("prod"), true).unwrap();
+    assert!(
+        plain
+            .render()
+            .unwrap()
+            .contains("identity: laptop.tail1234.ts.net\n")
+    );
 }
 
 /// The source text of every foreign entry and every top-level entry except tka's lists and

@@ -498,7 +498,7 @@ impl Out {
 }
 
 /// A string as YAML that YAML 1.1 (kubectl) and YAML 1.2 both read as that same string: plain
-/// when it starts with a letter, `/` or `--`/`-x`, holds only unremarkable characters and is none of the
+/// when it starts with a letter, `/`, `-x` or `--x`, holds only unremarkable characters and is none of the
 /// words YAML 1.1 reads as a boolean or null; double-quoted otherwise.
 pub(crate) fn scalar(s: &str) -> String {
     if is_safe_plain(s) {
@@ -513,11 +513,13 @@ fn is_safe_plain(s: &str) -> bool {
     let Some(first) = chars.next() else {
         return false;
     };
-    // `--server` too: a `-` followed by a letter or `-` is neither a list item nor a number.
+    // `-x` and `--server` too: neither a list item, a number nor a document marker.
     let dash_word = first == '-'
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '-');
+        && match chars.next() {
+            Some('-') => chars.next().is_some_and(|c| c.is_ascii_alphabetic()),
+            Some(c) => c.is_ascii_alphabetic(),
+            None => false,
+        };
     if !(first.is_ascii_alphabetic() || first == '/' || dash_word) {
         return false;
     }
