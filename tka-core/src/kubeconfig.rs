@@ -568,6 +568,9 @@ impl Kubeconfig {
     fn check_text(&self, node: &Node, place: &str) -> Result<(), KubeconfigError> {
         match node.resolved() {
             None | Some(yaml::Resolved::Str | yaml::Resolved::Null) => Ok(()),
+            Some(yaml::Resolved::Tagged) => Err(KubeconfigError::Unsupported(format!(
+                "{place} has an explicit YAML tag such as !!binary"
+            ))),
             Some(reads_as) => {
                 let source: String = self
                     .text

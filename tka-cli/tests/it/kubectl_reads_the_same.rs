@@ -445,14 +445,20 @@ fn tka_accepts_what_kubectl_accepts_or_says_truly_why_not() {
             "{head}clusters:\n- name: kind\n  cluster:\n    server: https://a.example\n    server: https://b.example\n    extensions:\n    - name: x\n      extension: {{big: 123456789012345678901234567890, mode: 0755}}\ncurrent-context: kind\ncurrent-context: \"no\"\n"
         ),
         format!("{head}contexts:\n- name: \"no\"\n  context: {{cluster: \"on\", user: \"y\"}}\n"),
+        // A local tag keeps the text.
+        format!("{head}current-context: !mine x\n"),
     ];
     // kubectl refuses these too: a name it reads as a boolean or a number.
     let both_refuse = [
         format!("{head}contexts:\n- name: no\n  context: {{cluster: a, user: a}}\n"),
         format!("{head}current-context: 0755\n"),
+        format!("{head}current-context: !!int \"5\"\n"),
     ];
-    // kubectl reads these; tka does not edit through an alias.
-    let only_tka_refuses = [format!("{head}x-empty: &none []\nclusters: *none\n")];
+    // kubectl reads these; tka does not edit through an alias, nor decode !!binary.
+    let only_tka_refuses = [
+        format!("{head}x-empty: &none []\nclusters: *none\n"),
+        format!("{head}current-context: !!binary aGk=\n"),
+    ];
     for kubectl in &kubectls {
         for text in &accepted {
             if let Err(e) = check(text, true, &server, kubectl) {

@@ -489,6 +489,8 @@ fn what_kubectl_reads_as_a_non_string_name_is_refused_with_the_reason() {
             "clusters:\n- name: 1e3\n  cluster: {}\n",
             "a floating-point number",
         ),
+        ("current-context: !!int \"5\"\n", "an integer"),
+        ("current-context: !!bool \"x\"\n", "a boolean"),
     ] {
         let err = Kubeconfig::parse(text).unwrap_err();
         assert!(
@@ -510,6 +512,10 @@ fn what_kubectl_reads_as_a_non_string_name_is_refused_with_the_reason() {
         "current-context: 1:20\n",
         "current-context: ~\n",
         "current-context:\n",
+        // Local tags and !!str keep the text for kubectl.
+        "current-context: !!str 0755\n",
+        "current-context: !foo x\n",
+        "current-context: ! 0755\n",
     ] {
         assert!(Kubeconfig::parse(text).is_ok(), "{text}");
     }
@@ -638,6 +644,11 @@ fn merge_keys_in_entries_are_refused() {
         Err(KubeconfigError::Unsupported(_))
     ));
     assert!(Kubeconfig::parse("x: &base {a: 1}\ny:\n  <<: *base\n").is_ok());
+    // kubectl decodes !!binary; tka does not.
+    assert!(matches!(
+        Kubeconfig::parse("current-context: !!binary aGk=\n"),
+        Err(KubeconfigError::Unsupported(_))
+    ));
 }
 
 #[test]

@@ -56,13 +56,17 @@ pub(crate) struct Scalar {
     pub(crate) tag: ScalarTag,
 }
 
+/// A scalar's explicit tag, as go-yaml v2 treats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScalarTag {
     None,
-    /// `!!str` or the non-specific `!`.
+    /// `!!str`, the non-specific `!`, and local tags such as `!foo` (go-yaml keeps the text).
     Str,
-    /// `!!null`.
     Null,
+    Bool,
+    Int,
+    Float,
+    /// Another core tag (`!!binary`, `!!timestamp`, ...).
     Other,
 }
 
@@ -75,7 +79,7 @@ pub(crate) enum Resolved {
     Int,
     Float,
     Merge,
-    /// An explicit tag other than `!!str` and `!!null`.
+    /// Another core tag (`!!binary` is decoded, `!!timestamp` checked, ...).
     Tagged,
 }
 
@@ -114,6 +118,9 @@ impl Node {
         Some(match s.tag {
             ScalarTag::Str => Resolved::Str,
             ScalarTag::Null => Resolved::Null,
+            ScalarTag::Bool => Resolved::Bool,
+            ScalarTag::Int => Resolved::Int,
+            ScalarTag::Float => Resolved::Float,
             ScalarTag::Other => Resolved::Tagged,
             ScalarTag::None if s.plain => resolve_plain(&s.value),
             ScalarTag::None => Resolved::Str,
@@ -265,14 +272,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, String> {
         match event {
             Event::DocumentEnd => return Ok(builder.root),
             Event::Scalar(value, style, anchor, tag) => {
-                let tag = match tag.as_deref() {
-                    None => ScalarTag::None,
-                    Some(t) if is_str_tag(t) => ScalarTag::Str,
-                    Some(t) if t.handle() == "tag:yaml.org,2002:" && t.suffix() == "null" => {
-                        ScalarTag::Null
-                    }
-                    Some(_) => ScalarTag::Other,
-                };
+                let tag = tag.as_deref().map_or(ScalarTag::None, scalar_tag);
                 let scalar = Scalar {
                     value: value.into_owned(),
                     plain: matches!(style, ScalarStyle::Plain),
@@ -305,9 +305,18 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, String> {
     Ok(builder.root)
 }
 
-fn is_str_tag(tag: &Tag) -> bool {
-    (tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "str")
-        || (tag.handle() == "!" && tag.suffix().is_empty())
+fn scalar_tag(tag: &Tag) -> ScalarTag {
+    if tag.handle() != "tag:yaml.org,2002:" {
+        return ScalarTag::Str;
+    }
+    match tag.suffix() {
+        "str" => ScalarTag::Str,
+        "null" => ScalarTag::Null,
+        "bool" => ScalarTag::Bool,
+        "int" => ScalarTag::Int,
+        "float" => ScalarTag::Float,
+        _ => ScalarTag::Other,
+    }
 }
 
 struct Frame {
