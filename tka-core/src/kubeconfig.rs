@@ -51,8 +51,8 @@ pub const DEFAULT_CONTEXT_TEMPLATE: &str = "tka-{cluster}";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeconfigError {
-    /// The text is not YAML (as YAML 1.2 parses it).
-    #[error("not valid YAML: {0}")]
+    /// The text does not parse as YAML (tka's parser follows YAML 1.2).
+    #[error("tka cannot parse it as YAML: {0}")]
     Yaml(String),
     /// The YAML is not shaped like a kubeconfig.
     #[error("not a kubeconfig: {0}")]
@@ -505,7 +505,10 @@ impl Kubeconfig {
     /// `current-context` or an entry name that kubectl reads as something other than a string
     /// (kubectl refuses such a file too); entries that use `<<` merge keys.
     pub fn parse(text: &str) -> Result<Self, KubeconfigError> {
-        let root = yaml::parse(text).map_err(KubeconfigError::Yaml)?;
+        let root = yaml::parse(text).map_err(|e| match e {
+            yaml::ParseError::Syntax(m) => KubeconfigError::Yaml(m),
+            yaml::ParseError::Limit(m) => KubeconfigError::Unsupported(m),
+        })?;
         let config = Self {
             text: text.to_owned(),
             root,

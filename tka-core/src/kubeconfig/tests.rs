@@ -652,6 +652,14 @@ fn merge_keys_in_entries_are_refused() {
 }
 
 #[test]
+fn nesting_past_the_limit_is_refused_as_unsupported_not_as_invalid() {
+    let nested = |depth: usize| format!("x: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    assert!(Kubeconfig::parse(&nested(100)).is_ok());
+    let err = Kubeconfig::parse(&nested(300)).unwrap_err();
+    assert!(matches!(err, KubeconfigError::Unsupported(_)), "{err}");
+}
+
+#[test]
 fn kubectl_1_1_resolution() {
     use yaml::Resolved::*;
     for (plain, want) in [

@@ -10,7 +10,7 @@
 //! [`resolve_plain`] follows go-yaml v2's `resolve` for plain scalars. [`scalar`] writes a string
 //! plain only when YAML 1.1 and YAML 1.2 both read it as that string, and double-quoted otherwise.
 
-use granit_parser::{Event, Parser, ScalarStyle, StructureStyle, Tag};
+use granit_parser::{ErrorKind, Event, Parser, ScalarStyle, StructureStyle, Tag};
 
 /// Deeper nesting than this is refused (a kubeconfig is a few levels deep).
 const MAX_DEPTH: usize = 256;
@@ -260,14 +260,38 @@ fn go_float(s: &str) -> bool {
     yaml_style_float(unsigned) && unsigned.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
+/// Why a text was not turned into a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParseError {
+    /// It is not YAML (as a YAML 1.2 parser reads it).
+    Syntax(String),
+    /// It is YAML, but past tka's limits (nesting, size with aliases expanded).
+    Limit(String),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Syntax(m) | Self::Limit(m) => f.write_str(m),
+        }
+    }
+}
+
 /// The first document's root node (`None` for a stream with no document), or why the text
-/// is not YAML.
-pub(crate) fn parse(text: &str) -> Result<Option<Node>, String> {
+/// could not be read.
+pub(crate) fn parse(text: &str) -> Result<Option<Node>, ParseError> {
     let mut builder = Builder::default();
     for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| e.to_string())?;
+        let (event, span) = event.map_err(|e| match e.kind() {
+            ErrorKind::RecursionLimitExceeded => {
+                ParseError::Limit(format!("it is nested deeper than the parser's limit ({e})"))
+            }
+            _ => ParseError::Syntax(e.to_string()),
+        })?;
         let (Some(start), Some(end)) = (span.start.byte_offset(), span.end.byte_offset()) else {
-            return Err("the parser gave no byte offsets".to_owned());
+            return Err(ParseError::Syntax(
+                "the parser gave no byte offsets".to_owned(),
+            ));
         };
         match event {
             Event::DocumentEnd => return Ok(builder.root),
@@ -290,7 +314,9 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, String> {
             Event::SequenceEnd | Event::MappingEnd => builder.close(end)?,
             Event::Alias(id) => {
                 let Some(target) = builder.anchored.iter().rev().find(|(i, _)| *i == id) else {
-                    return Err(format!("an alias at byte {start} names no anchor"));
+                    return Err(ParseError::Syntax(format!(
+                        "an alias at byte {start} names no anchor"
+                    )));
                 };
                 let mut node = target.1.clone();
                 builder.count(node.size())?;
@@ -338,12 +364,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn count(&mut self, n: usize) -> Result<(), String> {
+    fn count(&mut self, n: usize) -> Result<(), ParseError> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
-            return Err(format!(
+            return Err(ParseError::Limit(format!(
                 "it has more than {MAX_NODES} nodes (aliases expanded)"
-            ));
+            )));
         }
         Ok(())
     }
@@ -354,9 +380,11 @@ impl Builder {
         start: usize,
         anchor: usize,
         seq: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ParseError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(format!("it is nested deeper than {MAX_DEPTH} levels"));
+            return Err(ParseError::Limit(format!(
+                "it is nested deeper than {MAX_DEPTH} levels"
+            )));
         }
         self.stack.push(Frame {
             seq,
@@ -370,9 +398,11 @@ impl Builder {
         Ok(())
     }
 
-    fn close(&mut self, end: usize) -> Result<(), String> {
+    fn close(&mut self, end: usize) -> Result<(), ParseError> {
         let Some(frame) = self.stack.pop() else {
-            return Err("a collection ends that never started".to_owned());
+            return Err(ParseError::Syntax(
+                "a collection ends that never started".to_owned(),
+            ));
         };
         let (first, last) = if frame.seq {
             (
@@ -412,7 +442,7 @@ impl Builder {
         self.complete(node, frame.anchor)
     }
 
-    fn complete(&mut self, mut node: Node, anchor: usize) -> Result<(), String> {
+    fn complete(&mut self, mut node: Node, anchor: usize) -> Result<(), ParseError> {
         self.count(1)?;
         if anchor != 0 {
             node.anchor = true;
