@@ -9,10 +9,10 @@
 //!
 //! The file is edited in place, never re-serialised: kubectl reads YAML 1.1 (`no` is a boolean,
 //! `0755` is 493), and a YAML 1.2 round trip would change what it reads. The text is parsed into
-//! a node tree that knows where each node is ([`yaml`]); an edit replaces the byte range of one of
-//! tka's entries (or inserts one, or removes one) and the text is parsed again. Every other byte
-//! (foreign entries, their quoting and style, comments) stays as it was. What tka writes is
-//! quoted wherever YAML 1.1 and YAML 1.2 could read it differently ([`yaml::scalar`]).
+//! a node tree that knows where each node is (module `yaml`); an edit replaces the byte range of
+//! one of tka's entries (or inserts one, or removes one) and the text is parsed again. Every
+//! other byte (foreign entries, their quoting and style, comments) stays as it was. What tka
+//! writes is quoted wherever YAML 1.1 and YAML 1.2 could read it differently (`yaml::scalar`).
 //!
 //! The entries are built here from data fields of the server's answer ([`ClusterEndpoint`]):
 //! nothing executable and no TLS switches from a server ever reach the file. The user entry runs
