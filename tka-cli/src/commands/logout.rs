@@ -47,6 +47,16 @@ pub(crate) fn run(
     })?;
     if targets.iter().any(|t| !t.contexts.is_empty()) {
         file.check_writable()?;
+        // The edits, tried first: a file tka cannot edit is refused before any session ends.
+        let mut trial = config;
+        for context in targets.iter().flat_map(|t| &t.contexts) {
+            trial.logout(context).map_err(|source| {
+                crate::kubeconfig_file::KubeconfigFileError::Refused {
+                    path: file.path().to_path_buf(),
+                    source,
+                }
+            })?;
+        }
     }
     let cache = TokenCache::locate(&settings.env)?;
 

@@ -656,3 +656,30 @@ fn a_write_that_fails_after_the_server_answered_ends_the_new_session() {
     ok(&run(&mut login(&sandbox, &server)));
     assert_eq!(server.calls("DELETE", SESSION_PATH), 0);
 }
+
+#[test]
+fn a_logout_tka_cannot_write_ends_no_session() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_login(login_response("https://prod.api.example:6443"));
+    server.on_logout();
+    ok(&run(&mut login(&sandbox, &server)));
+    // An anchor in tka's user entry, used elsewhere: removing the entry would break the alias.
+    let written = sandbox.read_kubeconfig();
+    let anchored = written.replacen("  user:\n", "  user: &mine\n", 1) + "x-copy: *mine\n";
+    std::fs::write(sandbox.kubeconfig(), &anchored).unwrap();
+    kubectl(&sandbox, &["config", "view"]);
+    let out = run(sandbox.tka().args(["logout", "prod"]));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kubectl reads that, but tka does not edit it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 0);
+    assert_eq!(sandbox.read_kubeconfig(), anchored);
+    // Without the anchor the logout goes through.
+    std::fs::write(sandbox.kubeconfig(), &written).unwrap();
+    ok(&run(sandbox.tka().args(["logout", "prod"])));
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+}
