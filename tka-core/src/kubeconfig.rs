@@ -777,7 +777,9 @@ impl Kubeconfig {
     ) -> Result<(), KubeconfigError> {
         let count = self.items("contexts").len();
         for i in 0..count {
-            let item = &self.items("contexts")[i];
+            let Some(item) = self.items("contexts").get(i) else {
+                break;
+            };
             if entry_name(item) == Some(context) || marker_of(item, "context").is_none() {
                 continue;
             }
