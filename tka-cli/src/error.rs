@@ -142,6 +142,15 @@ pub(crate) enum CliError {
     /// The server answered, but its cluster endpoint cannot go into a kubeconfig.
     #[error("{0}")]
     UnusableResponse(tka_core::kubeconfig::KubeconfigError),
+    /// The server created a session but the kubeconfig was not written; the session was ended
+    /// again, or `revoked` says why not.
+    #[error("{cause}; the session the server had just created {revoked}")]
+    NotWritten {
+        /// Why the kubeconfig was not written.
+        cause: Box<CliError>,
+        /// What became of the session.
+        revoked: String,
+    },
     /// Nothing to log out of.
     #[error("no tka login for cluster '{cluster}' in {path}")]
     NotLoggedIn {
@@ -236,6 +245,7 @@ impl CliError {
                 Exit::Unreachable
             }
             Self::Several { exit, .. } => *exit,
+            Self::NotWritten { cause, .. } => cause.exit(),
             Self::Cache(_)
             | Self::Discovery(_)
             | Self::Pins(_)
@@ -278,6 +288,7 @@ impl CliError {
                 Some(format!("check --server, or log in to '{actual}' instead"))
             }
             Self::UnusableResponse(_) => None,
+            Self::NotWritten { cause, .. } => cause.hint(),
             Self::NotLoggedIn { cluster, .. } => Some(format!(
                 "check that KUBECONFIG names the file you logged in with, or run \
                  `tka logout {cluster} --server URL` to end the session on the server anyway"

@@ -33,7 +33,7 @@ pub(crate) enum KubeconfigFileError {
     )]
     NoHome,
     /// The file's content cannot be used.
-    #[error("the kubeconfig {path} is {source}; tka left it untouched", path = .path.display())]
+    #[error("cannot use the kubeconfig {path}: {source}; tka left it untouched", path = .path.display())]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -85,7 +85,7 @@ impl KubeconfigFileError {
         match self {
             Self::NoHome => "set KUBECONFIG to the file tka should write".to_owned(),
             Self::Malformed { path, .. } => format!(
-                "fix {} (kubectl reads it the same way), or point KUBECONFIG at another file",
+                "fix {}, or point KUBECONFIG at another file (`kubectl config view` shows how kubectl reads it)",
                 path.display()
             ),
             Self::Refused { .. } => "tka left the file untouched".to_owned(),
@@ -171,6 +171,45 @@ impl KubeconfigFile {
             }
             Err(e) => Err(self.io("open", e)),
         }
+    }
+
+    /// Fails when the kubeconfig could not be written now: the file is read-only, or its
+    /// directory (the nearest existing ancestor when the directory is still to be created)
+    /// does not take a new file. Tried for real with a temporary file, since permission bits do
+    /// not stop root while a read-only mount or a path through a regular file stops everyone.
+    pub(crate) fn check_can_write(&self) -> Result<(), KubeconfigFileError> {
+        self.check_writable()?;
+        let target = self.target()?;
+        let mut dir = parent_dir(&target);
+        // Up the path to a directory that exists; each step is shorter, so this ends.
+        loop {
+            match fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => {
+                    return Err(self.io(
+                        "create the directory of",
+                        io::Error::new(
+                            io::ErrorKind::NotADirectory,
+                            format!("{} is not a directory", dir.display()),
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => dir = p.to_path_buf(),
+                    _ => {
+                        dir = PathBuf::from(".");
+                        break;
+                    }
+                },
+                Err(e) => return Err(self.io("use the directory of", e)),
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(".tka-")
+            .suffix(".probe")
+            .tempfile_in(&dir)
+            .map(drop)
+            .map_err(|e| self.io("write in the directory of", e))
     }
 
     /// Applies `change` to the file under the lock and writes the result if it differs. A

@@ -2,11 +2,17 @@
 //! kubeconfig without disturbing anything else. Pure: text in, text out; the file (which one,
 //! locking, atomic writes) is the caller's business.
 //!
-//! A kubeconfig is handled as a YAML value tree. tka touches only entries it wrote itself: a
-//! cluster, a user and a context, all named after the context (default `tka-<cluster>`), each
-//! carrying a `tka.dev/login` extension. Every other entry, field and top-level key is left
-//! exactly as it was (comments are the one thing a YAML round trip cannot keep). An entry with
-//! tka's name that lacks the marker belongs to someone else and is never overwritten.
+//! tka touches only entries it wrote itself: a cluster, a user and a context, all named after
+//! the context (default `tka-<cluster>`), each carrying a `tka.dev/login` extension, plus
+//! `current-context`. An entry with tka's name that lacks the marker belongs to someone else and
+//! is never overwritten.
+//!
+//! The file is edited in place, never re-serialised: kubectl reads YAML 1.1 (`no` is a boolean,
+//! `0755` is 493), and a YAML 1.2 round trip would change what it reads. The text is parsed into
+//! a node tree that knows where each node is (module `yaml`); an edit replaces the byte range of
+//! one of tka's entries (or inserts one, or removes one) and the text is parsed again. Every
+//! other byte (foreign entries, their quoting and style, comments) stays as it was. What tka
+//! writes is quoted wherever YAML 1.1 and YAML 1.2 could read it differently (`yaml::scalar`).
 //!
 //! The entries are built here from data fields of the server's answer ([`ClusterEndpoint`]):
 //! nothing executable and no TLS switches from a server ever reach the file. The user entry runs
@@ -17,11 +23,14 @@
 //! restores it. Those records form chains through tka contexts; logout splices them, so after
 //! logging out of everything the original current-context is back.
 
+mod yaml;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::{Mapping, Value};
+
+use self::yaml::{Node, Out};
 
 use crate::api::ClusterEndpoint;
 use crate::domain::{ClusterName, is_dns1123_label};
@@ -42,8 +51,8 @@ pub const DEFAULT_CONTEXT_TEMPLATE: &str = "tka-{cluster}";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeconfigError {
-    /// The text is not YAML.
-    #[error("not valid YAML: {0}")]
+    /// The text does not parse as YAML (tka's parser follows YAML 1.2).
+    #[error("tka cannot parse it as YAML: {0}")]
     Yaml(String),
     /// The YAML is not shaped like a kubeconfig.
     #[error("not a kubeconfig: {0}")]
@@ -78,9 +87,28 @@ pub enum KubeconfigError {
         "the server sent an unusable cluster endpoint: {0}; ask the cluster's operator to check the tka-server configuration"
     )]
     Endpoint(String),
-    /// Serializing failed (not expected for a tree that was parsed from YAML).
-    #[error("cannot write the kubeconfig as YAML: {0}")]
+    /// An edit went wrong (not expected: a bug in tka).
+    #[error("cannot write the kubeconfig: {0}")]
     Render(String),
+    /// A value that must be text is something else to kubectl (kubectl refuses such a file too).
+    #[error(
+        "{place} is `{text}`, which kubectl reads as {reads_as}, not as text, so kubectl cannot read this file either; write it in quotes: {quoted}"
+    )]
+    NotText {
+        /// Where it is.
+        place: String,
+        /// The value as written.
+        text: String,
+        /// How kubectl reads it (`a boolean`, `an integer`, ...).
+        reads_as: &'static str,
+        /// The value quoted so that kubectl reads it as text.
+        quoted: String,
+    },
+    /// kubectl reads it, but tka does not edit files written this way.
+    #[error(
+        "{0}; kubectl reads that, but tka does not edit it: write that part out in full, or point KUBECONFIG at another file"
+    )]
+    Unsupported(String),
 }
 
 /// The file kubectl itself would write to, by client-go's rule: with `KUBECONFIG` set (a
@@ -319,79 +347,69 @@ impl LoginEntries {
         )
     }
 
-    fn marker_extension(&self) -> Value {
-        let mut ext = Mapping::new();
-        ext.insert(str_value("name"), str_value(LOGIN_EXTENSION));
-        // A marker is plain strings; serializing it cannot fail, and an empty value is harmless.
-        let marker = serde_yaml::to_value(&self.marker).unwrap_or(Value::Null);
-        ext.insert(str_value("extension"), marker);
-        Value::Mapping(ext)
+    fn marker_extension(&self) -> Out {
+        let mut marker = vec![
+            ("cluster", Out::str(self.marker.cluster.as_str())),
+            ("server", Out::str(self.marker.server.as_str())),
+        ];
+        if let Some(identity) = &self.marker.identity {
+            marker.push(("identity", Out::str(identity)));
+        }
+        Out::Map(vec![
+            ("name", Out::str(LOGIN_EXTENSION)),
+            ("extension", Out::Map(marker)),
+        ])
     }
 
-    fn cluster_entry(&self) -> Value {
-        let mut body = Mapping::new();
-        body.insert(str_value("server"), str_value(self.api_server.as_str()));
+    fn cluster_entry(&self) -> Out {
+        let mut body = vec![("server", Out::str(self.api_server.as_str()))];
         if let Some(ca) = &self.certificate_authority_data {
-            body.insert(str_value("certificate-authority-data"), str_value(ca));
+            body.push(("certificate-authority-data", Out::str(ca)));
         }
         if let Some(socks5) = &self.socks5 {
-            body.insert(
-                str_value("proxy-url"),
-                str_value(&socks5.kubeconfig_proxy_url()),
-            );
+            body.push(("proxy-url", Out::str(&socks5.kubeconfig_proxy_url())));
         }
-        body.insert(
-            str_value("extensions"),
-            Value::Sequence(vec![self.marker_extension()]),
-        );
+        body.push(("extensions", Out::Seq(vec![self.marker_extension()])));
         named(&self.context, "cluster", body)
     }
 
-    fn user_entry(&self) -> Value {
-        let mut body = Mapping::new();
+    fn user_entry(&self) -> Out {
+        let mut body = Vec::new();
         match &self.credential {
             UserCredential::Exec { command } => {
-                let mut exec = Mapping::new();
-                exec.insert(str_value("apiVersion"), str_value(EXEC_API_VERSION));
-                exec.insert(str_value("command"), str_value(command));
-                exec.insert(
-                    str_value("args"),
-                    Value::Sequence(self.exec_args().iter().map(|a| str_value(a)).collect()),
-                );
-                exec.insert(str_value("installHint"), str_value(&self.install_hint()));
-                exec.insert(str_value("interactiveMode"), str_value("Never"));
-                exec.insert(str_value("provideClusterInfo"), Value::Bool(false));
-                body.insert(str_value("exec"), Value::Mapping(exec));
+                let exec = vec![
+                    ("apiVersion", Out::str(EXEC_API_VERSION)),
+                    ("command", Out::str(command)),
+                    (
+                        "args",
+                        Out::Seq(self.exec_args().iter().map(|a| Out::str(a)).collect()),
+                    ),
+                    ("installHint", Out::Str(self.install_hint())),
+                    ("interactiveMode", Out::str("Never")),
+                    ("provideClusterInfo", Out::Bool(false)),
+                ];
+                body.push(("exec", Out::Map(exec)));
             }
             UserCredential::Static { token } => {
-                body.insert(str_value("token"), str_value(token.expose()));
+                body.push(("token", Out::str(token.expose())));
             }
         }
-        body.insert(
-            str_value("extensions"),
-            Value::Sequence(vec![self.marker_extension()]),
-        );
+        body.push(("extensions", Out::Seq(vec![self.marker_extension()])));
         named(&self.context, "user", body)
     }
 
-    fn context_entry(&self, previous: Option<&Value>) -> Value {
-        let mut body = Mapping::new();
-        body.insert(str_value("cluster"), str_value(&self.context));
-        body.insert(str_value("user"), str_value(&self.context));
+    fn context_entry(&self, previous: Option<&str>) -> Out {
+        let mut body = vec![
+            ("cluster", Out::str(&self.context)),
+            ("user", Out::str(&self.context)),
+        ];
         if let Some(ns) = &self.namespace {
-            body.insert(str_value("namespace"), str_value(ns));
+            body.push(("namespace", Out::str(ns)));
         }
-        let mut prev = Mapping::new();
-        if let Some(p) = previous {
-            prev.insert(str_value("context"), p.clone());
-        }
-        let mut prev_ext = Mapping::new();
-        prev_ext.insert(str_value("name"), str_value(PREVIOUS_CONTEXT_EXTENSION));
-        prev_ext.insert(str_value("extension"), Value::Mapping(prev));
-        body.insert(
-            str_value("extensions"),
-            Value::Sequence(vec![self.marker_extension(), Value::Mapping(prev_ext)]),
-        );
+        body.push((
+            "extensions",
+            Out::Seq(vec![self.marker_extension(), previous_extension(previous)]),
+        ));
         named(&self.context, "context", body)
     }
 }
@@ -436,56 +454,146 @@ const LISTS: [(&str, &str, &str); 3] = [
     ("contexts", "context", "context"),
 ];
 
-/// A kubeconfig as a YAML value tree.
-#[derive(Debug, Clone, PartialEq)]
+/// What a kubeconfig without a file starts as.
+const EMPTY: &str =
+    "apiVersion: v1\nkind: Config\npreferences: {}\nclusters: []\nusers: []\ncontexts: []\n";
+
+/// A kubeconfig: its text, and the first document's node tree (kept in step with the text).
+#[derive(Clone)]
 pub struct Kubeconfig {
-    root: Mapping,
+    text: String,
+    root: Option<Node>,
+}
+
+/// Not the text: it may hold tokens.
+impl std::fmt::Debug for Kubeconfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubeconfig")
+            .field("bytes", &self.text.len())
+            .field("current_context", &self.current_context())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two kubeconfigs are equal when their texts are.
+impl PartialEq for Kubeconfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
 }
 
 impl Default for Kubeconfig {
     fn default() -> Self {
-        let mut root = Mapping::new();
-        root.insert(str_value("apiVersion"), str_value("v1"));
-        root.insert(str_value("kind"), str_value("Config"));
-        root.insert(str_value("preferences"), Value::Mapping(Mapping::new()));
-        root.insert(str_value("clusters"), Value::Sequence(Vec::new()));
-        root.insert(str_value("users"), Value::Sequence(Vec::new()));
-        root.insert(str_value("contexts"), Value::Sequence(Vec::new()));
-        Self { root }
+        Self {
+            text: EMPTY.to_owned(),
+            // A constant that parses; were it not to, `ensure_root` would start over from it.
+            root: yaml::parse(EMPTY).ok().flatten(),
+        }
     }
+}
+
+/// One step from a node to a child.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
 }
 
 impl Kubeconfig {
     /// Parses a kubeconfig. An empty file (or one with only comments) is an empty kubeconfig.
-    /// `clusters`, `users` and `contexts` must be lists when present.
+    /// Refused: text that is not YAML; `clusters`, `users` or `contexts` that are not lists; a
+    /// `current-context` or an entry name that kubectl reads as something other than a string
+    /// (kubectl refuses such a file too); entries that use `<<` merge keys.
     pub fn parse(text: &str) -> Result<Self, KubeconfigError> {
-        let value: Value =
-            serde_yaml::from_str(text).map_err(|e| KubeconfigError::Yaml(e.to_string()))?;
-        let root = match value {
-            Value::Null => Mapping::new(),
-            Value::Mapping(m) => m,
-            _ => {
-                return Err(KubeconfigError::Shape(
-                    "the top level is not a mapping".to_owned(),
-                ));
-            }
+        let root = yaml::parse(text).map_err(|e| match e {
+            yaml::ParseError::Syntax(m) => KubeconfigError::Yaml(m),
+            yaml::ParseError::Limit(m) => KubeconfigError::Unsupported(m),
+        })?;
+        let config = Self {
+            text: text.to_owned(),
+            root,
         };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), KubeconfigError> {
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
+        if root.is_null() {
+            return Ok(());
+        }
+        if root.entries().is_none() {
+            return Err(KubeconfigError::Shape(
+                "the top level is not a mapping".to_owned(),
+            ));
+        }
         for (key, _, _) in LISTS {
-            match root.get(key) {
-                None | Some(Value::Null | Value::Sequence(_)) => {}
-                Some(_) => {
-                    return Err(KubeconfigError::Shape(format!("`{key}` is not a list")));
+            let Some(list) = root.get(key) else {
+                continue;
+            };
+            if list.is_null() {
+                continue;
+            }
+            let Some(items) = list.items() else {
+                return Err(KubeconfigError::Shape(format!("`{key}` is not a list")));
+            };
+            for item in items {
+                let Some(entries) = item.entries() else {
+                    continue;
+                };
+                if entries
+                    .iter()
+                    .any(|(k, _)| k.resolved() == Some(yaml::Resolved::Merge))
+                {
+                    return Err(KubeconfigError::Unsupported(format!(
+                        "an entry of `{key}` uses a `<<` merge key"
+                    )));
+                }
+                if let Some(name) = item.get("name") {
+                    self.check_text(name, &format!("the name of an entry of `{key}`"))?;
                 }
             }
         }
-        if let Some(v) = root.get("current-context")
-            && !matches!(v, Value::String(_) | Value::Null)
-        {
-            return Err(KubeconfigError::Shape(
-                "`current-context` is not a string".to_owned(),
-            ));
+        if let Some(current) = root.get("current-context") {
+            if current.resolved().is_none() {
+                return Err(KubeconfigError::Shape(
+                    "`current-context` is not a string".to_owned(),
+                ));
+            }
+            self.check_text(current, "`current-context`")?;
         }
-        Ok(Self { root })
+        Ok(())
+    }
+
+    /// Fails when kubectl reads a scalar that must be a name as a boolean, a number, ….
+    fn check_text(&self, node: &Node, place: &str) -> Result<(), KubeconfigError> {
+        match node.resolved() {
+            None | Some(yaml::Resolved::Str | yaml::Resolved::Null) => Ok(()),
+            Some(yaml::Resolved::Tagged) => Err(KubeconfigError::Unsupported(format!(
+                "{place} has an explicit YAML tag such as !!binary"
+            ))),
+            Some(reads_as) => {
+                let source: String = self
+                    .text
+                    .get(node.start..node.end)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(64)
+                    .collect();
+                let value = match &node.kind {
+                    yaml::Kind::Scalar(s) => s.value.clone(),
+                    _ => source.clone(),
+                };
+                Err(KubeconfigError::NotText {
+                    place: place.to_owned(),
+                    text: source,
+                    reads_as: reads_as.describe(),
+                    quoted: yaml::double_quoted(&value),
+                })
+            }
+        }
     }
 
     /// A kubeconfig holding only `entries`, with their context current: the private file of
@@ -497,17 +605,18 @@ impl Kubeconfig {
         config
     }
 
-    /// The kubeconfig as YAML.
+    /// The kubeconfig as YAML: the text it was parsed from, with tka's edits.
     pub fn render(&self) -> Result<String, KubeconfigError> {
-        serde_yaml::to_string(&self.root).map_err(|e| KubeconfigError::Render(e.to_string()))
+        Ok(self.text.clone())
     }
 
     /// The current context's name, if set and not empty.
     pub fn current_context(&self) -> Option<&str> {
-        match self.root.get("current-context") {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            _ => None,
-        }
+        self.root
+            .as_ref()?
+            .get("current-context")?
+            .as_str()
+            .filter(|s| !s.is_empty())
     }
 
     /// The contexts tka wrote, in file order.
@@ -528,11 +637,14 @@ impl Kubeconfig {
     }
 
     /// Fails when a login under context name `context` would have to overwrite an entry that is
-    /// not tka's; lets a caller find out before asking a server for a session.
+    /// not tka's, or could not edit the file; lets a caller find out before asking a server for
+    /// a session.
     pub fn check_login(&self, context: &str) -> Result<(), KubeconfigError> {
         for (key, body, kind) in LISTS {
-            if let Some(i) = find(self.items(key), context)
-                && marker_of(&self.items(key)[i], body).is_none()
+            if self
+                .items(key)
+                .iter()
+                .any(|item| entry_name(item) == Some(context) && marker_of(item, body).is_none())
             {
                 return Err(KubeconfigError::ForeignEntry {
                     kind,
@@ -540,11 +652,25 @@ impl Kubeconfig {
                 });
             }
         }
-        Ok(())
+        // A trial of the edits a login makes, so that a file written in a way tka does not edit
+        // is refused before a server is asked for a session.
+        let mut trial = self.clone();
+        trial.ensure_root()?;
+        let probe = Out::Map(vec![("name", Out::str(context))]);
+        for (key, _, _) in LISTS {
+            match find(trial.items(key), context) {
+                Some(i) => trial.replace_item(key, i, &probe)?,
+                None => trial.append_item(&[], key, &probe)?,
+            }
+        }
+        trial.set_value(&[], "current-context", &yaml::scalar(context))
     }
 
     /// Merges a login's entries. Fails, changing nothing, when an entry of that name exists and
     /// is not tka's. With `switch` the context becomes current.
+    ///
+    /// Only tka's own entries and `current-context` are written; every other byte of the file
+    /// stays as it was, so kubectl reads every foreign entry as it did before.
     pub fn login(
         &mut self,
         entries: &LoginEntries,
@@ -552,198 +678,571 @@ impl Kubeconfig {
     ) -> Result<LoginChange, KubeconfigError> {
         let name = entries.context_name();
         self.check_login(name)?;
+        let mut next = self.clone();
+        next.ensure_root()?;
         let existing =
-            find(self.items("contexts"), name).map(|i| self.items("contexts")[i].clone());
+            find(next.items("contexts"), name).map(|i| next.items("contexts")[i].clone());
         let old_previous = existing.as_ref().and_then(previous_of);
-        let current = self.root.get("current-context").cloned();
-        let name_value = str_value(name);
+        let current = next.current_context().map(str::to_owned);
         let previous = match (switch, &existing) {
-            (true, Some(_)) if current.as_ref() == Some(&name_value) => old_previous,
+            (true, Some(_)) if current.as_deref() == Some(name) => old_previous,
             (true, Some(_)) => {
-                self.splice_previous(name, old_previous.as_ref());
+                next.splice_previous(name, old_previous.as_deref())?;
                 current
             }
-            (true, None) | (false, None) => current,
+            (_, None) => current,
             (false, Some(_)) => old_previous,
         };
         for (key, entry) in [
             ("clusters", entries.cluster_entry()),
             ("users", entries.user_entry()),
-            ("contexts", entries.context_entry(previous.as_ref())),
+            ("contexts", entries.context_entry(previous.as_deref())),
         ] {
-            if let Some(items) = self.items_mut(key) {
-                upsert(items, name, entry);
+            match find(next.items(key), name) {
+                Some(i) => next.replace_item(key, i, &entry)?,
+                None => next.append_item(&[], key, &entry)?,
             }
         }
         if switch {
-            self.root.insert(str_value("current-context"), name_value);
+            next.set_value(&[], "current-context", &yaml::scalar(name))?;
         }
+        *self = next;
         Ok(LoginChange {
             context: name.to_owned(),
             replaced: existing.is_some(),
             switched: switch,
-            previous_context: previous.as_ref().and_then(Value::as_str).map(str::to_owned),
+            previous_context: previous,
         })
     }
 
     /// Removes a tka context and the cluster and user entries it uses (when they are tka's and
     /// nothing else uses them). If it was current, the context it replaced becomes current
-    /// again. `None` when there is no tka context of that name (a foreign one is left alone).
-    pub fn logout(&mut self, context: &str) -> Option<LogoutChange> {
-        let index = find(self.items("contexts"), context)?;
+    /// again. `Ok(None)` when there is no tka context of that name (a foreign one is left
+    /// alone). Fails, changing nothing, when the file is written in a way tka does not edit.
+    pub fn logout(&mut self, context: &str) -> Result<Option<LogoutChange>, KubeconfigError> {
+        let Some(index) = find(self.items("contexts"), context) else {
+            return Ok(None);
+        };
         let item = self.items("contexts")[index].clone();
-        marker_of(&item, "context")?;
+        if marker_of(&item, "context").is_none() {
+            return Ok(None);
+        }
         let previous = previous_of(&item);
-        let name_value = str_value(context);
-        let restored = if self.root.get("current-context") == Some(&name_value) {
+        let mut next = self.clone();
+        let restored = if next.current_context() == Some(context) {
             match &previous {
-                Some(p) => {
-                    self.root.insert(str_value("current-context"), p.clone());
-                }
-                None => {
-                    self.root.shift_remove("current-context");
-                }
+                Some(p) => next.set_value(&[], "current-context", &yaml::scalar(p))?,
+                None => next.remove_key("current-context")?,
             }
-            Some(previous.as_ref().and_then(Value::as_str).map(str::to_owned))
+            Some(previous.clone())
         } else {
             None
         };
-        self.splice_previous(context, previous.as_ref());
-        if let Some(contexts) = self.items_mut("contexts") {
-            contexts.remove(index);
+        next.splice_previous(context, previous.as_deref())?;
+        if let Some(i) = find(next.items("contexts"), context) {
+            next.remove_item("contexts", i)?;
         }
         let body = item.get("context");
         for (key, field) in [("clusters", "cluster"), ("users", "user")] {
-            let Some(entry) = body.and_then(|b| b.get(field)).and_then(Value::as_str) else {
+            let Some(entry) = body.and_then(|b| b.get(field)).and_then(Node::as_str) else {
                 continue;
             };
-            let still_used = self.items("contexts").iter().any(|c| {
+            let still_used = next.items("contexts").iter().any(|c| {
                 c.get("context")
                     .and_then(|b| b.get(field))
-                    .and_then(Value::as_str)
+                    .and_then(Node::as_str)
                     == Some(entry)
             });
             if still_used {
                 continue;
             }
-            if let Some(i) = find(self.items(key), entry)
-                && marker_of(&self.items(key)[i], field).is_some()
-                && let Some(items) = self.items_mut(key)
+            if let Some(i) = find(next.items(key), entry)
+                && marker_of(&next.items(key)[i], field).is_some()
             {
-                items.remove(i);
+                next.remove_item(key, i)?;
             }
         }
-        Some(LogoutChange {
+        *self = next;
+        Ok(Some(LogoutChange {
             context: context.to_owned(),
             restored,
-        })
+        }))
     }
 
     /// Makes every tka context that would return to `context` return to `replacement` instead.
-    fn splice_previous(&mut self, context: &str, replacement: Option<&Value>) {
-        let target = str_value(context);
-        let Some(contexts) = self.items_mut("contexts") else {
-            return;
-        };
-        for item in contexts {
+    fn splice_previous(
+        &mut self,
+        context: &str,
+        replacement: Option<&str>,
+    ) -> Result<(), KubeconfigError> {
+        let count = self.items("contexts").len();
+        for i in 0..count {
+            let Some(item) = self.items("contexts").get(i) else {
+                break;
+            };
             if entry_name(item) == Some(context) || marker_of(item, "context").is_none() {
                 continue;
             }
-            if previous_of(item).as_ref() == Some(&target) {
-                set_previous(item, replacement);
+            if previous_of(item).as_deref() != Some(context) {
+                continue;
+            }
+            let extensions = item
+                .get("context")
+                .and_then(|b| b.get("extensions"))
+                .and_then(Node::items)
+                .unwrap_or_default();
+            let path = [Step::Key("contexts"), Step::Index(i), Step::Key("context")];
+            match extensions.iter().rposition(|e| {
+                e.get("name").and_then(Node::as_str) == Some(PREVIOUS_CONTEXT_EXTENSION)
+            }) {
+                Some(j) => {
+                    let ext = [
+                        path[0],
+                        path[1],
+                        path[2],
+                        Step::Key("extensions"),
+                        Step::Index(j),
+                    ];
+                    let value = match replacement {
+                        Some(p) => Out::Map(vec![("context", Out::str(p))]),
+                        None => Out::Map(Vec::new()),
+                    };
+                    self.set_value(&ext, "extension", &value.flow())?;
+                }
+                None => {
+                    self.append_item(&path, "extensions", &previous_extension(replacement))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The list under a top-level key (empty when absent, `null` or not a list).
+    fn items(&self, key: &str) -> &[Node] {
+        self.root
+            .as_ref()
+            .and_then(|r| r.get(key))
+            .and_then(Node::items)
+            .unwrap_or_default()
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Edits. Each one replaces a byte range of the text and parses the result again, so the
+    // tree always describes the text. Positions come from the parser; the text between them is
+    // only scanned for whitespace, comments, `:` and `-`.
+
+    /// Starts a document when the file has none (only comments, or nothing), or when it is an
+    /// explicit null document.
+    fn ensure_root(&mut self) -> Result<(), KubeconfigError> {
+        match &self.root {
+            Some(root) if !root.is_null() => Ok(()),
+            Some(_) => self.replace_text(EMPTY.to_owned()),
+            None => {
+                let mut text = self.text.clone();
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(EMPTY);
+                self.replace_text(text)
             }
         }
     }
 
-    fn items(&self, key: &str) -> &[Value] {
-        match self.root.get(key) {
-            Some(Value::Sequence(s)) => s,
-            _ => &[],
+    fn replace_text(&mut self, text: String) -> Result<(), KubeconfigError> {
+        let root = yaml::parse(&text).map_err(|e| {
+            KubeconfigError::Render(format!("the edited file would not parse ({e})"))
+        })?;
+        self.text = text;
+        self.root = root;
+        Ok(())
+    }
+
+    fn splice(&mut self, start: usize, end: usize, with: &str) -> Result<(), KubeconfigError> {
+        let (Some(before), Some(after)) = (self.text.get(..start), self.text.get(end..)) else {
+            return Err(KubeconfigError::Render(format!(
+                "an edit at bytes {start}..{end} is outside the text"
+            )));
+        };
+        let text = format!("{before}{with}{after}");
+        self.replace_text(text)
+    }
+
+    /// The node at `path` from the root; refuses to go through an alias.
+    fn node_at(&self, path: &[Step<'_>]) -> Result<&Node, KubeconfigError> {
+        let mut node = self
+            .root
+            .as_ref()
+            .ok_or_else(|| KubeconfigError::Render("the file has no document".to_owned()))?;
+        for step in path {
+            if node.alias {
+                return Err(aliased(path));
+            }
+            let next = match step {
+                Step::Key(key) => node.get(key),
+                Step::Index(i) => node.items().and_then(|items| items.get(*i)),
+            };
+            node = next.ok_or_else(|| {
+                KubeconfigError::Render(format!("nothing at {}", describe_path(path)))
+            })?;
+        }
+        if node.alias {
+            return Err(aliased(path));
+        }
+        Ok(node)
+    }
+
+    /// Where a node's content ends, without the line breaks and spaces a block scalar keeps.
+    fn content_end(&self, node: &Node) -> usize {
+        let slice = self.text.get(node.start..node.end).unwrap_or_default();
+        node.start + slice.trim_end_matches([' ', '\t', '\r', '\n']).len()
+    }
+
+    /// The `:` after a mapping key (comments and line breaks may come between).
+    fn colon_after(&self, key: &Node) -> Result<usize, KubeconfigError> {
+        let at = self.skip_blank(key.end);
+        match self.text.as_bytes().get(at) {
+            Some(b':') => Ok(at),
+            _ => Err(KubeconfigError::Unsupported(format!(
+                "the value of a key ending at byte {} is written in a way tka does not edit",
+                key.end
+            ))),
         }
     }
 
-    /// The list under `key`, created when absent or `null` (`parse` refuses other non-lists).
-    fn items_mut(&mut self, key: &str) -> Option<&mut Vec<Value>> {
-        let slot = self.root.entry(str_value(key)).or_insert(Value::Null);
-        if slot.is_null() {
-            *slot = Value::Sequence(Vec::new());
+    /// The first position from `pos` that is not whitespace or a comment.
+    fn skip_blank(&self, mut pos: usize) -> usize {
+        let bytes = self.text.as_bytes();
+        while let Some(&b) = bytes.get(pos) {
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+                b'#' => {
+                    while bytes.get(pos).is_some_and(|&b| b != b'\n') {
+                        pos += 1;
+                    }
+                }
+                _ => break,
+            }
         }
-        slot.as_sequence_mut()
+        pos
     }
 
-    #[cfg(test)]
-    pub(crate) fn root(&self) -> &Mapping {
-        &self.root
+    /// The column of a position (in characters).
+    fn col(&self, pos: usize) -> usize {
+        let before = self.text.get(..pos).unwrap_or_default();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        // A byte order mark before the first line is not indentation.
+        before[line_start..]
+            .chars()
+            .filter(|&c| c != '\u{feff}')
+            .count()
+    }
+
+    fn line_start(&self, pos: usize) -> usize {
+        self.text
+            .get(..pos)
+            .and_then(|b| b.rfind('\n'))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Whether only spaces come before `pos` on its line.
+    fn starts_line(&self, pos: usize) -> bool {
+        self.text
+            .get(self.line_start(pos)..pos)
+            .is_some_and(|p| p.bytes().all(|b| b == b' '))
+    }
+
+    /// Where to add a line after content ending at `end`: the end of that line, and whether
+    /// that is already the start of the next line.
+    fn end_of_line(&self, end: usize) -> (usize, bool) {
+        if end > 0 && self.text.as_bytes().get(end - 1) == Some(&b'\n') {
+            return (end, true);
+        }
+        match self.text.get(end..).and_then(|rest| rest.find('\n')) {
+            Some(i) => (end + i, false),
+            None => (self.text.len(), false),
+        }
+    }
+
+    /// The position just past the line that content ending at `end` is on.
+    fn past_line(&self, end: usize) -> usize {
+        match self.end_of_line(end) {
+            (pos, true) => pos,
+            (pos, false) if pos < self.text.len() => pos + 1,
+            (pos, false) => pos,
+        }
+    }
+
+    /// Sets `key` of the mapping at `path` to `value` (already YAML, on one line), adding the key
+    /// when it is missing.
+    fn set_value(
+        &mut self,
+        path: &[Step<'_>],
+        key: &str,
+        value: &str,
+    ) -> Result<(), KubeconfigError> {
+        let map = self.node_at(path)?;
+        let Some(entries) = map.entries() else {
+            return Err(KubeconfigError::Render(format!(
+                "{} is not a mapping",
+                describe_path(path)
+            )));
+        };
+        if let Some((k, v)) = map.entry(key) {
+            if v.anchors || v.alias {
+                return Err(KubeconfigError::Unsupported(format!(
+                    "`{key}` at {} uses a YAML anchor or alias",
+                    describe_path(path)
+                )));
+            }
+            let colon = self.colon_after(k)?;
+            let end = self.content_end(v).max(colon + 1);
+            return self.splice(colon + 1, end, &format!(" {value}"));
+        }
+        let key = yaml::scalar(key);
+        if map.is_flow() {
+            return match entries.last() {
+                None => self.splice(map.start + 1, map.start + 1, &format!("{key}: {value}")),
+                Some((_, last)) => {
+                    let at = self.content_end(last);
+                    self.splice(at, at, &format!(", {key}: {value}"))
+                }
+            };
+        }
+        let (Some((first, _)), Some((_, last))) = (entries.first(), entries.last()) else {
+            return Err(KubeconfigError::Render("an empty block mapping".to_owned()));
+        };
+        let indent = " ".repeat(self.col(first.start));
+        let (at, line_start) = self.end_of_line(self.content_end(last));
+        let line = if line_start {
+            format!("{indent}{key}: {value}\n")
+        } else {
+            format!("\n{indent}{key}: {value}")
+        };
+        self.splice(at, at, &line)
+    }
+
+    /// Removes a top-level key (its lines), or empties its value where it does not start a line.
+    fn remove_key(&mut self, key: &str) -> Result<(), KubeconfigError> {
+        let root = self.node_at(&[])?;
+        let Some((k, v)) = root.entry(key) else {
+            return Ok(());
+        };
+        if root.is_flow() || !self.starts_line(k.start) || v.anchors || v.alias {
+            return self.set_value(&[], key, "\"\"");
+        }
+        let start = self.line_start(k.start);
+        let colon = self.colon_after(k)?;
+        let end = self.past_line(self.content_end(v).max(colon + 1));
+        self.splice(start, end, "")
+    }
+
+    /// The top-level list `key` and the `:` after its key, for editing.
+    fn list_for_edit(&self, key: &str) -> Result<(&Node, usize), KubeconfigError> {
+        let root = self.node_at(&[])?;
+        let (k, list) = root
+            .entry(key)
+            .ok_or_else(|| KubeconfigError::Render(format!("no `{key}` list")))?;
+        if list.alias || list.anchor {
+            return Err(KubeconfigError::Unsupported(format!(
+                "`{key}` is a YAML anchor or alias"
+            )));
+        }
+        Ok((list, self.colon_after(k)?))
+    }
+
+    /// Appends `item` to the list `key` of the mapping at `path`, creating the list when it is
+    /// missing or `null`.
+    fn append_item(
+        &mut self,
+        path: &[Step<'_>],
+        key: &str,
+        item: &Out,
+    ) -> Result<(), KubeconfigError> {
+        // At most: add the key, turn `null` into `[]`, append.
+        for _ in 0..3 {
+            let map = self.node_at(path)?;
+            let Some((k, list)) = map.entry(key) else {
+                self.set_value(path, key, "[]")?;
+                continue;
+            };
+            if list.alias || list.anchor {
+                return Err(KubeconfigError::Unsupported(format!(
+                    "`{key}` is a YAML anchor or alias"
+                )));
+            }
+            if list.is_null() {
+                self.set_value(path, key, "[]")?;
+                continue;
+            }
+            let Some(items) = list.items() else {
+                return Err(KubeconfigError::Shape(format!("`{key}` is not a list")));
+            };
+            let colon = self.colon_after(k)?;
+            if list.is_flow() {
+                if items.is_empty() && !map.is_flow() {
+                    // `key: []` in block style becomes a block list, as kubectl writes it.
+                    let col = self.col(k.start);
+                    let text = format!("\n{}- {}", " ".repeat(col), item.block(col + 2));
+                    let end = self.content_end(list);
+                    return self.splice(colon + 1, end, &text);
+                }
+                return match items.last() {
+                    None => self.splice(list.start + 1, list.start + 1, &item.flow()),
+                    Some(last) => {
+                        let at = self.content_end(last);
+                        self.splice(at, at, &format!(", {}", item.flow()))
+                    }
+                };
+            }
+            let dash = self.skip_blank(colon + 1);
+            if self.text.as_bytes().get(dash) != Some(&b'-') {
+                return Err(KubeconfigError::Unsupported(format!(
+                    "the `{key}` list is written in a way tka does not edit"
+                )));
+            }
+            let col = self.col(dash);
+            let Some(last) = items.last() else {
+                return Err(KubeconfigError::Render("an empty block list".to_owned()));
+            };
+            let (at, line_start) = self.end_of_line(self.content_end(last));
+            let entry = format!("{}- {}", " ".repeat(col), item.block(col + 2));
+            let text = if line_start {
+                format!("{entry}\n")
+            } else {
+                format!("\n{entry}")
+            };
+            return self.splice(at, at, &text);
+        }
+        Err(KubeconfigError::Render(format!("could not add to `{key}`")))
+    }
+
+    /// Replaces item `index` of the top-level list `key` (one of tka's entries).
+    fn replace_item(&mut self, key: &str, index: usize, item: &Out) -> Result<(), KubeconfigError> {
+        let (list, _) = self.list_for_edit(key)?;
+        let old = self.node_at(&[Step::Key(key), Step::Index(index)])?;
+        if old.anchors {
+            return Err(KubeconfigError::Unsupported(format!(
+                "an entry of `{key}` defines a YAML anchor"
+            )));
+        }
+        let (start, end) = (old.start, self.content_end(old));
+        let text = if list.is_flow() {
+            item.flow()
+        } else {
+            item.block(self.col(start))
+        };
+        self.splice(start, end, &text)
+    }
+
+    /// Removes item `index` of the top-level list `key` (one of tka's entries).
+    fn remove_item(&mut self, key: &str, index: usize) -> Result<(), KubeconfigError> {
+        let (list, colon) = self.list_for_edit(key)?;
+        let Some(items) = list.items() else {
+            return Err(KubeconfigError::Shape(format!("`{key}` is not a list")));
+        };
+        let Some(item) = items.get(index) else {
+            return Ok(());
+        };
+        if item.anchors || item.alias {
+            return Err(KubeconfigError::Unsupported(format!(
+                "an entry of `{key}` uses a YAML anchor or alias"
+            )));
+        }
+        if items.len() == 1 {
+            return self.set_value(&[], key, "[]");
+        }
+        if list.is_flow() {
+            let (start, end) = match index.checked_sub(1).and_then(|p| items.get(p)) {
+                Some(prev) => (self.content_end(prev), item.end),
+                None => (item.start, items.get(1).map_or(item.end, |n| n.start)),
+            };
+            return self.splice(start, end, "");
+        }
+        let from = match index.checked_sub(1).and_then(|p| items.get(p)) {
+            Some(prev) => self.content_end(prev),
+            None => colon + 1,
+        };
+        let dash = self.skip_blank(from);
+        if self.text.as_bytes().get(dash) != Some(&b'-') || !self.starts_line(dash) {
+            return Err(KubeconfigError::Unsupported(format!(
+                "the `{key}` list is written in a way tka does not edit"
+            )));
+        }
+        let start = self.line_start(dash);
+        let end = self.past_line(self.content_end(item));
+        self.splice(start, end, "")
     }
 }
 
-fn str_value(s: &str) -> Value {
-    Value::String(s.to_owned())
+fn aliased(path: &[Step<'_>]) -> KubeconfigError {
+    KubeconfigError::Unsupported(format!("{} is a YAML alias", describe_path(path)))
 }
 
-fn named(name: &str, body_key: &str, body: Mapping) -> Value {
-    let mut entry = Mapping::new();
-    entry.insert(str_value("name"), str_value(name));
-    entry.insert(str_value(body_key), Value::Mapping(body));
-    Value::Mapping(entry)
-}
-
-fn entry_name(item: &Value) -> Option<&str> {
-    item.get("name").and_then(Value::as_str)
-}
-
-fn find(items: &[Value], name: &str) -> Option<usize> {
-    items.iter().position(|i| entry_name(i) == Some(name))
-}
-
-fn upsert(items: &mut Vec<Value>, name: &str, entry: Value) {
-    match find(items, name) {
-        Some(i) => items[i] = entry,
-        None => items.push(entry),
+fn describe_path(path: &[Step<'_>]) -> String {
+    if path.is_empty() {
+        return "the top level".to_owned();
     }
+    let parts: Vec<String> = path
+        .iter()
+        .map(|s| match s {
+            Step::Key(k) => (*k).to_owned(),
+            Step::Index(i) => i.to_string(),
+        })
+        .collect();
+    format!("`{}`", parts.join("."))
 }
 
-fn extension<'a>(item: &'a Value, body_key: &str, ext_name: &str) -> Option<&'a Value> {
+fn named(name: &str, body_key: &'static str, body: Vec<(&'static str, Out)>) -> Out {
+    Out::Map(vec![("name", Out::str(name)), (body_key, Out::Map(body))])
+}
+
+fn previous_extension(previous: Option<&str>) -> Out {
+    let value = match previous {
+        Some(p) => vec![("context", Out::str(p))],
+        None => Vec::new(),
+    };
+    Out::Map(vec![
+        ("name", Out::str(PREVIOUS_CONTEXT_EXTENSION)),
+        ("extension", Out::Map(value)),
+    ])
+}
+
+fn entry_name(item: &Node) -> Option<&str> {
+    item.get("name").and_then(Node::as_str)
+}
+
+/// The entry kubectl uses for `name` (the last of that name).
+fn find(items: &[Node], name: &str) -> Option<usize> {
+    items.iter().rposition(|i| entry_name(i) == Some(name))
+}
+
+fn extension<'a>(item: &'a Node, body_key: &str, ext_name: &str) -> Option<&'a Node> {
     item.get(body_key)?
         .get("extensions")?
-        .as_sequence()?
+        .items()?
         .iter()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(ext_name))?
+        .rev()
+        .find(|e| e.get("name").and_then(Node::as_str) == Some(ext_name))?
         .get("extension")
 }
 
-fn marker_of(item: &Value, body_key: &str) -> Option<LoginMarker> {
-    serde_yaml::from_value(extension(item, body_key, LOGIN_EXTENSION)?.clone()).ok()
+fn marker_of(item: &Node, body_key: &str) -> Option<LoginMarker> {
+    let ext = extension(item, body_key, LOGIN_EXTENSION)?;
+    let field = |k: &str| ext.get(k).and_then(Node::as_str);
+    Some(LoginMarker {
+        cluster: ClusterName::new(field("cluster")?).ok()?,
+        server: ServerUrl::parse(field("server")?).ok()?,
+        identity: field("identity").map(str::to_owned),
+    })
 }
 
-fn previous_of(item: &Value) -> Option<Value> {
+/// The current-context recorded before tka switched to this context (`None`: none was set).
+fn previous_of(item: &Node) -> Option<String> {
     extension(item, "context", PREVIOUS_CONTEXT_EXTENSION)?
-        .get("context")
-        .cloned()
-}
-
-fn set_previous(item: &mut Value, previous: Option<&Value>) {
-    let Some(exts) = item
-        .get_mut("context")
-        .and_then(|b| b.get_mut("extensions"))
-        .and_then(Value::as_sequence_mut)
-    else {
-        return;
-    };
-    let mut value = Mapping::new();
-    if let Some(p) = previous {
-        value.insert(str_value("context"), p.clone());
-    }
-    let mut ext = Mapping::new();
-    ext.insert(str_value("name"), str_value(PREVIOUS_CONTEXT_EXTENSION));
-    ext.insert(str_value("extension"), Value::Mapping(value));
-    match exts
-        .iter()
-        .position(|e| e.get("name").and_then(Value::as_str) == Some(PREVIOUS_CONTEXT_EXTENSION))
-    {
-        Some(i) => exts[i] = Value::Mapping(ext),
-        None => exts.push(Value::Mapping(ext)),
-    }
+        .get("context")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `tka login`: ask the server for a session, write the kubeconfig, seed the token cache, say
-//! what happened. The kubeconfig is checked before the server is asked, so a broken or read-only
-//! file costs no session.
+//! what happened. The kubeconfig is checked before the server is asked (its content, and that a
+//! file can be written where it goes), so a broken or read-only file costs no session; if the
+//! write still fails after the server answered, the new session is ended again.
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -11,7 +12,7 @@ use tka_core::kubeconfig::{
 };
 use tka_core::policy::TtlClamp;
 use tka_core::token_cache::{CacheKey, CachedToken};
-use tka_core::{Clock, Secret, Ttl};
+use tka_core::{Clock, ClusterName, Secret, Ttl};
 
 use crate::cache::TokenCache;
 use crate::client::{ApiClient, ApiError, Network};
@@ -106,7 +107,7 @@ fn login_one(
     clock: &dyn Clock,
 ) -> Result<LoginSummary, CliError> {
     let file = KubeconfigFile::locate(&settings.env)?;
-    file.check_writable()?;
+    file.check_can_write()?;
     let config = file.read()?;
     let context = login.template.render(&session.cluster);
     config.check_login(&context).map_err(|source| {
@@ -127,15 +128,21 @@ fn login_one(
     };
 
     let response = request(&settings.network, &server, session)?;
-    let entries = entries(
+    let written = entries(
         &response,
         &server,
         session,
         &login.template,
         &settings.network,
-    )?;
-    warn_if_plain_http(&entries);
-    let change = file.update(|config| config.login(&entries, login.switch))?;
+    )
+    .and_then(|entries| {
+        warn_if_plain_http(&entries);
+        Ok(file.update(|config| config.login(&entries, login.switch))?)
+    });
+    let change = match written {
+        Ok(change) => change,
+        Err(cause) => return Err(revoke(&settings.network, &server, &session.cluster, cause)),
+    };
     seed_cache(settings, &server, &response, clock);
 
     Ok(LoginSummary {
@@ -157,6 +164,27 @@ fn login_one(
         previous_context: change.previous_context,
         clamped: response.clamped,
     })
+}
+
+/// Ends the session a login just created, after its kubeconfig could not be written, so that
+/// no session is left behind without a context.
+fn revoke(
+    network: &Network,
+    server: &ServerUrl,
+    cluster: &ClusterName,
+    cause: CliError,
+) -> CliError {
+    let ended = ApiClient::new(server.clone(), network).and_then(|client| client.logout());
+    let revoked = match ended {
+        Ok(()) => "was ended again".to_owned(),
+        Err(e) => format!(
+            "could not be ended ({e}); end it with `tka logout {cluster} --server {server}`"
+        ),
+    };
+    CliError::NotWritten {
+        cause: Box::new(cause),
+        revoked,
+    }
 }
 
 /// `POST /api/v1/login`, with a spinner, checking that the server serves the cluster asked for.

@@ -47,6 +47,16 @@ pub(crate) fn run(
     })?;
     if targets.iter().any(|t| !t.contexts.is_empty()) {
         file.check_writable()?;
+        // The edits, tried first: a file tka cannot edit is refused before any session ends.
+        let mut trial = config;
+        for context in targets.iter().flat_map(|t| &t.contexts) {
+            trial.logout(context).map_err(|source| {
+                crate::kubeconfig_file::KubeconfigFileError::Refused {
+                    path: file.path().to_path_buf(),
+                    source,
+                }
+            })?;
+        }
     }
     let cache = TokenCache::locate(&settings.env)?;
 
@@ -67,11 +77,11 @@ pub(crate) fn run(
         let mut current_context = None;
         if !target.contexts.is_empty() {
             let changes = file.update(|config| {
-                Ok(target
-                    .contexts
-                    .iter()
-                    .filter_map(|c| config.logout(c))
-                    .collect::<Vec<_>>())
+                let mut changes = Vec::new();
+                for context in &target.contexts {
+                    changes.extend(config.logout(context)?);
+                }
+                Ok(changes)
             })?;
             for change in &changes {
                 if change.restored.is_some() {

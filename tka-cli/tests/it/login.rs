@@ -560,3 +560,126 @@ fn the_login_token_never_reaches_stderr_or_the_human_summary() {
     ok(&out);
     assert!(!stdout(&out).contains(TOKEN) && !stderr(&out).contains(TOKEN));
 }
+
+#[test]
+fn a_kubeconfig_that_cannot_be_written_costs_no_session() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_login(login_response("https://prod.api.example:6443"));
+    // A path through a regular file cannot be written, not even by root (chmod would not stop
+    // root, which is who CI runs as).
+    // A directory that cannot be created: /proc takes no new entries, from anyone. The file
+    // does not exist, so only trying to write shows the problem.
+    let uncreatable = std::path::Path::new("/proc/tka-no-such-dir/kube/config");
+    assert!(!uncreatable.parent().unwrap().exists());
+    let out = run(login(&sandbox, &server).env("KUBECONFIG", uncreatable));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write in the directory of /proc/tka-no-such-dir/kube/config"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.calls("POST", LOGIN_PATH), 0);
+    // A path through a regular file.
+    let blocker = sandbox.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "a file").unwrap();
+    let unwritable = blocker.join("kube").join("config");
+    let out = run(login(&sandbox, &server).env("KUBECONFIG", &unwritable));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.calls("POST", LOGIN_PATH), 0);
+    assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "a file");
+
+    // A path that can be written (its directories are created) takes the login.
+    let writable = sandbox.dir.path().join("new").join("kube").join("config");
+    ok(&run(login(&sandbox, &server).env("KUBECONFIG", &writable)));
+    assert_eq!(server.calls("POST", LOGIN_PATH), 1);
+    // The probe left nothing behind.
+    let left: Vec<_> = std::fs::read_dir(sandbox.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".probe"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Answers the login, and then takes the kubeconfig's directory away (turns it into a file), so
+/// the write after the answer fails.
+struct LoginThenBreakTheDirectory {
+    dir: std::path::PathBuf,
+    body: Value,
+}
+
+impl wiremock::Respond for LoginThenBreakTheDirectory {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        std::fs::write(&self.dir, "no longer a directory").unwrap();
+        wiremock::ResponseTemplate::new(200).set_body_json(&self.body)
+    }
+}
+
+#[test]
+fn a_write_that_fails_after_the_server_answered_ends_the_new_session() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_logout();
+    let dir = sandbox.kubeconfig().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(sandbox.kubeconfig(), "apiVersion: v1\nkind: Config\n").unwrap();
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .respond_with(LoginThenBreakTheDirectory {
+                dir,
+                body: login_response("https://prod.api.example:6443"),
+            }),
+    );
+    let out = run(&mut login(&sandbox, &server));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the session the server had just created was ended again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.calls("POST", LOGIN_PATH), 1);
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+
+    // A login whose write succeeds keeps its session.
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_logout();
+    server.on_login(login_response("https://prod.api.example:6443"));
+    ok(&run(&mut login(&sandbox, &server)));
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 0);
+}
+
+#[test]
+fn a_logout_tka_cannot_write_ends_no_session() {
+    let sandbox = Sandbox::new();
+    let server = Server::start();
+    server.on_login(login_response("https://prod.api.example:6443"));
+    server.on_logout();
+    ok(&run(&mut login(&sandbox, &server)));
+    // An anchor in tka's user entry, used elsewhere: removing the entry would break the alias.
+    let written = sandbox.read_kubeconfig();
+    let anchored = written.replacen("  user:\n", "  user: &mine\n", 1) + "x-copy: *mine\n";
+    std::fs::write(sandbox.kubeconfig(), &anchored).unwrap();
+    kubectl(&sandbox, &["config", "view"]);
+    let out = run(sandbox.tka().args(["logout", "prod"]));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kubectl reads that, but tka does not edit it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 0);
+    assert_eq!(sandbox.read_kubeconfig(), anchored);
+    // Without the anchor the logout goes through.
+    std::fs::write(sandbox.kubeconfig(), &written).unwrap();
+    ok(&run(sandbox.tka().args(["logout", "prod"])));
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+}

@@ -6,6 +6,7 @@ mod credential;
 mod discovery;
 mod help;
 mod hostile;
+mod kubectl_reads_the_same;
 mod login;
 mod status;
 mod support;

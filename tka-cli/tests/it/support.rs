@@ -63,7 +63,8 @@ impl Sandbox {
         self.isolated("kubectl")
     }
 
-    fn isolated(&self, program: &str) -> Command {
+    /// `program` with the clean environment of [`Self::tka`].
+    pub(crate) fn isolated(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -1,7 +1,6 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use serde_yaml::{Mapping, Value};
 
 use super::*;
 
@@ -70,7 +69,8 @@ preferences: {colors: true}
 extensions:
 - name: example.com/thing
   extension: {a: "0123", b: null, c: 1.5}
-x-top-level: ["on", "off", "~"]
+x-top-level: ["on", "off", "~"] # a comment
+# tka keeps comments
 "#;
 
 #[test]
@@ -307,12 +307,14 @@ fn logout_restores_the_previous_context_and_keeps_foreign_entries() {
             current: true,
         }]
     );
-    let out = config.logout("tka-prod").unwrap();
+    let out = config.logout("tka-prod").unwrap().unwrap();
     assert_eq!(out.restored, Some(Some("kind-dev".to_owned())));
+    // Byte for byte, comments and quoting included.
     assert_eq!(config, original);
+    assert_eq!(config.render().unwrap(), FOREIGN);
     // Nothing left to log out of; a foreign context is never removed.
-    assert_eq!(config.logout("tka-prod"), None);
-    assert_eq!(config.logout("kind-dev"), None);
+    assert_eq!(config.logout("tka-prod"), Ok(None));
+    assert_eq!(config.logout("kind-dev"), Ok(None));
     assert_eq!(config, original);
 }
 
@@ -321,9 +323,9 @@ fn logout_leaves_a_current_context_the_user_chose_alone() {
     let mut config = Kubeconfig::parse(FOREIGN).unwrap();
     config.login(&entries("prod"), true).unwrap();
     config
-        .root
-        .insert(str_value("current-context"), str_value("kind-dev"));
-    let out = config.logout("tka-prod").unwrap();
+        .set_value(&[], "current-context", "kind-dev")
+        .unwrap();
+    let out = config.logout("tka-prod").unwrap().unwrap();
     assert_eq!(out.restored, None);
     assert_eq!(config.current_context(), Some("kind-dev"));
 }
@@ -349,9 +351,9 @@ fn chains_of_logins_unwind_to_the_original_context() {
     let change = config.login(&entries("a"), true).unwrap();
     assert!(change.replaced);
     assert_eq!(change.previous_context.as_deref(), Some("tka-b"));
-    let out = config.logout("tka-a").unwrap();
+    let out = config.logout("tka-a").unwrap().unwrap();
     assert_eq!(out.restored, Some(Some("tka-b".to_owned())));
-    let out = config.logout("tka-b").unwrap();
+    let out = config.logout("tka-b").unwrap().unwrap();
     assert_eq!(out.restored, Some(Some("kind-dev".to_owned())));
     assert_eq!(config, original);
 }
@@ -402,8 +404,427 @@ fn templates() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Property: logins and logouts never change a foreign entry, and logging out of everything
-// restores the original file (up to an absent list being written as an empty one).
+// YAML 1.1: what kubectl reads must not change.
+
+/// The entries of the issue: quoted strings that YAML 1.1 would read as booleans, and a plain
+/// octal number in an extension.
+const YAML11: &str = r#"apiVersion: v1
+kind: Config
+clusters:
+- name: "no"
+  cluster:
+    server: https://no.example:6443
+    extensions:
+    - name: example.com/perm
+      extension: {mode: 0755, big: 123456789012345678901234567890, hex: 0x1F, under: 1_000, bin: 0b1, exp: 1e3, date: 2001-12-14, sexa: 1:20, nothing: ~, flag: on}
+users:
+- name: "on"
+  user:
+    token: "yes"
+contexts:
+- name: "no"
+  context:
+    cluster: "no"
+    user: "on"
+    namespace: "y"
+current-context: "no"
+"#;
+
+#[test]
+fn yaml_1_1_scalars_are_kept_as_written() {
+    let mut config = Kubeconfig::parse(YAML11).unwrap();
+    assert_eq!(config.current_context(), Some("no"));
+    config.login(&entries("prod"), true).unwrap();
+    let text = config.render().unwrap();
+    // Every foreign line is still there, quotes and plain numbers as they were.
+    for line in YAML11.lines().filter(|l| !l.starts_with("current-context")) {
+        assert!(text.contains(line), "lost {line:?} in\n{text}");
+    }
+    // The previous current-context is recorded quoted: YAML 1.1 would read a plain no as false.
+    assert!(
+        text.contains(r#"extension: {context: "no"}"#) || text.contains(r#"context: "no""#),
+        "{text}"
+    );
+    config.logout("tka-prod").unwrap().unwrap();
+    assert_eq!(config.render().unwrap(), YAML11);
+}
+
+#[test]
+fn names_that_yaml_1_1_misreads_are_written_quoted() {
+    for word in ["on", "no", "y", "Off", "null", "true"] {
+        let template = ContextTemplate::parse(word).unwrap();
+        let mut config = Kubeconfig::default();
+        config
+            .login(&entries_with("prod", &template, exec()), true)
+            .unwrap();
+        let text = config.render().unwrap();
+        assert!(text.contains(&format!("name: \"{word}\"")), "{text}");
+        assert!(
+            text.contains(&format!("current-context: \"{word}\"")),
+            "{text}"
+        );
+        assert_eq!(config.current_context(), Some(word));
+        assert_eq!(config.tka_contexts().len(), 1);
+        config.logout(word).unwrap().unwrap();
+        assert!(config.tka_contexts().is_empty());
+    }
+    // An unremarkable name stays plain.
+    let mut config = Kubeconfig::default();
+    config.login(&entries("prod"), true).unwrap();
+    assert!(
+        config
+            .render()
+            .unwrap()
+            .contains("current-context: tka-prod\n")
+    );
+}
+
+#[test]
+fn what_kubectl_reads_as_a_non_string_name_is_refused_with_the_reason() {
+    for (text, reads_as) in [
+        ("current-context: no\n", "a boolean"),
+        ("current-context: 0755\n", "an integer"),
+        ("contexts:\n- name: on\n  context: {}\n", "a boolean"),
+        (
+            "clusters:\n- name: 1e3\n  cluster: {}\n",
+            "a floating-point number",
+        ),
+        ("current-context: !!int \"5\"\n", "an integer"),
+        ("current-context: !!bool \"x\"\n", "a boolean"),
+    ] {
+        let err = Kubeconfig::parse(text).unwrap_err();
+        assert!(
+            matches!(&err, KubeconfigError::NotText { reads_as: r, .. } if *r == reads_as),
+            "{text}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("kubectl cannot read this file either"),
+            "{err}"
+        );
+    }
+    // The same values in quotes, and those that YAML 1.1 reads as strings, are fine.
+    for text in [
+        "current-context: \"no\"\n",
+        "current-context: '0755'\n",
+        "contexts:\n- name: \"on\"\n  context: {}\n",
+        "current-context: 2001-12-14\n",
+        "current-context: 1:20\n",
+        "current-context: ~\n",
+        "current-context:\n",
+        // Local tags and !!str keep the text for kubectl.
+        "current-context: !!str 0755\n",
+        "current-context: !foo x\n",
+        "current-context: ! 0755\n",
+    ] {
+        assert!(Kubeconfig::parse(text).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn what_kubectl_accepts_is_accepted() {
+    // A number wider than 64 bits, and duplicate keys (kubectl takes the last).
+    let text = "apiVersion: v1\nextensions:\n- name: x\n  extension: {big: 123456789012345678901234567890}\ncurrent-context: a\ncurrent-context: kind-dev\n";
+    let mut config = Kubeconfig::parse(text).unwrap();
+    assert_eq!(config.current_context(), Some("kind-dev"));
+    let change = config.login(&entries("prod"), true).unwrap();
+    assert_eq!(change.previous_context.as_deref(), Some("kind-dev"));
+    let written = config.render().unwrap();
+    // The last current-context is the one changed; the first stays as it was.
+    assert!(
+        written.contains("current-context: a\ncurrent-context: tka-prod"),
+        "{written}"
+    );
+    assert!(written.contains("big: 123456789012345678901234567890"));
+    config.logout("tka-prod").unwrap().unwrap();
+    assert_eq!(
+        config
+            .render()
+            .unwrap()
+            .replace("clusters: []\nusers: []\ncontexts: []\n", ""),
+        text
+    );
+}
+
+#[test]
+fn flow_style_and_json_kubeconfigs_stay_valid() {
+    let json = r#"{"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "kind", "cluster": {"server": "https://k:6443"}}], "users": [], "contexts": [], "current-context": "kind"}"#;
+    let original = Kubeconfig::parse(json).unwrap();
+    let mut config = original.clone();
+    config.login(&entries("prod"), true).unwrap();
+    let reread = Kubeconfig::parse(&config.render().unwrap()).unwrap();
+    assert_eq!(reread.current_context(), Some("tka-prod"));
+    assert_eq!(reread.tka_contexts().len(), 1);
+    config.login(&entries("b"), true).unwrap();
+    config.logout("tka-prod").unwrap().unwrap();
+    config.logout("tka-b").unwrap().unwrap();
+    assert_eq!(config.current_context(), Some("kind"));
+    assert_eq!(foreign_texts(&config), foreign_texts(&original));
+}
+
+#[test]
+fn empty_and_comment_only_files_get_a_full_kubeconfig() {
+    for text in ["", "# nothing yet\n", "---\n", "~\n"] {
+        let mut config = Kubeconfig::parse(text).unwrap();
+        config.login(&entries("prod"), true).unwrap();
+        let written = config.render().unwrap();
+        assert!(
+            written.contains("apiVersion: v1\nkind: Config\n"),
+            "{written}"
+        );
+        if text.starts_with('#') {
+            assert!(written.starts_with(text));
+        }
+        assert_eq!(Kubeconfig::parse(&written).unwrap().tka_contexts().len(), 1);
+    }
+}
+
+#[test]
+fn lists_that_are_missing_null_or_indented_take_entries() {
+    for text in [
+        "apiVersion: v1\n",
+        "clusters:\nusers: ~\ncontexts: null\n",
+        "clusters:\n  - name: kind # mine\n    cluster: {server: \"https://k\"}\n\n  # trailing comment\nusers: []\n",
+        "clusters:\n- name: kind\n  cluster:\n    certificate-authority-data: |\n      QUJD\n\ncontexts: []\n",
+    ] {
+        let original = Kubeconfig::parse(text).unwrap();
+        let mut config = original.clone();
+        config.login(&entries("prod"), true).unwrap();
+        config.login(&entries("b"), false).unwrap();
+        let written = config.render().unwrap();
+        let reread = Kubeconfig::parse(&written).unwrap();
+        assert_eq!(reread.tka_contexts().len(), 2, "{written}");
+        for (key, _, _) in LISTS {
+            assert!(
+                find(reread.items(key), "tka-prod").is_some(),
+                "{key} in {written}"
+            );
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.contains('#') || l.contains("kind"))
+        {
+            assert!(written.contains(line), "lost {line:?} in\n{written}");
+        }
+        config.logout("tka-prod").unwrap().unwrap();
+        config.logout("tka-b").unwrap().unwrap();
+        assert!(config.tka_contexts().is_empty());
+        assert_eq!(
+            foreign_texts(&config),
+            foreign_texts(&original),
+            "{}",
+            config.render().unwrap()
+        );
+    }
+}
+
+#[test]
+fn anchors_and_aliases_in_foreign_entries_are_kept_and_tka_refuses_to_edit_through_them() {
+    let text = "clusters:\n- name: kind\n  cluster: &c {server: \"https://k\"}\n- name: copy\n  cluster: *c\n";
+    let mut config = Kubeconfig::parse(text).unwrap();
+    config.login(&entries("prod"), true).unwrap();
+    config.logout("tka-prod").unwrap().unwrap();
+    assert_eq!(
+        foreign_texts(&config),
+        foreign_texts(&Kubeconfig::parse(text).unwrap())
+    );
+    // A list that is an alias cannot be changed without changing what it is an alias of.
+    let aliased = "x-all: &all []\nclusters: *all\n";
+    let mut config = Kubeconfig::parse(aliased).unwrap();
+    let err = config.login(&entries("prod"), true).unwrap_err();
+    assert!(matches!(err, KubeconfigError::Unsupported(_)), "{err}");
+    assert_eq!(config.render().unwrap(), aliased);
+}
+
+#[test]
+fn merge_keys_in_entries_are_refused() {
+    let text = "x: &base {server: \"https://k\"}\nclusters:\n- name: kind\n  cluster:\n    <<: *base\n- <<: {name: tka-prod}\n";
+    assert!(matches!(
+        Kubeconfig::parse(text),
+        Err(KubeconfigError::Unsupported(_))
+    ));
+    assert!(Kubeconfig::parse("x: &base {a: 1}\ny:\n  <<: *base\n").is_ok());
+    // kubectl decodes !!binary; tka does not.
+    assert!(matches!(
+        Kubeconfig::parse("current-context: !!binary aGk=\n"),
+        Err(KubeconfigError::Unsupported(_))
+    ));
+}
+
+#[test]
+fn nesting_past_the_limit_is_refused_as_unsupported_not_as_invalid() {
+    let nested = |depth: usize| format!("x: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    assert!(Kubeconfig::parse(&nested(100)).is_ok());
+    let err = Kubeconfig::parse(&nested(300)).unwrap_err();
+    assert!(matches!(err, KubeconfigError::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn kubectl_1_1_resolution() {
+    use yaml::Resolved::*;
+    for (plain, want) in [
+        ("yes", Bool),
+        ("Y", Bool),
+        ("off", Bool),
+        ("yEs", Str),
+        ("~", Null),
+        ("", Null),
+        ("0755", Int),
+        ("0o17", Int),
+        ("0x1F", Int),
+        ("-0x1f", Int),
+        ("0b101", Int),
+        ("1_000", Int),
+        ("+12", Int),
+        ("123456789012345678901234567890", Int),
+        ("08", Float),
+        ("1e3", Float),
+        ("1.", Float),
+        (".5", Float),
+        (".inf", Float),
+        ("1e400", Str),
+        ("1:20", Str),
+        ("2001-12-14", Str),
+        ("2001-12-14T21:59:43.10Z", Str),
+        ("0x", Str),
+        ("-", Str),
+        ("1.2.3", Str),
+        ("tka-prod", Str),
+        ("<<", Merge),
+    ] {
+        assert_eq!(yaml::resolve_plain(plain), want, "{plain:?}");
+    }
+}
+
+#[test]
+fn tka_strings_read_back_the_same_under_yaml_1_1() {
+    for s in [
+        "tka-prod",
+        "https://x.example:6443",
+        "/usr/local/bin/tka",
+        "yes",
+        "No",
+        "0755",
+        "1e3",
+        "2001-12-14",
+        "~",
+        "",
+        "a: b",
+        "a #b",
+        "- x",
+        "tab\there",
+        "quote\"back\\slash",
+        "line\u{2028}sep\u{85}nel",
+        "ünïcode",
+        "key:",
+        "[x]",
+        "---",
+        "--- x",
+        "-",
+        "-1",
+        "-.inf",
+    ] {
+        let text = format!("k: {}\n", yaml::scalar(s));
+        let root = yaml::parse(&text).unwrap().unwrap();
+        assert_eq!(root.get("k").and_then(Node::as_str), Some(s), "{text}");
+    }
+    assert_eq!(yaml::scalar("tka-prod"), "tka-prod");
+    assert_eq!(yaml::scalar("--server"), "--server");
+    assert_eq!(yaml::scalar("on"), "\"on\"");
+    assert_eq!(yaml::scalar("---"), "\"---\"");
+    assert_eq!(yaml::scalar("-1"), "\"-1\"");
+}
+
+#[test]
+fn crlf_and_byte_order_marks_are_kept() {
+    for text in [
+        "apiVersion: v1\r\nclusters:\r\n- name: kind\r\n  cluster: {server: \"https://k\"}\r\ncurrent-context: kind\r\n",
+        "\u{feff}apiVersion: v1\nkind: Config\n",
+    ] {
+        let original = Kubeconfig::parse(text).unwrap();
+        let mut config = original.clone();
+        config.login(&entries("prod"), true).unwrap();
+        let written = config.render().unwrap();
+        let reread = Kubeconfig::parse(&written).unwrap();
+        assert_eq!(reread.current_context(), Some("tka-prod"), "{written:?}");
+        assert_eq!(reread.tka_contexts().len(), 1, "{written:?}");
+        config.logout("tka-prod").unwrap().unwrap();
+        assert_eq!(foreign_texts(&config), foreign_texts(&original));
+        assert_eq!(config.current_context(), original.current_context());
+    }
+}
+
+#[test]
+fn a_hostile_identity_cannot_add_structure() {
+    let server = server();
+    let hostile = "laptop\"\n  exec: {command: /bin/sh}\n# x: [y, {z";
+    let built = LoginEntries::new(
+        &endpoint("prod"),
+        EntryOptions {
+            template: &ContextTemplate::default(),
+            server: &server,
+            identity: Some(hostile),
+            socks5: None,
+            namespace: None,
+            credential: exec(),
+        },
+    )
+    .unwrap();
+    let mut config = Kubeconfig::default();
+    config.login(&built, true).unwrap();
+    let reread = Kubeconfig::parse(&config.render().unwrap()).unwrap();
+    assert_eq!(
+        reread.tka_contexts()[0].marker.identity.as_deref(),
+        Some(hostile)
+    );
+    let users = reread.items("users");
+    let user = users[0].get("user").unwrap();
+    let exec = user.get("exec").unwrap();
+    assert_eq!(
+        exec.get("command").and_then(Node::as_str),
+        Some("/usr/local/bin/tka")
+    );
+    // The well-behaved identity, for contrast, is written plain.
+    let mut plain = Kubeconfig::default();
+    plain.login(&entries("prod"), true).unwrap();
+    assert!(
+        plain
+            .render()
+            .unwrap()
+            .contains("identity: laptop.tail1234.ts.net\n")
+    );
+}
+
+/// The source text of every foreign entry and every top-level entry except tka's lists and
+/// `current-context`, in order.
+fn foreign_texts(config: &Kubeconfig) -> Vec<String> {
+    let text = &config.text;
+    let slice = |n: &Node| text[n.start..config.content_end(n)].to_owned();
+    let mut out = Vec::new();
+    let Some(root) = &config.root else {
+        return out;
+    };
+    for (k, v) in root.entries().unwrap_or_default() {
+        let key = k.as_str().unwrap_or_default();
+        if key == "current-context" {
+            continue;
+        }
+        if let Some((_, body, _)) = LISTS.iter().find(|(l, _, _)| *l == key) {
+            for item in v.items().unwrap_or_default() {
+                if marker_of(item, body).is_none() {
+                    out.push(format!("{key}: {}", slice(item)));
+                }
+            }
+            continue;
+        }
+        out.push(format!("{}: {}", slice(k), slice(v)));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: logins and logouts never change a byte of a foreign entry, and logging out of
+// everything restores the current-context. (Against the real kubectl: tka-cli's tests.)
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -432,146 +853,136 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn scalar() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|i| Value::Number(i.into())),
-        prop::num::f64::NORMAL.prop_map(|f| Value::Number(f.into())),
-        prop_oneof![
-            Just("yes".to_owned()),
-            Just("no".to_owned()),
-            Just("on".to_owned()),
-            Just("~".to_owned()),
-            Just("null".to_owned()),
-            Just("0123".to_owned()),
-            Just("1e3".to_owned()),
-            Just("- x".to_owned()),
-            Just("a: b".to_owned()),
-            Just("# not a comment".to_owned()),
-            Just("tka-a".to_owned()),
-            any::<String>(),
-        ]
-        .prop_map(Value::String),
-    ]
+/// Scalars as written, YAML 1.1 traps included.
+fn scalar_text() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "n",
+        "~",
+        "null",
+        "0755",
+        "1_0",
+        "0x1f",
+        "0b11",
+        "1e3",
+        "2001-12-14",
+        "1:20",
+        "-0x1F",
+        "123456789012345678901234567890",
+        "true",
+        "\"no\"",
+        "'on'",
+        "\"0755\"",
+        "'single ''quoted'''",
+        "\"tab\\there\"",
+        "plain text",
+        "tka-a",
+        "\"\"",
+        "[1, yes, \"no\"]",
+        "{mode: 0755, x: ~}",
+        "[]",
+        "{}",
+    ])
+    .prop_map(str::to_owned)
 }
 
-fn value() -> impl Strategy<Value = Value> {
-    scalar().prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
-            prop::collection::vec(("[a-zA-Z_.-]{1,10}", inner), 0..4).prop_map(|kv| {
-                Value::Mapping(kv.into_iter().map(|(k, v)| (Value::String(k), v)).collect())
-            }),
-        ]
-    })
+fn name_text() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "kind-dev",
+        "corp",
+        "\"no\"",
+        "'on'",
+        "\"0755\"",
+        "tka-a",
+        "b-via-tka",
+        "\"tka-prod\"",
+    ])
+    .prop_map(str::to_owned)
 }
 
-/// Foreign entries; names may collide with tka's (`tka-a`, `a-via-tka`), which must then refuse.
-fn entry_list(body_key: &'static str) -> impl Strategy<Value = Value> {
-    prop::collection::vec(
-        (
-            prop_oneof![
-                "[a-z][a-z0-9-]{0,8}",
-                Just("tka-a".to_owned()),
-                Just("b-via-tka".to_owned())
-            ],
-            prop::collection::vec(("[a-z-]{1,12}", value()), 0..4),
-        ),
-        0..4,
-    )
-    .prop_map(move |items| {
-        Value::Sequence(
-            items
-                .into_iter()
-                .map(|(name, fields)| {
-                    let mut body = Mapping::new();
-                    for (k, v) in fields {
-                        body.insert(Value::String(k), v);
-                    }
-                    let mut entry = Mapping::new();
-                    entry.insert(str_value("name"), Value::String(name));
-                    entry.insert(str_value(body_key), Value::Mapping(body));
-                    Value::Mapping(entry)
-                })
-                .collect(),
-        )
-    })
-}
-
-fn list_or_absent(body_key: &'static str) -> impl Strategy<Value = Option<Value>> {
-    prop_oneof![
-        1 => Just(None),
-        1 => Just(Some(Value::Null)),
-        4 => entry_list(body_key).prop_map(Some),
-    ]
-}
-
-fn foreign_config() -> impl Strategy<Value = Kubeconfig> {
+/// One entry of a list, block (at `indent`) or flow.
+fn entry_text(body: &'static str) -> impl Strategy<Value = (String, String)> {
     (
-        list_or_absent("cluster"),
-        list_or_absent("user"),
-        list_or_absent("context"),
-        prop::option::of(prop_oneof![
-            Just(Value::Null),
-            "[a-z][a-z0-9-]{0,8}".prop_map(Value::String),
-            Just(str_value("")),
-        ]),
-        prop::option::of(value()),
-        prop::option::of(value()),
-        prop::collection::vec(("x-[a-z]{1,8}", value()), 0..3),
+        name_text(),
+        prop::collection::vec(("[a-z]{1,6}", scalar_text()), 0..4),
+        any::<bool>(),
     )
-        .prop_map(
-            |(clusters, users, contexts, current, preferences, extensions, unknown)| {
-                let mut root = Mapping::new();
-                root.insert(str_value("apiVersion"), str_value("v1"));
-                for (k, v) in [
-                    ("clusters", clusters),
-                    ("users", users),
-                    ("contexts", contexts),
-                    ("current-context", current),
-                    ("preferences", preferences),
-                    ("extensions", extensions),
-                ] {
-                    if let Some(v) = v {
-                        root.insert(str_value(k), v);
+        .prop_map(move |(name, fields, comment)| {
+            let flow_fields: Vec<String> =
+                fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let flow = format!("{{name: {name}, {body}: {{{}}}}}", flow_fields.join(", "));
+            let mut block = format!("name: {name}");
+            if comment {
+                block.push_str(" # the name");
+            }
+            if fields.is_empty() {
+                block.push_str(&format!("\n@{body}: {{}}"));
+            } else {
+                block.push_str(&format!("\n@{body}:"));
+                for (k, v) in &fields {
+                    block.push_str(&format!("\n@  {k}: {v}"));
+                }
+            }
+            (block, flow)
+        })
+}
+
+fn list_text(key: &'static str, body: &'static str) -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => Just(String::new()),
+        1 => Just(format!("{key}:\n")),
+        1 => Just(format!("{key}: []\n")),
+        4 => (prop::collection::vec(entry_text(body), 1..4), 0..3usize).prop_map(move |(items, style)| {
+            match style {
+                2 => {
+                    let flows: Vec<&str> = items.iter().map(|(_, f)| f.as_str()).collect();
+                    format!("{key}: [{}]\n", flows.join(", "))
+                }
+                indent => {
+                    let pad = " ".repeat(indent * 2);
+                    let mut out = format!("{key}:\n");
+                    for (block, _) in &items {
+                        let item = block.replace('@', &format!("{pad}  "));
+                        out.push_str(&format!("{pad}- {item}\n"));
                     }
+                    out
                 }
-                for (k, v) in unknown {
-                    root.insert(Value::String(k), v);
-                }
-                Kubeconfig { root }
-            },
-        )
+            }
+        }),
+    ]
 }
 
-/// Everything but tka's entries and the current-context, with absent, `null` and empty lists
-/// treated alike (as client-go does).
-fn foreign_part(config: &Kubeconfig) -> Mapping {
-    let mut root = config.root().clone();
-    root.shift_remove("current-context");
-    for (key, body, _) in LISTS {
-        let kept: Vec<Value> = config
-            .items(key)
-            .iter()
-            .filter(|i| marker_of(i, body).is_none())
-            .cloned()
-            .collect();
-        if kept.is_empty() {
-            root.shift_remove(key);
-        } else {
-            root.insert(str_value(key), Value::Sequence(kept));
-        }
-    }
-    root
-}
-
-fn normalized(config: &Kubeconfig) -> Mapping {
-    let mut root = foreign_part(config);
-    if let Some(c) = config.root().get("current-context") {
-        root.insert(str_value("current-context"), c.clone());
-    }
-    root
+fn foreign_text() -> impl Strategy<Value = String> {
+    (
+        list_text("clusters", "cluster"),
+        list_text("users", "user"),
+        list_text("contexts", "context"),
+        // Not a name tka gives its contexts: a current-context that names a context tka creates
+        // later is a different story (the chain of previous contexts then runs through it).
+        prop::option::of(name_text().prop_filter("not a tka context", |n| !n.contains("tka"))),
+        prop::collection::vec(("x-[a-z]{1,6}", scalar_text()), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(clusters, users, contexts, current, extra, comment)| {
+            let mut text = String::from("apiVersion: v1\n");
+            if comment {
+                text.push_str("# a comment of the user's\n");
+            }
+            text.push_str(&clusters);
+            text.push_str(&users);
+            text.push_str(&contexts);
+            if let Some(c) = current {
+                text.push_str(&format!("current-context: {c}\n"));
+            }
+            for (k, v) in extra {
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            text
+        })
 }
 
 fn logout_cluster(config: &mut Kubeconfig, cluster: Option<&str>) {
@@ -582,7 +993,7 @@ fn logout_cluster(config: &mut Kubeconfig, cluster: Option<&str>) {
         .map(|c| c.name)
         .collect();
     for name in names {
-        assert!(config.logout(&name).is_some());
+        assert!(config.logout(&name).unwrap().is_some());
     }
 }
 
@@ -591,13 +1002,11 @@ proptest! {
 
     #[test]
     fn logins_and_logouts_never_touch_foreign_entries(
-        original in foreign_config(),
-        ops in prop::collection::vec(op(), 0..12),
+        text in foreign_text(),
+        ops in prop::collection::vec(op(), 0..10),
     ) {
-        // What is written must read back as the same tree.
-        let text = original.render().unwrap();
-        let mut config = Kubeconfig::parse(&text).unwrap();
-        prop_assert_eq!(config.root(), original.root());
+        let original = Kubeconfig::parse(&text).unwrap();
+        let mut config = original.clone();
         let alt = ContextTemplate::parse("{cluster}-via-tka").unwrap();
         for op in &ops {
             let before = config.clone();
@@ -621,14 +1030,13 @@ proptest! {
                 Op::Logout { cluster } => logout_cluster(&mut config, Some(CLUSTERS[cluster])),
                 Op::LogoutAll => logout_cluster(&mut config, None),
             }
-            prop_assert_eq!(foreign_part(&config), foreign_part(&original));
-            // A write and a read in between change nothing.
+            prop_assert_eq!(foreign_texts(&config), foreign_texts(&original), "{}", config.text);
+            // What is written reads back as the same tree.
             let reread = Kubeconfig::parse(&config.render().unwrap()).unwrap();
-            prop_assert_eq!(reread.root(), config.root());
-            config = reread;
+            prop_assert_eq!(&reread.root, &config.root);
         }
         logout_cluster(&mut config, None);
         prop_assert!(config.tka_contexts().is_empty());
-        prop_assert_eq!(normalized(&config), normalized(&original));
+        prop_assert_eq!(config.current_context(), original.current_context());
     }
 }
