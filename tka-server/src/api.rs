@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -108,13 +109,21 @@ const SKIPPED_LOG_CAP: usize = 1024;
 /// policy file is reported without a line on every request of every device that holds it.
 #[derive(Debug, Default)]
 struct SkippedLog {
-    last: Mutex<HashMap<String, Timestamp>>,
+    /// Keyed by a digest of the value, so a large value costs no more memory than a small one.
+    last: Mutex<HashMap<u64, Timestamp>>,
 }
 
 impl SkippedLog {
     /// Whether `value` is due for a WARN at `now` (and remembers that it was logged).
     fn due(&self, value: &SkippedValue, now: Timestamp) -> bool {
-        let key = format!("{}\u{0}{}\u{0}{}", value.schema, value.value, value.reason);
+        let mut digest = std::hash::DefaultHasher::new();
+        (
+            value.schema.to_string(),
+            value.value.to_string(),
+            &value.reason,
+        )
+            .hash(&mut digest);
+        let key = digest.finish();
         // The lock is never held across an await; a poisoned map is still a valid map.
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(at) = last.get(&key)
