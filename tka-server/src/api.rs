@@ -430,7 +430,7 @@ fn recheck(state: &ApiState, identity: &Identity, session: &issuer::SessionInfo)
         (status = 413, description = "Body larger than the cap", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "tailscaled or the Kubernetes API is unavailable, or the session's GrantMapping is not checked yet; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
     )
 )]
