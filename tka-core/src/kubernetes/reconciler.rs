@@ -235,9 +235,17 @@ impl KubernetesReconciler {
         .default_backoff()
         .map(|_| Kick::Mappings);
         // An aggregated role can gain a write rule at any time: re-check then, not at the next
-        // periodic pass.
+        // periodic pass. Only changes wake the loop, not the (re)list of every role; a change
+        // missed across a re-list is caught by the next periodic pass, whose fingerprint holds
+        // every mapping's state.
         let roles = watcher(Api::<ClusterRole>::all(client), watcher::Config::default())
             .default_backoff()
+            .filter(|event| {
+                std::future::ready(matches!(
+                    event,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+                ))
+            })
             .map(|_| Kick::Mappings);
         let mut events =
             futures::stream::select_all([sessions.boxed(), mappings.boxed(), roles.boxed()]);
@@ -882,7 +890,11 @@ impl Reconciler for KubernetesReconciler {
             .collect();
         // One view of the mappings for this pass: the sessions are judged and the conditions
         // written from it, with the same judgement the login uses.
-        let roles = self.cluster_roles(&mut report).await;
+        let roles = if named.is_empty() {
+            None
+        } else {
+            self.cluster_roles(&mut report).await
+        };
         let facts = ClusterFacts {
             cluster_roles: roles.as_ref(),
             allow_cluster_wide_write: self.settings.allow_cluster_wide_write,
