@@ -5,7 +5,8 @@
 //! that gains a write through aggregation later is caught when the roles are listed again.
 //!
 //! Read-only means: every rule grants only `get`, `list` or `watch`; no rule has a wildcard in
-//! its verbs, API groups or resources; no rule reads `secrets` (in the core group or through a
+//! its verbs, API groups or resources (nor a non-resource URL matching every path); no rule reads
+//! `secrets` (in the core group or through a
 //! wildcard group); and no rule reaches the subresources whose `get` is not a read (`pods/exec`,
 //! `pods/attach`, `pods/portforward` and the proxies). A cluster-wide binding of anything more
 //! reaches every namespace, the protected ones included (DESIGN §4.3). Pure: no I/O; the caller
@@ -234,7 +235,11 @@ fn rule_beyond_read(rule: &PolicyRule) -> Vec<String> {
     let reads = reads.join(", ");
     let wildcard_group = rule.api_groups.iter().any(|g| g == "*");
     let wildcard_resource = rule.resources.iter().any(|r| r.contains('*'));
-    let wildcard_url = rule.non_resource_urls.iter().any(|u| u == "*");
+    // `*` and `/*` match every non-resource path (`/logs`, `/debug/pprof`, …).
+    let wildcard_url = rule
+        .non_resource_urls
+        .iter()
+        .any(|u| u.ends_with('*') && u.trim_end_matches('*').trim_end_matches('/').is_empty());
     if (wildcard_group && !rule.resources.is_empty()) || wildcard_resource || wildcard_url {
         out.push(format!("{reads} on a wildcard ({targets})"));
         return out;
@@ -374,6 +379,8 @@ mod tests {
         );
         assert_eq!(one(urls(&["/metrics"], &["post"])), ["post /metrics"]);
         assert!(one(urls(&["*"], &["get"]))[0].contains("wildcard"));
+        assert!(one(urls(&["/*"], &["get"]))[0].contains("wildcard"));
+        assert_eq!(one(urls(&["/healthz/*"], &["get"])), Vec::<String>::new());
         // A rule without verbs grants nothing.
         assert_eq!(one(rule("*", &["*"], &[])), Vec::<String>::new());
     }
