@@ -2,9 +2,10 @@
 //! that keeps the [`MappingStore`] current from watches of the GrantMappings and the ClusterRoles
 //! (so a login reads nothing from the API server, DESIGN §11, and a ClusterRole that gains a
 //! write is seen at once, DESIGN §4.3), the bindability check of each mapping by
-//! SelfSubjectAccessReview (DESIGN §5.1), the live-session count from a Session reflector, the readiness checks (API server,
-//! CRDs), and `drain`. This is the only module of the crate that talks to Kubernetes; it decides
-//! no policy (that is `tka_core::policy`) and creates no session objects (the issuer does).
+//! SelfSubjectAccessReview (DESIGN §5.1), the live-session count from a Session reflector, the
+//! readiness checks (API server, CRDs), and `drain`. This is the only module of the crate that
+//! talks to Kubernetes; it decides no policy (that is `tka_core::policy`) and creates no session
+//! objects (the issuer does).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -248,6 +249,8 @@ pub struct MappingFeed {
     allow_cluster_wide_write: bool,
     mappings_synced: AtomicBool,
     roles_synced: AtomicBool,
+    /// Set once a publish has used the first full lists of both.
+    published: AtomicBool,
 }
 
 /// How often the feed re-asks about mappings it could not check.
@@ -264,6 +267,7 @@ impl MappingFeed {
             allow_cluster_wide_write: false,
             mappings_synced: AtomicBool::new(false),
             roles_synced: AtomicBool::new(false),
+            published: AtomicBool::new(false),
         }
     }
 
@@ -274,9 +278,10 @@ impl MappingFeed {
         self
     }
 
-    /// Whether the first full lists of GrantMappings and ClusterRoles have been applied.
+    /// Whether the mappings of the first full lists of GrantMappings and ClusterRoles have been
+    /// published.
     pub fn is_synced(&self) -> bool {
-        self.mappings_synced.load(Ordering::SeqCst) && self.roles_synced.load(Ordering::SeqCst)
+        self.published.load(Ordering::SeqCst)
     }
 
     /// Publishes the mappings in `mappings`, judged against the roles in `roles` (once their
@@ -288,6 +293,8 @@ impl MappingFeed {
         roles: &Store<ClusterRole>,
         recheck_all: bool,
     ) {
+        let both_listed =
+            self.mappings_synced.load(Ordering::SeqCst) && self.roles_synced.load(Ordering::SeqCst);
         let mappings = named(&mappings.state());
         if recheck_all {
             self.bindability.refresh_all(&mappings).await;
@@ -306,6 +313,9 @@ impl MappingFeed {
         self.store.replace(mapping_views(&mappings, &facts, &|m| {
             bindability.bindable(m)
         }));
+        if both_listed {
+            self.published.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Watches GrantMappings and ClusterRoles with `client` until `shutdown`.
@@ -335,12 +345,12 @@ impl MappingFeed {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = recheck.tick() => {
-                    if self.is_synced() {
+                    if self.mappings_synced.load(Ordering::SeqCst) {
                         self.publish(&reader, &roles, false).await;
                     }
                 }
                 _ = recheck_all.tick() => {
-                    if self.is_synced() {
+                    if self.mappings_synced.load(Ordering::SeqCst) {
                         self.publish(&reader, &roles, true).await;
                     }
                 }
