@@ -191,27 +191,34 @@ impl ClusterRoles {
     }
 }
 
-fn list(items: &[String]) -> String {
+/// Names in words: `*` becomes `every`.
+fn list(items: &[String], every: &str) -> String {
     if items.is_empty() {
-        "nothing".to_owned()
-    } else {
-        items.join(", ")
+        return "nothing".to_owned();
     }
+    items
+        .iter()
+        .map(|i| if i == "*" { every } else { i.as_str() })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What one rule grants beyond reading, in words.
 fn rule_beyond_read(rule: &PolicyRule) -> Vec<String> {
     let mut out = Vec::new();
-    let targets = if rule.non_resource_urls.is_empty() {
-        list(&rule.resources)
-    } else if rule.resources.is_empty() {
-        list(&rule.non_resource_urls)
-    } else {
-        format!(
+    let targets = match (rule.resources.is_empty(), rule.non_resource_urls.is_empty()) {
+        (false, true) | (true, true) => list(&rule.resources, "every resource"),
+        (true, false) => list(&rule.non_resource_urls, "every path"),
+        (false, false) => format!(
             "{}, {}",
-            list(&rule.resources),
-            list(&rule.non_resource_urls)
-        )
+            list(&rule.resources, "every resource"),
+            list(&rule.non_resource_urls, "every path")
+        ),
+    };
+    let targets = if rule.api_groups.iter().any(|g| g == "*") && !rule.resources.is_empty() {
+        format!("{targets} in every API group")
+    } else {
+        targets
     };
     let writes: Vec<String> = rule
         .verbs
@@ -220,7 +227,7 @@ fn rule_beyond_read(rule: &PolicyRule) -> Vec<String> {
         .cloned()
         .collect();
     if !writes.is_empty() {
-        out.push(format!("{} {targets}", writes.join(", ")));
+        out.push(format!("{} {targets}", list(&writes, "every verb on")));
     }
     // What the rule lets a caller read: its read verbs, or every verb through `*`.
     let reads: Vec<&str> = rule
@@ -232,7 +239,11 @@ fn rule_beyond_read(rule: &PolicyRule) -> Vec<String> {
     if reads.is_empty() {
         return out;
     }
-    let reads = reads.join(", ");
+    let reads = reads
+        .iter()
+        .map(|v| if *v == "*" { "every verb on" } else { v })
+        .collect::<Vec<_>>()
+        .join(", ");
     let wildcard_group = rule.api_groups.iter().any(|g| g == "*");
     let wildcard_resource = rule.resources.iter().any(|r| r.contains('*'));
     // `*` and `/*` match every non-resource path (`/logs`, `/debug/pprof`, …).
@@ -241,7 +252,10 @@ fn rule_beyond_read(rule: &PolicyRule) -> Vec<String> {
         .iter()
         .any(|u| u.ends_with('*') && u.trim_end_matches('*').trim_end_matches('/').is_empty());
     if (wildcard_group && !rule.resources.is_empty()) || wildcard_resource || wildcard_url {
-        out.push(format!("{reads} on a wildcard ({targets})"));
+        // A write on the same rule already says enough.
+        if out.is_empty() {
+            out.push(format!("{reads} {targets} (a wildcard)"));
+        }
         return out;
     }
     if !(wildcard_group || rule.api_groups.iter().any(String::is_empty)) {
@@ -313,9 +327,12 @@ mod tests {
             "{admin:?}"
         );
         let cluster_admin = beyond(&roles, "cluster-admin");
-        assert!(
-            cluster_admin.iter().any(|w| w.contains("wildcard")),
-            "{cluster_admin:?}"
+        assert_eq!(
+            cluster_admin,
+            [
+                "every verb on every resource in every API group",
+                "every verb on every path"
+            ]
         );
     }
 
