@@ -3,7 +3,9 @@
 //! Resolution is a pure function: no I/O, no clock reads (the caller passes "now").
 //!
 //! [`resolve`] answers a login ([`Decision`] or [`Denial`]); [`available_roles`] answers "what
-//! could I get here?"; [`validate_mapping`] finds the spec problems that make a mapping unusable.
+//! could I get here?"; [`validate_mapping`] finds the spec problems that make a mapping unusable;
+//! [`judge_mapping`] what the cluster's ClusterRoles and the server's RBAC make of it; and
+//! [`grant_holds`] decides whether a live session's grant still holds.
 //! Capability values are parsed by [`crate::capability`]. See `docs/policy.md` for the rules.
 
 use jiff::Timestamp;
@@ -11,14 +13,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{RoleName, Ttl};
 
+#[cfg(any(test, feature = "mocks"))]
+pub mod cases;
 mod denial;
+mod hold;
 mod mapping;
+mod rbac;
 mod resolve;
 #[cfg(test)]
 mod tests;
 
 pub use denial::{AvailableRole, Denial, DenialKind, RoleListing, RoleProblem, UnavailableRole};
-pub use mapping::{MappingProblem, MappingView, validate_mapping};
+pub use hold::{BindingChange, GrantVerdict, HeldGrant, compare_bindings, grant_holds};
+pub use mapping::{
+    Bindable, ClusterFacts, MappingProblem, MappingState, MappingView, NamedMapping,
+    NotReadyReason, judge_mapping, mapping_views, validate_mapping,
+};
+pub use rbac::{
+    ClusterRoleRules, ClusterRoles, LabelSelector, PolicyRule, READ_VERBS, SelectorRequirement,
+};
 pub use resolve::{
     DEFAULT_DENIED_NAMESPACES, PolicyContext, PolicySettings, ResolveRequest, TtlRequest,
     available_roles, resolve,

@@ -8,7 +8,6 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
@@ -17,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::capability::ParsedGrants;
 use crate::domain::{ClusterName, Identity, NodeId, RoleName, SessionName, UserId};
 use crate::identity::IdentityError;
+pub use crate::policy::NamedMapping;
 use crate::policy::{
-    GrantMappingSpec, MappingView, NamespacedBinding, PolicyContext, PolicySettings,
-    ResolveRequest, resolve,
+    Bindable, GrantVerdict, HeldGrant, MappingView, NamespacedBinding, PolicyContext,
+    PolicySettings, grant_holds,
 };
 
 /// The kinds of object a reconciler removes.
@@ -214,15 +214,6 @@ pub struct SessionGrant {
     pub namespaced: Vec<NamespacedBinding>,
 }
 
-/// A GrantMapping as the reconciler sees it: its name (the role) and spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedMapping {
-    /// The mapping's name: the role name capability values refer to.
-    pub name: String,
-    /// Its spec.
-    pub spec: GrantMappingSpec,
-}
-
 /// What re-validation asks about one live session.
 #[derive(Debug, Clone, Copy)]
 pub struct GrantQuery<'a> {
@@ -230,138 +221,77 @@ pub struct GrantQuery<'a> {
     pub grant: &'a SessionGrant,
     /// The device's identity as whois reports it now.
     pub current: &'a Identity,
-    /// The GrantMappings as they are now.
-    pub mappings: &'a [NamedMapping],
+    /// The GrantMappings as they are now, judged against the cluster's facts
+    /// ([`crate::policy::mapping_views`]).
+    pub mappings: &'a [MappingView],
     /// The time of the pass.
     pub now: Timestamp,
 }
 
 /// Decides whether a live session's grant still holds for the caller as the tailnet reports it
-/// now and the GrantMappings as they are now. Returns why not, in words, when it does not.
+/// now and the GrantMappings as they are now.
 ///
-/// Closures of the right shape are `GrantCheck`s, so a server can plug the policy resolver in
-/// with one line.
+/// Closures of the right shape are `GrantCheck`s, so a test can plug in a simple rule.
 pub trait GrantCheck: Send + Sync {
-    /// `Ok` when the session's role and bindings are still granted to the device.
-    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String>;
+    /// [`Verdict::Holds`] when the session's role and bindings are still granted to the device,
+    /// [`Verdict::Withdrawn`] (with why) when not, [`Verdict::Unknown`] when it cannot tell yet.
+    fn check(&self, query: &GrantQuery<'_>) -> Verdict;
 }
 
 impl<F> GrantCheck for F
 where
-    F: Fn(&GrantQuery<'_>) -> Result<(), String> + Send + Sync,
+    F: Fn(&GrantQuery<'_>) -> Verdict + Send + Sync,
 {
-    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+    fn check(&self, query: &GrantQuery<'_>) -> Verdict {
         self(query)
     }
 }
 
-/// Extra judgement on a GrantMapping that needs more than the cluster can tell (for example that
-/// the server may not bind one of its roles): the reason it cannot be used, if any. Reported as
-/// `Ready=False` with reason `NotBindable`.
+/// Whether the server may bind a mapping's roles, as far as it has asked the API server
+/// (reported as `Ready=False/NotBindable`, and unusable for logins and sessions alike).
 pub trait MappingHook: Send + Sync {
-    /// Why `mapping` cannot be bound, or `None`.
-    fn not_bindable(&self, mapping: &NamedMapping) -> Option<String>;
+    /// What the API server said about binding `mapping`'s roles; [`Bindable::Unknown`] when it
+    /// has not been asked yet.
+    fn bindable(&self, mapping: &NamedMapping) -> Bindable;
 }
 
-/// The real re-validation: the policy resolver asked again, for the session's role, with the
-/// device's capability values and the GrantMappings as they are now. The grant holds when
-/// resolution succeeds and the decision still covers every binding the session has (a mapping
-/// that grew is fine; one that shrank, or a role no longer granted, is not).
-///
-/// Mappings a [`MappingHook`] finds not bindable are unusable here as at login.
+/// The real re-validation: [`grant_holds`], the same decision the token refresh makes, with the
+/// device's capability values and the GrantMappings as they are now. The grant holds while the
+/// caller holds the role, the mapping is ready, and it still covers every binding the session
+/// has (a mapping that grew is fine; one that shrank, was deleted or is not ready is not).
+#[derive(Debug, Clone)]
 pub struct PolicyGrantCheck {
     cluster: ClusterName,
     settings: PolicySettings,
-    hook: Option<Arc<dyn MappingHook>>,
-}
-
-impl fmt::Debug for PolicyGrantCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PolicyGrantCheck")
-            .field("cluster", &self.cluster)
-            .field("settings", &self.settings)
-            .field("hook", &self.hook.is_some())
-            .finish()
-    }
 }
 
 impl PolicyGrantCheck {
     /// A check for this cluster with the server's policy settings.
     pub fn new(cluster: ClusterName, settings: PolicySettings) -> Self {
-        Self {
-            cluster,
-            settings,
-            hook: None,
-        }
-    }
-
-    /// Treats mappings that `hook` finds not bindable as unusable.
-    #[must_use]
-    pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
-        self.hook = Some(hook);
-        self
-    }
-
-    /// The mappings as resolution sees them: invalid names dropped (no capability value can
-    /// name them), not-bindable ones marked unusable.
-    pub fn views(&self, mappings: &[NamedMapping]) -> Vec<MappingView> {
-        mappings
-            .iter()
-            .filter_map(|m| {
-                let view = MappingView::new(RoleName::new(&m.name).ok()?, m.spec.clone());
-                Some(match self.hook.as_ref().and_then(|h| h.not_bindable(m)) {
-                    Some(why) => view.unusable(why),
-                    None => view,
-                })
-            })
-            .collect()
+        Self { cluster, settings }
     }
 }
 
 impl GrantCheck for PolicyGrantCheck {
-    fn check(&self, query: &GrantQuery<'_>) -> Result<(), String> {
+    fn check(&self, query: &GrantQuery<'_>) -> Verdict {
         let grants = ParsedGrants::from_identity(query.current);
-        let views = self.views(query.mappings);
-        let request = ResolveRequest {
-            context: PolicyContext {
-                identity: query.current,
-                grants: &grants,
-                mappings: &views,
-                cluster: &self.cluster,
-                settings: &self.settings,
-            },
-            role: Some(&query.grant.role),
-            ttl: None,
-            now: query.now,
+        let context = PolicyContext {
+            identity: query.current,
+            grants: &grants,
+            mappings: query.mappings,
+            cluster: &self.cluster,
+            settings: &self.settings,
         };
-        let decision = resolve(&request).map_err(|denial| denial.message())?;
-        let lost_cluster: Vec<&str> = query
-            .grant
-            .cluster_roles
-            .iter()
-            .filter(|r| !decision.cluster_roles.contains(r))
-            .map(String::as_str)
-            .collect();
-        let lost_namespaced: Vec<String> = query
-            .grant
-            .namespaced
-            .iter()
-            .filter(|b| !decision.namespaced.contains(b))
-            .map(|b| format!("{} in {}", b.cluster_role, b.namespace))
-            .collect();
-        if lost_cluster.is_empty() && lost_namespaced.is_empty() {
-            return Ok(());
+        let held = HeldGrant {
+            role: &query.grant.role,
+            cluster_roles: &query.grant.cluster_roles,
+            namespaced: &query.grant.namespaced,
+        };
+        match grant_holds(&context, &held, query.now) {
+            GrantVerdict::Holds => Verdict::Holds,
+            GrantVerdict::Withdrawn { reason, .. } => Verdict::Withdrawn(reason),
+            GrantVerdict::Undecided(why) => Verdict::Unknown(why),
         }
-        let lost: Vec<String> = lost_cluster
-            .iter()
-            .map(|r| format!("{r} cluster-wide"))
-            .chain(lost_namespaced)
-            .collect();
-        Err(format!(
-            "GrantMapping '{}' no longer grants {}",
-            query.grant.role,
-            lost.join(", ")
-        ))
     }
 }
 
@@ -382,7 +312,7 @@ pub enum Verdict {
 pub fn judge(
     grant: &SessionGrant,
     whois: &Result<Identity, IdentityError>,
-    mappings: &[NamedMapping],
+    mappings: &[MappingView],
     now: Timestamp,
     check: &dyn GrantCheck,
 ) -> Verdict {
@@ -408,10 +338,7 @@ pub fn judge(
         mappings,
         now,
     };
-    match check.check(&query) {
-        Ok(()) => Verdict::Holds,
-        Err(why) => Verdict::Withdrawn(why),
-    }
+    check.check(&query)
 }
 
 #[cfg(test)]
@@ -455,12 +382,12 @@ mod tests {
         }
     }
 
-    fn has_role(q: &GrantQuery<'_>) -> Result<(), String> {
+    fn has_role(q: &GrantQuery<'_>) -> Verdict {
         let role = q.grant.role.as_str();
         if q.current.capabilities.iter().any(|v| v["role"] == role) {
-            Ok(())
+            Verdict::Holds
         } else {
-            Err(format!("no grant for role '{role}'"))
+            Verdict::Withdrawn(format!("no grant for role '{role}'"))
         }
     }
 
@@ -554,20 +481,20 @@ mod tests {
         )
     }
 
-    fn sre_mapping(cluster_roles: &[&str]) -> NamedMapping {
-        NamedMapping {
-            name: "sre".into(),
-            spec: GrantMappingSpec {
+    fn sre_mapping(cluster_roles: &[&str]) -> MappingView {
+        MappingView::new(
+            RoleName::new("sre").unwrap(),
+            crate::policy::GrantMappingSpec {
                 cluster_roles: cluster_roles.iter().map(|r| (*r).to_owned()).collect(),
-                ..GrantMappingSpec::default()
+                ..crate::policy::GrantMappingSpec::default()
             },
-        }
+        )
     }
 
     fn policy_verdict(
         check: &PolicyGrantCheck,
         roles: &[&str],
-        mapping: &[NamedMapping],
+        mapping: &[MappingView],
     ) -> Verdict {
         judge(
             &grant(),
@@ -612,8 +539,7 @@ mod tests {
         };
         assert!(shrunk.contains("view cluster-wide"), "{shrunk}");
         // A value for another cluster does not hold here.
-        let elsewhere = identity("n1", 1, &[]);
-        let mut elsewhere = elsewhere;
+        let mut elsewhere = identity("n1", 1, &[]);
         elsewhere.capabilities = vec![serde_json::json!({"role": "sre", "clusters": ["staging"]})];
         assert!(matches!(
             judge(
@@ -628,22 +554,63 @@ mod tests {
     }
 
     #[test]
-    fn policy_check_treats_not_bindable_mappings_as_unusable() {
-        struct Refuse;
-        impl MappingHook for Refuse {
-            fn not_bindable(&self, m: &NamedMapping) -> Option<String> {
-                (m.name == "sre").then(|| "may not bind view".to_owned())
-            }
-        }
-        let plain = policy_check();
-        assert_eq!(
-            policy_verdict(&plain, &["sre"], &[sre_mapping(&["view"])]),
-            Verdict::Holds
-        );
-        let hooked = policy_check().with_mapping_hook(Arc::new(Refuse));
+    fn policy_check_revokes_on_a_mapping_not_ready_and_waits_on_an_unchecked_one() {
+        let check = policy_check();
+        let not_ready = sre_mapping(&["view"]).unusable("may not bind view");
         assert!(matches!(
-            policy_verdict(&hooked, &["sre"], &[sre_mapping(&["view"])]),
+            policy_verdict(&check, &["sre"], &[not_ready]),
             Verdict::Withdrawn(_)
         ));
+        let unchecked = sre_mapping(&["view"]).with_state(crate::policy::MappingState::Unchecked(
+            "not asked yet".into(),
+        ));
+        assert_eq!(
+            policy_verdict(&check, &["sre"], std::slice::from_ref(&unchecked)),
+            Verdict::Unknown("not asked yet".into())
+        );
+        // Unknown readiness never hides a loss that the spec shows, nor a withdrawn grant.
+        let shrunk_unchecked = sre_mapping(&["edit"]).with_state(
+            crate::policy::MappingState::Unchecked("not asked yet".into()),
+        );
+        assert!(matches!(
+            policy_verdict(&check, &["sre"], &[shrunk_unchecked]),
+            Verdict::Withdrawn(_)
+        ));
+        assert!(matches!(
+            policy_verdict(&check, &["dev"], &[unchecked]),
+            Verdict::Withdrawn(_)
+        ));
+    }
+
+    /// The shared table (`policy::cases`), through the reconciler's decision: `judge` with the
+    /// real `PolicyGrantCheck` on views built as the reconciler builds them.
+    #[test]
+    fn the_reconciler_revokes_exactly_the_sessions_the_table_revokes() {
+        let check = policy_check();
+        let (cluster_roles, namespaced) = crate::policy::cases::case_session_bindings();
+        let grant = SessionGrant {
+            role: RoleName::new(crate::policy::cases::CASE_ROLE).unwrap(),
+            cluster_roles,
+            namespaced,
+            ..grant()
+        };
+        for case in crate::policy::cases::grant_cases() {
+            let verdict = judge(
+                &grant,
+                &Ok(identity("n1", 1, &[crate::policy::cases::CASE_ROLE])),
+                &case.views(),
+                now(),
+                &check,
+            );
+            if case.holds {
+                assert_eq!(verdict, Verdict::Holds, "{}", case.name);
+            } else {
+                assert!(
+                    matches!(verdict, Verdict::Withdrawn(_)),
+                    "{}: {verdict:?}",
+                    case.name
+                );
+            }
+        }
     }
 }

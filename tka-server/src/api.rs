@@ -5,9 +5,10 @@
 //! audit record per issue, refresh, revoke and denial. Errors go back as [`ApiError`]; nothing here
 //! formats an error response or logs a token.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -15,14 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use jiff::{SignedDuration, Timestamp};
 use tka_core::api::{
     ClusterEndpoint, ClusterResponse, LoginRequest, LoginResponse, SessionInfo, TokenInfo,
     TokenResponse,
 };
 use tka_core::issuer::{self, CredentialIssuer, IssueError, IssueOutcome, SessionState};
+use tka_core::policy::{GrantVerdict, HeldGrant, grant_holds};
 use tka_core::{
     Clock, Identity, IdentityProvider, NodeId, ParsedGrants, PolicyContext, PolicySettings,
-    ResolveRequest, RoleName, TtlRequest, available_roles, resolve,
+    ResolveRequest, RoleName, SkippedValue, TtlRequest, available_roles, resolve,
 };
 
 use crate::audit::{Event, Record};
@@ -92,6 +95,51 @@ pub struct ApiState {
     pub rate_limiter: DeviceRateLimiter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// When each distinct skipped capability value was last logged.
+    skipped_log: SkippedLog,
+}
+
+/// How often one distinct skipped capability value is logged at WARN.
+const SKIPPED_LOG_EVERY: SignedDuration = SignedDuration::from_mins(10);
+/// How many distinct skipped values are remembered; beyond that they are logged at DEBUG only.
+const SKIPPED_LOG_CAP: usize = 1024;
+
+/// Rate-limits the WARN for skipped capability values: once per distinct value (schema, value,
+/// reason; not the device or position) per [`SKIPPED_LOG_EVERY`], so a malformed grant in the
+/// policy file is reported without a line on every request of every device that holds it.
+#[derive(Debug, Default)]
+struct SkippedLog {
+    /// Keyed by a digest of the value, so a large value costs no more memory than a small one.
+    last: Mutex<HashMap<u64, Timestamp>>,
+}
+
+impl SkippedLog {
+    /// Whether `value` is due for a WARN at `now` (and remembers that it was logged).
+    fn due(&self, value: &SkippedValue, now: Timestamp) -> bool {
+        let mut digest = std::hash::DefaultHasher::new();
+        (
+            value.schema.to_string(),
+            value.value.to_string(),
+            &value.reason,
+        )
+            .hash(&mut digest);
+        let key = digest.finish();
+        // The lock is never held across an await; a poisoned map is still a valid map.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = last.get(&key)
+            && *at + SKIPPED_LOG_EVERY > now
+        {
+            return false;
+        }
+        if last.len() >= SKIPPED_LOG_CAP && !last.contains_key(&key) {
+            last.retain(|_, at| *at + SKIPPED_LOG_EVERY > now);
+            if last.len() >= SKIPPED_LOG_CAP {
+                return false;
+            }
+        }
+        last.insert(key, now);
+        true
+    }
 }
 
 impl ApiState {
@@ -103,6 +151,7 @@ impl ApiState {
             backends,
             rate_limiter,
             metrics,
+            skipped_log: SkippedLog::default(),
         })
     }
 
@@ -216,13 +265,22 @@ fn wants_yaml(headers: &HeaderMap) -> bool {
         })
 }
 
-fn report_skipped(grants: &ParsedGrants, identity: &Identity) {
+fn report_skipped(state: &ApiState, grants: &ParsedGrants, identity: &Identity) {
+    let now = state.backends.clock.now();
     for skipped in &grants.skipped {
-        tracing::warn!(
-            device = %identity.node.stable_id,
-            skipped = %skipped,
-            "a capability value was skipped"
-        );
+        if state.skipped_log.due(skipped, now) {
+            tracing::warn!(
+                device = %identity.node.stable_id,
+                skipped = %skipped,
+                "a capability value was skipped (logged once per distinct value every 10 minutes)"
+            );
+        } else {
+            tracing::debug!(
+                device = %identity.node.stable_id,
+                skipped = %skipped,
+                "a capability value was skipped"
+            );
+        }
     }
 }
 
@@ -264,7 +322,7 @@ pub async fn login(
         }
     };
     let grants = ParsedGrants::from_identity(identity);
-    report_skipped(&grants, identity);
+    report_skipped(&state, &grants, identity);
     let mappings = state.backends.mappings.snapshot();
     let decision = match resolve(&ResolveRequest {
         context: state.policy_context(identity, &grants, &mappings),
@@ -340,48 +398,20 @@ pub async fn login(
     Ok(Json(response).into_response())
 }
 
-/// Why a live session's grant no longer holds.
-struct Withdrawn {
-    /// In words, naming what is missing.
-    reason: String,
-    /// Policy's refusal, when policy refused.
-    denial: Option<Box<tka_core::Denial>>,
-}
-
-/// Whether a live session's grant still holds: the caller still holds the grant and the mapping
-/// is usable, and the mapping still binds what the session has.
-fn recheck(
-    state: &ApiState,
-    identity: &Identity,
-    session: &issuer::SessionInfo,
-) -> Result<(), Withdrawn> {
+/// Whether a live session's grant still holds: [`grant_holds`], the decision the reconciler
+/// makes too, over the server's one view of the mappings.
+fn recheck(state: &ApiState, identity: &Identity, session: &issuer::SessionInfo) -> GrantVerdict {
     let grants = ParsedGrants::from_identity(identity);
     let mappings = state.backends.mappings.snapshot();
-    let decision = resolve(&ResolveRequest {
-        context: state.policy_context(identity, &grants, &mappings),
-        role: Some(&session.role),
-        ttl: None,
-        now: state.backends.clock.now(),
-    })
-    .map_err(|denial| Withdrawn {
-        reason: denial.to_string(),
-        denial: Some(Box::new(denial)),
-    })?;
-    let same_cluster_roles = decision.cluster_roles.iter().collect::<BTreeSet<_>>()
-        == session.cluster_roles.iter().collect::<BTreeSet<_>>();
-    let same_namespaced = decision.namespaced.iter().collect::<BTreeSet<_>>()
-        == session.namespaced.iter().collect::<BTreeSet<_>>();
-    if same_cluster_roles && same_namespaced {
-        Ok(())
-    } else {
-        Err(Withdrawn {
-            reason: format!(
-                "GrantMapping '{}' binds different roles than when this session started",
-                session.role
-            ),
-            denial: None,
-        })
-    }
+    grant_holds(
+        &state.policy_context(identity, &grants, &mappings),
+        &HeldGrant {
+            role: &session.role,
+            cluster_roles: &session.cluster_roles,
+            namespaced: &session.namespaced,
+        },
+        state.backends.clock.now(),
+    )
 }
 
 /// A fresh token for the caller's live session; re-checks identity and grant, and ends the
@@ -400,7 +430,7 @@ fn recheck(
         (status = 413, description = "Body larger than the cap", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "tailscaled or the Kubernetes API is unavailable, or the session's GrantMapping is not checked yet; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
         (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -432,7 +462,16 @@ pub async fn token(
         }
     }
 
-    if let Err(Withdrawn { reason, denial }) = recheck(&state, identity, &session) {
+    let verdict = recheck(&state, identity, &session);
+    if let GrantVerdict::Undecided(why) = verdict {
+        // Neither a fresh token nor a revocation until the mapping's state is known.
+        return Err(IssueError::Unavailable {
+            action: "confirm that the session's GrantMapping is still usable".to_owned(),
+            source: why.into(),
+        }
+        .into());
+    }
+    if let GrantVerdict::Withdrawn { reason, denial } = verdict {
         let mut denied = Record::new(Event::Denial, identity, &caller.peer)
             .role(&session.role)
             .sessions(std::slice::from_ref(&session.name));
@@ -591,7 +630,7 @@ pub async fn cluster(
 ) -> Result<Json<ClusterResponse>, ApiError> {
     let identity = &*caller.identity;
     let grants = ParsedGrants::from_identity(identity);
-    report_skipped(&grants, identity);
+    report_skipped(&state, &grants, identity);
     let mappings = state.backends.mappings.snapshot();
     let roles = available_roles(&state.policy_context(identity, &grants, &mappings));
     let session = state

@@ -162,14 +162,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_TAILSCALE_SOCKET", default_value = tka_core::identity::DEFAULT_SOCKET)]
     pub tailscale_socket: PathBuf,
 
-    /// Namespaces no GrantMapping may bind into (the server's own namespace is always one).
+    /// Namespaces no GrantMapping may bind into, besides the defaults (`kube-system`,
+    /// `kube-public`, `kube-node-lease`) and the server's own namespace, which always stay.
     #[arg(
         long = "forbidden-namespace",
         env = "TKA_FORBIDDEN_NAMESPACES",
         value_delimiter = ',',
-        default_value = "kube-system"
+        default_value = "kube-system,kube-public,kube-node-lease"
     )]
     pub forbidden_namespaces: Vec<String>,
+
+    /// Let a GrantMapping's `clusterRoles` name ClusterRoles that grant more than reading
+    /// (`edit`, `admin`, ...). A cluster-wide binding reaches every namespace, this server's own
+    /// included: a tka credential becomes as strong as the server itself. Off by default.
+    #[arg(long, env = "TKA_ALLOW_CLUSTER_WIDE_WRITE")]
+    pub allow_cluster_wide_write: bool,
 
     /// Elect one active reconciler among replicas with a coordination.k8s.io Lease.
     #[arg(

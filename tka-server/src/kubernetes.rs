@@ -1,9 +1,11 @@
 //! The server's side of tka-core's Kubernetes backend: the kube client, the GrantMapping feed
-//! that keeps the [`MappingStore`] current from a watch (so a login reads no mapping from the API
-//! server, DESIGN §11), the bindability check of each mapping by SelfSubjectAccessReview (DESIGN
-//! §5.1), the live-session count from a Session reflector, the readiness checks (API server,
-//! CRDs), and `drain`. This is the only module of the crate that talks to Kubernetes; it decides
-//! no policy (that is `tka_core::policy`) and creates no session objects (the issuer does).
+//! that keeps the [`MappingStore`] current from watches of the GrantMappings and the ClusterRoles
+//! (so a login reads nothing from the API server, DESIGN §11, and a ClusterRole that gains a
+//! write is seen at once, DESIGN §4.3), the bindability check of each mapping by
+//! SelfSubjectAccessReview (DESIGN §5.1), the live-session count from a Session reflector, the
+//! readiness checks (API server, CRDs), and `drain`. This is the only module of the crate that
+//! talks to Kubernetes; it decides no policy (that is `tka_core::policy`) and creates no session
+//! objects (the issuer does).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,14 +19,18 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{ListParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tka_core::kubernetes::{GrantMapping, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session};
+use tka_core::kubernetes::{
+    GrantMapping, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session, cluster_roles,
+};
+pub use tka_core::policy::Bindable;
+use tka_core::policy::{ClusterFacts, mapping_views};
 use tka_core::reconciler::{MappingHook, NamedMapping};
-use tka_core::{Clock, GrantMappingSpec, MappingView, RoleName};
+use tka_core::{Clock, GrantMappingSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::mappings::InMemoryMappings;
@@ -54,23 +60,15 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))
 }
 
-/// What the server knows about whether it may bind a mapping's roles.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bindable {
-    /// Every SelfSubjectAccessReview allowed.
-    Yes,
-    /// The API server said no; says what.
-    No(String),
-    /// Could not ask (the API server failed); says why.
-    Unknown(String),
-}
-
 /// The bindability of every GrantMapping, checked with SelfSubjectAccessReviews: for each
 /// referenced ClusterRole the server must be allowed to `bind` it and to `create` the binding
 /// (a ClusterRoleBinding cluster-wide, a RoleBinding in each namespace of a namespaced entry).
 ///
-/// As a [`MappingHook`] it reports only definite refusals (`Ready=False/NotBindable`), so an API
-/// hiccup never revokes sessions; the login path treats "unknown" as unusable too.
+/// As a [`MappingHook`] it gives the reconciler the same answers the login sees: a definite
+/// refusal is `Ready=False/NotBindable` (never used, sessions revoked); an unknown answer leaves
+/// the mapping unchecked (logins refused, sessions neither refreshed nor revoked), so an API
+/// hiccup never revokes sessions. A definite earlier answer stays when the API server cannot be
+/// asked again.
 pub struct Bindability {
     client: Client,
     checked: RwLock<HashMap<String, (GrantMappingSpec, Bindable)>>,
@@ -215,31 +213,16 @@ impl Bindability {
             ))
         }
     }
-
-    /// The views resolution uses: invalid names dropped, mappings that are not bindable (or
-    /// not confirmed bindable yet) marked unusable.
-    pub fn views(&self, mappings: &[NamedMapping]) -> Vec<MappingView> {
-        mappings
-            .iter()
-            .filter_map(|m| {
-                let view = MappingView::new(RoleName::new(&m.name).ok()?, m.spec.clone());
-                Some(match self.get(m) {
-                    Some(Bindable::Yes) => view,
-                    Some(Bindable::No(why)) => view.unusable(why),
-                    Some(Bindable::Unknown(why)) => view.unusable(why),
-                    None => view.unusable("tka-server has not yet checked that it may bind this mapping's roles; try again shortly"),
-                })
-            })
-            .collect()
-    }
 }
 
 impl MappingHook for Bindability {
-    fn not_bindable(&self, mapping: &NamedMapping) -> Option<String> {
-        match self.get(mapping) {
-            Some(Bindable::No(why)) => Some(why),
-            _ => None,
-        }
+    fn bindable(&self, mapping: &NamedMapping) -> Bindable {
+        self.get(mapping).unwrap_or_else(|| {
+            Bindable::Unknown(
+                "tka-server has not yet checked that it may bind this mapping's roles; try again shortly"
+                    .to_owned(),
+            )
+        })
     }
 }
 
@@ -255,14 +238,19 @@ fn named(mappings: &[Arc<GrantMapping>]) -> Vec<NamedMapping> {
     out
 }
 
-/// Keeps a [`MappingStore`](crate::MappingStore) equal to the cluster's GrantMappings, with
-/// bindability applied: a reflector on a GrantMapping watch; after each change the changed
-/// mappings are checked and the whole set is replaced at once.
+/// Keeps a [`MappingStore`](crate::MappingStore) equal to the cluster's GrantMappings, judged
+/// the one way ([`mapping_views`]) against the cluster's ClusterRoles and the server's
+/// bindability: reflectors on GrantMapping and ClusterRole watches; after each change the
+/// changed mappings are checked and the whole set is replaced at once.
 #[derive(Debug)]
 pub struct MappingFeed {
     store: Arc<InMemoryMappings>,
     bindability: Arc<Bindability>,
-    synced: AtomicBool,
+    allow_cluster_wide_write: bool,
+    mappings_synced: AtomicBool,
+    roles_synced: AtomicBool,
+    /// Set once a publish has used the first full lists of both.
+    published: AtomicBool,
 }
 
 /// How often the feed re-asks about mappings it could not check.
@@ -271,55 +259,99 @@ const RECHECK_EVERY: Duration = Duration::from_secs(30);
 const RECHECK_ALL_EVERY: Duration = Duration::from_secs(300);
 
 impl MappingFeed {
-    /// A feed into `store` using `bindability`.
+    /// A feed into `store` using `bindability`; `clusterRoles` may name only read-only roles.
     pub fn new(store: Arc<InMemoryMappings>, bindability: Arc<Bindability>) -> Self {
         Self {
             store,
             bindability,
-            synced: AtomicBool::new(false),
+            allow_cluster_wide_write: false,
+            mappings_synced: AtomicBool::new(false),
+            roles_synced: AtomicBool::new(false),
+            published: AtomicBool::new(false),
         }
     }
 
-    /// Whether the first full list has been applied.
-    pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::SeqCst)
+    /// Lets `clusterRoles` name roles that grant more than reading (`--allow-cluster-wide-write`).
+    #[must_use]
+    pub fn allowing_cluster_wide_write(mut self, allow: bool) -> Self {
+        self.allow_cluster_wide_write = allow;
+        self
     }
 
-    /// Publishes the mappings in `reader` (checking bindability first: changed and unchecked
-    /// mappings, or all of them when `recheck_all`).
-    pub async fn publish(&self, reader: &Store<GrantMapping>, recheck_all: bool) {
-        let mappings = named(&reader.state());
+    /// Whether the mappings of the first full lists of GrantMappings and ClusterRoles have been
+    /// published.
+    pub fn is_synced(&self) -> bool {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Publishes the mappings in `mappings`, judged against the roles in `roles` (once their
+    /// first list is in), checking bindability first: changed and unchecked mappings, or all of
+    /// them when `recheck_all`.
+    pub async fn publish(
+        &self,
+        mappings: &Store<GrantMapping>,
+        roles: &Store<ClusterRole>,
+        recheck_all: bool,
+    ) {
+        let both_listed =
+            self.mappings_synced.load(Ordering::SeqCst) && self.roles_synced.load(Ordering::SeqCst);
+        let mappings = named(&mappings.state());
         if recheck_all {
             self.bindability.refresh_all(&mappings).await;
         } else {
             self.bindability.refresh(&mappings).await;
         }
-        self.store.replace(self.bindability.views(&mappings));
+        let roles = self
+            .roles_synced
+            .load(Ordering::SeqCst)
+            .then(|| cluster_roles(roles.state().iter().map(AsRef::as_ref)));
+        let facts = ClusterFacts {
+            cluster_roles: roles.as_ref(),
+            allow_cluster_wide_write: self.allow_cluster_wide_write,
+        };
+        let bindability = self.bindability.as_ref();
+        self.store.replace(mapping_views(&mappings, &facts, &|m| {
+            bindability.bindable(m)
+        }));
+        if both_listed {
+            self.published.store(true, Ordering::SeqCst);
+        }
     }
 
-    /// Watches GrantMappings with `client` until `shutdown`.
+    /// Watches GrantMappings and ClusterRoles with `client` until `shutdown`.
     pub async fn run(&self, client: Client, shutdown: CancellationToken) {
         let (reader, writer) = reflector::store::<GrantMapping>();
         let stream = reflector::reflector(
             writer,
-            watcher(Api::<GrantMapping>::all(client), watcher::Config::default()),
+            watcher(
+                Api::<GrantMapping>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .boxed();
+        let (roles, roles_writer) = reflector::store::<ClusterRole>();
+        let role_stream = reflector::reflector(
+            roles_writer,
+            watcher(Api::<ClusterRole>::all(client), watcher::Config::default()),
         )
         .default_backoff()
         .boxed();
         tokio::pin!(stream);
+        tokio::pin!(role_stream);
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         let mut recheck_all = tokio::time::interval(RECHECK_ALL_EVERY);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = recheck.tick() => {
-                    if self.is_synced() {
-                        self.publish(&reader, false).await;
+                    if self.mappings_synced.load(Ordering::SeqCst) {
+                        self.publish(&reader, &roles, false).await;
                     }
                 }
                 _ = recheck_all.tick() => {
-                    if self.is_synced() {
-                        self.publish(&reader, true).await;
+                    if self.mappings_synced.load(Ordering::SeqCst) {
+                        self.publish(&reader, &roles, true).await;
                     }
                 }
                 event = stream.next() => match event {
@@ -327,8 +359,19 @@ impl MappingFeed {
                     Some(Err(e)) => tracing::warn!(error = %e, "GrantMapping watch failed; retrying"),
                     Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Some(Ok(_)) => {
-                        self.publish(&reader, false).await;
-                        self.synced.store(true, Ordering::SeqCst);
+                        self.mappings_synced.store(true, Ordering::SeqCst);
+                        self.publish(&reader, &roles, false).await;
+                    }
+                },
+                event = role_stream.next() => match event {
+                    None => return,
+                    Some(Err(e)) => tracing::warn!(error = %e, "ClusterRole watch failed; retrying"),
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Some(Ok(_)) => {
+                        self.roles_synced.store(true, Ordering::SeqCst);
+                        if self.mappings_synced.load(Ordering::SeqCst) {
+                            self.publish(&reader, &roles, false).await;
+                        }
                     }
                 },
             }
@@ -454,7 +497,10 @@ impl ReadinessCheck for MappingsSynced {
         if self.0.is_synced() {
             Ok(())
         } else {
-            Err("the GrantMapping watch has not delivered its first list yet".to_owned())
+            Err(
+                "the GrantMapping and ClusterRole watches have not delivered their first lists yet"
+                    .to_owned(),
+            )
         }
     }
 }

@@ -444,7 +444,8 @@ impl TryFrom<ServeArgs> for Settings {
         }
         let policy = PolicySettings::new(args.namespace.clone(), default_ttl, max_ttl)
             .with_capability_names(capability, compat)
-            .deny_namespaces(args.forbidden_namespaces.iter().cloned());
+            .deny_namespaces(args.forbidden_namespaces.iter().cloned())
+            .allowing_cluster_wide_write(args.allow_cluster_wide_write);
 
         let listen_mode = listen_mode(&args)?;
         let ops_listen = ops_listen(&args)?;
@@ -585,8 +586,15 @@ mod tests {
         assert_eq!(s.api_listen.to_string(), "127.0.0.1:80");
         assert_eq!(s.token_lifetime.as_secs(), 900);
         assert_eq!(s.policy.max_ttl.as_secs(), 8 * 3600);
-        assert!(s.policy.forbidden_namespaces.contains("kube-system"));
-        assert!(s.policy.forbidden_namespaces.contains("tka-system"));
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "tka-system",
+        ] {
+            assert!(s.policy.forbidden_namespaces.contains(ns), "{ns}");
+        }
+        assert!(!s.policy.allow_cluster_wide_write);
         assert_eq!(
             s.leader_election,
             Some(LeaderElection {
@@ -596,6 +604,24 @@ mod tests {
         assert!(s.allowed_hosts.allows("tka-prod.example.ts.net"));
         assert!(s.allowed_hosts.allows("127.0.0.1:80"));
         assert!(!s.allowed_hosts.allows("evil.example.com"));
+    }
+
+    #[test]
+    fn cluster_wide_write_is_lifted_only_by_its_flag_and_the_defaults_stay_forbidden() {
+        let lifted = parse(&["--allow-cluster-wide-write"]).unwrap();
+        assert!(lifted.policy.allow_cluster_wide_write);
+        // Another deny list adds to the defaults and the server's namespace.
+        let more = parse(&["--namespace", "auth", "--forbidden-namespace", "vault"]).unwrap();
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "auth",
+            "vault",
+        ] {
+            assert!(more.policy.forbidden_namespaces.contains(ns), "{ns}");
+        }
+        assert!(!more.policy.allow_cluster_wide_write);
     }
 
     #[test]

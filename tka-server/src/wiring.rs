@@ -50,7 +50,8 @@ fn holder_identity() -> String {
         .unwrap_or_else(|_| format!("tka-server-{:08x}", rand::random::<u32>()))
 }
 
-/// The Kubernetes side: the issuer, the GrantMapping feed (with bindability), the session
+/// The Kubernetes side: the issuer, the GrantMapping feed (with bindability and the ClusterRoles'
+/// read-only judgement, the same as the reconciler's), the session
 /// count, the readiness checks and the background tasks (feed, session reflector, reconciler).
 struct Kube {
     issuer: Arc<KubernetesIssuer>,
@@ -98,7 +99,10 @@ fn kube(
 
     let mappings = Arc::new(InMemoryMappings::default());
     let bindability = Arc::new(Bindability::new(client.clone()));
-    let feed = Arc::new(MappingFeed::new(mappings.clone(), bindability.clone()));
+    let feed = Arc::new(
+        MappingFeed::new(mappings.clone(), bindability.clone())
+            .allowing_cluster_wide_write(settings.policy.allow_cluster_wide_write),
+    );
     let (sessions, session_task) = ReflectedSessions::new(client.clone(), clock.clone());
 
     let metrics = Arc::new(OnceLock::new());
@@ -111,6 +115,7 @@ fn kube(
         .filter(|ns| **ns != settings.namespace)
         .cloned()
         .collect();
+    reconciler_settings.allow_cluster_wide_write = settings.policy.allow_cluster_wide_write;
     reconciler_settings.grace = issuer.settings().pending_grace;
     // Without leader election every replica reconciles (each pass is idempotent): each holds a
     // Lease of its own.
@@ -118,8 +123,7 @@ fn kube(
         Some(election) => election.lease_name.clone(),
         None => format!("tka-server-{holder}"),
     };
-    let check = PolicyGrantCheck::new(settings.cluster.name.clone(), settings.policy.clone())
-        .with_mapping_hook(bindability.clone());
+    let check = PolicyGrantCheck::new(settings.cluster.name.clone(), settings.policy.clone());
     let reconciler = Arc::new(
         KubernetesReconciler::new(
             client.clone(),

@@ -39,7 +39,7 @@ use crate::issuer::{
     SessionInfo, TOKEN_LIFETIME_FLOOR, token_lifetime,
 };
 use crate::naming::{self, NameSuffix, node_label, user_label};
-use crate::policy::Decision;
+use crate::policy::{BindingChange, Decision, NamespacedBinding, compare_bindings};
 use crate::reconciler::RemovalReason;
 use crate::secret::Secret;
 
@@ -143,16 +143,15 @@ impl Wanted {
         })
     }
 
+    /// Whether the session already has exactly this grant (then a login extends it; any other
+    /// change, a grown grant included, changes its role so the new bindings are made). The
+    /// comparison is [`compare_bindings`], the one the refresh and the reconciler use.
     fn same_grant(&self, spec: &SessionSpec) -> bool {
-        let mut cluster_roles = spec.cluster_roles.clone();
-        cluster_roles.sort();
-        cluster_roles.dedup();
-        let mut namespaced = spec.namespaced.clone();
-        namespaced.sort();
-        namespaced.dedup();
+        let had: Vec<NamespacedBinding> = spec.namespaced.iter().map(Into::into).collect();
+        let wanted: Vec<NamespacedBinding> = self.namespaced.iter().map(Into::into).collect();
         spec.role == self.role.as_str()
-            && cluster_roles == self.cluster_roles
-            && namespaced == self.namespaced
+            && compare_bindings(&spec.cluster_roles, &had, &self.cluster_roles, &wanted)
+                == BindingChange::Same
     }
 }
 

@@ -13,6 +13,7 @@ mod error;
 mod issuer;
 mod lease;
 mod objects;
+mod rbac;
 mod reconciler;
 mod session;
 
@@ -22,6 +23,7 @@ pub use crd::{
 };
 pub use issuer::{IssuerSettings, KubernetesIssuer, SuffixSource, decode_token_id};
 pub use lease::{LeaderLease, LeaseSettings};
+pub use rbac::{cluster_role_rules, cluster_roles};
 pub use reconciler::{KubernetesReconciler, PassObserver, ReconcilerSettings};
 pub use session::{
     BindingKind, BindingRef, ObjectRef, Session, SessionIdentity, SessionPhase, SessionRoleBinding,
@@ -58,12 +60,14 @@ pub const REASON_FORBIDDEN_NAMESPACE: &str = "ForbiddenNamespace";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// `Ready=False`: the server may not bind one of its ClusterRoles.
 pub const REASON_NOT_BINDABLE: &str = "NotBindable";
+/// `Ready=False`: `clusterRoles` names a role that grants more than reading.
+pub const REASON_CLUSTER_WIDE_WRITE: &str = "ClusterWideWrite";
 
 /// The observed state of a GrantMapping.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantMappingStatus {
-    /// `Ready`, with a reason such as `ClusterRoleMissing`, `NotBindable` or `ForbiddenNamespace`.
+    /// `Ready`, with a reason such as `ClusterRoleMissing`, `ClusterWideWrite`, `NotBindable` or `ForbiddenNamespace`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.

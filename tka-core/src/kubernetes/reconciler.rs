@@ -39,14 +39,18 @@ use tracing::{debug, info, warn};
 use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
 use super::objects::{Apis, delete_uid, end_session, managed_selector, owner_uid, removal};
+use super::rbac::cluster_roles;
 use super::session::{Session, SessionPhase};
 use super::{
-    CONDITION_READY, GrantMappingStatus, REASON_CLUSTER_ROLE_MISSING, REASON_FORBIDDEN_NAMESPACE,
-    REASON_INVALID_SPEC, REASON_NOT_BINDABLE, REASON_READY, REVISION_LABEL, SESSION_LABEL,
+    CONDITION_READY, GrantMappingStatus, REASON_FORBIDDEN_NAMESPACE, REASON_INVALID_SPEC,
+    REASON_READY, REVISION_LABEL, SESSION_LABEL,
 };
 use crate::clock::Clock;
 use crate::identity::{IdentityError, IdentityProvider, WhoisRequest};
-use crate::policy::{GrantMapping, validate_mapping};
+use crate::policy::{
+    Bindable, ClusterFacts, ClusterRoles, DEFAULT_DENIED_NAMESPACES, GrantMapping, MappingState,
+    MappingView, mapping_views, validate_mapping,
+};
 use crate::reconciler::{
     GrantCheck, MappingHook, NamedMapping, ObjectKind, ReconcileError, ReconcileReport, Reconciler,
     RemovalReason, Verdict, judge, wait_until,
@@ -64,8 +68,11 @@ pub struct ReconcilerSettings {
     /// GrantMapping re-checks all of them at the next pass.
     pub revalidate_every: SignedDuration,
     /// Namespaces a GrantMapping may never bind in, besides the server's own (default
-    /// `kube-system`).
+    /// `kube-system`, `kube-public`, `kube-node-lease`).
     pub denied_namespaces: Vec<String>,
+    /// Whether `clusterRoles` may name ClusterRoles that grant more than reading (default
+    /// `false`; see `PolicySettings::allow_cluster_wide_write`).
+    pub allow_cluster_wide_write: bool,
     /// The longest time between passes in [`KubernetesReconciler::run`] (default 60 s).
     pub resync_every: Duration,
     /// The shortest time between passes triggered by watch events (default 1 s).
@@ -83,7 +90,11 @@ impl ReconcilerSettings {
             namespace,
             grace: SignedDuration::from_secs(60),
             revalidate_every: SignedDuration::from_mins(5),
-            denied_namespaces: vec!["kube-system".to_owned()],
+            denied_namespaces: DEFAULT_DENIED_NAMESPACES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            allow_cluster_wide_write: false,
             resync_every: Duration::from_secs(60),
             min_interval: Duration::from_secs(1),
         }
@@ -101,8 +112,8 @@ impl ReconcilerSettings {
 struct State {
     /// Session UID → when its grant was last found to hold.
     validated: HashMap<String, Timestamp>,
-    /// The GrantMappings (name, uid, generation) seen by the last complete pass.
-    mappings_seen: Option<Vec<(String, String, i64)>>,
+    /// The GrantMappings (name, uid, generation, state) seen by the last complete pass.
+    mappings_seen: Option<Vec<Fingerprint>>,
     /// Re-validate every live session at the next pass.
     revalidate_all: bool,
 }
@@ -136,8 +147,13 @@ impl std::fmt::Debug for KubernetesReconciler {
 /// Why a watch woke the loop.
 enum Kick {
     Sessions,
+    /// A GrantMapping or a ClusterRole changed: every live session is re-validated.
     Mappings,
 }
+
+/// What decides whether every live session is re-validated: a mapping's name, uid, generation
+/// and state (which changes with the ClusterRoles and the server's RBAC).
+type Fingerprint = (String, String, i64, String);
 
 impl KubernetesReconciler {
     /// A reconciler for the cluster behind `client`. `identity` answers whois for recorded
@@ -161,7 +177,8 @@ impl KubernetesReconciler {
         }
     }
 
-    /// Adds a judgement that marks mappings `Ready=False/NotBindable`.
+    /// Adds what the server knows about binding each mapping's roles (`Ready=False/NotBindable`,
+    /// and unusable for sessions). Without it every mapping counts as bindable.
     pub fn with_mapping_hook(mut self, hook: Arc<dyn MappingHook>) -> Self {
         self.hook = Some(hook);
         self
@@ -211,10 +228,27 @@ impl KubernetesReconciler {
         )
         .default_backoff()
         .map(|_| Kick::Sessions);
-        let mappings = watcher(Api::<GrantMapping>::all(client), watcher::Config::default())
+        let mappings = watcher(
+            Api::<GrantMapping>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|_| Kick::Mappings);
+        // An aggregated role can gain a write rule at any time: re-check then, not at the next
+        // periodic pass. Only changes wake the loop, not the (re)list of every role; a change
+        // missed across a re-list is caught by the next periodic pass, whose fingerprint holds
+        // every mapping's state.
+        let roles = watcher(Api::<ClusterRole>::all(client), watcher::Config::default())
             .default_backoff()
+            .filter(|event| {
+                std::future::ready(matches!(
+                    event,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+                ))
+            })
             .map(|_| Kick::Mappings);
-        let mut events = futures::stream::select(sessions, mappings).boxed();
+        let mut events =
+            futures::stream::select_all([sessions.boxed(), mappings.boxed(), roles.boxed()]);
         tokio::pin!(shutdown);
 
         let renew_every = Duration::from_secs(
@@ -373,7 +407,7 @@ impl KubernetesReconciler {
     async fn revalidate(
         &self,
         session: &Session,
-        mappings: &[NamedMapping],
+        mappings: &[MappingView],
         now: Timestamp,
     ) -> Verdict {
         let Some(grant) = session.grant() else {
@@ -407,7 +441,7 @@ impl KubernetesReconciler {
         session: &Session,
         now: Timestamp,
         revalidate_all: bool,
-        mappings: &[NamedMapping],
+        mappings: &[MappingView],
         service_accounts: &HashMap<String, ServiceAccount>,
         report: &mut ReconcileReport,
         validated: &mut HashMap<String, Timestamp>,
@@ -689,41 +723,27 @@ impl KubernetesReconciler {
         }
     }
 
-    /// The `Ready` condition a mapping should carry.
-    fn readiness(
-        &self,
-        mapping: &NamedMapping,
-        cluster_roles: &HashSet<String>,
-    ) -> (bool, &'static str, String) {
-        readiness(&self.settings, self.hook.as_deref(), mapping, cluster_roles)
-    }
-
     async fn update_conditions(
         &self,
         mappings: &[GrantMapping],
+        views: &[MappingView],
         now: Timestamp,
         report: &mut ReconcileReport,
-    ) -> Result<(), ReconcileError> {
-        if mappings.is_empty() {
-            return Ok(());
-        }
-        let roles: HashSet<String> = self
-            .list_all(
-                &Api::<ClusterRole>::all(self.apis.client().clone()),
-                None,
-                "ClusterRoles",
-            )
-            .await?
-            .into_iter()
-            .map(|r| r.name_any())
-            .collect();
+    ) {
         let api: Api<GrantMapping> = Api::all(self.apis.client().clone());
         for mapping in mappings {
             let named = NamedMapping {
                 name: mapping.name_any(),
                 spec: mapping.spec.clone(),
             };
-            let (ready, reason, message) = self.readiness(&named, &roles);
+            let state = views
+                .iter()
+                .find(|v| v.name.as_str() == named.name)
+                .map(|v| &v.state);
+            // A mapping whose state is not known yet keeps the condition it has.
+            let Some((ready, reason, message)) = readiness(&self.settings, &named, state) else {
+                continue;
+            };
             let status_word = if ready { "True" } else { "False" };
             let generation = mapping.metadata.generation;
             let mut status = mapping.status.clone().unwrap_or_default();
@@ -772,19 +792,42 @@ impl KubernetesReconciler {
                 )),
             }
         }
-        Ok(())
+    }
+
+    /// Every ClusterRole, for the read-only judgement; `None` (and a failure in the report)
+    /// when they cannot be listed, which leaves every mapping unchecked for this pass.
+    async fn cluster_roles(&self, report: &mut ReconcileReport) -> Option<ClusterRoles> {
+        match self
+            .list_all(
+                &Api::<ClusterRole>::all(self.apis.client().clone()),
+                None,
+                "ClusterRoles",
+            )
+            .await
+        {
+            Ok(roles) => Some(cluster_roles(&roles)),
+            Err(e) => {
+                report.failures.push(e.to_string());
+                None
+            }
+        }
     }
 }
 
-/// The `Ready` condition a mapping should carry: (ready, reason, message).
+/// The `Ready` condition a mapping should carry: (ready, reason, message). Spec problems first
+/// (`ForbiddenNamespace`, `InvalidSpec`), then the state the cluster's facts give it
+/// (`ClusterRoleMissing`, `ClusterWideWrite`, `NotBindable`); `None` while that state is not
+/// known.
 fn readiness(
     settings: &ReconcilerSettings,
-    hook: Option<&dyn MappingHook>,
     mapping: &NamedMapping,
-    cluster_roles: &HashSet<String>,
-) -> (bool, &'static str, String) {
-    let spec = &mapping.spec;
-    let problems = validate_mapping(&mapping.name, spec, &settings.forbidden_namespaces());
+    state: Option<&MappingState>,
+) -> Option<(bool, &'static str, String)> {
+    let problems = validate_mapping(
+        &mapping.name,
+        &mapping.spec,
+        &settings.forbidden_namespaces(),
+    );
     if let Some(first) = problems.first() {
         let reason = if first.is_forbidden_namespace() {
             REASON_FORBIDDEN_NAMESPACE
@@ -796,35 +839,19 @@ fn readiness(
             .filter(|p| p.is_forbidden_namespace() == first.is_forbidden_namespace())
             .map(ToString::to_string)
             .collect();
-        return (
+        return Some((
             false,
             reason,
             format!("{}; fix or remove it", words.join("; ")),
-        );
+        ));
     }
-    let mut missing: Vec<&str> = spec
-        .cluster_roles
-        .iter()
-        .map(String::as_str)
-        .chain(spec.namespaced.iter().map(|g| g.cluster_role.as_str()))
-        .filter(|r| !cluster_roles.contains(*r))
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
-    if !missing.is_empty() {
-        return (
-            false,
-            REASON_CLUSTER_ROLE_MISSING,
-            format!(
-                "ClusterRole {} does not exist; create it or fix the name",
-                missing.join(", ")
-            ),
-        );
+    match state? {
+        MappingState::Ready => Some((true, REASON_READY, "the mapping can be used".to_owned())),
+        MappingState::NotReady { reason, message } => {
+            Some((false, reason.as_str(), message.clone()))
+        }
+        _ => None,
     }
-    if let Some(why) = hook.and_then(|h| h.not_bindable(mapping)) {
-        return (false, REASON_NOT_BINDABLE, why);
-    }
-    (true, REASON_READY, "the mapping can be used".to_owned())
 }
 
 fn signed(d: Duration) -> SignedDuration {
@@ -854,17 +881,6 @@ impl Reconciler for KubernetesReconciler {
             .map(|sa| (sa.name_any(), sa))
             .collect();
 
-        let mut fingerprint: Vec<(String, String, i64)> = mappings
-            .iter()
-            .map(|m| {
-                (
-                    m.name_any(),
-                    m.uid().unwrap_or_default(),
-                    m.metadata.generation.unwrap_or(0),
-                )
-            })
-            .collect();
-        fingerprint.sort();
         let named: Vec<NamedMapping> = mappings
             .iter()
             .map(|m| NamedMapping {
@@ -872,6 +888,39 @@ impl Reconciler for KubernetesReconciler {
                 spec: m.spec.clone(),
             })
             .collect();
+        // One view of the mappings for this pass: the sessions are judged and the conditions
+        // written from it, with the same judgement the login uses.
+        let roles = if named.is_empty() {
+            None
+        } else {
+            self.cluster_roles(&mut report).await
+        };
+        let facts = ClusterFacts {
+            cluster_roles: roles.as_ref(),
+            allow_cluster_wide_write: self.settings.allow_cluster_wide_write,
+        };
+        let hook = self.hook.as_deref();
+        let views = mapping_views(&named, &facts, &|m| {
+            hook.map_or(Bindable::Yes, |h| h.bindable(m))
+        });
+        let mut fingerprint: Vec<Fingerprint> = mappings
+            .iter()
+            .map(|m| {
+                let name = m.name_any();
+                let state = views
+                    .iter()
+                    .find(|v| v.name.as_str() == name)
+                    .map(|v| format!("{:?}", v.state))
+                    .unwrap_or_default();
+                (
+                    name,
+                    m.uid().unwrap_or_default(),
+                    m.metadata.generation.unwrap_or(0),
+                    state,
+                )
+            })
+            .collect();
+        fingerprint.sort();
         let (revalidate_all, mut validated) = {
             let state = self.state();
             (
@@ -885,7 +934,7 @@ impl Reconciler for KubernetesReconciler {
                 session,
                 now,
                 revalidate_all,
-                &named,
+                &views,
                 &service_accounts,
                 &mut report,
                 &mut validated,
@@ -903,9 +952,8 @@ impl Reconciler for KubernetesReconciler {
             .map(|s| (s.name_any(), s.clone()))
             .collect();
         self.sweep(&by_name, now, &mut report).await?;
-        if let Err(e) = self.update_conditions(&mappings, now, &mut report).await {
-            report.failures.push(e.to_string());
-        }
+        self.update_conditions(&mappings, &views, now, &mut report)
+            .await;
 
         let live: HashSet<String> = by_name.values().filter_map(|s| s.uid()).collect();
         validated.retain(|uid, _| live.contains(uid));
@@ -960,45 +1008,92 @@ mod tests {
         }
     }
 
-    struct NeverBindable;
-    impl MappingHook for NeverBindable {
-        fn not_bindable(&self, mapping: &NamedMapping) -> Option<String> {
-            Some(format!(
-                "{} binds a role outside the allowlist",
-                mapping.name
-            ))
-        }
+    fn state_of(m: &NamedMapping, bindable: &Bindable) -> MappingState {
+        let roles = crate::policy::cases::bootstrap_cluster_roles();
+        let facts = ClusterFacts {
+            cluster_roles: Some(&roles),
+            allow_cluster_wide_write: false,
+        };
+        crate::policy::judge_mapping(&m.spec, &facts, bindable)
+    }
+
+    fn condition(m: &NamedMapping, bindable: &Bindable) -> (bool, &'static str, String) {
+        readiness(&reconciler_settings(), m, Some(&state_of(m, bindable))).unwrap()
     }
 
     #[test]
     fn mapping_readiness_names_the_problem() {
-        let s = reconciler_settings();
-        let roles: HashSet<String> = ["view", "edit"].iter().map(|r| (*r).to_owned()).collect();
-        let ok = readiness(&s, None, &mapping(&["view"], &[("edit", "team-a")]), &roles);
+        let ok = condition(&mapping(&["view"], &[("edit", "team-a")]), &Bindable::Yes);
         assert_eq!((ok.0, ok.1), (true, REASON_READY));
-        let missing = readiness(&s, None, &mapping(&["admin"], &[]), &roles);
-        assert_eq!((missing.0, missing.1), (false, REASON_CLUSTER_ROLE_MISSING));
-        assert!(missing.2.contains("admin"));
-        let forbidden = readiness(
-            &s,
-            None,
+        let missing = condition(&mapping(&["ghost"], &[]), &Bindable::Yes);
+        assert_eq!((missing.0, missing.1), (false, "ClusterRoleMissing"));
+        assert!(missing.2.contains("ghost"));
+        let forbidden = condition(
             &mapping(&["view"], &[("edit", "kube-system")]),
-            &roles,
+            &Bindable::Yes,
         );
         assert_eq!(
             (forbidden.0, forbidden.1),
             (false, REASON_FORBIDDEN_NAMESPACE)
         );
-        let own = readiness(&s, None, &mapping(&[], &[("view", "tka-system")]), &roles);
-        assert_eq!(own.1, REASON_FORBIDDEN_NAMESPACE);
-        let hooked = readiness(&s, Some(&NeverBindable), &mapping(&["view"], &[]), &roles);
-        assert_eq!((hooked.0, hooked.1), (false, REASON_NOT_BINDABLE));
+        for ns in ["tka-system", "kube-public", "kube-node-lease"] {
+            let own = condition(&mapping(&[], &[("view", ns)]), &Bindable::Yes);
+            assert_eq!(own.1, REASON_FORBIDDEN_NAMESPACE, "{ns}");
+        }
+        let refused = Bindable::No("dev binds a role outside the allowlist".into());
+        let hooked = condition(&mapping(&["view"], &[]), &refused);
+        assert_eq!((hooked.0, hooked.1), (false, "NotBindable"));
         let mut bad_ttl = mapping(&["view"], &[]);
         bad_ttl.spec.default_ttl = Some("0s".into());
-        let invalid = readiness(&s, None, &bad_ttl, &roles);
+        let invalid = condition(&bad_ttl, &Bindable::Yes);
         assert_eq!((invalid.0, invalid.1), (false, REASON_INVALID_SPEC));
         assert!(invalid.2.contains("defaultTTL"), "{}", invalid.2);
-        let nothing = readiness(&s, None, &mapping(&[], &[]), &roles);
+        let nothing = condition(&mapping(&[], &[]), &Bindable::Yes);
         assert_eq!((nothing.0, nothing.1), (false, REASON_INVALID_SPEC));
+        // A state not known yet leaves the condition alone; a spec problem is known anyway.
+        let m = mapping(&["view"], &[]);
+        let unknown = MappingState::Unchecked("not asked".into());
+        assert_eq!(readiness(&reconciler_settings(), &m, Some(&unknown)), None);
+        let bad = mapping(&["view"], &[("edit", "kube-system")]);
+        assert!(readiness(&reconciler_settings(), &bad, Some(&unknown)).is_some());
+    }
+
+    #[test]
+    fn cluster_wide_write_roles_are_not_ready_and_say_how_to_bind_them_per_namespace() {
+        let view = condition(&mapping(&["view"], &[]), &Bindable::Yes);
+        assert_eq!((view.0, view.1), (true, REASON_READY));
+        for role in [
+            "edit",
+            "admin",
+            "cluster-admin",
+            "pod-creator",
+            "secret-reader",
+        ] {
+            let (ready, reason, message) = condition(&mapping(&[role], &[]), &Bindable::Yes);
+            assert_eq!((ready, reason), (false, "ClusterWideWrite"), "{role}");
+            assert!(
+                message.contains(&format!(
+                    "namespaced: [{{clusterRole: {role}, namespaces: [...]}}]"
+                )),
+                "{message}"
+            );
+            // The same role per namespace is fine.
+            let per_namespace = condition(&mapping(&[], &[(role, "team-a")]), &Bindable::Yes);
+            assert_eq!(
+                (per_namespace.0, per_namespace.1),
+                (true, REASON_READY),
+                "{role}"
+            );
+        }
+        // The server flag lifts it.
+        let roles = crate::policy::cases::bootstrap_cluster_roles();
+        let allowed = ClusterFacts {
+            cluster_roles: Some(&roles),
+            allow_cluster_wide_write: true,
+        };
+        assert_eq!(
+            crate::policy::judge_mapping(&mapping(&["edit"], &[]).spec, &allowed, &Bindable::Yes),
+            MappingState::Ready
+        );
     }
 }

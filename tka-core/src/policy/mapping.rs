@@ -1,26 +1,28 @@
 //! GrantMappings as policy sees them: [`MappingView`] (a mapping plus what the server knows about
-//! its usability), [`validate_mapping`] (the spec problems that make a mapping unusable, for the
-//! reconciler's `Ready` condition and for resolution), and subject matching. No I/O.
+//! its usability: [`MappingState`]), [`validate_mapping`] (the spec problems that make a mapping
+//! unusable, for the reconciler's `Ready` condition and for resolution), [`judge_mapping`] (what
+//! the cluster's facts make of a mapping: missing or cluster-wide write roles, bindability), and
+//! subject matching. No I/O.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::rbac::ClusterRoles;
 use super::{GrantMappingSpec, Subject};
 use crate::domain::{Identity, RoleName, Ttl, is_dns1123_label};
 
-/// A GrantMapping as resolution sees it: its name (the role), its spec, and whether the server
-/// has found it unusable for a reason policy cannot see (e.g. `NotBindable`,
-/// `ClusterRoleMissing`).
+/// A GrantMapping as resolution sees it: its name (the role), its spec, and what the server
+/// knows about it beyond the spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappingView {
     /// The mapping's `metadata.name`: the role that capability values refer to.
     pub name: RoleName,
     /// The mapping's spec.
     pub spec: GrantMappingSpec,
-    /// Set when the server must not use this mapping, with the reason in words.
-    pub unusable: Option<String>,
+    /// Whether the server may use it, as far as the cluster's facts tell.
+    pub state: MappingState,
 }
 
 impl MappingView {
@@ -29,16 +31,237 @@ impl MappingView {
         Self {
             name,
             spec,
-            unusable: None,
+            state: MappingState::Ready,
         }
     }
 
-    /// The same mapping, marked unusable for `reason`.
+    /// The same mapping, not ready (`NotBindable`) for `reason`.
     #[must_use]
-    pub fn unusable(mut self, reason: impl Into<String>) -> Self {
-        self.unusable = Some(reason.into());
+    pub fn unusable(self, reason: impl Into<String>) -> Self {
+        self.with_state(MappingState::NotReady {
+            reason: NotReadyReason::NotBindable,
+            message: reason.into(),
+        })
+    }
+
+    /// The same mapping in `state`.
+    #[must_use]
+    pub fn with_state(mut self, state: MappingState) -> Self {
+        self.state = state;
         self
     }
+}
+
+/// The reason of a GrantMapping's `Ready=False` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum NotReadyReason {
+    /// It binds in the server's namespace or a denied namespace.
+    ForbiddenNamespace,
+    /// Its spec is invalid (see [`MappingProblem`]).
+    InvalidSpec,
+    /// A ClusterRole it refers to does not exist.
+    ClusterRoleMissing,
+    /// `clusterRoles` names a role that grants more than reading (see [`ClusterRoles::beyond_read`]).
+    ClusterWideWrite,
+    /// The server may not bind one of its ClusterRoles.
+    NotBindable,
+}
+
+impl NotReadyReason {
+    /// The condition reason, e.g. `ClusterWideWrite`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ForbiddenNamespace => "ForbiddenNamespace",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::ClusterRoleMissing => "ClusterRoleMissing",
+            Self::ClusterWideWrite => "ClusterWideWrite",
+            Self::NotBindable => "NotBindable",
+        }
+    }
+}
+
+impl fmt::Display for NotReadyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the server may use a mapping, beyond what its spec says.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MappingState {
+    /// Usable.
+    Ready,
+    /// Never used while this holds: a login is refused and sessions that used it are revoked.
+    NotReady {
+        /// The condition reason.
+        reason: NotReadyReason,
+        /// What is wrong and what to do, in words (the condition message and the denial).
+        message: String,
+    },
+    /// The server could not check it yet (the ClusterRoles are not listed yet, the API server
+    /// did not answer a bindability question): a login is refused, a live session is neither
+    /// refreshed nor revoked until it is known.
+    Unchecked(String),
+}
+
+impl MappingState {
+    /// The words for a login refused because of this state, when not [`MappingState::Ready`].
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            Self::Ready => None,
+            Self::NotReady { message, .. } | Self::Unchecked(message) => Some(message),
+        }
+    }
+}
+
+/// Whether the server may bind a mapping's roles, as the API server answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bindable {
+    /// Every question was allowed.
+    Yes,
+    /// The API server said no; says what.
+    No(String),
+    /// Not asked yet, or the API server failed; says why.
+    Unknown(String),
+}
+
+/// The cluster's facts a mapping is judged against.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterFacts<'a> {
+    /// Every ClusterRole, once listed; `None` before the first list.
+    pub cluster_roles: Option<&'a ClusterRoles>,
+    /// Whether `clusterRoles` may name roles that grant more than reading (the server flag
+    /// `--allow-cluster-wide-write`).
+    pub allow_cluster_wide_write: bool,
+}
+
+/// How many offending rules a `ClusterWideWrite` message names.
+const NAMED_RULES: usize = 4;
+
+/// What the cluster's facts make of a mapping whose spec is valid: `ClusterRoleMissing`, then
+/// `ClusterWideWrite` (unless allowed), then `NotBindable`; [`MappingState::Unchecked`] when a
+/// fact is not known yet. The reconciler's `Ready` condition, the login and the re-validation of
+/// sessions all use this one judgement.
+///
+/// ```
+/// use tka_core::policy::{
+///     Bindable, ClusterFacts, ClusterRoleRules, ClusterRoles, GrantMappingSpec, MappingState,
+///     NotReadyReason, PolicyRule, judge_mapping,
+/// };
+///
+/// let roles: ClusterRoles = [("edit".to_owned(), ClusterRoleRules {
+///     rules: vec![PolicyRule {
+///         api_groups: vec![String::new()],
+///         resources: vec!["pods".into()],
+///         verbs: vec!["create".into()],
+///         ..Default::default()
+///     }],
+///     ..Default::default()
+/// })].into_iter().collect();
+/// let facts = ClusterFacts { cluster_roles: Some(&roles), allow_cluster_wide_write: false };
+/// let spec = GrantMappingSpec { cluster_roles: vec!["edit".into()], ..Default::default() };
+/// let MappingState::NotReady { reason, message } = judge_mapping(&spec, &facts, &Bindable::Yes) else {
+///     panic!("edit cluster-wide must not be ready");
+/// };
+/// assert_eq!(reason, NotReadyReason::ClusterWideWrite);
+/// assert!(message.contains("namespaced: [{clusterRole: edit, namespaces: [...]}]"));
+/// ```
+pub fn judge_mapping(
+    spec: &GrantMappingSpec,
+    facts: &ClusterFacts<'_>,
+    bindable: &Bindable,
+) -> MappingState {
+    let Some(roles) = facts.cluster_roles else {
+        return MappingState::Unchecked(
+            "tka-server has not listed the cluster's ClusterRoles yet; try again shortly"
+                .to_owned(),
+        );
+    };
+    let mut missing: Vec<&str> = spec
+        .cluster_roles
+        .iter()
+        .map(String::as_str)
+        .chain(spec.namespaced.iter().map(|g| g.cluster_role.as_str()))
+        .filter(|r| !roles.contains(r))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        return MappingState::NotReady {
+            reason: NotReadyReason::ClusterRoleMissing,
+            message: format!(
+                "ClusterRole {} does not exist; create it or fix the name",
+                missing.join(", ")
+            ),
+        };
+    }
+    if !facts.allow_cluster_wide_write {
+        let mut names: Vec<&str> = spec.cluster_roles.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        for role in names {
+            let beyond = roles.beyond_read(role).unwrap_or_default();
+            if beyond.is_empty() {
+                continue;
+            }
+            let named: Vec<&str> = beyond
+                .iter()
+                .take(NAMED_RULES)
+                .map(String::as_str)
+                .collect();
+            let more = beyond.len().saturating_sub(NAMED_RULES);
+            let more = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
+            return MappingState::NotReady {
+                reason: NotReadyReason::ClusterWideWrite,
+                message: format!(
+                    "ClusterRole {role} grants more than read access ({}{more}), and clusterRoles binds it in every namespace, the protected ones included; bind it per namespace instead: namespaced: [{{clusterRole: {role}, namespaces: [...]}}]",
+                    named.join("; ")
+                ),
+            };
+        }
+    }
+    match bindable {
+        Bindable::Yes => MappingState::Ready,
+        Bindable::No(why) => MappingState::NotReady {
+            reason: NotReadyReason::NotBindable,
+            message: why.clone(),
+        },
+        Bindable::Unknown(why) => MappingState::Unchecked(why.clone()),
+    }
+}
+
+/// A GrantMapping as the cluster stores it: its name (the role) and spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedMapping {
+    /// The mapping's name: the role name capability values refer to.
+    pub name: String,
+    /// Its spec.
+    pub spec: GrantMappingSpec,
+}
+
+/// The mappings as resolution sees them: invalid names dropped (no capability value can name
+/// them), each judged by [`judge_mapping`] against the cluster's facts and what `bindable` says
+/// about it. The one way views are built: for the login and the token refresh (from the
+/// server's watch) and for the reconciler's re-validation (from its list).
+pub fn mapping_views(
+    mappings: &[NamedMapping],
+    facts: &ClusterFacts<'_>,
+    bindable: &dyn Fn(&NamedMapping) -> Bindable,
+) -> Vec<MappingView> {
+    mappings
+        .iter()
+        .filter_map(|m| {
+            let name = RoleName::new(&m.name).ok()?;
+            let state = judge_mapping(&m.spec, facts, &bindable(m));
+            Some(MappingView::new(name, m.spec.clone()).with_state(state))
+        })
+        .collect()
 }
 
 /// Something wrong with a GrantMapping's spec; a mapping with any problem is never used.

@@ -14,7 +14,7 @@ use crate::domain::{ClusterName, Identity, RoleName, Ttl};
 use crate::identity::DEFAULT_CAPABILITY;
 
 /// Namespaces a GrantMapping may never bind into, besides the server's own.
-pub const DEFAULT_DENIED_NAMESPACES: &[&str] = &["kube-system"];
+pub const DEFAULT_DENIED_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
 
 /// The server's side of the policy: bounds, protected namespaces, and the capability names (for
 /// messages).
@@ -31,6 +31,10 @@ pub struct PolicySettings {
     pub max_ttl: Ttl,
     /// Namespaces no mapping may bind into: the server's own and the deny list.
     pub forbidden_namespaces: BTreeSet<String>,
+    /// Whether `clusterRoles` may name ClusterRoles that grant more than reading
+    /// (`--allow-cluster-wide-write`; default `false`). Such a binding reaches every namespace,
+    /// the server's own included, so it makes a tka credential as strong as the server.
+    pub allow_cluster_wide_write: bool,
 }
 
 impl PolicySettings {
@@ -49,7 +53,16 @@ impl PolicySettings {
             default_ttl,
             max_ttl,
             forbidden_namespaces,
+            allow_cluster_wide_write: false,
         }
+    }
+
+    /// Lets `clusterRoles` name ClusterRoles that grant more than reading. See
+    /// [`PolicySettings::allow_cluster_wide_write`].
+    #[must_use]
+    pub fn allowing_cluster_wide_write(mut self, allow: bool) -> Self {
+        self.allow_cluster_wide_write = allow;
+        self
     }
 
     /// Replaces the capability names.
@@ -224,9 +237,9 @@ fn judge<'a>(
     if !problems.is_empty() {
         return Err(RoleProblem::InvalidMapping { problems });
     }
-    if let Some(reason) = &mapping.unusable {
+    if let Some(reason) = mapping.state.refusal() {
         return Err(RoleProblem::Unusable {
-            reason: reason.clone(),
+            reason: reason.to_owned(),
         });
     }
     // validate_mapping has accepted both TTL strings, so these parse.

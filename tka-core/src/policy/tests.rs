@@ -1614,7 +1614,7 @@ mod properties {
             }
             // Within every bound.
             let mapping = login.mappings.iter().find(|m| m.name == decision.role).unwrap();
-            prop_assert!(mapping.unusable.is_none());
+            prop_assert_eq!(&mapping.state, &crate::policy::MappingState::Ready);
             prop_assert!(decision.ttl <= login.settings.max_ttl);
             for grant in &selecting {
                 if let Some(max) = grant.max_ttl {

@@ -22,7 +22,7 @@ use tka_testkit::testenv::{
 
 use super::e2e_tailnet::{CLUSTER, Killed, free_port, managed_objects, run, status_of};
 
-const NS: &str = "tka-system";
+pub(super) const NS: &str = "tka-system";
 const MAX_BODY: usize = 4096;
 
 fn deploy_dir() -> PathBuf {
@@ -30,7 +30,7 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// `kubectl --kubeconfig ADMIN ARGS…`; must succeed; its stdout.
-async fn admin_kubectl(kube: &KubeEnv, args: &[&str]) -> String {
+pub(super) async fn admin_kubectl(kube: &KubeEnv, args: &[&str]) -> String {
     let mut all = vec!["--kubeconfig", kube.admin_kubeconfig().to_str().unwrap()];
     all.extend_from_slice(args);
     let out = run(
@@ -44,7 +44,7 @@ async fn admin_kubectl(kube: &KubeEnv, args: &[&str]) -> String {
 }
 
 /// `Ready` condition of GrantMapping `name` as `Status/Reason`, once it is there (30 s at most).
-async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
+pub(super) async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
     let path = format!("grantmapping/{name}");
     let jsonpath =
         "jsonpath={range .status.conditions[?(@.type==\"Ready\")]}{.status}/{.reason}{end}";
@@ -118,7 +118,7 @@ impl Http {
 
 /// `kubectl apply -k tka-server/deploy` (its namespace first); a kubeconfig with a token of the
 /// `tka-system/tka-server` ServiceAccount it makes.
-async fn apply_deploy(kube: &KubeEnv) -> PathBuf {
+pub(super) async fn apply_deploy(kube: &KubeEnv) -> PathBuf {
     let dir = deploy_dir();
     let ns_file = dir.join("namespace.yaml");
     admin_kubectl(kube, &["apply", "-f", ns_file.to_str().unwrap()]).await;
@@ -143,15 +143,15 @@ async fn apply_deploy(kube: &KubeEnv) -> PathBuf {
 }
 
 /// A running `tka-server serve`, killed when dropped.
-struct Server {
-    child: Killed,
-    port: u16,
-    log: PathBuf,
+pub(super) struct Server {
+    pub(super) child: Killed,
+    pub(super) port: u16,
+    pub(super) log: PathBuf,
 }
 
 /// Starts `tka-server serve` as `pod` with `kubeconfig` on `node`'s tailscaled (API on
 /// 127.0.0.1:P, where that node re-dials tailnet connections for port P); returns once ready.
-async fn start_server(
+pub(super) async fn start_server(
     kube: &KubeEnv,
     kubeconfig: &Path,
     cluster: &TailnetNode,
@@ -260,7 +260,7 @@ spec: {subjects: [{user: bob@example.com}], clusterRoles: [view]}
 apiVersion: tka.dev/v1alpha1
 kind: GrantMapping
 metadata: {name: admin}
-spec: {clusterRoles: [cluster-admin]}
+spec: {namespaced: [{clusterRole: admin, namespaces: [team-a]}]}
 ---
 apiVersion: tka.dev/v1alpha1
 kind: GrantMapping

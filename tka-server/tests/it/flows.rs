@@ -140,6 +140,74 @@ async fn refresh_ends_the_session_when_the_mapping_changes_its_bindings() {
     assert_eq!(server.issuer.live_sessions(), 0);
 }
 
+/// The shared table of mapping changes (`tka_core::policy::cases`), through `POST
+/// /api/v1/token`: the refresh keeps exactly the sessions the reconciler keeps.
+#[tokio::test]
+async fn refresh_keeps_exactly_the_sessions_the_table_keeps() {
+    use tka_core::policy::cases::{CASE_ROLE, case_mapping_at_login, grant_cases};
+    for case in grant_cases() {
+        let server = TestServer::start().await;
+        server.mappings.replace(vec![crate::support::mapping(
+            CASE_ROLE,
+            case_mapping_at_login(),
+        )]);
+        let caller = identity(
+            "nALICE",
+            "alice@example.com",
+            &[],
+            json!([{ "role": CASE_ROLE }]),
+        );
+        let mut client = server.client(caller).await;
+        let login = client.login("{}").await;
+        assert_eq!(login.status, 200, "{}: {}", case.name, login.text());
+
+        server.mappings.replace(case.views());
+        let response = client.post("/api/v1/token").json("{}").send().await;
+        if case.holds {
+            assert_eq!(response.status, 200, "{}: {}", case.name, response.text());
+            assert_eq!(server.issuer.live_sessions(), 1, "{}", case.name);
+        } else {
+            assert_eq!(
+                response.problem_code(403),
+                "sessionEnded",
+                "{}: {}",
+                case.name,
+                response.text()
+            );
+            assert_eq!(
+                server.issuer.live_sessions(),
+                0,
+                "{}: not revoked",
+                case.name
+            );
+        }
+    }
+}
+
+/// While the session's mapping cannot be checked yet (the ClusterRoles are not listed, the
+/// bindability not asked), a refresh gets no token and the session is not revoked; once it is
+/// checked the refresh works again.
+#[tokio::test]
+async fn refresh_neither_mints_nor_revokes_while_the_mapping_is_unchecked() {
+    let server = TestServer::start().await;
+    let mut client = server.client(alice()).await;
+    assert_eq!(client.login("{}").await.status, 200);
+    let mut mappings = crate::support::default_mappings();
+    mappings[0] = mappings[0]
+        .clone()
+        .with_state(tka_core::policy::MappingState::Unchecked(
+            "tka-server has not listed the cluster's ClusterRoles yet; try again shortly".into(),
+        ));
+    server.mappings.replace(mappings);
+    let response = client.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(response.problem_code(503), "clusterUnavailable");
+    assert!(response.header("retry-after").is_some());
+    assert_eq!(server.issuer.live_sessions(), 1, "the session was kept");
+    server.mappings.replace(crate::support::default_mappings());
+    let response = client.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
 #[tokio::test]
 async fn an_expired_session_is_reported_as_such() {
     let server = TestServer::start().await;

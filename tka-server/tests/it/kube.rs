@@ -1,6 +1,7 @@
 //! The server on the real Kubernetes backend: the real router, `KubernetesIssuer`, the
-//! GrantMapping feed with bindability checks, the reconciler's `NotBindable` condition, `drain`
-//! and `tka-server crds`, against a FakeCluster served over loopback TCP.
+//! GrantMapping feed with bindability checks and the ClusterRoles' read-only judgement, the
+//! reconciler's `NotBindable` and `ClusterWideWrite` conditions and re-validation, `drain` and
+//! `tka-server crds`, against a FakeCluster served over loopback TCP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use tka_core::kubernetes::{
     MANAGED_BY_LABEL, PolicyGrantCheck, ReconcilerSettings, Session,
 };
 use tka_core::policy::NamespacedGrant;
-use tka_core::reconciler::Reconciler;
+use tka_core::reconciler::{MappingHook, Reconciler};
 use tka_core::{Clock, ClusterName, GrantMappingSpec, Identity, ManualClock, PolicySettings, Ttl};
-use tka_server::kubernetes::{Bindability, MappingFeed, drain, leftovers};
+use tka_core::{IdentityError, IdentityProvider, WhoisRequest};
+use tka_server::kubernetes::{Bindability, Bindable, MappingFeed, drain, leftovers};
 use tka_server::{ApiState, Backends, InMemoryMappings, ListenMode, Metrics, Server, ops_router};
 use tka_testkit::cluster::{AccessPolicy, AccessRule, FakeCluster, ServedCluster};
 use tokio::net::TcpStream;
@@ -26,7 +28,8 @@ use crate::support::{Client, Options, ScriptedTailnet, api_config, identity};
 
 const NAMESPACE: &str = "tka-system";
 
-/// alice holds `sre` (view + edit in team-a: bindable) and `ops` (admin: not bindable).
+/// alice holds `sre` (view + edit in team-a: bindable) and `ops` (admin in team-a: not
+/// bindable).
 fn alice() -> Identity {
     identity(
         "nALICE",
@@ -96,7 +99,10 @@ impl KubeServer {
             (
                 "ops",
                 GrantMappingSpec {
-                    cluster_roles: vec!["admin".into()],
+                    namespaced: vec![NamespacedGrant {
+                        cluster_role: "admin".into(),
+                        namespaces: vec!["team-a".into()],
+                    }],
                     ..GrantMappingSpec::default()
                 },
             ),
@@ -195,6 +201,11 @@ impl KubeServer {
     }
 
     fn reconciler(&self) -> KubernetesReconciler {
+        self.reconciler_with(self.tailnet.clone())
+    }
+
+    /// The reconciler, asking `whois` about recorded addresses.
+    fn reconciler_with(&self, whois: Arc<dyn IdentityProvider>) -> KubernetesReconciler {
         let check = PolicyGrantCheck::new(
             ClusterName::new("prod").unwrap(),
             PolicySettings::new(
@@ -202,13 +213,12 @@ impl KubeServer {
                 Ttl::parse("1h").unwrap(),
                 Ttl::parse("8h").unwrap(),
             ),
-        )
-        .with_mapping_hook(self.bindability.clone());
+        );
         KubernetesReconciler::new(
             self.client.clone(),
             ReconcilerSettings::new(NAMESPACE, "test"),
             Arc::new(self.clock.clone()),
-            self.tailnet.clone(),
+            whois,
             Arc::new(check),
         )
         .with_mapping_hook(self.bindability.clone())
@@ -349,11 +359,9 @@ async fn a_mapping_the_server_may_not_bind_is_not_bindable_and_its_login_creates
     let ops = ready(&mappings.get("ops").await.unwrap());
     assert_eq!((ops.0.as_str(), ops.1.as_str()), ("True", "Ready"));
     assert!(
-        server
-            .bindability
-            .views(&named)
+        named
             .iter()
-            .all(|v| v.unusable.is_none())
+            .all(|m| server.bindability.bindable(m) == Bindable::Yes)
     );
 }
 
@@ -428,4 +436,159 @@ fn the_crds_subcommand_prints_the_generated_crds() {
         tka_core::kubernetes::crds_yaml().trim_end()
     );
     assert!(printed.contains("defaultTTL"));
+}
+
+/// Answers whois for a recorded address with one identity: the device is still in the tailnet,
+/// so only the grant decides.
+#[derive(Debug)]
+struct StillThere(Identity);
+
+#[async_trait::async_trait]
+impl IdentityProvider for StillThere {
+    async fn lookup(&self, _: &WhoisRequest) -> Result<Identity, IdentityError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// `Ready` condition of a GrantMapping as (status, reason, message).
+async fn ready_of(client: &kube::Client, name: &str) -> (String, String, String) {
+    let mapping = Api::<GrantMapping>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap();
+    let c = mapping
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    (c.status, c.reason, c.message)
+}
+
+/// DESIGN §4.3: a role aggregated into a mapped read-only role that gains a write rule turns the
+/// mapping `ClusterWideWrite`, the reconciler revokes the live session that used it, and a new
+/// login is refused with the per-namespace hint; the namespaced form of the same role is fine.
+#[tokio::test]
+async fn an_aggregated_role_gaining_a_write_makes_the_mapping_not_ready_and_revokes_its_session() {
+    let server = KubeServer::start().await;
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(server.client.clone());
+    let label = "example.com/aggregate-to-team-view";
+    // team-view stores no rules: what it grants comes only from the roles it aggregates.
+    for role in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "team-view"},
+               "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "team-view-pods", "labels": {label: "true"}},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]}),
+    ] {
+        roles
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(role).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let mappings: Api<GrantMapping> = Api::all(server.client.clone());
+    for (name, spec) in [
+        (
+            "viewer",
+            GrantMappingSpec {
+                cluster_roles: vec!["team-view".into()],
+                ..GrantMappingSpec::default()
+            },
+        ),
+        (
+            "team-editor",
+            GrantMappingSpec {
+                namespaced: vec![NamespacedGrant {
+                    cluster_role: "team-view".into(),
+                    namespaces: vec!["team-a".into()],
+                }],
+                ..GrantMappingSpec::default()
+            },
+        ),
+    ] {
+        mappings
+            .create(&PostParams::default(), &GrantMapping::new(name, spec))
+            .await
+            .unwrap();
+    }
+    let carol = identity(
+        "nCAROL",
+        "carol@example.com",
+        &[],
+        json!([{"role": "viewer"}, {"role": "team-editor"}]),
+    );
+    let reconciler = server.reconciler_with(Arc::new(StillThere(carol.clone())));
+
+    // Read-only so far: Ready, and the login works (once the feed has seen the new objects).
+    let mut client = server.connect(carol.clone()).await;
+    let mut login = client.login(r#"{"role":"viewer"}"#).await;
+    for _ in 0..200 {
+        if login.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        login = client.login(r#"{"role":"viewer"}"#).await;
+    }
+    assert_eq!(login.status, 200, "{}", login.text());
+    let session = login.json()["session"]["name"].as_str().unwrap().to_owned();
+    let report = reconciler.reconcile_once(server.clock.now()).await.unwrap();
+    assert!(!report.removed_session(&session), "{report:?}");
+    assert_eq!(
+        ready_of(&server.client, "viewer").await.1,
+        "Ready",
+        "{report:?}"
+    );
+
+    // A role aggregated into team-view gains `create pods`.
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "team-view-runner", "labels": {label: "true"}},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let report = reconciler.reconcile_once(server.clock.now()).await.unwrap();
+    assert!(report.removed_session(&session), "{report:?}");
+    assert!(server.sessions().await.is_empty());
+    assert!(server.labelled().is_empty(), "{:?}", server.labelled());
+    let (status, reason, message) = ready_of(&server.client, "viewer").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ClusterWideWrite")
+    );
+    assert!(message.contains("create pods"), "{message}");
+    assert!(
+        message.contains("namespaced: [{clusterRole: team-view, namespaces: [...]}]"),
+        "{message}"
+    );
+    // The namespaced form of the same role stays ready.
+    assert_eq!(ready_of(&server.client, "team-editor").await.1, "Ready");
+
+    // The login is refused with the same words, once the feed has seen the change ...
+    let mut refused = client.login(r#"{"role":"viewer"}"#).await;
+    for _ in 0..200 {
+        if refused.status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        refused = client.login(r#"{"role":"viewer"}"#).await;
+    }
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.problem_code(403), "mappingUnusable");
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains(&message), "{detail}");
+    assert!(server.sessions().await.is_empty());
+    // ... and the namespaced form logs in.
+    let allowed = client.login(r#"{"role":"team-editor"}"#).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
 }

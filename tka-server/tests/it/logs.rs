@@ -157,3 +157,65 @@ async fn no_token_reaches_the_log_and_every_action_is_audited() {
     assert_eq!(denials[1]["outcome"], "unknownCaller");
     assert_eq!(denials[1]["device"], "-");
 }
+
+/// A skipped capability value is logged at WARN once per distinct value per interval, whatever
+/// the number of requests or devices; a different value gets its own line, and the same value
+/// again after the interval.
+#[tokio::test]
+async fn a_skipped_capability_value_is_warned_about_once_per_interval() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let warnings = || {
+        capture
+            .text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|r| {
+                r["level"] == "WARN"
+                    && r["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("capability value was skipped"))
+            })
+            .map(|r| r["skipped"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let server = TestServer::start().await;
+    let typo = serde_json::json!([{"role": "sre"}, {"role": "sre", "cluster": "prod"}]);
+    for node in ["nALICE", "nALICE2", "nALICE3"] {
+        let who = crate::support::identity(node, "alice@example.com", &[], typo.clone());
+        let mut client = server.client(who).await;
+        assert_eq!(client.login("{}").await.status, 200);
+        assert_eq!(client.get("/api/v1/cluster").send().await.status, 200);
+    }
+    let once = warnings();
+    assert_eq!(once.len(), 1, "{once:?}");
+    assert!(once[0].contains("\"cluster\""), "{once:?}");
+
+    // Another malformed value is its own line.
+    let other = serde_json::json!([{"role": "sre"}, {"role": 7}]);
+    let mut client = server
+        .client(crate::support::identity(
+            "nBOB",
+            "bob@example.com",
+            &[],
+            other,
+        ))
+        .await;
+    assert_eq!(client.login("{}").await.status, 200);
+    assert_eq!(warnings().len(), 2, "{:?}", warnings());
+
+    // The first one again, after the interval.
+    server.clock.advance(jiff::SignedDuration::from_mins(11));
+    let who = crate::support::identity("nALICE", "alice@example.com", &[], typo);
+    let mut client = server.client(who).await;
+    assert_eq!(client.get("/api/v1/cluster").send().await.status, 200);
+    assert_eq!(warnings().len(), 3, "{:?}", warnings());
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod deploy;
+mod e2e_escalation;
 mod e2e_listeners;
 mod e2e_refusals;
 mod e2e_tailnet;

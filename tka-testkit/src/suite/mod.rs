@@ -27,7 +27,7 @@ pub use cases::*;
 pub use fake::FakeClusterBackend;
 pub use harness::{
     Harness, LabelledObjects, Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check,
-    suite_mappings, suite_policy,
+    suite_mappings, suite_policy, suite_views,
 };
 pub use tailnet::TestTailnet;
 

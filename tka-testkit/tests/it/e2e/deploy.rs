@@ -25,7 +25,7 @@ use tka_core::reconciler::Reconciler;
 use tka_core::{Clock, ClusterName, Identity, ManualClock, ParsedGrants, RoleName};
 use tka_testkit::suite::{
     Person, SUITE_CLUSTER, TEAM_NAMESPACES, TestTailnet, suite_grant_check, suite_mappings,
-    suite_policy,
+    suite_policy, suite_views,
 };
 use tka_testkit::testenv::{KubeEnv, bin_dir_or_skip, exclusive};
 
@@ -644,8 +644,7 @@ async fn the_deploy_base_applies_and_its_rbac_and_admission_policies_hold() {
 /// mappings; panics on a denial.
 fn decision(who: &Identity, role: &str, clock: &ManualClock) -> Decision {
     let grants = ParsedGrants::from_identity(who);
-    let check = suite_grant_check(NS);
-    let views = check.views(&suite_mappings());
+    let views = suite_views();
     let settings = suite_policy(NS);
     let cluster = ClusterName::new(SUITE_CLUSTER).unwrap();
     let role = RoleName::new(role).unwrap();
