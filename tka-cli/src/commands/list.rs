@@ -1,6 +1,7 @@
 //! `tka list`: the clusters whose servers discovery finds, the roles the caller may get there
 //! (with their longest session), this device's session on each, name conflicts and servers that
-//! did not answer. Reads only; the pins it records are discovery's.
+//! did not answer. Reads only; the pins it records are discovery's. It must not log in or change
+//! the kubeconfig.
 
 use std::process::ExitCode;
 
@@ -11,7 +12,8 @@ use tka_core::{Clock, ClusterName, Ttl};
 
 use crate::client::ApiError;
 use crate::discovery::{Found, Outcome};
-use crate::error::{CliError, Exit};
+use crate::error::CliError;
+use crate::exit::Exit;
 use crate::output::{self, Untrusted};
 use crate::settings::Settings;
 

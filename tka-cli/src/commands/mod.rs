@@ -1,5 +1,9 @@
 //! The commands. Each takes validated settings and a clock, does its work through tka-core and
 //! the I/O modules, and returns a result for `main` to report.
+//!
+//! This module owns the dispatch and what several commands share: discovery with its pins, and
+//! where a cluster's server is. Commands must not print failures themselves (`main` reports) nor
+//! write files other than through the I/O modules.
 
 use std::process::ExitCode;
 
@@ -9,9 +13,12 @@ use tka_core::kubeconfig::Kubeconfig;
 use tka_core::{Clock, ClusterName};
 
 use crate::cli::Cli;
-use crate::discovery::{self, DiscoveryError, Found, Outcome, Pins};
-use crate::error::{CliError, Exit};
+use crate::config::config_path;
+use crate::discovery::{self, DiscoveryError, Found, Outcome};
+use crate::error::CliError;
+use crate::exit::Exit;
 use crate::output;
+use crate::pins::{Pins, pins_path};
 use crate::settings::{Action, Settings};
 
 mod credential;
@@ -70,11 +77,11 @@ pub(crate) fn discover(settings: &Settings, clock: &dyn Clock) -> Result<Vec<Fou
     if candidates.is_empty() {
         return Err(DiscoveryError::NoServers {
             tag: settings.discovery.tag.clone(),
-            config: discovery::config_path(&settings.env),
+            config: config_path(&settings.env),
         }
         .into());
     }
-    let path = discovery::pins_path(&settings.env)?;
+    let path = pins_path(&settings.env)?;
     let mut pins = Pins::load(&path)?;
     let count = candidates.len();
     let found = output::with_spinner(
@@ -178,13 +185,13 @@ fn silent_servers(settings: &Settings, cluster: &ClusterName, found: &[Found]) -
     if silent.is_empty() {
         return None;
     }
-    let pins = discovery::pins_path(&settings.env)
+    let pins = pins_path(&settings.env)
         .ok()
         .and_then(|path| Pins::load(&path).ok())
         .unwrap_or_default();
     let pinned = silent
         .iter()
-        .find(|(f, _)| pins.is_pinned_to(cluster, &f.candidate));
+        .find(|(f, _)| pins.is_pinned_to(cluster, &f.candidate.node, &f.candidate.url));
     let (servers, pinned) = match pinned {
         Some((f, reason)) => (vec![format!("{} ({reason})", f.candidate.node.name)], true),
         None => (
