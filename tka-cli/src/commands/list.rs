@@ -51,7 +51,7 @@ struct RoleEntry {
 }
 
 pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<ExitCode, CliError> {
-    let found = super::discover(settings, clock)?;
+    let found = super::servers::discover(settings, clock)?;
     let mut entries: Vec<ListEntry> = found.into_iter().map(entry).collect();
     // By cluster, the trusted server of a name before its conflicts; servers without an answer
     // last.

@@ -22,7 +22,7 @@ use crate::kubeconfig_file::KubeconfigFile;
 use crate::output::{self, Untrusted};
 use crate::settings::{CredentialMode, LoginSettings, SessionSettings, Settings};
 
-use super::resolve_server;
+use super::servers::resolve_server;
 
 /// What `tka login` reports (`-o json|yaml`).
 #[derive(Debug, Serialize)]
@@ -61,7 +61,7 @@ pub(crate) fn run(
 
 /// `tka login --all`: every cluster discovery trusts (name conflicts are skipped with a note).
 fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Result<(), CliError> {
-    let found = super::discover(settings, clock)?;
+    let found = super::servers::discover(settings, clock)?;
     let mut summaries = Vec::new();
     let mut failures = Vec::new();
     for f in &found {
@@ -94,7 +94,7 @@ fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Res
         }
         out
     });
-    super::several(failures, printed)
+    super::failures::several(failures, printed)
 }
 
 /// One login: checks the kubeconfig, finds the server (unless given), asks it, writes the

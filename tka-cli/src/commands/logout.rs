@@ -41,9 +41,13 @@ pub(crate) fn run(
     let config = file.read()?;
     let targets = targets(&config, logout, &file, |cluster| {
         // Nothing in the kubeconfig: the server discovery trusts for the name, if any.
-        super::discover(settings, clock)
+        super::servers::discover(settings, clock)
             .ok()
-            .and_then(|found| super::discovered_server(cluster, &found).ok().flatten())
+            .and_then(|found| {
+                super::servers::discovered_server(cluster, &found)
+                    .ok()
+                    .flatten()
+            })
     })?;
     if targets.iter().any(|t| !t.contexts.is_empty()) {
         file.check_writable()?;
@@ -98,7 +102,7 @@ pub(crate) fn run(
     }
 
     let printed = output::result(settings.output, &summaries, || human(&summaries));
-    super::several(failures, printed)
+    super::failures::several(failures, printed)
 }
 
 fn targets(

@@ -16,7 +16,8 @@ use crate::kubeconfig_file::{KubeconfigFile, KubeconfigFileError};
 use crate::output;
 use crate::settings::{Settings, ShellSettings};
 
-use super::{login, resolve_server};
+use super::login;
+use super::servers::resolve_server;
 
 pub(crate) fn run(
     settings: &Settings,
