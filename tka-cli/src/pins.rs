@@ -148,3 +148,54 @@ impl Pins {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(write)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> ServerNode {
+        ServerNode {
+            id: id.to_owned(),
+            name: id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_new_pin_is_saved_private_and_read_back_and_nothing_is_written_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("tka").join("pins.json");
+
+        Pins::default().save_if_changed(&path).unwrap();
+        assert!(!path.exists());
+
+        let mut pins = Pins::load(&path).unwrap();
+        let prod = ClusterName::new("prod").unwrap();
+        pins.pin(&prod, &node("n1"), "2026-01-01T00:00:00Z".parse().unwrap());
+        pins.save_if_changed(&path).unwrap();
+
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let read = Pins::load(&path).unwrap();
+        assert_eq!(read.clusters["prod"].node, node("n1"));
+    }
+
+    #[test]
+    fn a_pin_belongs_to_its_node_or_the_url_it_was_pinned_by_and_to_no_other() {
+        let url = ServerUrl::parse("http://100.64.0.5").unwrap();
+        let other_url = ServerUrl::parse("http://100.64.0.6").unwrap();
+        let at = "2026-01-01T00:00:00Z".parse().unwrap();
+        let by_id = Pin {
+            node: node("n1"),
+            pinned_at: at,
+        };
+        assert!(by_id.belongs_to(&node("n1"), &other_url));
+        assert!(!by_id.belongs_to(&node("n2"), &url));
+        let by_url = Pin {
+            node: node("url:http://100.64.0.5"),
+            pinned_at: at,
+        };
+        assert!(by_url.belongs_to(&node("n2"), &url));
+        assert!(!by_url.belongs_to(&node("n2"), &other_url));
+    }
+}

@@ -2,6 +2,9 @@
 //! what happened. The kubeconfig is checked before the server is asked (its content, and that a
 //! file can be written where it goes), so a broken or read-only file costs no session; if the
 //! write still fails after the server answered, the new session is ended again.
+//!
+//! It owns that order. It must not leave a session on the server that no kubeconfig names, nor
+//! find servers itself ([`super::servers`] does).
 
 use jiff::Timestamp;
 use serde::Serialize;

@@ -1,6 +1,9 @@
 //! `tka logout`: end the session on the server, drop cached tokens, remove tka's kubeconfig
 //! entries and restore the previous context. When the server cannot be reached the entries stay,
 //! so the logout can be repeated.
+//!
+//! It owns that order. It must not remove entries tka did not write, nor find servers itself
+//! ([`super::servers`] does).
 
 use serde::Serialize;
 use tka_core::endpoint::ServerUrl;
