@@ -94,15 +94,24 @@ fn run() -> Result<bool, String> {
         .map(PathBuf::from)
         .or_else(|| tool_dir.parent()?.parent().map(Path::to_path_buf))
         .ok_or("cannot tell the workspace directory; pass it as the first argument")?;
-    let allowlist_path = tool_dir.join("allowlist.txt");
-    let allowlist = read_allowlist(&allowlist_path)?;
+    let (report, ok) = check(&workspace, &tool_dir.join("allowlist.txt"))?;
+    std::io::stdout()
+        .lock()
+        .write_all(report.as_bytes())
+        .map_err(|e| format!("cannot write the report: {e}"))?;
+    Ok(ok)
+}
+
+/// The report, and whether every cycle found is allowlisted.
+fn check(workspace: &Path, allowlist_path: &Path) -> Result<(String, bool), String> {
+    let allowlist = read_allowlist(allowlist_path)?;
 
     let mut out = String::new();
     let mut ok = true;
     let mut seen_allowed: BTreeSet<usize> = BTreeSet::new();
     let mut crates = 0;
-    for root in crate_roots(&workspace)? {
-        let krate = load_crate(&workspace, &root)?;
+    for root in crate_roots(workspace)? {
+        let krate = load_crate(workspace, &root)?;
         crates += 1;
         let edges = edges(&krate);
         for cycle in cycles(&krate, &edges) {
@@ -152,11 +161,7 @@ fn run() -> Result<bool, String> {
              into its own module that imports neither; see the rule in tools/modcycles/src/main.rs"
         );
     }
-    std::io::stdout()
-        .lock()
-        .write_all(out.as_bytes())
-        .map_err(|e| format!("cannot write the report: {e}"))?;
-    Ok(ok)
+    Ok((out, ok))
 }
 
 /// `<root>: <module> ...` lines; `#` starts a comment.
@@ -277,6 +282,7 @@ fn load_module(
                 flatten(&u.tree, Vec::new(), &mut flat);
                 let line = u.span().start().line;
                 for (segments, binding) in flat {
+                    let shown_use = use_text(&segments, &binding);
                     match binding {
                         Binding::Name(name) => {
                             module.bindings.insert(name, segments.clone());
@@ -286,7 +292,7 @@ fn load_module(
                     }
                     if matches!(u.vis, syn::Visibility::Inherited) {
                         module.refs.push(Written {
-                            text: format!("{shown}:{line}: use {}", segments.join("::")),
+                            text: format!("{shown}:{line}: use {shown_use}"),
                             segments,
                             line,
                         });
@@ -359,6 +365,17 @@ enum Binding {
     Hidden,
 }
 
+/// A flattened `use` as it would be written alone.
+fn use_text(segments: &[String], binding: &Binding) -> String {
+    let path = segments.join("::");
+    match binding {
+        Binding::Glob => format!("{path}::*"),
+        Binding::Name(name) if segments.last() != Some(name) => format!("{path} as {name}"),
+        Binding::Name(_) => path,
+        Binding::Hidden => format!("{path} as _"),
+    }
+}
+
 /// `use a::{b, c::{self, d as e}, f::*}` → `a::b` (b), `a::c` (c), `a::c::d` (e), `a::f` (glob).
 fn flatten(tree: &syn::UseTree, prefix: Vec<String>, out: &mut Vec<(Vec<String>, Binding)>) {
     let with = |name: String| {
@@ -412,9 +429,13 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         let mut flat = Vec::new();
         flatten(&u.tree, Vec::new(), &mut flat);
         let line = u.span().start().line;
-        for (segments, _) in flat {
+        for (segments, binding) in flat {
             self.refs.push(Written {
-                text: format!("{}:{line}: use {}", self.file, segments.join("::")),
+                text: format!(
+                    "{}:{line}: use {}",
+                    self.file,
+                    use_text(&segments, &binding)
+                ),
                 segments,
                 line,
             });
@@ -701,6 +722,42 @@ mod tests {
             ),
         ]);
         assert_eq!(found(&krate), vec![vec!["a".to_owned(), "b".to_owned()]]);
+    }
+
+    #[test]
+    fn a_cycle_fails_the_check_unless_allowlisted_and_a_gone_one_is_mentioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("Cargo.toml", "[workspace]\nmembers = [\"x\"]\n");
+        write("x/src/lib.rs", "mod a; mod b;");
+        write("x/src/a.rs", "use crate::b::B;\npub struct A;");
+        write("x/src/b.rs", "use crate::a::A;\npub struct B;");
+        let allowlist = dir.path().join("allowlist.txt");
+
+        let (report, ok) = check(dir.path(), &allowlist).unwrap();
+        assert!(!ok, "{report}");
+        assert!(report.contains("cycle in x/src/lib.rs: a, b"), "{report}");
+        assert!(
+            report.contains("a -> b: x/src/a.rs:1: use crate::b::B"),
+            "{report}"
+        );
+
+        std::fs::write(&allowlist, "x/src/lib.rs: a b\n").unwrap();
+        let (report, ok) = check(dir.path(), &allowlist).unwrap();
+        assert!(ok, "{report}");
+        assert!(
+            report.contains("allowed cycle in x/src/lib.rs: a, b"),
+            "{report}"
+        );
+
+        write("x/src/b.rs", "pub struct B;");
+        let (report, ok) = check(dir.path(), &allowlist).unwrap();
+        assert!(ok, "{report}");
+        assert!(report.contains("is gone; remove its line"), "{report}");
     }
 
     #[test]
