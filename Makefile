@@ -11,13 +11,13 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit doc examples fmt testenv e2e demo
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
 TESTENV_BUILD := tka-testkit/testenv/build.sh
 
-test: fmt-check clippy testenv unit doc examples
+test: fmt-check clippy modcycles testenv unit doc examples
 	@echo "make test: all checks passed"
 
 testenv:
@@ -29,6 +29,10 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# No module import cycle inside any crate of the workspace (rule and allowlist: tools/modcycles).
+modcycles:
+	$(CARGO) run --locked -q -p modcycles
 
 # Every test, the end-to-end ones included: they find the components through TKA_TESTENV_BIN
 # and fail (instead of skipping) because TKA_REQUIRE_TESTENV=1.

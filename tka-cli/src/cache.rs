@@ -6,10 +6,13 @@
 //! out" time): no directory creation, no locking, no network. Writers replace entries atomically
 //! (rename), so a reader never sees half a file. Refreshes take a per-key lock file and re-check
 //! the entry under it, so parallel kubectl runs make one server call.
+//!
+//! It owns the cache directory and its files; the atomic write itself is
+//! [`crate::atomic_file`]'s. It must not call servers or decide whether an entry is still good.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +21,8 @@ use tka_core::ClusterName;
 use tka_core::endpoint::ServerUrl;
 use tka_core::token_cache::{CacheKey, CachedToken};
 
+use crate::atomic_file::{create_private_dir, write_atomically};
 use crate::cli::Environment;
-use crate::kubeconfig_file::write_atomically;
 
 /// Entries examined when cleaning up by server and cluster; the cache holds a handful.
 const MAX_SCAN: usize = 10_000;
@@ -228,11 +231,7 @@ impl TokenCache {
             path: self.dir.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| io_err("create", e))?;
+        create_private_dir(&self.dir).map_err(|e| io_err("create", e))?;
         let mode = fs::metadata(&self.dir)
             .map_err(|e| io_err("read", e))?
             .permissions()

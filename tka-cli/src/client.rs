@@ -5,6 +5,10 @@
 //! the tailnet address a connection comes from, so a proxy would be the one identified. The only
 //! proxy is an explicit SOCKS5 setting. Every call has a timeout; redirects are not followed;
 //! bodies are bounded; RFC 9457 problem documents become [`ApiError::Problem`].
+//!
+//! It owns the wire: requests, timeouts, reading answers into [`ApiError`]s. It must not decide
+//! what an answer means for a command (that is [`crate::error`]'s and the commands' job) and
+//! imports no module of this crate but [`crate::exit`].
 
 use std::io;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use tka_core::api::{
 };
 use tka_core::endpoint::{ServerUrl, Socks5Addr};
 
-use crate::error::Exit;
+use crate::exit::Exit;
 
 /// The largest response body read.
 const BODY_LIMIT: u64 = 1024 * 1024;

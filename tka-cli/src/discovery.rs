@@ -2,97 +2,24 @@
 //! servers named in the config file, each asked `GET /api/v1/cluster` in parallel, and the pins
 //! that tie a cluster name to the server node that first claimed it.
 //!
-//! It owns the config file (`config.toml`), the pin file (`pins.json`) and the rules of who is
-//! trusted for a name. It must not write the kubeconfig or log in: commands do that with what it
-//! returns. Servers are reached by tailnet address (`http://<ipv4>`), never by MagicDNS name.
+//! It owns the rules of who is trusted for a name, applied to the pins it is handed. It must not
+//! write the kubeconfig or log in (commands do that with what it returns), nor read the config
+//! file ([`crate::config`]) or keep the pin file ([`crate::pins`]). Servers are reached by
+//! tailnet address (`http://<ipv4>`), never by MagicDNS name.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 use tka_core::api::ClusterResponse;
-use tka_core::endpoint::{ServerUrl, Socks5Addr};
+use tka_core::endpoint::ServerUrl;
 use tka_core::identity::{IdentityError, Status, TailnetStatus as _, TailscaleLocalApi};
 use tka_core::{ClusterName, Tag};
 
-use crate::cli::Environment;
 use crate::client::{ApiClient, ApiError, Network};
-use crate::kubeconfig_file::write_atomically;
-
-/// The server tag when neither flag, environment nor config file names one.
-pub(crate) const DEFAULT_SERVER_TAG: &str = "tag:tka";
-
-/// `~/.config/tka/config.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ConfigFile {
-    /// Servers to ask besides the tagged peers.
-    #[serde(default)]
-    pub(crate) servers: Vec<ConfiguredServer>,
-    /// The SOCKS5 proxy, when no flag or environment variable names one.
-    pub(crate) socks5: Option<Socks5Addr>,
-    /// The server tag, when no flag or environment variable names one.
-    pub(crate) server_tag: Option<Tag>,
-}
-
-/// One `[[servers]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ConfiguredServer {
-    pub(crate) url: ServerUrl,
-}
-
-/// The config file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub(crate) enum ConfigError {
-    #[error("cannot read the config file {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the config file {} is not valid: {reason}", .path.display())]
-    Invalid { path: PathBuf, reason: String },
-}
-
-impl ConfigError {
-    pub(crate) fn hint(&self) -> String {
-        "fix or remove the config file; docs/cli.md describes its keys (servers, socks5, server_tag)"
-            .to_owned()
-    }
-}
-
-/// Where the config file is: `$XDG_CONFIG_HOME/tka/config.toml` (absolute only), else
-/// `~/.config/tka/config.toml`.
-pub(crate) fn config_path(env: &Environment) -> Option<PathBuf> {
-    env.xdg_config_home
-        .clone()
-        .filter(|p| p.is_absolute())
-        .or_else(|| env.home.as_ref().map(|h| h.join(".config")))
-        .map(|base| base.join("tka").join("config.toml"))
-}
-
-impl ConfigFile {
-    /// Reads the config file; a missing file is an empty config.
-    pub(crate) fn load(env: &Environment) -> Result<Self, ConfigError> {
-        let Some(path) = config_path(env) else {
-            return Ok(Self::default());
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Read { path, source }),
-        };
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path,
-            reason: e.message().to_owned(),
-        })
-    }
-}
+use crate::pins::{Pins, ServerNode};
 
 /// How to find servers, validated.
 #[derive(Debug, Clone)]
@@ -102,17 +29,6 @@ pub(crate) struct DiscoverySettings {
     pub(crate) tag: Tag,
     pub(crate) port: u16,
     pub(crate) configured: Vec<ServerUrl>,
-}
-
-/// A server node: its stable ID (or, for a configured server that is no known peer, its URL)
-/// and a name for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ServerNode {
-    /// The pin key: the node's stable ID, or `url:<server>` when the node is not known.
-    pub(crate) id: String,
-    /// The node's name (first DNS label), or the URL.
-    pub(crate) name: String,
 }
 
 /// A server to ask.
@@ -367,7 +283,7 @@ fn judge(
                         })
                         .unwrap_or_default();
                     match pins.clusters.get(name.as_str()) {
-                        Some(pin) if pin.belongs_to(&candidate) => {
+                        Some(pin) if pin.belongs_to(&candidate.node, &candidate.url) => {
                             Outcome::Trusted(Box::new(response))
                         }
                         Some(pin) => Outcome::Conflict {
@@ -386,127 +302,6 @@ fn judge(
             Found { candidate, outcome }
         })
         .collect()
-}
-
-/// One pin: the node a cluster name belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Pin {
-    pub(crate) node: ServerNode,
-    pub(crate) pinned_at: Timestamp,
-}
-
-/// `pins.json`: cluster name → the node that first claimed it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Pins {
-    #[serde(default)]
-    pub(crate) clusters: BTreeMap<String, Pin>,
-    #[serde(skip)]
-    changed: bool,
-}
-
-/// The pin file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub(crate) enum PinError {
-    #[error("no home directory (HOME) for the pin file")]
-    NoHome,
-    #[error("cannot read the pin file {}: {reason}", .path.display())]
-    Read { path: PathBuf, reason: String },
-    #[error("cannot write the pin file {}: {source}", .path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl PinError {
-    pub(crate) fn hint(&self) -> String {
-        match self {
-            Self::NoHome => "set HOME or XDG_STATE_HOME".to_owned(),
-            Self::Read { path, .. } => format!(
-                "the file records which server node each cluster name belongs to; fix it, or remove {} \
-                 to trust the next servers seen",
-                path.display()
-            ),
-            Self::Write { .. } => "check the permissions of the directory".to_owned(),
-        }
-    }
-}
-
-/// `$XDG_STATE_HOME/tka/pins.json` (absolute only), else `~/.local/state/tka/pins.json`.
-pub(crate) fn pins_path(env: &Environment) -> Result<PathBuf, PinError> {
-    env.xdg_state_home
-        .clone()
-        .filter(|p| p.is_absolute())
-        .or_else(|| env.home.as_ref().map(|h| h.join(".local").join("state")))
-        .map(|base| base.join("tka").join("pins.json"))
-        .ok_or(PinError::NoHome)
-}
-
-impl Pin {
-    /// Whether `candidate` is the pinned node: the same stable ID, or, for a server pinned by
-    /// its URL (configured, and not known as a peer then), the same URL.
-    fn belongs_to(&self, candidate: &Candidate) -> bool {
-        self.node.id == candidate.node.id
-            || self.node.id.strip_prefix("url:") == Some(candidate.url.as_str())
-    }
-}
-
-impl Pins {
-    /// Reads the pin file; a missing file has no pins.
-    pub(crate) fn load(path: &Path) -> Result<Self, PinError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| PinError::Read {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(PinError::Read {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    /// Whether `cluster` is pinned to `candidate`.
-    pub(crate) fn is_pinned_to(&self, cluster: &ClusterName, candidate: &Candidate) -> bool {
-        self.clusters
-            .get(cluster.as_str())
-            .is_some_and(|pin| pin.belongs_to(candidate))
-    }
-
-    fn pin(&mut self, name: &ClusterName, node: &ServerNode, now: Timestamp) {
-        self.clusters.insert(
-            name.to_string(),
-            Pin {
-                node: node.clone(),
-                pinned_at: now,
-            },
-        );
-        self.changed = true;
-    }
-
-    /// Writes the file (0600, in a 0700 directory) when a pin was added.
-    pub(crate) fn save_if_changed(&self, path: &Path) -> Result<(), PinError> {
-        if !self.changed {
-            return Ok(());
-        }
-        let write = |source| PinError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = crate::kubeconfig_file::parent_dir(path);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(write)?;
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| write(std::io::Error::other(e.to_string())))?;
-        write_atomically(path, text.as_bytes()).map_err(write)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(write)
-    }
 }
 
 #[cfg(test)]
@@ -612,20 +407,6 @@ mod tests {
             now,
         );
         assert!(!is_trusted(&found[0]));
-    }
-
-    #[test]
-    fn the_config_file_has_servers_socks5_and_tag_and_refuses_unknown_keys() {
-        let config: ConfigFile = toml::from_str(
-            "server_tag = \"tag:k8s-auth\"\nsocks5 = \"localhost:1055\"\n\n[[servers]]\nurl = \"http://tka-lab\"\n",
-        )
-        .unwrap();
-        assert_eq!(config.server_tag.unwrap().to_string(), "tag:k8s-auth");
-        assert!(config.socks5.is_some());
-        assert_eq!(config.servers[0].url.as_str(), "http://tka-lab");
-        assert!(toml::from_str::<ConfigFile>("servers = []\nsever_tag = \"tag:x\"\n").is_err());
-        assert!(toml::from_str::<ConfigFile>("[[servers]]\nurl = \"ftp://x\"\n").is_err());
-        assert!(toml::from_str::<ConfigFile>("").unwrap().servers.is_empty());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Every way a command can fail, as one enum whose variants know their exit code, their one-line
 //! "what happened" and their hint of what to do. Printing happens once, in `main`.
+//!
+//! It owns the mapping from failures to [`Exit`] codes and hints. It must not print, and the
+//! modules whose errors it wraps must not import it back (they use [`crate::exit`] for codes).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use tka_core::ClusterName;
 use tka_core::api::Problem;
@@ -10,33 +12,8 @@ use tka_core::endpoint::ServerUrl;
 
 use crate::cache::CacheError;
 use crate::client::ApiError;
+use crate::exit::Exit;
 use crate::kubeconfig_file::KubeconfigFileError;
-
-/// The documented exit codes (docs/cli.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Exit {
-    /// Success.
-    Ok = 0,
-    /// Any failure without a more specific code.
-    Failure = 1,
-    /// The command line is wrong (clap uses 2 as well).
-    Usage = 2,
-    /// The server refused: no grant for what was asked.
-    NotAuthorized = 3,
-    /// The session ended (logged out, expired, revoked): log in again.
-    SessionEnded = 4,
-    /// The tka server could not be reached, timed out or failed.
-    Unreachable = 5,
-    /// The kubeconfig cannot be read or written; it was left untouched.
-    Kubeconfig = 6,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
-    }
-}
 
 /// Problem codes that mean "this device has no live session here".
 const SESSION_ENDED_CODES: &[&str] = &[
@@ -111,7 +88,7 @@ pub(crate) enum CliError {
     Discovery(#[from] crate::discovery::DiscoveryError),
     /// The pin file could not be used.
     #[error(transparent)]
-    Pins(#[from] crate::discovery::PinError),
+    Pins(#[from] crate::pins::PinError),
     /// Another node claims a cluster name than the one it is pinned to (or several unpinned
     /// nodes claim it).
     #[error(

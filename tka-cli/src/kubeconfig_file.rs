@@ -4,19 +4,23 @@
 //!
 //! A change happens under an advisory lock (`flock` on the file's directory, so no lock file is
 //! left behind and the lock survives the rename), re-reads the file under that lock, and writes
-//! atomically: a temporary file in the same directory, fsync, rename over the target, fsync of the
-//! directory. The result has mode 0600. A symlinked kubeconfig is written through to its target
-//! and the link is kept, when [`crate::kubeconfig_link`]'s rules allow following it. A read-only file (no write permission bits) or a malformed one is never
-//! touched, even by root, who could otherwise replace it.
+//! atomically through [`crate::atomic_file`]: a temporary file in the same directory, fsync,
+//! rename over the target, fsync of the directory. The result has mode 0600. A symlinked
+//! kubeconfig is written through to its target and the link is kept, when
+//! [`crate::kubeconfig_link`]'s rules allow following it. A read-only file (no write permission
+//! bits) or a malformed one is never touched, even by root, who could otherwise replace it.
+//!
+//! It owns the kubeconfig's path, lock and read-modify-write. It must not render or merge YAML
+//! itself, nor decide which symlinks are safe.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tka_core::kubeconfig::{Kubeconfig, KubeconfigError, destination};
 
+use crate::atomic_file::{create_private_dir, parent_dir, write_atomically};
 use crate::cli::Environment;
 use crate::kubeconfig_link::{self, LinkRefusal, ResolveError};
 
@@ -221,11 +225,7 @@ impl KubeconfigFile {
         let target = self.target()?;
         let dir = parent_dir(&target);
         if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| self.io("create the directory of", e))?;
+            create_private_dir(&dir).map_err(|e| self.io("create the directory of", e))?;
         }
         let _lock = self.lock(&dir)?;
         self.check_writable()?;
@@ -288,32 +288,9 @@ impl KubeconfigFile {
     }
 }
 
-/// The directory a file is in (`.` for a bare name).
-pub(crate) fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Writes `contents` to `target` atomically: a 0600 temporary file in the same directory,
-/// fsync, rename, fsync of the directory.
-pub(crate) fn write_atomically(target: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = parent_dir(target);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tka-")
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(&dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    File::open(&dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
 
     use super::*;
 

@@ -13,7 +13,7 @@
 //!   the effective user.
 //!
 //! A path that is no symlink is used as it is (a missing file is created by the caller). This
-//! module only decides; it does not read or write kubeconfigs.
+//! module only decides; it must not read or write kubeconfigs.
 
 use std::fs;
 use std::io;
@@ -160,7 +160,7 @@ fn resolve_as(path: &Path, me: u32) -> Result<PathBuf, ResolveError> {
                 me,
             }));
         }
-        let dir = crate::kubeconfig_file::parent_dir(&current);
+        let dir = crate::atomic_file::parent_dir(&current);
         let dir_meta = fs::metadata(&dir).map_err(io("read the directory of"))?;
         if dir_meta.mode() & 0o002 != 0 {
             return Err(ResolveError::Refused(LinkRefusal::SharedDirectory {

@@ -1,21 +1,27 @@
 //! `tka`: the command people use. It parses arguments into settings, runs one command through
 //! tka-core and the I/O modules here, and prints. Exit codes are documented in docs/cli.md and
-//! [`error::Exit`].
+//! [`exit::Exit`].
+//!
+//! It owns the module list and the one place failures are printed. It must hold no command logic.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use tka_core::SystemClock;
 
+mod atomic_file;
 mod cache;
 mod cli;
 mod client;
 mod commands;
+mod config;
 mod discovery;
 mod error;
+mod exit;
 mod kubeconfig_file;
 mod kubeconfig_link;
 mod output;
+mod pins;
 mod settings;
 
 use cli::{Cli, Command, Environment};

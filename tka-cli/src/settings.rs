@@ -1,6 +1,9 @@
 //! The command line and environment, validated once into what the commands run with. clap has
 //! already checked every value's syntax; this adds what needs the environment (where files live,
 //! the path of the running binary) and turns flags into requests.
+//!
+//! It owns the precedence of flag, environment and config file. It must not do I/O beyond
+//! reading the config file (through [`crate::config`]), and must not know how commands fail.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +17,8 @@ use tka_core::token_cache::CacheKey;
 
 use crate::cli::{Cli, Command, Environment, OutputFormat, SessionArgs};
 use crate::client::Network;
-use crate::discovery::{ConfigError, ConfigFile, DEFAULT_SERVER_TAG, DiscoverySettings};
+use crate::config::{ConfigError, ConfigFile, DEFAULT_SERVER_TAG};
+use crate::discovery::DiscoverySettings;
 
 /// Extra time, beyond one server call's timeout, that a token refresh waits for another
 /// process's refresh of the same entry.

@@ -1,5 +1,8 @@
 //! `tka credential`: the kubectl exec plugin. kubectl runs it for every invocation, so the cache
 //! hit path reads one file and prints; only a miss locks, re-checks and calls the server.
+//!
+//! It owns the exec-credential output. It must not change the kubeconfig or run discovery: the
+//! server is the one its arguments name (written into the kubeconfig at login).
 
 use tka_core::Clock;
 use tka_core::token_cache::{CacheDecision, CachedToken, decide};
@@ -66,7 +69,7 @@ pub(crate) fn run(
                 }
                 CliError::Api(ApiError::Unreachable { .. })
                 | CliError::Api(ApiError::Status { .. } | ApiError::Problem { .. })
-                    if error.exit() == crate::error::Exit::Unreachable =>
+                    if error.exit() == crate::exit::Exit::Unreachable =>
                 {
                     // The server is away; a token that still works is better than none.
                     match stale.filter(|s| s.entry.reported_expiry() > clock.now()) {

@@ -1,6 +1,7 @@
 //! `tka list`: the clusters whose servers discovery finds, the roles the caller may get there
 //! (with their longest session), this device's session on each, name conflicts and servers that
-//! did not answer. Reads only; the pins it records are discovery's.
+//! did not answer. Reads only; the pins it records are discovery's. It must not log in or change
+//! the kubeconfig.
 
 use std::process::ExitCode;
 
@@ -11,7 +12,8 @@ use tka_core::{Clock, ClusterName, Ttl};
 
 use crate::client::ApiError;
 use crate::discovery::{Found, Outcome};
-use crate::error::{CliError, Exit};
+use crate::error::CliError;
+use crate::exit::Exit;
 use crate::output::{self, Untrusted};
 use crate::settings::Settings;
 
@@ -49,7 +51,7 @@ struct RoleEntry {
 }
 
 pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<ExitCode, CliError> {
-    let found = super::discover(settings, clock)?;
+    let found = super::servers::discover(settings, clock)?;
     let mut entries: Vec<ListEntry> = found.into_iter().map(entry).collect();
     // By cluster, the trusted server of a name before its conflicts; servers without an answer
     // last.

@@ -2,6 +2,9 @@
 //! what happened. The kubeconfig is checked before the server is asked (its content, and that a
 //! file can be written where it goes), so a broken or read-only file costs no session; if the
 //! write still fails after the server answered, the new session is ended again.
+//!
+//! It owns that order. It must not leave a session on the server that no kubeconfig names, nor
+//! find servers itself ([`super::servers`] does).
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -22,7 +25,7 @@ use crate::kubeconfig_file::KubeconfigFile;
 use crate::output::{self, Untrusted};
 use crate::settings::{CredentialMode, LoginSettings, SessionSettings, Settings};
 
-use super::resolve_server;
+use super::servers::resolve_server;
 
 /// What `tka login` reports (`-o json|yaml`).
 #[derive(Debug, Serialize)]
@@ -61,7 +64,7 @@ pub(crate) fn run(
 
 /// `tka login --all`: every cluster discovery trusts (name conflicts are skipped with a note).
 fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Result<(), CliError> {
-    let found = super::discover(settings, clock)?;
+    let found = super::servers::discover(settings, clock)?;
     let mut summaries = Vec::new();
     let mut failures = Vec::new();
     for f in &found {
@@ -94,7 +97,7 @@ fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Res
         }
         out
     });
-    super::several(failures, printed)
+    super::failures::several(failures, printed)
 }
 
 /// One login: checks the kubeconfig, finds the server (unless given), asks it, writes the

@@ -1,6 +1,9 @@
 //! `tka logout`: end the session on the server, drop cached tokens, remove tka's kubeconfig
 //! entries and restore the previous context. When the server cannot be reached the entries stay,
 //! so the logout can be repeated.
+//!
+//! It owns that order. It must not remove entries tka did not write, nor find servers itself
+//! ([`super::servers`] does).
 
 use serde::Serialize;
 use tka_core::endpoint::ServerUrl;
@@ -41,9 +44,13 @@ pub(crate) fn run(
     let config = file.read()?;
     let targets = targets(&config, logout, &file, |cluster| {
         // Nothing in the kubeconfig: the server discovery trusts for the name, if any.
-        super::discover(settings, clock)
+        super::servers::discover(settings, clock)
             .ok()
-            .and_then(|found| super::discovered_server(cluster, &found).ok().flatten())
+            .and_then(|found| {
+                super::servers::discovered_server(cluster, &found)
+                    .ok()
+                    .flatten()
+            })
     })?;
     if targets.iter().any(|t| !t.contexts.is_empty()) {
         file.check_writable()?;
@@ -98,7 +105,7 @@ pub(crate) fn run(
     }
 
     let printed = output::result(settings.output, &summaries, || human(&summaries));
-    super::several(failures, printed)
+    super::failures::several(failures, printed)
 }
 
 fn targets(

@@ -1,6 +1,9 @@
 //! `tka shell`: log in into a private kubeconfig (a 0600 temporary file holding only this
 //! login), run `$SHELL` with `KUBECONFIG` pointing at it, and log out when it exits unless
 //! `--keep`. The user's own kubeconfig is only read (for an earlier login's server).
+//!
+//! It owns the private kubeconfig and the shell's life. It must not write the user's kubeconfig;
+//! the login steps are [`super::login`]'s.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -16,7 +19,8 @@ use crate::kubeconfig_file::{KubeconfigFile, KubeconfigFileError};
 use crate::output;
 use crate::settings::{Settings, ShellSettings};
 
-use super::{login, resolve_server};
+use super::login;
+use super::servers::resolve_server;
 
 pub(crate) fn run(
     settings: &Settings,
