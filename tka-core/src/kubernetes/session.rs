@@ -3,7 +3,7 @@
 //! status records what was actually created. Only tka-server writes Sessions, and a Session
 //! alone never grants anything: bindings exist only because the issuer made them.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,16 @@ impl Session {
         self.spec.expires_at.0
     }
 
+    /// Whether its last revision is older than `grace` at `now`, or dated more than `grace` ahead
+    /// of `now` (a clock that jumped back must not keep it fresh). A stale unfinished Session is
+    /// half-made: a login replaces it and the reconciler may remove what it left behind; a fresh
+    /// one may be a login in flight and is left alone. The issuer and the reconciler use the same
+    /// grace.
+    pub fn is_stale(&self, now: Timestamp, grace: SignedDuration) -> bool {
+        let revised = self.spec.revised_at.0;
+        revised + grace <= now || revised > now + grace
+    }
+
     /// Whether it is over at `now`: revoked, expired by phase or by time, or being deleted.
     pub fn is_over(&self, now: Timestamp) -> bool {
         self.is_deleting()
@@ -381,6 +391,20 @@ mod tests {
             deleting.state(at("2026-01-01T00:10:00Z")),
             SessionState::Ending
         );
+    }
+
+    #[test]
+    fn an_unfinished_session_is_stale_after_the_grace_or_when_dated_ahead() {
+        let grace = SignedDuration::from_secs(60);
+        let mut s = session(None);
+        s.spec.revised_at = Time(at("2026-01-01T00:10:00Z"));
+        assert!(!s.is_stale(at("2026-01-01T00:10:00Z"), grace));
+        assert!(!s.is_stale(at("2026-01-01T00:10:59Z"), grace));
+        assert!(s.is_stale(at("2026-01-01T00:11:00Z"), grace));
+        // A revision dated more than the grace ahead (a clock that jumped back) is stale too;
+        // one within the grace is not.
+        assert!(!s.is_stale(at("2026-01-01T00:09:00Z"), grace));
+        assert!(s.is_stale(at("2026-01-01T00:08:59Z"), grace));
     }
 
     #[test]
