@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{LoginName, NodeId, RoleName, SessionName, Tag, UserId};
+use crate::domain::{Identity, LoginName, NodeId, RoleName, SessionName, Tag, UserId};
 use crate::issuer::{SessionInfo, SessionState};
 use crate::policy::NamespacedBinding;
 use crate::reconciler::SessionGrant;
@@ -76,6 +76,30 @@ pub struct SessionIdentity {
     /// The node's tailnet addresses, used to re-validate the grant while no connection is open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+}
+
+/// The snapshot a login records: whois as it was, in the Session's spec.
+impl From<&Identity> for SessionIdentity {
+    fn from(identity: &Identity) -> Self {
+        SessionIdentity {
+            node_id: identity.node.stable_id.as_str().to_owned(),
+            node_name: identity.node.name.clone(),
+            tags: identity
+                .node
+                .tags
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+            user_id: identity.user.id.0,
+            login_name: identity.user.login_name.as_str().to_owned(),
+            addresses: identity
+                .node
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
 }
 
 /// A ClusterRole bound in one namespace.

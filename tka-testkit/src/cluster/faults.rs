@@ -210,6 +210,22 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+impl Call {
+    /// A core-group call in namespace `ns`, as the unit tests need one.
+    pub(crate) fn in_ns(verb: Verb, resource: &str, sub: Option<&str>, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            group: String::new(),
+            resource: resource.to_owned(),
+            subresource: sub.map(str::to_owned),
+            namespace: Some("ns".to_owned()),
+            name: name.map(str::to_owned),
+            code: 0,
+        }
+    }
+}
+
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.verb, self.resource)?;
@@ -301,15 +317,7 @@ mod tests {
     use super::*;
 
     fn call(verb: Verb, resource: &str, sub: Option<&str>) -> Call {
-        Call {
-            verb,
-            group: String::new(),
-            resource: resource.to_owned(),
-            subresource: sub.map(str::to_owned),
-            namespace: Some("ns".to_owned()),
-            name: Some("x".to_owned()),
-            code: 0,
-        }
+        Call::in_ns(verb, resource, sub, Some("x"))
     }
 
     fn fired(faults: &mut Faults, c: &Call) -> bool {

@@ -155,15 +155,7 @@ mod tests {
     use super::*;
 
     fn call(verb: Verb, resource: &str, sub: Option<&str>, name: Option<&str>) -> Call {
-        Call {
-            verb,
-            group: String::new(),
-            resource: resource.to_owned(),
-            subresource: sub.map(str::to_owned),
-            namespace: Some("ns".to_owned()),
-            name: name.map(str::to_owned),
-            code: 0,
-        }
+        Call::in_ns(verb, resource, sub, name)
     }
 
     #[test]

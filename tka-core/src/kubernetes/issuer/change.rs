@@ -13,13 +13,13 @@ use kube::ResourceExt;
 use kube::api::PostParams;
 use tracing::{info, warn};
 
-use super::{KubernetesIssuer, Step, Wanted, pick, snapshot};
+use super::{KubernetesIssuer, Step, Wanted, pick};
 use crate::domain::Identity;
 use crate::issuer::{IssueError, IssueOutcome, IssuedCredential};
 use crate::kubernetes::REVISION_LABEL;
 use crate::kubernetes::error::{is_conflict, is_not_found, issue_error};
 use crate::kubernetes::objects::{self, session_selector};
-use crate::kubernetes::session::{Session, SessionPhase, SessionSpec};
+use crate::kubernetes::session::{Session, SessionIdentity, SessionPhase};
 use crate::reconciler::RemovalReason;
 
 impl KubernetesIssuer {
@@ -33,26 +33,12 @@ impl KubernetesIssuer {
         let name = session.name_any();
         let revision = self.suffix();
         let mut next = session.clone();
-        next.spec = SessionSpec {
-            identity: snapshot(identity),
-            role: wanted.role.to_string(),
-            cluster_roles: wanted.cluster_roles.clone(),
-            namespaced: wanted.namespaced.clone(),
-            revision: revision.to_string(),
-            revised_at: Time(now),
-            expires_at: Time(wanted.expires_at),
-        };
-        let claimed = match self
-            .apis
-            .sessions
-            .replace(&name, &PostParams::default(), &next)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) if is_conflict(&e) || is_not_found(&e) => {
-                return Ok(Step::Retry("the session changed while changing its role"));
-            }
-            Err(e) => return Err(issue_error(format!("change the role of session {name}"), e)),
+        next.spec = wanted.spec(identity, &revision, now);
+        let Some(claimed) = self
+            .replace_spec(&next, &format!("change the role of session {name}"))
+            .await?
+        else {
+            return Ok(Step::Retry("the session changed while changing its role"));
         };
         info!(session = %name, role = %wanted.role, "session role changing");
         self.finish(claimed, wanted, &revision, IssueOutcome::RoleChanged, now)
@@ -69,22 +55,17 @@ impl KubernetesIssuer {
         let name = session.name_any();
         let mut next = session.clone();
         next.spec.expires_at = Time(wanted.expires_at);
-        next.spec.identity = snapshot(identity);
+        next.spec.identity = SessionIdentity::from(identity);
         let current = if next.spec == session.spec {
             session
         } else {
-            match self
-                .apis
-                .sessions
-                .replace(&name, &PostParams::default(), &next)
-                .await
-            {
-                Ok(s) => s,
-                Err(e) if is_conflict(&e) || is_not_found(&e) => {
-                    return Ok(Step::Retry("the session changed while extending it"));
-                }
-                Err(e) => return Err(issue_error(format!("extend session {name}"), e)),
-            }
+            let replaced = self
+                .replace_spec(&next, &format!("extend session {name}"))
+                .await?;
+            let Some(replaced) = replaced else {
+                return Ok(Step::Retry("the session changed while extending it"));
+            };
+            replaced
         };
         let Some(minted) = self.mint(&name, wanted.expires_at, now).await? else {
             self.end(
@@ -112,6 +93,26 @@ impl KubernetesIssuer {
             minted,
             IssueOutcome::Extended,
         )?))
+    }
+
+    /// Writes `next` (a changed copy of a Session, carrying its resourceVersion). `None` when the
+    /// Session changed or went meanwhile: the login starts over. `doing` names the change in
+    /// errors.
+    async fn replace_spec(
+        &self,
+        next: &Session,
+        doing: &str,
+    ) -> Result<Option<Session>, IssueError> {
+        match self
+            .apis
+            .sessions
+            .replace(&next.name_any(), &PostParams::default(), next)
+            .await
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(None),
+            Err(e) => Err(issue_error(doing, e)),
+        }
     }
 
     /// Deletes the session's bindings of revisions it no longer has (the previous role).

@@ -15,7 +15,7 @@ use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{KubernetesIssuer, Step, Wanted, decode_token_id, jitter, snapshot};
+use super::{KubernetesIssuer, Step, Wanted, decode_token_id, jitter};
 use crate::domain::{Identity, RoleName};
 use crate::issuer::{IssueError, IssueOutcome, IssuedCredential, token_lifetime};
 use crate::kubernetes::error::{is_already_exists, is_conflict, is_not_found, issue_error};
@@ -24,7 +24,7 @@ use crate::kubernetes::objects::{
     service_account, session_labels,
 };
 use crate::kubernetes::session::{
-    BindingKind, BindingRef, ObjectRef, Session, SessionPhase, SessionSpec, SessionStatus,
+    BindingKind, BindingRef, ObjectRef, Session, SessionPhase, SessionStatus,
 };
 use crate::kubernetes::{FINALIZER, SESSION_LABEL};
 use crate::naming::{self, NameSuffix, node_label, user_label};
@@ -66,15 +66,7 @@ impl KubernetesIssuer {
                 finalizers: Some(vec![FINALIZER.to_owned()]),
                 ..ObjectMeta::default()
             },
-            spec: SessionSpec {
-                identity: snapshot(identity),
-                role: wanted.role.to_string(),
-                cluster_roles: wanted.cluster_roles.clone(),
-                namespaced: wanted.namespaced.clone(),
-                revision: revision.to_string(),
-                revised_at: Time(now),
-                expires_at: Time(wanted.expires_at),
-            },
+            spec: wanted.spec(identity, &revision, now),
             status: None,
         };
         let created = match self

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Client, ResourceExt};
 use tracing::debug;
 
@@ -141,6 +142,19 @@ impl Wanted {
         })
     }
 
+    /// The spec of a Session that asks for this grant, as `revision` of it, made at `now`.
+    fn spec(&self, identity: &Identity, revision: &NameSuffix, now: Timestamp) -> SessionSpec {
+        SessionSpec {
+            identity: SessionIdentity::from(identity),
+            role: self.role.to_string(),
+            cluster_roles: self.cluster_roles.clone(),
+            namespaced: self.namespaced.clone(),
+            revision: revision.to_string(),
+            revised_at: Time(now),
+            expires_at: Time(self.expires_at),
+        }
+    }
+
     /// Whether the session already has exactly this grant (then a login extends it; any other
     /// change, a grown grant included, changes its role so the new bindings are made). The
     /// comparison is [`compare_bindings`], the one the refresh and the reconciler use.
@@ -175,27 +189,6 @@ pub fn decode_token_id(token: &str) -> Option<String> {
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("jti")?.as_str().map(str::to_owned)
-}
-
-fn snapshot(identity: &Identity) -> SessionIdentity {
-    SessionIdentity {
-        node_id: identity.node.stable_id.as_str().to_owned(),
-        node_name: identity.node.name.clone(),
-        tags: identity
-            .node
-            .tags
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect(),
-        user_id: identity.user.id.0,
-        login_name: identity.user.login_name.as_str().to_owned(),
-        addresses: identity
-            .node
-            .addresses
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-    }
 }
 
 /// Prefers a complete session, then the oldest (creation time, then name).
@@ -389,8 +382,6 @@ impl CredentialIssuer for KubernetesIssuer {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
     use super::*;
 
     #[test]

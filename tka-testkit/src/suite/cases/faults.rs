@@ -123,24 +123,20 @@ pub async fn revoke_deletes_the_service_account_before_the_bindings<B: SuiteBack
             .map(|s| s.resource)
             .collect()
     };
+    let service_account_first = [
+        "serviceaccounts",
+        "clusterrolebindings",
+        "rolebindings",
+        "rolebindings",
+        "sessions",
+    ];
     let h = fixture.harness().await;
     let faults = h.backend.faults().expect("this case needs a call log");
     let alice = h.login(Person::AliceLaptop, "sre", "1h").await;
     faults.clear_calls();
     h.issuer.revoke(&Person::AliceLaptop.node()).await.unwrap();
     let order = deletes(faults.writes());
-    assert_eq!(
-        order,
-        [
-            "serviceaccounts",
-            "clusterrolebindings",
-            "rolebindings",
-            "rolebindings",
-            "sessions"
-        ],
-        "logout of {}",
-        alice.session
-    );
+    assert_eq!(order, service_account_first, "logout of {}", alice.session);
 
     let phone = h.login(Person::AlicePhone, "sre", "1h").await;
     h.clock
@@ -148,18 +144,7 @@ pub async fn revoke_deletes_the_service_account_before_the_bindings<B: SuiteBack
     faults.clear_calls();
     h.reconcile().await;
     let order = deletes(faults.writes());
-    assert_eq!(
-        order,
-        [
-            "serviceaccounts",
-            "clusterrolebindings",
-            "rolebindings",
-            "rolebindings",
-            "sessions"
-        ],
-        "expiry of {}",
-        phone.session
-    );
+    assert_eq!(order, service_account_first, "expiry of {}", phone.session);
     assert!(h.objects().await.is_empty());
 }
 

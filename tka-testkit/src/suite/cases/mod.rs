@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jiff::SignedDuration;
+use k8s_openapi::api::rbac::v1::{RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use tka_core::issuer::IssuedCredential;
@@ -134,22 +135,22 @@ pub(super) fn assert_session_objects(
         assert_eq!(refs[0].controller, Some(true));
     }
 
-    let subject_is_the_sa = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+    let subject_is_the_sa = |subjects: &Option<Vec<Subject>>| {
         let subjects = subjects.as_deref().unwrap_or_default();
         subjects.len() == 1
             && subjects[0].kind == "ServiceAccount"
             && subjects[0].name == name
             && subjects[0].namespace.as_deref() == Some(namespace)
     };
+    // Named after the session, binding a ClusterRole to the session's ServiceAccount alone.
+    let assert_binding = |binding: String, role_ref: &RoleRef, subjects: &Option<Vec<Subject>>| {
+        assert!(binding.starts_with(&format!("{name}.")), "{binding}");
+        assert_eq!(role_ref.kind, "ClusterRole");
+        assert!(subject_is_the_sa(subjects), "{subjects:?}");
+    };
     let mut have_cluster: Vec<String> = Vec::new();
     for b in &crbs {
-        assert!(
-            b.name_any().starts_with(&format!("{name}.")),
-            "{}",
-            b.name_any()
-        );
-        assert_eq!(b.role_ref.kind, "ClusterRole");
-        assert!(subject_is_the_sa(&b.subjects), "{:?}", b.subjects);
+        assert_binding(b.name_any(), &b.role_ref, &b.subjects);
         assert_eq!(b.labels().get(REVISION_LABEL), Some(&session.spec.revision));
         have_cluster.push(b.role_ref.name.clone());
     }
@@ -159,13 +160,7 @@ pub(super) fn assert_session_objects(
     assert_eq!(have_cluster, want_cluster);
     let mut have_ns: Vec<(String, String)> = Vec::new();
     for b in &rbs {
-        assert!(
-            b.name_any().starts_with(&format!("{name}.")),
-            "{}",
-            b.name_any()
-        );
-        assert_eq!(b.role_ref.kind, "ClusterRole");
-        assert!(subject_is_the_sa(&b.subjects), "{:?}", b.subjects);
+        assert_binding(b.name_any(), &b.role_ref, &b.subjects);
         have_ns.push((b.namespace().unwrap_or_default(), b.role_ref.name.clone()));
     }
     have_ns.sort();
@@ -213,18 +208,10 @@ pub(super) fn forged_session(
     let mut session = Session::new(
         name,
         SessionSpec {
+            // Forged without tags, whoever it names.
             identity: SessionIdentity {
-                node_id: identity.node.stable_id.to_string(),
-                node_name: identity.node.name.clone(),
                 tags: vec![],
-                user_id: identity.user.id.0,
-                login_name: identity.user.login_name.to_string(),
-                addresses: identity
-                    .node
-                    .addresses
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                ..SessionIdentity::from(&identity)
             },
             role: "sre".into(),
             cluster_roles: cluster_roles.iter().map(|r| (*r).to_owned()).collect(),
