@@ -324,15 +324,34 @@ impl Identity {
         !self.node.tags.is_empty()
     }
 
-    /// A short description for messages and audit: the login name, or the tags of a tagged device,
-    /// with the device name.
+    /// Who the device acts as ([`acting_as`]): its tags, comma-separated, when tagged; else the
+    /// login name.
+    pub fn acting_as(&self) -> String {
+        acting_as(&self.node.tags, self.user.login_name.as_str())
+    }
+
+    /// A short description for messages and audit: [`Identity::acting_as`], with the device name.
     pub fn describe(&self) -> String {
-        if self.is_tagged() {
-            let tags: Vec<&str> = self.node.tags.iter().map(Tag::as_str).collect();
-            format!("{} ({})", tags.join(","), self.node.name)
-        } else {
-            format!("{} ({})", self.user.login_name, self.node.name)
-        }
+        format!("{} ({})", self.acting_as(), self.node.name)
+    }
+}
+
+/// Who a device acts as, from its tags and its user's login name: the tags, comma-separated, when
+/// there are any (a tagged device acts as its tags, whoever registered it); else the login name.
+/// The one rule behind [`Identity::acting_as`] and every record that names a caller.
+///
+/// ```
+/// use tka_core::Tag;
+/// use tka_core::domain::acting_as;
+/// let tags = [Tag::new("tag:ci").unwrap(), Tag::new("tag:prod").unwrap()];
+/// assert_eq!(acting_as(&tags, "tagged-devices"), "tag:ci,tag:prod");
+/// assert_eq!(acting_as(&[], "alice@example.com"), "alice@example.com");
+/// ```
+pub fn acting_as(tags: &[Tag], login_name: &str) -> String {
+    if tags.is_empty() {
+        login_name.to_owned()
+    } else {
+        tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(",")
     }
 }
 

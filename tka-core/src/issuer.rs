@@ -296,6 +296,39 @@ pub trait CredentialIssuer: Send + Sync {
     async fn describe(&self, node: &NodeId) -> Result<Option<SessionInfo>, IssueError>;
 }
 
+impl SessionInfo {
+    /// Who the session's device acts as ([`crate::domain::acting_as`]).
+    pub fn acting_as(&self) -> String {
+        crate::domain::acting_as(&self.tags, &self.login_name)
+    }
+}
+
+/// A session as clients see it, from what `describe` reports.
+impl From<&SessionInfo> for crate::api::SessionInfo {
+    fn from(info: &SessionInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            role: info.role.clone(),
+            expires_at: info.expires_at,
+            device: info.node_name.clone(),
+            caller: info.acting_as(),
+        }
+    }
+}
+
+/// A session as clients see it, from a credential just issued or refreshed for `identity`.
+impl From<(&IssuedCredential, &Identity)> for crate::api::SessionInfo {
+    fn from((credential, identity): (&IssuedCredential, &Identity)) -> Self {
+        Self {
+            name: credential.session.clone(),
+            role: credential.role.clone(),
+            expires_at: credential.session_expires_at,
+            device: identity.node.name.clone(),
+            caller: identity.acting_as(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -362,5 +395,80 @@ mod tests {
         let issuer: Arc<dyn CredentialIssuer> = Arc::new(mock);
         let revoked = issuer.revoke(&NodeId::new("n1").unwrap()).await.unwrap();
         assert!(revoked.is_empty());
+    }
+
+    /// What clients see of a session names who the device acts as, whether it comes from
+    /// `describe` or from a credential just issued.
+    #[test]
+    fn clients_see_the_session_and_who_the_device_acts_as() {
+        use crate::domain::{LoginName, NodeInfo, UserInfo};
+        let mut identity = Identity {
+            user: UserInfo {
+                id: UserId(9000),
+                login_name: LoginName::new("tagged-devices").unwrap(),
+                display_name: String::new(),
+            },
+            node: NodeInfo {
+                stable_id: NodeId::new("nCI").unwrap(),
+                name: "ci.example.ts.net".into(),
+                addresses: vec![],
+                tags: vec![Tag::new("tag:ci").unwrap(), Tag::new("tag:prod").unwrap()],
+            },
+            groups: vec![],
+            capabilities: vec![],
+            compat_capabilities: vec![],
+        };
+        let credential = IssuedCredential {
+            session: SessionName::new("tka-ci-x7k2p9qz").unwrap(),
+            outcome: IssueOutcome::Created,
+            role: RoleName::new("deploy").unwrap(),
+            token: Secret::new("t".into()),
+            token_id: None,
+            token_expires_at: at("2026-01-01T00:15:00Z"),
+            session_expires_at: at("2026-01-01T01:00:00Z"),
+            service_account: "tka-system/tka-ci-x7k2p9qz".into(),
+        };
+        let issued = crate::api::SessionInfo::from((&credential, &identity));
+        assert_eq!(issued.name.as_str(), "tka-ci-x7k2p9qz");
+        assert_eq!(issued.role.as_str(), "deploy");
+        assert_eq!(issued.expires_at, at("2026-01-01T01:00:00Z"));
+        assert_eq!(issued.device, "ci.example.ts.net");
+        assert_eq!(issued.caller, "tag:ci,tag:prod");
+
+        let info = SessionInfo {
+            name: credential.session.clone(),
+            node: identity.node.stable_id.clone(),
+            node_name: identity.node.name.clone(),
+            user: identity.user.id,
+            login_name: identity.user.login_name.to_string(),
+            tags: identity.node.tags.clone(),
+            role: credential.role.clone(),
+            cluster_roles: vec![],
+            namespaced: vec![],
+            expires_at: credential.session_expires_at,
+            state: SessionState::Active,
+            service_account: None,
+            bindings: vec![],
+            last_token_expires_at: None,
+            last_token_id: None,
+        };
+        assert_eq!(crate::api::SessionInfo::from(&info), issued);
+
+        // An untagged device acts as its user, in both.
+        identity.node.tags.clear();
+        identity.user.login_name = LoginName::new("alice@example.com").unwrap();
+        let person = SessionInfo {
+            tags: vec![],
+            login_name: "alice@example.com".into(),
+            ..info
+        };
+        assert_eq!(
+            crate::api::SessionInfo::from(&person).caller,
+            "alice@example.com"
+        );
+        assert_eq!(
+            crate::api::SessionInfo::from((&credential, &identity)).caller,
+            "alice@example.com"
+        );
     }
 }

@@ -204,39 +204,6 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Who the device acts as: its tags when tagged, else the login name.
-fn acting_as(identity: &Identity) -> String {
-    if identity.is_tagged() {
-        identity
-            .node
-            .tags
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    } else {
-        identity.user.login_name.to_string()
-    }
-}
-
-fn to_api_session(info: &issuer::SessionInfo) -> SessionInfo {
-    SessionInfo {
-        name: info.name.clone(),
-        role: info.role.clone(),
-        expires_at: info.expires_at,
-        device: info.node_name.clone(),
-        caller: if info.tags.is_empty() {
-            info.login_name.clone()
-        } else {
-            info.tags
-                .iter()
-                .map(|t| t.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        },
-    }
-}
-
 fn is_live(info: &issuer::SessionInfo) -> bool {
     matches!(info.state, SessionState::Active | SessionState::Pending)
 }
@@ -369,13 +336,7 @@ pub async fn login(
 
     let response = LoginResponse {
         cluster: state.config.cluster.clone(),
-        session: SessionInfo {
-            name: credential.session,
-            role: credential.role,
-            expires_at: credential.session_expires_at,
-            device: identity.node.name.clone(),
-            caller: acting_as(identity),
-        },
+        session: SessionInfo::from((&credential, identity)),
         token: TokenInfo {
             token: credential.token,
             expires_at: credential.token_expires_at,
@@ -527,13 +488,7 @@ pub async fn token(
         .outcome("refreshed")
         .emit();
     Ok(Json(TokenResponse {
-        session: SessionInfo {
-            name: credential.session,
-            role: credential.role,
-            expires_at: credential.session_expires_at,
-            device: identity.node.name.clone(),
-            caller: acting_as(identity),
-        },
+        session: SessionInfo::from((&credential, identity)),
         token: TokenInfo {
             token: credential.token,
             expires_at: credential.token_expires_at,
@@ -564,7 +519,7 @@ pub async fn get_session(
         .await?
         .filter(is_live)
         .ok_or(ApiError::NoSession)?;
-    Ok(Json(to_api_session(&session)))
+    Ok(Json(SessionInfo::from(&session)))
 }
 
 /// Log out: revoke the device's session now. Idempotent.
@@ -637,7 +592,7 @@ pub async fn cluster(
         .issuer_call(state.backends.issuer.describe(identity.key()))
         .await?
         .filter(is_live)
-        .map(|s| to_api_session(&s));
+        .map(|s| SessionInfo::from(&s));
     Ok(Json(ClusterResponse {
         cluster: state.config.cluster.clone(),
         caller: identity.describe(),

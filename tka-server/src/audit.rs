@@ -90,17 +90,7 @@ impl Record {
             outcome: NONE.to_owned(),
             device: identity.node.stable_id.to_string(),
             device_name: identity.node.name.clone(),
-            user: if identity.is_tagged() {
-                identity
-                    .node
-                    .tags
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            } else {
-                identity.user.login_name.to_string()
-            },
+            user: identity.acting_as(),
             user_id: identity.user.id.to_string(),
             peer: peer.remote.to_string(),
             role: NONE.to_owned(),

@@ -63,17 +63,9 @@ pub(crate) fn run(settings: &Settings, refresh: bool, clock: &dyn Clock) -> Resu
         match discovery::tailnet_status(&settings.discovery, settings.network.timeout) {
             Ok(status) => (
                 status.self_node.as_ref().map(|node| TailnetSelf {
-                    user: if node.is_tagged() {
-                        node.tags
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    } else {
-                        node.login_name
-                            .as_ref()
-                            .map_or_else(|| "unknown user".to_owned(), ToString::to_string)
-                    },
+                    user: node
+                        .acting_as()
+                        .unwrap_or_else(|| "unknown user".to_owned()),
                     device: if node.dns_name.is_empty() {
                         node.host_name.clone()
                     } else {

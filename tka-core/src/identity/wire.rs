@@ -290,6 +290,16 @@ impl PeerStatus {
         !self.tags.is_empty()
     }
 
+    /// Who the node acts as ([`crate::domain::acting_as`]); `None` for an untagged node whose
+    /// user the status does not list.
+    pub fn acting_as(&self) -> Option<String> {
+        if !self.is_tagged() && self.login_name.is_none() {
+            return None;
+        }
+        let login_name = self.login_name.as_ref().map_or("", LoginName::as_str);
+        Some(crate::domain::acting_as(&self.tags, login_name))
+    }
+
     /// Whether the node carries `tag`.
     pub fn has_tag(&self, tag: &Tag) -> bool {
         self.tags.contains(tag)
@@ -576,10 +586,19 @@ mod tests {
             vec![Tag::new("tag:ci").unwrap(), Tag::new("tag:deploy").unwrap()]
         );
 
+        assert_eq!(id.acting_as(), "tag:ci,tag:deploy");
+        assert_eq!(
+            id.describe(),
+            format!("tag:ci,tag:deploy ({})", id.node.name)
+        );
+
         // A node that reports the shared login name but no tags is not tagged.
         let mut untagged = user_device();
         untagged["UserProfile"]["LoginName"] = json!(TAGGED_DEVICES_LOGIN);
         assert!(!whois(&untagged).unwrap().is_tagged());
+        assert_eq!(whois(&untagged).unwrap().acting_as(), TAGGED_DEVICES_LOGIN);
+        let person = whois(&user_device()).unwrap();
+        assert_eq!(person.acting_as(), person.user.login_name.as_str());
     }
 
     #[test]
@@ -732,6 +751,13 @@ mod tests {
         );
         let tka = Tag::new("tag:tka").unwrap();
         assert_eq!(status.peers_with_tag(&tka).count(), 1);
+        // A peer acts as its tags, a person's device as its user, and one whose user the status
+        // does not list as nobody known.
+        assert_eq!(server.acting_as().as_deref(), Some("tag:tka"));
+        assert_eq!(me.acting_as().as_deref(), Some("alice@example.com"));
+        let mut unlisted = me.clone();
+        unlisted.login_name = None;
+        assert_eq!(unlisted.acting_as(), None);
         assert!(!status.peers[1].online);
     }
 

@@ -57,6 +57,86 @@ impl Apis {
     }
 }
 
+/// A kind of object tka makes for a session and finds again only by its labels: the
+/// ServiceAccount and the two kinds of binding.
+pub(crate) trait Labelled: Resource + Clone + DeserializeOwned + Debug + Sized {
+    /// The kind, as removals report it.
+    const KIND: ObjectKind;
+    /// The API that lists objects of this kind wherever tka may have made them.
+    fn listing(apis: &Apis) -> &Api<Self>;
+    /// The API that deletes `object` (a namespaced one is deleted in its own namespace).
+    fn deleting(apis: &Apis, object: &Self) -> Api<Self>;
+}
+
+impl Labelled for ServiceAccount {
+    const KIND: ObjectKind = ObjectKind::ServiceAccount;
+    fn listing(apis: &Apis) -> &Api<Self> {
+        &apis.service_accounts
+    }
+    fn deleting(apis: &Apis, _: &Self) -> Api<Self> {
+        apis.service_accounts.clone()
+    }
+}
+
+impl Labelled for ClusterRoleBinding {
+    const KIND: ObjectKind = ObjectKind::ClusterRoleBinding;
+    fn listing(apis: &Apis) -> &Api<Self> {
+        &apis.cluster_role_bindings
+    }
+    fn deleting(apis: &Apis, _: &Self) -> Api<Self> {
+        apis.cluster_role_bindings.clone()
+    }
+}
+
+impl Labelled for RoleBinding {
+    const KIND: ObjectKind = ObjectKind::RoleBinding;
+    fn listing(apis: &Apis) -> &Api<Self> {
+        &apis.all_role_bindings
+    }
+    fn deleting(apis: &Apis, object: &Self) -> Api<Self> {
+        apis.role_bindings(&object.namespace().unwrap_or_default())
+    }
+}
+
+/// Lists the objects of kind `K` that `selector` picks.
+pub(crate) async fn list_labelled<K: Labelled>(
+    apis: &Apis,
+    selector: &str,
+) -> Result<Vec<K>, kube::Error> {
+    list(K::listing(apis), selector).await
+}
+
+/// Deletes each of `objects` (listed by label) that `condemned` picks, each with a UID
+/// precondition. Returns what this call removed; one already gone or replaced is not counted.
+/// Stops at the first error other than "already gone".
+pub(crate) async fn delete_listed<K: Labelled>(
+    apis: &Apis,
+    objects: Vec<K>,
+    condemned: impl Fn(&K) -> bool,
+    reason: &RemovalReason,
+) -> Result<Vec<Removal>, kube::Error> {
+    let mut removed = Vec::new();
+    for object in objects.iter().filter(|o| condemned(o)) {
+        let name = object.name_any();
+        let uid = object.uid().unwrap_or_default();
+        if delete_uid(&K::deleting(apis, object), &name, &uid).await? {
+            removed.push(removal(K::KIND, object.namespace(), name, reason));
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes every object of kind `K` labelled as `selector` says: [`list_labelled`], then
+/// [`delete_listed`] on all of them.
+pub(crate) async fn delete_labelled<K: Labelled>(
+    apis: &Apis,
+    selector: &str,
+    reason: &RemovalReason,
+) -> Result<Vec<Removal>, kube::Error> {
+    let objects = list_labelled::<K>(apis, selector).await?;
+    delete_listed(apis, objects, |_| true, reason).await
+}
+
 /// `managed-by=tka`.
 pub(crate) fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
@@ -395,55 +475,9 @@ pub(crate) async fn end_session(
     }
 
     let selector = session_selector(&name);
-    for sa in list(&apis.service_accounts, &selector).await? {
-        if delete_uid(
-            &apis.service_accounts,
-            &sa.name_any(),
-            &sa.uid().unwrap_or_default(),
-        )
-        .await?
-        {
-            removed.push(removal(
-                ObjectKind::ServiceAccount,
-                sa.namespace(),
-                sa.name_any(),
-                reason,
-            ));
-        }
-    }
-    for crb in list(&apis.cluster_role_bindings, &selector).await? {
-        if delete_uid(
-            &apis.cluster_role_bindings,
-            &crb.name_any(),
-            &crb.uid().unwrap_or_default(),
-        )
-        .await?
-        {
-            removed.push(removal(
-                ObjectKind::ClusterRoleBinding,
-                None,
-                crb.name_any(),
-                reason,
-            ));
-        }
-    }
-    for rb in list(&apis.all_role_bindings, &selector).await? {
-        let ns = rb.namespace().unwrap_or_default();
-        if delete_uid(
-            &apis.role_bindings(&ns),
-            &rb.name_any(),
-            &rb.uid().unwrap_or_default(),
-        )
-        .await?
-        {
-            removed.push(removal(
-                ObjectKind::RoleBinding,
-                Some(ns),
-                rb.name_any(),
-                reason,
-            ));
-        }
-    }
+    removed.extend(delete_labelled::<ServiceAccount>(apis, &selector, reason).await?);
+    removed.extend(delete_labelled::<ClusterRoleBinding>(apis, &selector, reason).await?);
+    removed.extend(delete_labelled::<RoleBinding>(apis, &selector, reason).await?);
     let deleted = delete_uid(&apis.sessions, &name, &uid).await?;
     remove_finalizer(&apis.sessions, &name, &uid).await?;
     if deleted || session.is_deleting() {

@@ -205,11 +205,6 @@ impl KubernetesReconciler {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_stale(&self, session: &Session, now: Timestamp) -> bool {
-        let revised = session.spec.revised_at.0;
-        revised + self.settings.grace <= now || revised > now + self.settings.grace
-    }
-
     /// Runs passes until `shutdown` completes: while holding the Lease, at the requeue time, at
     /// least every `resync_every`, and soon after Session or GrantMapping watch events.
     pub async fn run<F>(&self, shutdown: F) -> Result<(), ReconcileError>
@@ -488,7 +483,7 @@ impl KubernetesReconciler {
                 .await;
         }
         if !session.is_complete() {
-            if self.is_stale(session, now) {
+            if session.is_stale(now, self.settings.grace) {
                 return self
                     .end(
                         session,

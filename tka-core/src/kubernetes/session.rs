@@ -3,12 +3,12 @@
 //! status records what was actually created. Only tka-server writes Sessions, and a Session
 //! alone never grants anything: bindings exist only because the issuer made them.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{LoginName, NodeId, RoleName, SessionName, Tag, UserId};
+use crate::domain::{Identity, LoginName, NodeId, RoleName, SessionName, Tag, UserId};
 use crate::issuer::{SessionInfo, SessionState};
 use crate::policy::NamespacedBinding;
 use crate::reconciler::SessionGrant;
@@ -76,6 +76,30 @@ pub struct SessionIdentity {
     /// The node's tailnet addresses, used to re-validate the grant while no connection is open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+}
+
+/// The snapshot a login records: whois as it was, in the Session's spec.
+impl From<&Identity> for SessionIdentity {
+    fn from(identity: &Identity) -> Self {
+        SessionIdentity {
+            node_id: identity.node.stable_id.as_str().to_owned(),
+            node_name: identity.node.name.clone(),
+            tags: identity
+                .node
+                .tags
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
+            user_id: identity.user.id.0,
+            login_name: identity.user.login_name.as_str().to_owned(),
+            addresses: identity
+                .node
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
 }
 
 /// A ClusterRole bound in one namespace.
@@ -215,6 +239,16 @@ impl Session {
     /// When it ends.
     pub fn expires_at(&self) -> Timestamp {
         self.spec.expires_at.0
+    }
+
+    /// Whether its last revision is older than `grace` at `now`, or dated more than `grace` ahead
+    /// of `now` (a clock that jumped back must not keep it fresh). A stale unfinished Session is
+    /// half-made: a login replaces it and the reconciler may remove what it left behind; a fresh
+    /// one may be a login in flight and is left alone. The issuer and the reconciler use the same
+    /// grace.
+    pub fn is_stale(&self, now: Timestamp, grace: SignedDuration) -> bool {
+        let revised = self.spec.revised_at.0;
+        revised + grace <= now || revised > now + grace
     }
 
     /// Whether it is over at `now`: revoked, expired by phase or by time, or being deleted.
@@ -381,6 +415,20 @@ mod tests {
             deleting.state(at("2026-01-01T00:10:00Z")),
             SessionState::Ending
         );
+    }
+
+    #[test]
+    fn an_unfinished_session_is_stale_after_the_grace_or_when_dated_ahead() {
+        let grace = SignedDuration::from_secs(60);
+        let mut s = session(None);
+        s.spec.revised_at = Time(at("2026-01-01T00:10:00Z"));
+        assert!(!s.is_stale(at("2026-01-01T00:10:00Z"), grace));
+        assert!(!s.is_stale(at("2026-01-01T00:10:59Z"), grace));
+        assert!(s.is_stale(at("2026-01-01T00:11:00Z"), grace));
+        // A revision dated more than the grace ahead (a clock that jumped back) is stale too;
+        // one within the grace is not.
+        assert!(!s.is_stale(at("2026-01-01T00:09:00Z"), grace));
+        assert!(s.is_stale(at("2026-01-01T00:08:59Z"), grace));
     }
 
     #[test]

@@ -4,90 +4,11 @@
 
 use serde_json::{Value, json};
 
-/// Request attributes a rule matches; each unset field matches anything.
-///
-/// ```
-/// use tka_testkit::cluster::AccessRule;
-///
-/// let bind_view = AccessRule::any()
-///     .verb("bind")
-///     .group("rbac.authorization.k8s.io")
-///     .resource("clusterroles")
-///     .name("view");
-/// # let _ = bind_view;
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccessRule {
-    verb: Option<String>,
-    group: Option<String>,
-    resource: Option<String>,
-    subresource: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-}
+use super::request::{Attributes, RequestMatch};
 
-impl AccessRule {
-    /// A rule matching every request.
-    pub fn any() -> Self {
-        Self::default()
-    }
-
-    /// Only this verb (`create`, `bind`, `get`, ...).
-    #[must_use]
-    pub fn verb(mut self, verb: &str) -> Self {
-        self.verb = Some(verb.to_owned());
-        self
-    }
-
-    /// Only this API group (`""` for core).
-    #[must_use]
-    pub fn group(mut self, group: &str) -> Self {
-        self.group = Some(group.to_owned());
-        self
-    }
-
-    /// Only this resource (plural), or non-resource URL path.
-    #[must_use]
-    pub fn resource(mut self, resource: &str) -> Self {
-        self.resource = Some(resource.to_owned());
-        self
-    }
-
-    /// Only this subresource (`""` for the main resource).
-    #[must_use]
-    pub fn subresource(mut self, subresource: &str) -> Self {
-        self.subresource = Some(subresource.to_owned());
-        self
-    }
-
-    /// Only this namespace (`""` for cluster-wide requests).
-    #[must_use]
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.namespace = Some(namespace.to_owned());
-        self
-    }
-
-    /// Only this object name.
-    #[must_use]
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    fn matches(&self, attrs: &Value) -> bool {
-        let field = |f: &str| attrs.get(f).and_then(Value::as_str).unwrap_or("");
-        [
-            (&self.verb, "verb"),
-            (&self.group, "group"),
-            (&self.resource, "resource"),
-            (&self.subresource, "subresource"),
-            (&self.namespace, "namespace"),
-            (&self.name, "name"),
-        ]
-        .into_iter()
-        .all(|(want, f)| want.as_ref().is_none_or(|w| w == field(f)))
-    }
-}
+/// A request an [`AccessPolicy`] allows or denies: a [`RequestMatch`], the fake's one vocabulary
+/// for requests.
+pub type AccessRule = RequestMatch;
 
 /// Decides `SelfSubjectAccessReview`s: a matching deny rule wins, then a matching allow rule,
 /// then the default. The default policy allows everything.
@@ -148,6 +69,15 @@ impl AccessPolicy {
                 "resource": n.get("path").cloned().unwrap_or(Value::Null),
             }),
             (None, None) => json!({}),
+        };
+        let field = |f: &str| attrs.get(f).and_then(Value::as_str).unwrap_or("");
+        let attrs = Attributes {
+            verb: field("verb"),
+            group: field("group"),
+            resource: field("resource"),
+            subresource: field("subresource"),
+            namespace: field("namespace"),
+            name: field("name"),
         };
         let allowed = if self.deny.iter().any(|r| r.matches(&attrs)) {
             false

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::request::RequestMatch;
+
 /// A Kubernetes API verb, as the fake classifies requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -71,13 +73,6 @@ enum Schedule {
     Always,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SubresourceMatch {
-    Main,
-    Named(String),
-    Any,
-}
-
 /// A fault-injection rule: which requests it matches, which of them it fails and how.
 ///
 /// ```
@@ -92,11 +87,7 @@ enum SubresourceMatch {
 /// ```
 #[derive(Debug, Clone)]
 pub struct FaultRule {
-    verb: Option<Verb>,
-    resource: Option<String>,
-    subresource: SubresourceMatch,
-    namespace: Option<String>,
-    name: Option<String>,
+    request: RequestMatch,
     schedule: Schedule,
     after_commit: bool,
     fault: Fault,
@@ -105,15 +96,22 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
-    /// Fails the next call of `verb` on `resource` (plural, main resource only). Narrow or widen it
-    /// with the builder methods.
+    /// Fails the next call of `verb` on `resource` (plural, main resource only). Narrow it with
+    /// the builder methods, or say which requests with [`FaultRule::on`].
     pub fn new(verb: Verb, resource: &str, fault: Fault) -> Self {
+        Self::on(
+            RequestMatch::any()
+                .verb(verb)
+                .resource(resource)
+                .subresource(""),
+            fault,
+        )
+    }
+
+    /// Fails the next call that `request` matches.
+    pub fn on(request: RequestMatch, fault: Fault) -> Self {
         Self {
-            verb: Some(verb),
-            resource: Some(resource.to_owned()),
-            subresource: SubresourceMatch::Main,
-            namespace: None,
-            name: None,
+            request,
             schedule: Schedule::Next(1),
             after_commit: false,
             fault,
@@ -122,45 +120,10 @@ impl FaultRule {
         }
     }
 
-    /// Matches any verb.
-    #[must_use]
-    pub fn any_verb(mut self) -> Self {
-        self.verb = None;
-        self
-    }
-
-    /// Matches any resource.
-    #[must_use]
-    pub fn any_resource(mut self) -> Self {
-        self.resource = None;
-        self
-    }
-
     /// Matches only this subresource (e.g. `token`, `status`) instead of the main resource.
     #[must_use]
     pub fn subresource(mut self, subresource: &str) -> Self {
-        self.subresource = SubresourceMatch::Named(subresource.to_owned());
-        self
-    }
-
-    /// Matches the main resource and every subresource.
-    #[must_use]
-    pub fn any_subresource(mut self) -> Self {
-        self.subresource = SubresourceMatch::Any;
-        self
-    }
-
-    /// Matches only requests in this namespace.
-    #[must_use]
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.namespace = Some(namespace.to_owned());
-        self
-    }
-
-    /// Matches only requests for the object with this name.
-    #[must_use]
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
+        self.request = self.request.subresource(subresource);
         self
     }
 
@@ -191,24 +154,6 @@ impl FaultRule {
     pub fn after_commit(mut self) -> Self {
         self.after_commit = true;
         self
-    }
-
-    fn matches(&self, call: &Call) -> bool {
-        self.verb.is_none_or(|v| v == call.verb)
-            && self.resource.as_ref().is_none_or(|r| *r == call.resource)
-            && match &self.subresource {
-                SubresourceMatch::Main => call.subresource.is_none(),
-                SubresourceMatch::Named(s) => call.subresource.as_ref() == Some(s),
-                SubresourceMatch::Any => true,
-            }
-            && self
-                .namespace
-                .as_ref()
-                .is_none_or(|n| call.namespace.as_ref() == Some(n))
-            && self
-                .name
-                .as_ref()
-                .is_none_or(|n| call.name.as_ref() == Some(n))
     }
 
     /// Counts a matching call and says whether this rule fails it.
@@ -251,6 +196,34 @@ pub struct Call {
     pub name: Option<String>,
     /// The HTTP status the fake answered (0 while the call is in flight).
     pub code: u16,
+}
+
+impl Call {
+    /// What kind of request this was: its verb, group, resource and subresource, whatever the
+    /// namespace and name. A fault rule [`on`](FaultRule::on) it hits calls of the same kind.
+    pub fn kind(&self) -> RequestMatch {
+        RequestMatch::any()
+            .verb(self.verb)
+            .group(&self.group)
+            .resource(&self.resource)
+            .subresource(self.subresource.as_deref().unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+impl Call {
+    /// A core-group call in namespace `ns`, as the unit tests need one.
+    pub(crate) fn in_ns(verb: Verb, resource: &str, sub: Option<&str>, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            group: String::new(),
+            resource: resource.to_owned(),
+            subresource: sub.map(str::to_owned),
+            namespace: Some("ns".to_owned()),
+            name: name.map(str::to_owned),
+            code: 0,
+        }
+    }
 }
 
 impl fmt::Display for Call {
@@ -305,7 +278,11 @@ impl Faults {
     /// matching rule counts the call; the first that fires decides.
     pub(crate) fn record(&mut self, call: Call) -> (usize, Option<ChosenFault>) {
         let mut chosen = None;
-        for rule in self.rules.iter_mut().filter(|r| r.matches(&call)) {
+        for rule in self
+            .rules
+            .iter_mut()
+            .filter(|r| r.request.matches_call(&call))
+        {
             if rule.fires() && chosen.is_none() {
                 chosen = Some(ChosenFault {
                     fault: rule.fault.clone(),
@@ -340,15 +317,7 @@ mod tests {
     use super::*;
 
     fn call(verb: Verb, resource: &str, sub: Option<&str>) -> Call {
-        Call {
-            verb,
-            group: String::new(),
-            resource: resource.to_owned(),
-            subresource: sub.map(str::to_owned),
-            namespace: Some("ns".to_owned()),
-            name: Some("x".to_owned()),
-            code: 0,
-        }
+        Call::in_ns(verb, resource, sub, Some("x"))
     }
 
     fn fired(faults: &mut Faults, c: &Call) -> bool {

@@ -45,6 +45,7 @@ mod faults;
 mod gc;
 mod http;
 mod patch;
+mod request;
 mod resource;
 mod selector;
 mod status;
@@ -65,6 +66,7 @@ use tower::{BoxError, ServiceBuilder};
 
 pub use access::{AccessPolicy, AccessRule};
 pub use faults::{Call, Fault, FaultRule, Verb};
+pub use request::RequestMatch;
 pub use resource::{NameRule, ResourceType};
 pub use selector::LabelSelector;
 pub use status::ApiError;

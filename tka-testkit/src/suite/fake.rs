@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use tka_core::ManualClock;
 
-use super::{FailureMode, FaultInjector, SuiteBackend, WriteStep, WriteVerb};
-use crate::cluster::{FakeCluster, Fault, FaultRule, Verb};
+use super::{FailureMode, FaultInjector, SuiteBackend};
+use crate::cluster::{Call, FakeCluster, Fault, FaultRule, RequestMatch, Verb};
 
 /// A fresh FakeCluster per case, on a manual clock.
 #[derive(Debug, Clone)]
@@ -33,38 +33,17 @@ impl FakeClusterBackend {
     }
 }
 
-fn verb(v: WriteVerb) -> Verb {
-    match v {
-        WriteVerb::Create => Verb::Create,
-        WriteVerb::Update => Verb::Update,
-        WriteVerb::Patch => Verb::Patch,
-        WriteVerb::Delete => Verb::Delete,
-    }
-}
-
 impl FaultInjector for FakeClusterBackend {
-    fn fail_write(&self, step: &WriteStep, nth: u32, mode: FailureMode) {
-        let mut rule =
-            FaultRule::new(verb(step.verb), &step.resource, Fault::InternalError).nth(nth);
-        if let Some(sub) = &step.subresource {
-            rule = rule.subresource(sub);
-        }
-        if mode == FailureMode::AnswerLost {
-            rule = rule.after_commit();
-        }
-        self.cluster.inject(rule);
+    fn fail_write(&self, request: &RequestMatch, nth: u32, mode: FailureMode) {
+        let rule = FaultRule::on(request.clone(), Fault::InternalError).nth(nth);
+        self.cluster.inject(match mode {
+            FailureMode::AnswerLost => rule.after_commit(),
+            FailureMode::Refused => rule,
+        });
     }
 
-    fn stall_write(&self, step: &WriteStep, nth: u32, duration: std::time::Duration) {
-        let mut rule = FaultRule::new(
-            verb(step.verb),
-            &step.resource,
-            Fault::Timeout { after: duration },
-        )
-        .nth(nth);
-        if let Some(sub) = &step.subresource {
-            rule = rule.subresource(sub);
-        }
+    fn stall_write(&self, request: &RequestMatch, nth: u32, duration: std::time::Duration) {
+        let rule = FaultRule::on(request.clone(), Fault::Timeout { after: duration }).nth(nth);
         self.cluster.inject(rule);
     }
 
@@ -72,24 +51,15 @@ impl FaultInjector for FakeClusterBackend {
         self.cluster.clear_faults();
     }
 
-    fn writes(&self) -> Vec<WriteStep> {
+    fn writes(&self) -> Vec<Call> {
         self.cluster
             .calls()
             .into_iter()
-            .filter_map(|call| {
-                let verb = match call.verb {
-                    Verb::Create => WriteVerb::Create,
-                    Verb::Update => WriteVerb::Update,
-                    Verb::Patch => WriteVerb::Patch,
-                    Verb::Delete => WriteVerb::Delete,
-                    _ => return None,
-                };
-                Some(WriteStep {
-                    verb,
-                    resource: call.resource,
-                    subresource: call.subresource,
-                    name: call.name,
-                })
+            .filter(|call| {
+                matches!(
+                    call.verb,
+                    Verb::Create | Verb::Update | Verb::Patch | Verb::Delete
+                )
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 //! tka could have made so that cases assert on what exists, not on what tka says.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use jiff::SignedDuration;
@@ -322,6 +324,32 @@ impl LabelledObjects {
             ));
         }
         assert_eq!(have, want, "{context}: bindings of {name}");
+    }
+}
+
+/// What every case starts from: a way to get fresh backends, each wired into a [`Harness`]. A
+/// case takes one harness ([`Fixture::harness`]); one that replays a scenario on fresh backends
+/// calls it once per run. The constructor's bounds live here, so each case needs only
+/// `fixture: Fixture<B>`.
+pub struct Fixture<B> {
+    make: Box<dyn Fn() -> Pin<Box<dyn Future<Output = B>>>>,
+}
+
+impl<B: SuiteBackend> Fixture<B> {
+    /// A fixture whose backends come from `make`.
+    pub fn new<F, Fut>(make: F) -> Self
+    where
+        F: Fn() -> Fut + 'static,
+        Fut: Future<Output = B> + 'static,
+    {
+        Self {
+            make: Box::new(move || Box::pin(make())),
+        }
+    }
+
+    /// A fresh backend, wired ([`Harness::new`]).
+    pub async fn harness(&self) -> Harness<B> {
+        Harness::new((self.make)().await).await
     }
 }
 

@@ -23,52 +23,15 @@ mod tailnet;
 use async_trait::async_trait;
 use tka_core::ManualClock;
 
+use crate::cluster::{Call, RequestMatch};
+
 pub use cases::*;
 pub use fake::FakeClusterBackend;
 pub use harness::{
-    Harness, LabelledObjects, Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check,
+    Fixture, Harness, LabelledObjects, Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check,
     suite_mappings, suite_policy, suite_views,
 };
 pub use tailnet::TestTailnet;
-
-/// A write request, as a fault-injecting backend matches it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct WriteStep {
-    /// `create`, `update`, `patch` or `delete`.
-    pub verb: WriteVerb,
-    /// The plural resource, e.g. `serviceaccounts`.
-    pub resource: String,
-    /// The subresource, e.g. `token` or `status`.
-    pub subresource: Option<String>,
-    /// The object's name, when the request names one.
-    pub name: Option<String>,
-}
-
-impl std::fmt::Display for WriteStep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} {}", self.verb, self.resource)?;
-        if let Some(sub) = &self.subresource {
-            write!(f, "/{sub}")?;
-        }
-        if let Some(name) = &self.name {
-            write!(f, " {name}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The verbs that change state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WriteVerb {
-    /// POST (including subresources such as `serviceaccounts/token`).
-    Create,
-    /// PUT.
-    Update,
-    /// PATCH.
-    Patch,
-    /// DELETE.
-    Delete,
-}
 
 /// How an injected failure behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,22 +42,24 @@ pub enum FailureMode {
     AnswerLost,
 }
 
-/// Fault injection and a call log: optional backend capabilities.
+/// Fault injection and a call log: optional backend capabilities. Requests are named the way
+/// FakeCluster names them: [`RequestMatch`] says which, [`Call`] is one in the log.
 pub trait FaultInjector: Send + Sync {
-    /// Makes the `nth` (1-based, counted from now) write that matches `step` by verb, resource
-    /// and subresource fail with a server error.
-    fn fail_write(&self, step: &WriteStep, nth: u32, mode: FailureMode);
+    /// Makes the `nth` (1-based, counted from now) request that `request` matches fail with a
+    /// server error.
+    fn fail_write(&self, request: &RequestMatch, nth: u32, mode: FailureMode);
 
-    /// Makes the `nth` write matching `step` hang for `duration` before the server answers a
-    /// retryable error (the client's retry then goes through): a request in flight for a while.
-    fn stall_write(&self, step: &WriteStep, nth: u32, duration: std::time::Duration);
+    /// Makes the `nth` request that `request` matches hang for `duration` before the server
+    /// answers a retryable error (the client's retry then goes through): a request in flight for
+    /// a while.
+    fn stall_write(&self, request: &RequestMatch, nth: u32, duration: std::time::Duration);
 
     /// Removes every injected failure.
     fn clear_faults(&self);
 
-    /// The write requests received since the last [`clear_calls`](Self::clear_calls), in
-    /// order, whether or not they succeeded.
-    fn writes(&self) -> Vec<WriteStep>;
+    /// The write requests (create, update, patch, delete) received since the last
+    /// [`clear_calls`](Self::clear_calls), in order, whether or not they succeeded.
+    fn writes(&self) -> Vec<Call>;
 
     /// Forgets the recorded calls.
     fn clear_calls(&self);
@@ -184,7 +149,7 @@ macro_rules! behaviour_suite {
                 if !$guard {
                     return;
                 }
-                $crate::suite::$case(|| $make).await;
+                $crate::suite::$case($crate::suite::Fixture::new(|| $make)).await;
             }
         )+
     };

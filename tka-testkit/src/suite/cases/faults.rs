@@ -1,0 +1,201 @@
+//! Failures and order: a failure at any write of a login or a logout, the order of deletes, and a
+//! reconcile pass during a stalled login. Only for a backend with
+//! [`FaultInjector`](crate::suite::FaultInjector) (`behaviour_suite!(make; faults)`).
+
+use std::sync::Arc;
+
+use jiff::SignedDuration;
+use kube::ResourceExt;
+use tka_core::issuer::CredentialIssuer;
+
+use crate::cluster::{Call, RequestMatch, Verb};
+use crate::suite::harness::{Fixture, Person};
+use crate::suite::{FailureMode, SuiteBackend};
+
+use super::{binding_ids, occurrence, past_grace, recorded_writes};
+
+/// A failure at every write of a login (new session, and role change) and one reconcile pass
+/// later: a complete session or nothing labelled at all.
+pub async fn a_failure_at_any_write_of_issue_leaves_a_session_or_nothing<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    for change_role in [false, true] {
+        let steps = {
+            let h = fixture.harness().await;
+            if change_role {
+                h.login(Person::AliceLaptop, "sre", "1h").await;
+            }
+            h.backend.faults().unwrap().clear_calls();
+            h.login(
+                Person::AliceLaptop,
+                if change_role { "dev" } else { "sre" },
+                "1h",
+            )
+            .await;
+            recorded_writes(&h).await
+        };
+        assert!(steps.len() >= 4, "{steps:?}");
+        for (i, step) in steps.iter().enumerate() {
+            for mode in [FailureMode::Refused, FailureMode::AnswerLost] {
+                let context = format!("role change {change_role}, write {i} ({step}), {mode:?}");
+                let h = fixture.harness().await;
+                if change_role {
+                    h.login(Person::AliceLaptop, "sre", "1h").await;
+                }
+                let faults = h.backend.faults().unwrap();
+                faults.fail_write(&step.kind(), occurrence(&steps, i), mode);
+                let result = h
+                    .issuer
+                    .issue(
+                        &Person::AliceLaptop.identity(),
+                        &h.decision(if change_role { "dev" } else { "sre" }, "1h"),
+                    )
+                    .await;
+                faults.clear_faults();
+                h.advance(past_grace());
+                h.reconcile().await;
+                let objects = h.objects().await;
+                objects.assert_complete_or_nothing(&context);
+                if let Ok(credential) = &result {
+                    let session = objects.session(credential.session.as_str());
+                    assert!(
+                        session.is_some(),
+                        "{context}: a login that succeeded keeps its session"
+                    );
+                    assert_eq!(
+                        session.unwrap().spec.role,
+                        credential.role.as_str(),
+                        "{context}"
+                    );
+                    assert_ne!(h.token_works(credential).await, Some(false), "{context}");
+                }
+            }
+        }
+    }
+}
+
+/// A failure at every write of a logout and one reconcile pass later: the session is either
+/// still complete (the logout reported its failure) or nothing labelled is left.
+pub async fn a_failure_at_any_write_of_revoke_leaves_a_session_or_nothing<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    let steps = {
+        let h = fixture.harness().await;
+        h.login(Person::AliceLaptop, "sre", "1h").await;
+        h.backend.faults().unwrap().clear_calls();
+        h.issuer.revoke(&Person::AliceLaptop.node()).await.unwrap();
+        recorded_writes(&h).await
+    };
+    assert!(steps.len() >= 5, "{steps:?}");
+    for (i, step) in steps.iter().enumerate() {
+        for mode in [FailureMode::Refused, FailureMode::AnswerLost] {
+            let context = format!("write {i} ({step}), {mode:?}");
+            let h = fixture.harness().await;
+            let credential = h.login(Person::AliceLaptop, "sre", "1h").await;
+            let faults = h.backend.faults().unwrap();
+            faults.fail_write(&step.kind(), occurrence(&steps, i), mode);
+            let result = h.issuer.revoke(&Person::AliceLaptop.node()).await;
+            faults.clear_faults();
+            h.advance(past_grace());
+            h.reconcile().await;
+            let objects = h.objects().await;
+            objects.assert_complete_or_nothing(&context);
+            if result.is_ok() {
+                assert!(
+                    objects.is_empty(),
+                    "{context}: a logout that succeeded leaves nothing"
+                );
+                assert_ne!(h.token_works(&credential).await, Some(true), "{context}");
+            }
+        }
+    }
+}
+
+/// Revocation deletes the ServiceAccount (killing its tokens) before the bindings, and the
+/// Session last; expiry in the reconciler does the same.
+pub async fn revoke_deletes_the_service_account_before_the_bindings<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    let deletes = |steps: Vec<Call>| -> Vec<String> {
+        steps
+            .into_iter()
+            .filter(|s| s.verb == Verb::Delete)
+            .map(|s| s.resource)
+            .collect()
+    };
+    let service_account_first = [
+        "serviceaccounts",
+        "clusterrolebindings",
+        "rolebindings",
+        "rolebindings",
+        "sessions",
+    ];
+    let h = fixture.harness().await;
+    let faults = h.backend.faults().expect("this case needs a call log");
+    let alice = h.login(Person::AliceLaptop, "sre", "1h").await;
+    faults.clear_calls();
+    h.issuer.revoke(&Person::AliceLaptop.node()).await.unwrap();
+    let order = deletes(faults.writes());
+    assert_eq!(order, service_account_first, "logout of {}", alice.session);
+
+    let phone = h.login(Person::AlicePhone, "sre", "1h").await;
+    h.clock
+        .set(phone.session_expires_at + SignedDuration::from_secs(1));
+    faults.clear_calls();
+    h.reconcile().await;
+    let order = deletes(faults.writes());
+    assert_eq!(order, service_account_first, "expiry of {}", phone.session);
+    assert!(h.objects().await.is_empty());
+}
+
+/// A reconcile pass while a login is half-way (its TokenRequest stalled) leaves it alone, and
+/// the login completes.
+pub async fn a_reconcile_pass_during_a_login_does_not_disturb_it<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    let h = Arc::new(fixture.harness().await);
+    let faults = h.backend.faults().expect("this case needs fault injection");
+    let token_request = RequestMatch::any()
+        .verb(Verb::Create)
+        .resource("serviceaccounts")
+        .subresource("token");
+    faults.stall_write(&token_request, 1, std::time::Duration::from_millis(600));
+    let login = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.issuer
+                .issue(&Person::AliceLaptop.identity(), &h.decision("sre", "1h"))
+                .await
+        })
+    };
+
+    // Wait until the login has made its objects and is waiting for its token.
+    let mut in_flight = None;
+    for _ in 0..100 {
+        let objects = h.objects().await;
+        if let Some(s) = objects.sessions.first()
+            && binding_ids(&objects, &s.name_any()).len() == 3
+        {
+            in_flight = Some(objects);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let in_flight = in_flight.expect("the login got as far as its TokenRequest");
+    assert!(!in_flight.sessions[0].is_complete(), "not complete yet");
+    for _ in 0..3 {
+        let report = h.reconcile().await;
+        assert!(report.removed.is_empty(), "{:?}", report.removed);
+    }
+
+    let credential = login.await.unwrap().unwrap();
+    faults.clear_faults();
+    let objects = h.objects().await;
+    objects.assert_complete_or_nothing("after the stalled login");
+    assert_eq!(objects.sessions[0].name_any(), credential.session.as_str());
+    assert_eq!(
+        binding_ids(&objects, credential.session.as_str()),
+        binding_ids(&in_flight, credential.session.as_str()),
+        "the same objects the login made"
+    );
+}
