@@ -11,8 +11,8 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tka_core::kubernetes::{
-    GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
-    MANAGED_BY_LABEL, PolicyGrantCheck, ReconcilerSettings, Session,
+    ClusterWatches, GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler,
+    MANAGED_BY, MANAGED_BY_LABEL, PolicyGrantCheck, ReconcilerSettings, Session,
 };
 use tka_core::policy::NamespacedGrant;
 use tka_core::reconciler::{MappingHook, Reconciler};
@@ -127,9 +127,14 @@ impl KubeServer {
         let shutdown = CancellationToken::new();
         {
             let feed = feed.clone();
-            let client = client.clone();
+            let (watches, drive) = ClusterWatches::new(&client);
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { feed.run(client, shutdown).await });
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = drive => {}
+                    () = feed.run(&watches, shutdown.clone()) => {}
+                }
+            });
         }
         for _ in 0..500 {
             if feed.is_synced() {
