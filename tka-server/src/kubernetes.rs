@@ -1,12 +1,12 @@
 //! The server's side of tka-core's Kubernetes backend: the kube client, the GrantMapping feed
-//! that keeps the [`MappingStore`] current from the shared GrantMapping and ClusterRole stores
-//! ([`ClusterWatches`], made once in [`crate::wiring`]; so a login reads nothing from the API
-//! server, DESIGN §11, and a ClusterRole that gains a write is seen at once, DESIGN §4.3), the
-//! bindability check of each mapping by SelfSubjectAccessReview (DESIGN §5.1), the live-session
-//! count from the shared Session store, the readiness checks (API server, CRDs), and `drain`.
-//! It opens no watch of its own. This is the only module of the crate that
-//! talks to Kubernetes; it decides no policy (that is `tka_core::policy`) and creates no session
-//! objects (the issuer does).
+//! that keeps the [`MappingStore`](crate::MappingStore) current from the shared GrantMapping and
+//! ClusterRole stores ([`ClusterWatches`], made once in [`crate::wiring`]; so a login reads
+//! nothing from the API server, DESIGN §11, and a ClusterRole that gains a write is seen at once,
+//! DESIGN §4.3), the bindability check of each mapping by SelfSubjectAccessReview (DESIGN §5.1),
+//! the live-session count from the shared Session store, the readiness checks (API server,
+//! CRDs), and `drain`. Apart from the wiring, which only constructs, this is the only module of
+//! the crate that talks to Kubernetes. It opens no watch of its own, decides no policy (that is
+//! `tka_core::policy`) and creates no session objects (the issuer does).
 
 use std::collections::HashMap;
 use std::path::Path;

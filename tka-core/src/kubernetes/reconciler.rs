@@ -15,7 +15,9 @@
 //! 3. GrantMapping `Ready` conditions.
 //!
 //! The next pass is due at the earliest `expiresAt` (or grace end) of what is still live,
-//! recomputed every pass, so a restart loses nothing. Every action is idempotent (UID
+//! recomputed every pass, so a restart loses nothing ([`PassSchedule`] holds when the run loop
+//! wakes). The run loop learns of changes from the server's shared [`ClusterWatches`] and opens
+//! no watch of its own when given them. Every action is idempotent (UID
 //! preconditions, "already gone" is done), so two reconcilers at once are harmless; a Lease keeps
 //! one active in steady state.
 
