@@ -1,11 +1,12 @@
 //! The server's side of tka-core's Kubernetes backend: the kube client, the GrantMapping feed
-//! that keeps the [`MappingStore`] current from watches of the GrantMappings and the ClusterRoles
-//! (so a login reads nothing from the API server, DESIGN §11, and a ClusterRole that gains a
-//! write is seen at once, DESIGN §4.3), the bindability check of each mapping by
-//! SelfSubjectAccessReview (DESIGN §5.1), the live-session count from a Session reflector, the
-//! readiness checks (API server, CRDs), and `drain`. This is the only module of the crate that
-//! talks to Kubernetes; it decides no policy (that is `tka_core::policy`) and creates no session
-//! objects (the issuer does).
+//! that keeps the [`MappingStore`](crate::MappingStore) current from the shared GrantMapping and
+//! ClusterRole stores ([`ClusterWatches`], made once in [`crate::wiring`]; so a login reads
+//! nothing from the API server, DESIGN §11, and a ClusterRole that gains a write is seen at once,
+//! DESIGN §4.3), the bindability check of each mapping by SelfSubjectAccessReview (DESIGN §5.1),
+//! the live-session count from the shared Session store, the readiness checks (API server,
+//! CRDs), and `drain`. Apart from the wiring, which only constructs, this is the only module of
+//! the crate that talks to Kubernetes. It opens no watch of its own, decides no policy (that is
+//! `tka_core::policy`) and creates no session objects (the issuer does).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,18 +15,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{ListParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tka_core::kubernetes::{
-    GrantMapping, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session, cluster_roles,
+    ClusterWatches, GrantMapping, KubernetesIssuer, MANAGED_BY, MANAGED_BY_LABEL, Session,
+    SessionStore, Watched, cluster_roles,
 };
 pub use tka_core::policy::Bindable;
 use tka_core::policy::{ClusterFacts, mapping_views};
@@ -240,15 +239,13 @@ fn named(mappings: &[Arc<GrantMapping>]) -> Vec<NamedMapping> {
 
 /// Keeps a [`MappingStore`](crate::MappingStore) equal to the cluster's GrantMappings, judged
 /// the one way ([`mapping_views`]) against the cluster's ClusterRoles and the server's
-/// bindability: reflectors on GrantMapping and ClusterRole watches; after each change the
-/// changed mappings are checked and the whole set is replaced at once.
+/// bindability: it reads the shared GrantMapping and ClusterRole stores ([`ClusterWatches`]);
+/// after each change the changed mappings are checked and the whole set is replaced at once.
 #[derive(Debug)]
 pub struct MappingFeed {
     store: Arc<InMemoryMappings>,
     bindability: Arc<Bindability>,
     allow_cluster_wide_write: bool,
-    mappings_synced: AtomicBool,
-    roles_synced: AtomicBool,
     /// Set once a publish has used the first full lists of both.
     published: AtomicBool,
 }
@@ -265,8 +262,6 @@ impl MappingFeed {
             store,
             bindability,
             allow_cluster_wide_write: false,
-            mappings_synced: AtomicBool::new(false),
-            roles_synced: AtomicBool::new(false),
             published: AtomicBool::new(false),
         }
     }
@@ -289,152 +284,87 @@ impl MappingFeed {
     /// them when `recheck_all`.
     pub async fn publish(
         &self,
-        mappings: &Store<GrantMapping>,
-        roles: &Store<ClusterRole>,
+        mappings: &Watched<GrantMapping>,
+        roles: &Watched<ClusterRole>,
         recheck_all: bool,
     ) {
-        let both_listed =
-            self.mappings_synced.load(Ordering::SeqCst) && self.roles_synced.load(Ordering::SeqCst);
-        let mappings = named(&mappings.state());
+        let both_listed = mappings.is_listed() && roles.is_listed();
+        let named_mappings = named(&mappings.state());
         if recheck_all {
-            self.bindability.refresh_all(&mappings).await;
+            self.bindability.refresh_all(&named_mappings).await;
         } else {
-            self.bindability.refresh(&mappings).await;
+            self.bindability.refresh(&named_mappings).await;
         }
-        let roles = self
-            .roles_synced
-            .load(Ordering::SeqCst)
+        let roles = roles
+            .is_listed()
             .then(|| cluster_roles(roles.state().iter().map(AsRef::as_ref)));
         let facts = ClusterFacts {
             cluster_roles: roles.as_ref(),
             allow_cluster_wide_write: self.allow_cluster_wide_write,
         };
         let bindability = self.bindability.as_ref();
-        self.store.replace(mapping_views(&mappings, &facts, &|m| {
-            bindability.bindable(m)
-        }));
+        self.store
+            .replace(mapping_views(&named_mappings, &facts, &|m| {
+                bindability.bindable(m)
+            }));
         if both_listed {
             self.published.store(true, Ordering::SeqCst);
         }
     }
 
-    /// Watches GrantMappings and ClusterRoles with `client` until `shutdown`.
-    pub async fn run(&self, client: Client, shutdown: CancellationToken) {
-        let (reader, writer) = reflector::store::<GrantMapping>();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<GrantMapping>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .boxed();
-        let (roles, roles_writer) = reflector::store::<ClusterRole>();
-        let role_stream = reflector::reflector(
-            roles_writer,
-            watcher(Api::<ClusterRole>::all(client), watcher::Config::default()),
-        )
-        .default_backoff()
-        .boxed();
-        tokio::pin!(stream);
-        tokio::pin!(role_stream);
+    /// Republishes from `watches` after every GrantMapping or ClusterRole list or change, and
+    /// periodically (bindability), until `shutdown` or until the watches stop.
+    pub async fn run(&self, watches: &ClusterWatches, shutdown: CancellationToken) {
+        let mappings = &watches.grant_mappings;
+        let roles = &watches.cluster_roles;
+        let mut mapping_changes = mappings.subscribe();
+        let mut role_changes = roles.subscribe();
         let mut recheck = tokio::time::interval(RECHECK_EVERY);
         let mut recheck_all = tokio::time::interval(RECHECK_ALL_EVERY);
         loop {
-            tokio::select! {
+            let recheck_all = tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = recheck.tick() => {
-                    if self.mappings_synced.load(Ordering::SeqCst) {
-                        self.publish(&reader, &roles, false).await;
+                _ = recheck.tick() => false,
+                _ = recheck_all.tick() => true,
+                changed = mapping_changes.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
+                    mapping_changes.borrow_and_update();
+                    false
                 }
-                _ = recheck_all.tick() => {
-                    if self.mappings_synced.load(Ordering::SeqCst) {
-                        self.publish(&reader, &roles, true).await;
+                changed = role_changes.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
+                    role_changes.borrow_and_update();
+                    false
                 }
-                event = stream.next() => match event {
-                    None => return,
-                    Some(Err(e)) => tracing::warn!(error = %e, "GrantMapping watch failed; retrying"),
-                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                    Some(Ok(_)) => {
-                        self.mappings_synced.store(true, Ordering::SeqCst);
-                        self.publish(&reader, &roles, false).await;
-                    }
-                },
-                event = role_stream.next() => match event {
-                    None => return,
-                    Some(Err(e)) => tracing::warn!(error = %e, "ClusterRole watch failed; retrying"),
-                    Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                    Some(Ok(_)) => {
-                        self.roles_synced.store(true, Ordering::SeqCst);
-                        if self.mappings_synced.load(Ordering::SeqCst) {
-                            self.publish(&reader, &roles, false).await;
-                        }
-                    }
-                },
+            };
+            if mappings.is_listed() {
+                self.publish(mappings, roles, recheck_all).await;
             }
         }
     }
 }
 
-/// The live-session count for `/metrics`, from a Session reflector.
+/// The live-session count for `/metrics`, from the shared Session store.
 #[derive(Debug)]
-pub struct ReflectedSessions {
-    reader: Store<Session>,
+pub struct LiveSessions {
+    sessions: SessionStore,
     clock: Arc<dyn Clock>,
-    synced: Arc<AtomicBool>,
 }
 
-impl ReflectedSessions {
-    /// Starts nothing: returns the counter and the task that feeds it until `shutdown`.
-    pub fn new(
-        client: Client,
-        clock: Arc<dyn Clock>,
-    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (reader, writer) = reflector::store::<Session>();
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = synced.clone();
-        let task = async move {
-            let stream = reflector::reflector(
-                writer,
-                watcher(Api::<Session>::all(client), watcher::Config::default()),
-            )
-            .default_backoff()
-            .boxed();
-            tokio::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::SeqCst),
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "Session watch failed; retrying"),
-                }
-            }
-        };
-        (
-            Self {
-                reader,
-                clock,
-                synced,
-            },
-            task,
-        )
+impl LiveSessions {
+    /// Counts the live sessions in `sessions` as of `clock`.
+    pub fn new(sessions: SessionStore, clock: Arc<dyn Clock>) -> Self {
+        Self { sessions, clock }
     }
 }
 
-impl SessionCounter for ReflectedSessions {
+impl SessionCounter for LiveSessions {
     fn active_sessions(&self) -> Option<u64> {
-        if !self.synced.load(Ordering::SeqCst) {
-            return None;
-        }
-        let now = self.clock.now();
-        let live = self
-            .reader
-            .state()
-            .iter()
-            .filter(|s| !s.is_over(now) && !s.is_deleting())
-            .count();
+        let live = self.sessions.live_count(self.clock.now())?;
         Some(u64::try_from(live).unwrap_or(u64::MAX))
     }
 }

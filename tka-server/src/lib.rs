@@ -10,8 +10,10 @@
 //! shutdown. It must not decide policy, talk to tailscaled itself, or log a token; the one module
 //! that talks to Kubernetes is [`kubernetes`], which feeds the server from tka-core's backend.
 //!
-//! The binary (`main.rs`) parses flags into [`settings::Settings`], wires the real
-//! implementations in, and calls [`server::Server::run`]. Tests boot the same router with fakes.
+//! The binary (`main.rs`) parses flags into [`settings::Settings`], has [`wiring::server`] build
+//! the real server (the one place the real implementations are constructed, so the binary, the
+//! end-to-end tests and the demo run the same construction), and calls [`server::Server::run`].
+//! Tests boot the same router with fakes.
 
 pub mod api;
 pub mod audit;
@@ -34,6 +36,7 @@ pub mod request_id;
 pub mod server;
 pub mod settings;
 pub mod tailscale;
+pub mod wiring;
 
 pub use api::{ApiConfig, ApiState, Backends, api_router};
 pub use error::ApiError;

@@ -1,6 +1,6 @@
-//! `tka-server`: parses the command line into validated settings, wires tka-core's
-//! implementations into the login API and the ops endpoints, and runs until SIGTERM. All
-//! behaviour lives in tka-core and the `tka_server` library; this file only wires and prints.
+//! `tka-server`: parses the command line into validated settings, has the library's
+//! [`wiring`] build the server, and runs it until SIGTERM. All behaviour, the wiring included,
+//! lives in tka-core and the `tka_server` library; this file only parses, calls and prints.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -9,10 +9,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tka_server::cli::{Cli, Command, DrainArgs};
 use tka_server::server::shutdown_on_signal;
-use tka_server::{ApiState, Metrics, Server, Settings, logging, ops_router};
+use tka_server::{Settings, logging, wiring};
 use tokio_util::sync::CancellationToken;
-
-mod wiring;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,28 +122,6 @@ fn print(text: &str) -> ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(shutdown.clone()));
-
-    let wired = wiring::wire(&settings, &shutdown).await?;
-    let metrics = Arc::new(Metrics::new(wired.sessions));
-    // Only `serve` sets it, once; a second set cannot happen.
-    let _ = wired.metrics.set(Arc::clone(&metrics));
-    let mut config = settings.api_config();
-    config.self_node_ids.extend(wired.own_node);
-    let state = ApiState::new(config, wired.backends, Arc::clone(&metrics));
-    let mut server = Server::bind(
-        settings.api_listen,
-        &settings.listen_mode,
-        settings.ops_listen,
-        state,
-        ops_router(wired.readiness, metrics),
-        shutdown,
-        settings.shutdown_grace,
-    )
-    .await?
-    .with_connection_limits(settings.connection_limits);
-    for task in wired.tasks {
-        server.spawn_task(task);
-    }
-    server.run().await?;
+    wiring::server(&settings, shutdown).await?.run().await?;
     Ok(())
 }

@@ -1,42 +1,65 @@
-//! The one place `serve` constructs the real implementations from [`Settings`]: the tailscaled
-//! whois client, the Kubernetes issuer, the GrantMapping store fed by a watch, the session count
-//! for metrics, the readiness checks, and the background tasks (the reconciler's loop, leader
-//! election) that run until shutdown.
+//! The one place a real server is built from [`Settings`]: the tailscaled whois client, the
+//! Kubernetes issuer, the shared watches ([`ClusterWatches`]: one reflector per resource, read by
+//! the GrantMapping feed, the session count and the reconciler), the metrics, the readiness
+//! checks, the API state and the background tasks (the watches, the feed, the reconciler's loop
+//! with leader election) that run until shutdown. The binary calls [`server`]; so does anything
+//! else that needs a server built exactly as in production.
+//!
+//! Construction runs in one direction (client → watches → issuer and stores → metrics →
+//! reconciler → state → listeners); nothing built later is patched into something built earlier.
+//! It must not decide policy or serve requests; it only connects the pieces.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
 use tka_core::identity::{CapabilityNames, IdentityProvider, LoopbackRetry, TailscaleLocalApi};
 use tka_core::kubernetes::{
-    IssuerSettings, KubernetesIssuer, KubernetesReconciler, PassObserver, PolicyGrantCheck,
-    ReconcilerSettings,
+    ClusterWatches, IssuerSettings, KubernetesIssuer, KubernetesReconciler, PassObserver,
+    PolicyGrantCheck, ReconcilerSettings,
 };
 use tka_core::reconciler::{ObjectKind, RemovalReason};
-use tka_core::{Clock, NodeId, SystemClock};
-use tka_server::kubernetes::{
-    ApiServerReady, Bindability, CrdsInstalled, MappingFeed, MappingsSynced, ReflectedSessions,
-};
-use tka_server::metrics::RevocationCause;
-use tka_server::tailscale::{TailscaledReady, own_node};
-use tka_server::{Backends, InMemoryMappings, Metrics, ReadinessCheck, SessionCounter, Settings};
+use tka_core::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{ApiState, Backends};
+use crate::kubernetes::{
+    ApiServerReady, Bindability, CrdsInstalled, LiveSessions, MappingFeed, MappingsSynced,
+};
+use crate::mappings::InMemoryMappings;
+use crate::metrics::{Metrics, RevocationCause};
+use crate::ops::{ReadinessCheck, ops_router};
+use crate::server::Server;
+use crate::settings::Settings;
+use crate::tailscale::{TailscaledReady, own_node};
+
 /// A background task: handed the shutdown token, it returns soon after cancellation.
-pub(crate) type Task =
+pub type Task =
     Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// What `serve` runs on.
-pub(crate) struct Wired {
-    pub(crate) backends: Backends,
-    pub(crate) own_node: Option<NodeId>,
-    pub(crate) sessions: Option<Arc<dyn SessionCounter>>,
-    pub(crate) readiness: Vec<Arc<dyn ReadinessCheck>>,
-    pub(crate) tasks: Vec<Task>,
-    /// Set by `serve` once the metrics exist; the reconciler reports its passes there.
-    pub(crate) metrics: Arc<OnceLock<Arc<Metrics>>>,
+/// Everything a server runs on, built but not yet listening.
+pub struct Wired {
+    /// The API's shared state (backends, configuration, metrics).
+    pub state: Arc<ApiState>,
+    /// The server's metrics (also in `state`), for the ops listener.
+    pub metrics: Arc<Metrics>,
+    /// The shared watches; the Session store is where a device's live session is looked up.
+    pub watches: ClusterWatches,
+    /// What `/readyz` checks.
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
+    /// The background tasks to run for the server's lifetime.
+    pub tasks: Vec<Task>,
+}
+
+impl std::fmt::Debug for Wired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wired")
+            .field("watches", &self.watches)
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long `serve` waits for tailscaled to report its own node at start.
@@ -50,22 +73,22 @@ fn holder_identity() -> String {
         .unwrap_or_else(|_| format!("tka-server-{:08x}", rand::random::<u32>()))
 }
 
-/// The Kubernetes side: the issuer, the GrantMapping feed (with bindability and the ClusterRoles'
-/// read-only judgement, the same as the reconciler's), the session
-/// count, the readiness checks and the background tasks (feed, session reflector, reconciler).
+/// The Kubernetes side: the issuer, the shared watches, the GrantMapping feed (with
+/// bindability and the ClusterRoles' read-only judgement, the same as the reconciler's), the
+/// metrics (whose session count reads the Session store), the readiness checks and the
+/// background tasks (watches, feed, reconciler).
 struct Kube {
     issuer: Arc<KubernetesIssuer>,
     mappings: Arc<InMemoryMappings>,
-    sessions: Arc<dyn SessionCounter>,
+    watches: ClusterWatches,
+    metrics: Arc<Metrics>,
     readiness: Vec<Arc<dyn ReadinessCheck>>,
     tasks: Vec<Task>,
-    metrics: Arc<OnceLock<Arc<Metrics>>>,
 }
 
-/// Feeds the reconciler's passes into the metrics, once they exist.
-fn pass_observer(metrics: Arc<OnceLock<Arc<Metrics>>>) -> PassObserver {
+/// Feeds the reconciler's passes into the metrics.
+fn pass_observer(metrics: Arc<Metrics>) -> PassObserver {
     Arc::new(move |took, outcome| {
-        let Some(metrics) = metrics.get() else { return };
         metrics.observe_reconcile(took, outcome.is_ok());
         if let Ok(report) = outcome {
             let ended: Vec<_> = report.removed_of(ObjectKind::Session).collect();
@@ -84,6 +107,16 @@ fn pass_observer(metrics: Arc<OnceLock<Arc<Metrics>>>) -> PassObserver {
     })
 }
 
+/// Wraps a future that runs until shutdown as a [`Task`].
+fn task<F>(make: impl FnOnce(CancellationToken) -> F + Send + 'static) -> Task
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |shutdown: CancellationToken| {
+        Box::pin(make(shutdown)) as Pin<Box<dyn Future<Output = ()> + Send>>
+    })
+}
+
 fn kube(
     settings: &Settings,
     client: Client,
@@ -97,15 +130,18 @@ fn kube(
             .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?,
     );
 
+    let (watches, drive_watches) = ClusterWatches::new(&client);
     let mappings = Arc::new(InMemoryMappings::default());
     let bindability = Arc::new(Bindability::new(client.clone()));
     let feed = Arc::new(
         MappingFeed::new(mappings.clone(), bindability.clone())
             .allowing_cluster_wide_write(settings.policy.allow_cluster_wide_write),
     );
-    let (sessions, session_task) = ReflectedSessions::new(client.clone(), clock.clone());
+    let metrics = Arc::new(Metrics::new(Some(Arc::new(LiveSessions::new(
+        watches.sessions.clone(),
+        clock.clone(),
+    )))));
 
-    let metrics = Arc::new(OnceLock::new());
     let holder = holder_identity();
     let mut reconciler_settings = ReconcilerSettings::new(&settings.namespace, &holder);
     reconciler_settings.denied_namespaces = settings
@@ -133,55 +169,47 @@ fn kube(
             Arc::new(check),
         )
         .with_mapping_hook(bindability)
+        .with_watches(watches.clone())
         .with_pass_observer(pass_observer(metrics.clone())),
     );
 
+    let watches_task = task(move |shutdown| async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = drive_watches => {}
+        }
+    });
     let feed_task = {
         let feed = feed.clone();
-        let client = client.clone();
-        Box::new(move |shutdown: CancellationToken| {
-            Box::pin(async move { feed.run(client, shutdown).await })
-                as Pin<Box<dyn Future<Output = ()> + Send>>
-        }) as Task
+        let watches = watches.clone();
+        task(move |shutdown| async move { feed.run(&watches, shutdown).await })
     };
-    let sessions_task = Box::new(move |shutdown: CancellationToken| {
-        Box::pin(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = session_task => {}
-            }
-        }) as Pin<Box<dyn Future<Output = ()> + Send>>
-    }) as Task;
-    let reconciler_task = Box::new(move |shutdown: CancellationToken| {
-        Box::pin(async move {
-            // `run` releases the Lease when shutdown completes, so a successor takes over at
-            // once instead of waiting for the lease to expire.
-            if let Err(e) = reconciler.run(shutdown.cancelled_owned()).await {
-                tracing::warn!(error = %e, "the reconciler stopped with an error");
-            }
-        }) as Pin<Box<dyn Future<Output = ()> + Send>>
-    }) as Task;
+    let reconciler_task = task(move |shutdown| async move {
+        // `run` releases the Lease when shutdown completes, so a successor takes over at once
+        // instead of waiting for the lease to expire.
+        if let Err(e) = reconciler.run(shutdown.cancelled_owned()).await {
+            tracing::warn!(error = %e, "the reconciler stopped with an error");
+        }
+    });
 
     Ok(Kube {
         issuer,
         mappings,
-        sessions: Arc::new(sessions),
+        watches,
+        metrics,
         readiness: vec![
             Arc::new(ApiServerReady(client.clone())),
             Arc::new(CrdsInstalled(client)),
             Arc::new(MappingsSynced(feed)),
         ],
-        tasks: vec![feed_task, sessions_task, reconciler_task],
-        metrics,
+        tasks: vec![watches_task, feed_task, reconciler_task],
     })
 }
 
-/// Builds the real implementations.
-pub(crate) async fn wire(
-    settings: &Settings,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Wired> {
-    let client = tka_server::kubernetes::client(settings.kubeconfig.as_deref()).await?;
+/// Builds the real implementations from `settings` (waiting, bounded, for tailscaled to name
+/// this server's own node; `shutdown` ends that wait).
+pub async fn wire(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Wired> {
+    let client = crate::kubernetes::client(settings.kubeconfig.as_deref()).await?;
     let localapi = Arc::new(
         TailscaleLocalApi::new(&settings.tailscale_socket)
             .with_capabilities(CapabilityNames {
@@ -226,17 +254,41 @@ pub(crate) async fn wire(
     let mut readiness: Vec<Arc<dyn ReadinessCheck>> =
         vec![Arc::new(TailscaledReady(localapi.clone()))];
     readiness.extend(kube.readiness);
+    let mut config = settings.api_config();
+    config.self_node_ids.extend(own);
+    let backends = Backends {
+        identity: localapi,
+        issuer: kube.issuer,
+        mappings: kube.mappings,
+        clock,
+    };
+    let state = ApiState::new(config, backends, Arc::clone(&kube.metrics));
     Ok(Wired {
-        backends: Backends {
-            identity: localapi,
-            issuer: kube.issuer,
-            mappings: kube.mappings,
-            clock,
-        },
-        own_node: own,
-        sessions: Some(kube.sessions),
+        state,
+        metrics: kube.metrics,
+        watches: kube.watches,
         readiness,
         tasks: kube.tasks,
-        metrics: kube.metrics,
     })
+}
+
+/// A server built as in production from `settings`, with both listeners bound and every
+/// background task started; [`Server::run`] serves until `shutdown` is cancelled.
+pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
+    let wired = wire(settings, &shutdown).await?;
+    let mut server = Server::bind(
+        settings.api_listen,
+        &settings.listen_mode,
+        settings.ops_listen,
+        wired.state,
+        ops_router(wired.readiness, wired.metrics),
+        shutdown,
+        settings.shutdown_grace,
+    )
+    .await?
+    .with_connection_limits(settings.connection_limits);
+    for task in wired.tasks {
+        server.spawn_task(task);
+    }
+    Ok(server)
 }

@@ -185,7 +185,6 @@ pub enum IdentityError {
 }
 
 /// Identifies callers. Object-safe: servers hold an `Arc<dyn IdentityProvider>`.
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait IdentityProvider: Send + Sync {
     /// Looks up who is behind an address.

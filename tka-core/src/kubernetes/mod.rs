@@ -15,7 +15,9 @@ mod lease;
 mod objects;
 mod rbac;
 mod reconciler;
+mod schedule;
 mod session;
+mod watches;
 
 pub use crd::{
     CLUSTER_ROLE_PATTERN, DURATION_PATTERN, MAX_LIST_ITEMS, NAMESPACE_PATTERN, TAG_PATTERN, crds,
@@ -25,10 +27,12 @@ pub use issuer::{IssuerSettings, KubernetesIssuer, SuffixSource, decode_token_id
 pub use lease::{LeaderLease, LeaseSettings};
 pub use rbac::{cluster_role_rules, cluster_roles};
 pub use reconciler::{KubernetesReconciler, PassObserver, ReconcilerSettings};
+pub use schedule::PassSchedule;
 pub use session::{
     BindingKind, BindingRef, ObjectRef, Session, SessionIdentity, SessionPhase, SessionRoleBinding,
     SessionSpec, SessionStatus,
 };
+pub use watches::{ClusterWatches, Revision, SessionStore, Watched};
 
 pub use crate::policy::GrantMapping;
 pub use crate::reconciler::PolicyGrantCheck;

@@ -15,7 +15,9 @@
 //! 3. GrantMapping `Ready` conditions.
 //!
 //! The next pass is due at the earliest `expiresAt` (or grace end) of what is still live,
-//! recomputed every pass, so a restart loses nothing. Every action is idempotent (UID
+//! recomputed every pass, so a restart loses nothing ([`PassSchedule`] holds when the run loop
+//! wakes). The run loop learns of changes from the server's shared [`ClusterWatches`] and opens
+//! no watch of its own when given them. Every action is idempotent (UID
 //! preconditions, "already gone" is done), so two reconcilers at once are harmless; a Lease keeps
 //! one active in steady state.
 
@@ -26,13 +28,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -40,7 +40,9 @@ use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
 use super::objects::{Apis, delete_uid, end_session, managed_selector, owner_uid, removal};
 use super::rbac::cluster_roles;
+use super::schedule::PassSchedule;
 use super::session::{Session, SessionPhase};
+use super::watches::ClusterWatches;
 use super::{
     CONDITION_READY, GrantMappingStatus, REASON_FORBIDDEN_NAMESPACE, REASON_INVALID_SPEC,
     REASON_READY, REVISION_LABEL, SESSION_LABEL,
@@ -128,6 +130,7 @@ pub struct KubernetesReconciler {
     check: Arc<dyn GrantCheck>,
     hook: Option<Arc<dyn MappingHook>>,
     observer: Option<PassObserver>,
+    watches: Option<ClusterWatches>,
     state: Mutex<State>,
 }
 
@@ -142,13 +145,6 @@ impl std::fmt::Debug for KubernetesReconciler {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a watch woke the loop.
-enum Kick {
-    Sessions,
-    /// A GrantMapping or a ClusterRole changed: every live session is re-validated.
-    Mappings,
 }
 
 /// What decides whether every live session is re-validated: a mapping's name, uid, generation
@@ -173,6 +169,7 @@ impl KubernetesReconciler {
             check,
             hook: None,
             observer: None,
+            watches: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -187,6 +184,12 @@ impl KubernetesReconciler {
     /// Reports every pass of [`KubernetesReconciler::run`] to `observer`.
     pub fn with_pass_observer(mut self, observer: PassObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Wakes [`Self::run`] from the server's shared watches instead of watches of its own.
+    pub fn with_watches(mut self, watches: ClusterWatches) -> Self {
+        self.watches = Some(watches);
         self
     }
 
@@ -206,7 +209,9 @@ impl KubernetesReconciler {
     }
 
     /// Runs passes until `shutdown` completes: while holding the Lease, at the requeue time, at
-    /// least every `resync_every`, and soon after Session or GrantMapping watch events.
+    /// least every `resync_every`, and soon after Session, GrantMapping or ClusterRole changes
+    /// (from the shared [`ClusterWatches`] given with [`Self::with_watches`], else from watches of
+    /// its own, driven for as long as this runs). When passes are due is [`PassSchedule`]'s rule.
     pub async fn run<F>(&self, shutdown: F) -> Result<(), ReconcileError>
     where
         F: Future<Output = ()> + Send,
@@ -217,39 +222,38 @@ impl KubernetesReconciler {
             self.settings.lease.clone(),
             self.clock.clone(),
         );
-        let sessions = watcher(
-            Api::<Session>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|_| Kick::Sessions);
-        let mappings = watcher(
-            Api::<GrantMapping>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map(|_| Kick::Mappings);
+        let (watches, own_driver) = match &self.watches {
+            Some(shared) => (shared.clone(), None),
+            None => {
+                let (own, driver) = ClusterWatches::new(&client);
+                (own, Some(driver))
+            }
+        };
+        let drive_own = async move {
+            match own_driver {
+                Some(driver) => driver.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(drive_own);
+        let mut sessions = watches.sessions.watched().subscribe();
+        let mut mappings = watches.grant_mappings.subscribe();
         // An aggregated role can gain a write rule at any time: re-check then, not at the next
         // periodic pass. Only changes wake the loop, not the (re)list of every role; a change
         // missed across a re-list is caught by the next periodic pass, whose fingerprint holds
         // every mapping's state.
-        let roles = watcher(Api::<ClusterRole>::all(client), watcher::Config::default())
-            .default_backoff()
-            .filter(|event| {
-                std::future::ready(matches!(
-                    event,
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
-                ))
-            })
-            .map(|_| Kick::Mappings);
-        let mut events =
-            futures::stream::select_all([sessions.boxed(), mappings.boxed(), roles.boxed()]);
+        let mut roles = watches.cluster_roles.subscribe();
+        let mut roles_seen = roles.borrow_and_update().changes;
         tokio::pin!(shutdown);
 
         let renew_every = Duration::from_secs(
             u64::try_from((self.settings.lease.duration.as_secs() / 3).max(1)).unwrap_or(5),
         );
-        let mut next_pass = tokio::time::Instant::now();
+        let mut schedule = PassSchedule::new(
+            tokio::time::Instant::now(),
+            self.settings.min_interval,
+            renew_every,
+        );
         let mut leading = false;
         loop {
             match lease.try_acquire_or_renew().await {
@@ -262,7 +266,7 @@ impl KubernetesReconciler {
                         );
                         if now_leading {
                             self.request_revalidation();
-                            next_pass = tokio::time::Instant::now();
+                            schedule.took_lease(tokio::time::Instant::now());
                         }
                     }
                     leading = now_leading;
@@ -272,7 +276,7 @@ impl KubernetesReconciler {
                     leading = false;
                 }
             }
-            if leading && tokio::time::Instant::now() >= next_pass {
+            if leading && schedule.is_due(tokio::time::Instant::now()) {
                 let now = self.clock.now();
                 let started = std::time::Instant::now();
                 let outcome = self.reconcile_once(now).await;
@@ -289,35 +293,50 @@ impl KubernetesReconciler {
                                 "reconcile pass"
                             );
                         }
-                        wait_until(now, report.next_requeue, signed(self.settings.resync_every))
+                        let due = wait_until(
+                            now,
+                            report.next_requeue,
+                            signed(self.settings.resync_every),
+                        );
+                        Some(unsigned(due))
                     }
                     Err(e) => {
                         warn!(error = %e, "reconcile pass failed");
-                        signed(self.settings.min_interval.max(Duration::from_secs(5)))
+                        None
                     }
                 };
-                let wait = unsigned(wait).max(self.settings.min_interval);
-                next_pass = tokio::time::Instant::now() + wait;
+                schedule.after_pass(tokio::time::Instant::now(), wait);
             }
-            let wake = if leading {
-                next_pass.min(tokio::time::Instant::now() + renew_every)
-            } else {
-                tokio::time::Instant::now() + renew_every
-            };
-            tokio::select! {
+            let wake = schedule.wake_at(tokio::time::Instant::now(), leading);
+            let kicked = tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep_until(wake) => {}
-                Some(event) = events.next() => {
-                    if matches!(event, Kick::Mappings) {
+                () = &mut drive_own => break,
+                () = tokio::time::sleep_until(wake) => false,
+                Ok(()) = sessions.changed() => {
+                    sessions.borrow_and_update();
+                    true
+                }
+                Ok(()) = mappings.changed() => {
+                    mappings.borrow_and_update();
+                    self.request_revalidation();
+                    true
+                }
+                Ok(()) = roles.changed() => {
+                    let changes = roles.borrow_and_update().changes;
+                    let changed = changes != roles_seen;
+                    roles_seen = changes;
+                    if changed {
                         self.request_revalidation();
                     }
-                    let soon = tokio::time::Instant::now() + self.settings.min_interval;
-                    next_pass = next_pass.min(soon);
-                    // Coalesce a burst of events into one pass.
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(self.settings.min_interval) => {}
-                    }
+                    changed
+                }
+            };
+            if kicked {
+                schedule.kick(tokio::time::Instant::now());
+                // Coalesce a burst of events into one pass.
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(schedule.settle()) => {}
                 }
             }
         }

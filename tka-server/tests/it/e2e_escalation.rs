@@ -115,13 +115,11 @@ spec: {clusterRoles: [view]}
         &kube,
         &server_kubeconfig,
         &cluster,
-        work.path(),
         "tka-server-escalation-0",
     )
     .await;
-    let server_log = server.log.clone();
-    let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
-    let base = format!("http://{}:{}", cluster.ipv4, server.port);
+    let log = || server.log();
+    let base = format!("http://{}:{}", cluster.ipv4, server.port());
     let alice = Http {
         socks5: format!("127.0.0.1:{}", laptop.socks5_port),
         base: base.clone(),

@@ -12,15 +12,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tka_testkit::testenv::{
-    KubeEnv, TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec,
+    bin_dir_or_skip, exclusive,
 };
 
-use super::e2e_tailnet::{CLUSTER, Killed, free_port, managed_objects, run, status_of};
+use super::e2e_tailnet::{CLUSTER, free_port, managed_objects, run};
 
 pub(super) const NS: &str = "tka-system";
 const MAX_BODY: usize = 4096;
@@ -142,87 +142,30 @@ pub(super) async fn apply_deploy(kube: &KubeEnv) -> PathBuf {
     kube.kubeconfig_for_token(token.trim()).unwrap()
 }
 
-/// A running `tka-server serve`, killed when dropped.
-pub(super) struct Server {
-    pub(super) child: Killed,
-    pub(super) port: u16,
-    pub(super) log: PathBuf,
-}
-
 /// Starts `tka-server serve` as `pod` with `kubeconfig` on `node`'s tailscaled (API on
-/// 127.0.0.1:P, where that node re-dials tailnet connections for port P); returns once ready.
+/// 127.0.0.1:P, where that node re-dials tailnet connections for port P), with this file's
+/// body cap and a rate limit the tests stay under; returns once ready.
 pub(super) async fn start_server(
     kube: &KubeEnv,
     kubeconfig: &Path,
-    cluster: &TailnetNode,
-    work: &Path,
+    node: &TailnetNode,
     pod: &str,
-) -> Server {
+) -> ServerProcess {
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
-    let ca_file = work.join(format!("{pod}-ca.pem"));
-    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
-    let port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
-    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
-    let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
-    let server_names = format!("{},{dns_name},{}", cluster.ipv4, cluster.name);
-    let server_log = work.join(format!("{pod}.log"));
-    let max_body = MAX_BODY.to_string();
-    let child = tokio::process::Command::new(&server_bin)
-        .arg("serve")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--tailscale-socket")
-        .arg(&cluster.socket)
-        .arg("--api-server-ca-file")
-        .arg(&ca_file)
+    ServerProcess::builder(&server_bin, kube, node, CLUSTER)
+        .kubeconfig(kubeconfig)
+        .pod_name(pod)
         .args([
-            "--network-mode",
-            "userspace",
-            "--cluster-name",
-            CLUSTER,
-            "--api-server-url",
-            kube.api_url(),
-            "--server-name",
-            &server_names,
-            "--server-address",
-            &cluster.ipv4.to_string(),
-            "--listen",
-            &listen.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
             "--max-body-bytes",
-            &max_body,
+            &MAX_BODY.to_string(),
             "--rate-limit-per-minute",
             "600",
             "--rate-limit-burst",
             "200",
-            "--log-format",
-            "pretty",
         ])
-        .env("POD_NAME", pod)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    let mut ready = false;
-    for _ in 0..240 {
-        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let log = std::fs::read_to_string(&server_log).unwrap_or_default();
-    assert!(ready, "{pod} did not become ready in 60 s:\n{log}");
-    Server {
-        child,
-        port,
-        log: server_log,
-    }
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{pod} did not start: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,16 +251,10 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
 
     // 2. The server, with the ServiceAccount's kubeconfig.
     let dns_name = cluster.dns_name.trim_end_matches('.').to_owned();
-    let mut server = start_server(
-        &kube,
-        &server_kubeconfig,
-        &cluster,
-        work.path(),
-        "tka-server-refusals-0",
-    )
-    .await;
-    let port = server.port;
-    let server_log = server.log.clone();
+    let mut server =
+        start_server(&kube, &server_kubeconfig, &cluster, "tka-server-refusals-0").await;
+    let port = server.port();
+    let server_log = server.log_path().to_owned();
     let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
 
     let base = format!("http://{}:{port}", cluster.ipv4);
@@ -472,8 +409,7 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
         left.iter().any(|o| o.starts_with("session.tka.dev/")),
         "{left:?}"
     );
-    server.child.0.start_kill().unwrap();
-    server.child.0.wait().await.unwrap();
+    server.stop();
     let drain = run(
         &server_bin,
         &[
@@ -568,22 +504,17 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
     let mut replicas = Vec::new();
     for (node, pod) in [("cluster-a", "tka-server-a"), ("cluster-b", "tka-server-b")] {
         let node = tailnet.node(node).unwrap().clone();
-        let server = start_server(&kube, &server_kubeconfig, &node, work.path(), pod).await;
+        let server = start_server(&kube, &server_kubeconfig, &node, pod).await;
         let http = Http {
             socks5: format!("127.0.0.1:{}", laptop.socks5_port),
-            base: format!("http://{}:{}", node.ipv4, server.port),
+            base: format!("http://{}:{}", node.ipv4, server.port()),
         };
         replicas.push((pod, server, http));
     }
-    let logs = |replicas: &[(&str, Server, Http)]| {
+    let logs = |replicas: &[(&str, ServerProcess, Http)]| {
         replicas
             .iter()
-            .map(|(pod, s, _)| {
-                format!(
-                    "{pod}:\n{}",
-                    std::fs::read_to_string(&s.log).unwrap_or_default()
-                )
-            })
+            .map(|(pod, s, _)| format!("{pod}:\n{}", s.log()))
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -607,8 +538,7 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
         .position(|(pod, _, _)| *pod == holder)
         .unwrap();
     let (_, mut killed, killed_http) = replicas.remove(at);
-    killed.child.0.start_kill().unwrap();
-    killed.child.0.wait().await.unwrap();
+    killed.stop();
     let successor = lease_holder(&kube, Some(&holder)).await;
     assert_eq!(successor, replicas[0].0, "{}", logs(&replicas));
     let (status, answer) = replicas[0].2.login(r#"{"role":"viewer"}"#).await;
@@ -705,56 +635,17 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
 
     // The server in PROXY mode on 127.0.0.2:P, an address tailscaled never dials.
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
-    let ca_file = work.path().join("ca.pem");
-    std::fs::write(&ca_file, kube.ca_pem()).unwrap();
     let port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 2], port));
-    // Ops on "the pod's address" (127.0.0.3 stands in), never where tailnet traffic arrives.
-    let ops = SocketAddr::from(([127, 0, 0, 3], free_port()));
-    let server_names = format!("{},{}", cluster.ipv4, cluster.name);
-    let server_log = work.path().join("server.log");
-    let child = tokio::process::Command::new(&server_bin)
-        .arg("serve")
-        .arg("--kubeconfig")
-        .arg(&server_kubeconfig)
-        .arg("--tailscale-socket")
-        .arg(&cluster.socket)
-        .arg("--api-server-ca-file")
-        .arg(&ca_file)
-        .args([
-            "--proxy-protocol",
-            "--cluster-name",
-            CLUSTER,
-            "--api-server-url",
-            kube.api_url(),
-            "--server-name",
-            &server_names,
-            "--server-address",
-            &cluster.ipv4.to_string(),
-            "--listen",
-            &listen.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
-            "--log-format",
-            "pretty",
-        ])
-        .env("POD_NAME", "tka-server-proxy-0")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
+    let server = ServerProcess::builder(&server_bin, &kube, &cluster, CLUSTER)
+        .kubeconfig(&server_kubeconfig)
+        .pod_name("tka-server-proxy-0")
+        .listen(listen)
+        .proxy_protocol()
+        .start()
+        .await
         .unwrap();
-    let _child = Killed(child);
-    let log = || std::fs::read_to_string(&server_log).unwrap_or_default();
-    let mut ready = false;
-    for _ in 0..240 {
-        if status_of(ops, &ops.to_string(), "/readyz").await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(ready, "the server did not become ready in 60 s:\n{}", log());
+    let log = || server.log();
 
     // The header: "other" (not granted) claims to be the laptop, which is granted.
     let claimed = SocketAddr::from((laptop.ipv4, 40000));

@@ -35,15 +35,6 @@ pub(super) fn free_port() -> u16 {
         .port()
 }
 
-/// The server process, killed when the test ends (however it ends).
-pub(super) struct Killed(pub(super) tokio::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
-
 #[derive(Debug)]
 pub(super) struct Run {
     pub(super) ok: bool,

@@ -10,17 +10,18 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tka_core::IdentityProvider;
 use tka_core::kubernetes::{
-    GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
-    MANAGED_BY_LABEL, PolicyGrantCheck, ReconcilerSettings, Session,
+    ClusterWatches, GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler,
+    MANAGED_BY, MANAGED_BY_LABEL, PolicyGrantCheck, ReconcilerSettings, Session,
 };
 use tka_core::policy::NamespacedGrant;
 use tka_core::reconciler::{MappingHook, Reconciler};
 use tka_core::{Clock, ClusterName, GrantMappingSpec, Identity, ManualClock, PolicySettings, Ttl};
-use tka_core::{IdentityError, IdentityProvider, WhoisRequest};
 use tka_server::kubernetes::{Bindability, Bindable, MappingFeed, drain, leftovers};
 use tka_server::{ApiState, Backends, InMemoryMappings, ListenMode, Metrics, Server, ops_router};
 use tka_testkit::cluster::{AccessPolicy, AccessRule, FakeCluster, ServedCluster};
+use tka_testkit::suite::TestTailnet;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -127,9 +128,14 @@ impl KubeServer {
         let shutdown = CancellationToken::new();
         {
             let feed = feed.clone();
-            let client = client.clone();
+            let (watches, drive) = ClusterWatches::new(&client);
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { feed.run(client, shutdown).await });
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = drive => {}
+                    () = feed.run(&watches, shutdown.clone()) => {}
+                }
+            });
         }
         for _ in 0..500 {
             if feed.is_synced() {
@@ -438,18 +444,6 @@ fn the_crds_subcommand_prints_the_generated_crds() {
     assert!(printed.contains("defaultTTL"));
 }
 
-/// Answers whois for a recorded address with one identity: the device is still in the tailnet,
-/// so only the grant decides.
-#[derive(Debug)]
-struct StillThere(Identity);
-
-#[async_trait::async_trait]
-impl IdentityProvider for StillThere {
-    async fn lookup(&self, _: &WhoisRequest) -> Result<Identity, IdentityError> {
-        Ok(self.0.clone())
-    }
-}
-
 /// `Ready` condition of a GrantMapping as (status, reason, message).
 async fn ready_of(client: &kube::Client, name: &str) -> (String, String, String) {
     let mapping = Api::<GrantMapping>::all(client.clone())
@@ -522,7 +516,11 @@ async fn an_aggregated_role_gaining_a_write_makes_the_mapping_not_ready_and_revo
         &[],
         json!([{"role": "viewer"}, {"role": "team-editor"}]),
     );
-    let reconciler = server.reconciler_with(Arc::new(StillThere(carol.clone())));
+    // whois by the session's recorded address: the device is still in the tailnet, so only
+    // the grant decides.
+    let tailnet = TestTailnet::new();
+    tailnet.join(&carol);
+    let reconciler = server.reconciler_with(Arc::new(tailnet));
 
     // Read-only so far: Ready, and the login works (once the feed has seen the new objects).
     let mut client = server.connect(carol.clone()).await;

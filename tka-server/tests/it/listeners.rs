@@ -5,12 +5,9 @@
 //! are generous bounds, never timing assertions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tka_core::Identity;
-use tka_core::identity::{IdentityError, IdentityProvider, WhoisRequest};
 use tka_server::connections::ConnectionLimits;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -398,34 +395,15 @@ async fn an_oversized_chunked_body_gets_a_readable_413() {
     assert_eq!(status_of(&answer), Some(200), "{answer}");
 }
 
-/// whois that fails with text a caller must never see while `failing` is set.
-#[derive(Debug)]
-struct Flaky {
-    inner: Arc<ScriptedTailnet>,
-    failing: AtomicBool,
-}
-
+/// Backend text a caller must never see.
 const SECRET_TEXT: &str = "dial unix /var/run/secret-socket: permission denied for uid 1234";
-
-#[async_trait]
-impl IdentityProvider for Flaky {
-    async fn lookup(&self, request: &WhoisRequest) -> Result<Identity, IdentityError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(IdentityError::DaemonUnavailable(SECRET_TEXT.into()));
-        }
-        self.inner.lookup(request).await
-    }
-}
 
 #[tokio::test]
 async fn server_errors_name_the_request_id_not_the_backend_text() {
     let tailnet = Arc::new(ScriptedTailnet::default());
-    let flaky = Arc::new(Flaky {
-        inner: Arc::clone(&tailnet),
-        failing: AtomicBool::new(true),
-    });
+    tailnet.set_unavailable(Some(SECRET_TEXT));
     let server = TestServer::with(Options {
-        identity: Some(flaky.clone()),
+        identity: Some(tailnet.clone()),
         ..Options::default()
     })
     .await;
@@ -450,7 +428,7 @@ async fn server_errors_name_the_request_id_not_the_backend_text() {
     assert!(detail.contains("request ID"), "{detail}");
     assert_eq!(problem["instance"], "req-5xx");
 
-    flaky.failing.store(false, Ordering::SeqCst);
+    tailnet.set_unavailable(None);
     assert_eq!(client.login("{}").await.status, 200);
 }
 

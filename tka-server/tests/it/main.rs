@@ -22,3 +22,4 @@ mod security;
 mod serve;
 mod shutdown;
 mod support;
+mod wiring;

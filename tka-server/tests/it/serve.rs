@@ -32,7 +32,7 @@ impl Drop for Killed {
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(super) async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let mut client = Client::over(stream).await;
     client.set_host(&addr.to_string());
@@ -41,7 +41,7 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// Polls `probe` (bounded) until it returns `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(super) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

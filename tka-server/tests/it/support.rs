@@ -127,14 +127,21 @@ pub(crate) fn default_mappings() -> Vec<MappingView> {
 
 // ---------------------------------------------------------------- scripted tailnet
 
-/// whois by address: a test registers the identity behind each client socket it opens.
+/// whois by address: a test registers the identity behind each client socket it opens (or
+/// makes every lookup fail as an unreachable tailscaled would).
 #[derive(Debug, Default)]
 pub(crate) struct ScriptedTailnet {
     by_addr: Mutex<HashMap<SocketAddr, Identity>>,
     pub(crate) lookups: Mutex<Vec<WhoisRequest>>,
+    unavailable: Mutex<Option<String>>,
 }
 
 impl ScriptedTailnet {
+    /// While `Some`, every lookup fails with [`IdentityError::DaemonUnavailable`] and this text.
+    pub(crate) fn set_unavailable(&self, why: Option<&str>) {
+        *self.unavailable.lock().unwrap() = why.map(str::to_owned);
+    }
+
     pub(crate) fn insert(&self, addr: SocketAddr, identity: Identity) {
         self.by_addr.lock().unwrap().insert(addr, identity);
     }
@@ -153,6 +160,9 @@ impl ScriptedTailnet {
 impl IdentityProvider for ScriptedTailnet {
     async fn lookup(&self, request: &WhoisRequest) -> Result<Identity, IdentityError> {
         self.lookups.lock().unwrap().push(request.clone());
+        if let Some(why) = self.unavailable.lock().unwrap().clone() {
+            return Err(IdentityError::DaemonUnavailable(why));
+        }
         let WhoisTarget::Connection(addr) = request.target else {
             return Err(IdentityError::NotInTailnet(request.target));
         };

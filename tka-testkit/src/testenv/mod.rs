@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 pub use kube_env::KubeEnv;
-pub use server_process::ServerProcess;
+pub use server_process::{ServerProcess, ServerProcessBuilder};
 pub use suite::RealClusterBackend;
 pub use tailnet_env::{TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec};
 

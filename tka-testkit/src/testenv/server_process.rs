@@ -2,12 +2,15 @@
 //! node (userspace mode: its API on 127.0.0.1:P, where the node's tailscaled re-dials inbound
 //! tailnet connections for port P), for the end-to-end test and the demo.
 //!
-//! It owns starting the server, waiting for `/readyz` (bounded) and killing it on drop (also
-//! through the [`Watchdog`] when the test process dies). It must not decide anything about what
-//! the server answers; callers assert that.
+//! It owns starting the server (through [`ServerProcessBuilder`]: kubeconfig, pod name, listen
+//! address, PROXY-protocol mode, extra flags), waiting for `/readyz` (bounded) and killing it on
+//! drop (also through the [`Watchdog`] when the test process dies). It is the one launcher of
+//! the built server for the end-to-end tests and the demo. It must not decide anything about
+//! what the server answers; callers assert that.
 //!
 //! [`TailnetEnv`]: super::TailnetEnv
 
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,17 +42,64 @@ impl std::fmt::Debug for ServerProcess {
     }
 }
 
-impl ServerProcess {
-    /// Starts `server_bin serve` for cluster `cluster` on the tailnet node `node`, with the
-    /// control plane's admin kubeconfig, API URL and CA, and waits (at most 60 s) until its
-    /// `/readyz` answers 200. `POD_NAME` is `tka-server-<cluster>-0`.
-    pub async fn start(
-        server_bin: &Path,
-        kube: &KubeEnv,
-        node: &TailnetNode,
-        cluster: &str,
-    ) -> Result<Self, TestEnvError> {
+/// How to start a [`ServerProcess`]: by default `tka-server serve` in userspace mode with the
+/// control plane's admin kubeconfig, as pod `tka-server-<cluster>-0`, its API on 127.0.0.1 at a
+/// free port; each of these can be changed, and flags added.
+#[derive(Debug)]
+#[must_use]
+pub struct ServerProcessBuilder<'a> {
+    server_bin: PathBuf,
+    kube: &'a KubeEnv,
+    node: &'a TailnetNode,
+    cluster: String,
+    kubeconfig: Option<PathBuf>,
+    pod: Option<String>,
+    listen: Option<SocketAddr>,
+    proxy_protocol: bool,
+    extra: Vec<OsString>,
+}
+
+impl ServerProcessBuilder<'_> {
+    /// The kubeconfig the server uses (e.g. one for its own ServiceAccount) instead of the
+    /// admin's.
+    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = Some(path.into());
+        self
+    }
+
+    /// The pod name (`POD_NAME`: the holder of the reconciler's Lease).
+    pub fn pod_name(mut self, pod: impl Into<String>) -> Self {
+        self.pod = Some(pod.into());
+        self
+    }
+
+    /// Where the API listens instead of 127.0.0.1 at a free port.
+    pub fn listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// PROXY-protocol mode (`--proxy-protocol`) instead of `--network-mode userspace`; give it a
+    /// [`listen`](Self::listen) address tailscaled never dials, such as 127.0.0.2.
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
+        self
+    }
+
+    /// Adds flags after the defaults (a flag given twice takes its last value).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts the server and waits (at most 60 s) until its `/readyz` answers 200.
+    pub async fn start(self) -> Result<ServerProcess, TestEnvError> {
         use std::os::unix::process::CommandExt as _;
+        let (kube, node) = (self.kube, self.node);
         let dir = tempfile::Builder::new()
             .prefix("tka-server-")
             .tempdir()
@@ -57,8 +107,10 @@ impl ServerProcess {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, kube.ca_pem())
             .map_err(io_err(format!("writing {}", ca_file.display())))?;
-        let port = free_port()?;
-        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
         // Ops on "the pod's address" (127.0.0.3 stands in): the server refuses ops where
         // tailnet traffic arrives (127.0.0.1 behind a userspace tailscaled).
         let ops = SocketAddr::from(([127, 0, 0, 3], free_port()?));
@@ -67,19 +119,29 @@ impl ServerProcess {
         let log = dir.path().join("tka-server.log");
         let log_file =
             std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
-        let mut cmd = std::process::Command::new(server_bin);
+        let kubeconfig = self
+            .kubeconfig
+            .unwrap_or_else(|| kube.admin_kubeconfig().to_owned());
+        let pod = self
+            .pod
+            .unwrap_or_else(|| format!("tka-server-{}-0", self.cluster));
+        let mode: &[&str] = if self.proxy_protocol {
+            &["--proxy-protocol"]
+        } else {
+            &["--network-mode", "userspace"]
+        };
+        let mut cmd = std::process::Command::new(&self.server_bin);
         cmd.arg("serve")
             .arg("--kubeconfig")
-            .arg(kube.admin_kubeconfig())
+            .arg(&kubeconfig)
             .arg("--tailscale-socket")
             .arg(&node.socket)
             .arg("--api-server-ca-file")
             .arg(&ca_file)
+            .args(mode)
             .args([
-                "--network-mode",
-                "userspace",
                 "--cluster-name",
-                cluster,
+                &self.cluster,
                 "--api-server-url",
                 kube.api_url(),
                 "--server-name",
@@ -93,7 +155,8 @@ impl ServerProcess {
                 "--log-format",
                 "pretty",
             ])
-            .env("POD_NAME", format!("tka-server-{cluster}-0"))
+            .args(&self.extra)
+            .env("POD_NAME", pod)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -102,9 +165,9 @@ impl ServerProcess {
         let child = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()
-            .map_err(io_err(format!("starting {}", server_bin.display())))?;
+            .map_err(io_err(format!("starting {}", self.server_bin.display())))?;
         watchdog.watch(child.id());
-        let mut server = Self {
+        let mut server = ServerProcess {
             child,
             watchdog,
             address: node.ipv4,
@@ -127,11 +190,45 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let detail = format!("no 200 from /readyz in 60 s; {}", log_tail(&server.log, 40));
-        server.kill();
+        server.stop();
         Err(TestEnvError::NotReady {
             component: "tka-server".to_owned(),
             detail,
         })
+    }
+}
+
+impl ServerProcess {
+    /// How to start `server_bin serve` for cluster `cluster` on the tailnet node `node` of the
+    /// control plane `kube` (its API URL and CA); see [`ServerProcessBuilder`].
+    pub fn builder<'a>(
+        server_bin: &Path,
+        kube: &'a KubeEnv,
+        node: &'a TailnetNode,
+        cluster: &str,
+    ) -> ServerProcessBuilder<'a> {
+        ServerProcessBuilder {
+            server_bin: server_bin.to_owned(),
+            kube,
+            node,
+            cluster: cluster.to_owned(),
+            kubeconfig: None,
+            pod: None,
+            listen: None,
+            proxy_protocol: false,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Starts `server_bin serve` with the defaults of [`ServerProcess::builder`] and waits (at
+    /// most 60 s) until its `/readyz` answers 200.
+    pub async fn start(
+        server_bin: &Path,
+        kube: &KubeEnv,
+        node: &TailnetNode,
+        cluster: &str,
+    ) -> Result<Self, TestEnvError> {
+        Self::builder(server_bin, kube, node, cluster).start().await
     }
 
     /// Where the API listens on loopback (127.0.0.1:P).
@@ -160,7 +257,13 @@ impl ServerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn kill(&mut self) {
+    /// Where the server writes its log (it stays readable after [`ServerProcess::stop`]).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Kills the server (bounded wait) before it is dropped, e.g. to run `tka-server drain`.
+    pub fn stop(&mut self) {
         let _ = self.child.start_kill();
         wait_tokio_child(&mut self.child, Duration::from_secs(5));
         self.watchdog.fire();
@@ -169,6 +272,6 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
