@@ -15,15 +15,6 @@ use crate::client::ApiError;
 use crate::exit::Exit;
 use crate::kubeconfig_file::KubeconfigFileError;
 
-/// Problem codes that mean "this device has no live session here".
-const SESSION_ENDED_CODES: &[&str] = &[
-    "sessionEnded",
-    "sessionExpired",
-    "sessionRevoked",
-    "noSession",
-    "sessionNotFound",
-];
-
 /// A command's failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -182,8 +173,7 @@ impl CliError {
                 problem,
             },
             ApiError::Problem { ref problem, .. }
-                if matches!(problem.status, 404 | 410)
-                    || SESSION_ENDED_CODES.contains(&problem.code.as_str()) =>
+                if matches!(problem.status, 404 | 410) || problem.code.is_session_gone() =>
             {
                 Self::SessionEnded {
                     cluster: cluster.clone(),
@@ -295,5 +285,36 @@ fn not_authorized_hint(cluster: &ClusterName, problem: &Problem) -> String {
             "ask your tailnet admin for a tka grant (capability {}) that covers '{cluster}'",
             tka_core::identity::DEFAULT_CAPABILITY
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tka_core::api::ProblemCode;
+
+    use super::*;
+
+    fn problem(status: u16, code: ProblemCode) -> ApiError {
+        ApiError::Problem {
+            server: ServerUrl::parse("http://tka-prod").unwrap(),
+            problem: Box::new(Problem::new(status, code, "t", "d")),
+        }
+    }
+
+    #[test]
+    fn only_typed_session_codes_mean_the_session_ended() {
+        let prod = ClusterName::new("prod").unwrap();
+        // A 409 is not "session ended" by its status; its code decides.
+        let gone = CliError::from_session_call(&prod, problem(409, ProblemCode::SessionRevoked));
+        assert!(matches!(gone, CliError::SessionEnded { .. }), "{gone:?}");
+        let busy = CliError::from_session_call(&prod, problem(409, ProblemCode::Conflict));
+        assert!(matches!(busy, CliError::Api(_)), "{busy:?}");
+        // A code the server never sends (formerly matched by hand) reads as unknown.
+        let unknown: Problem = serde_json::from_str(
+            r#"{"type":"urn:tka:problem:sessionNotFound","title":"t","status":409,"detail":"d","code":"sessionNotFound"}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.code, ProblemCode::Unknown);
+        assert!(!unknown.code.is_session_gone());
     }
 }

@@ -1,6 +1,7 @@
 //! The wire types of the tka HTTP API (`/api/v1`), shared by the server and the CLI so the two
 //! cannot drift. JSON, camelCase fields, RFC 3339 timestamps, Go-notation durations. Errors are
-//! RFC 9457 `application/problem+json` documents ([`Problem`]).
+//! RFC 9457 `application/problem+json` documents ([`Problem`]) whose `code` is a [`ProblemCode`]:
+//! the server emits only those, the CLI matches them, and neither keeps a list of strings.
 //!
 //! The server returns data, never an executable kubeconfig: clients build their own entries from
 //! these fields. No I/O here.
@@ -9,7 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ClusterName, RoleName, SessionName, Ttl};
-use crate::policy::{RoleListing, TtlClamp};
+use crate::policy::{DenialKind, RoleListing, TtlClamp};
 use crate::secret::Secret;
 
 /// The version prefix of every API path.
@@ -120,6 +121,210 @@ pub struct ClusterResponse {
     pub session: Option<SessionInfo>,
 }
 
+/// A stable machine-readable problem code: the `code` of every problem document the server
+/// sends. Clients match on these words, never on the detail text.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ProblemCode {
+    /// whois does not know the caller: it is not a peer on this tailnet.
+    UnknownCaller,
+    /// tailscaled could not say who is calling; retry.
+    IdentityUnavailable,
+    /// The request came from the server's own tailnet node.
+    SelfNode,
+    /// The request carries an `Origin` header: a web page made it.
+    OriginRefused,
+    /// `Sec-Fetch-Site` says another site made the request.
+    CrossSiteRefused,
+    /// The `Host` is none of the server's names or addresses.
+    HostNotAllowed,
+    /// The connection's peer is not one this listener serves.
+    PeerNotAllowed,
+    /// Too many requests from this device; see `Retry-After`.
+    RateLimited,
+    /// A listener, or one device on it, is at its connection limit.
+    TooManyConnections,
+    /// A POST body that is not `application/json`.
+    UnsupportedMediaType,
+    /// The request body is larger than the cap.
+    BodyTooLarge,
+    /// The request body did not arrive in time.
+    BodyTimeout,
+    /// The request is malformed (body, headers, or a role name).
+    BadRequest,
+    /// The requested TTL does not parse or is not positive.
+    InvalidTtl,
+    /// The caller holds no grant for this cluster.
+    NoGrants,
+    /// The requested role is not granted to the caller here.
+    NoGrantForRole,
+    /// The requested role has no GrantMapping on this cluster.
+    NoMapping,
+    /// The role's GrantMapping narrows to subjects the caller matches none of.
+    SubjectsDoNotMatch,
+    /// The role's GrantMapping binds into a protected namespace.
+    ForbiddenNamespace,
+    /// The role's GrantMapping has an invalid spec.
+    InvalidMapping,
+    /// The role's GrantMapping was marked unusable by the server.
+    MappingUnusable,
+    /// No role was asked for, and none of the caller's grants here can be used.
+    NoUsableRole,
+    /// At refresh the session's grant no longer held, so the session was ended.
+    SessionEnded,
+    /// The device has no live session on this cluster.
+    NoSession,
+    /// The device's session has expired.
+    SessionExpired,
+    /// The device's session was revoked.
+    SessionRevoked,
+    /// The device's session belongs to another user.
+    IdentityChanged,
+    /// The device's session is being set up; retry.
+    SessionPending,
+    /// A concurrent change to the device's session; retry.
+    Conflict,
+    /// An object tka would write exists and was not made by tka.
+    ForeignObject,
+    /// The Kubernetes API is unavailable (or a GrantMapping is not checked yet); retry.
+    ClusterUnavailable,
+    /// The Kubernetes API answered with an error.
+    BackendError,
+    /// The server cannot issue credentials as configured.
+    ServerMisconfigured,
+    /// tailscaled or the Kubernetes API did not answer in time; retry.
+    Timeout,
+    /// No such endpoint.
+    NotFound,
+    /// The endpoint does not take this method.
+    MethodNotAllowed,
+    /// A bug or an impossible state; the server log has the details.
+    Internal,
+    /// A code this build does not know (sent by a newer server), so that the problem still reads.
+    /// Never sent: serializing it fails, and the OpenAPI document does not list it.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+impl ProblemCode {
+    /// Every code the server may send, for documentation and tests.
+    pub const ALL: &'static [ProblemCode] = &[
+        Self::UnknownCaller,
+        Self::IdentityUnavailable,
+        Self::SelfNode,
+        Self::OriginRefused,
+        Self::CrossSiteRefused,
+        Self::HostNotAllowed,
+        Self::PeerNotAllowed,
+        Self::RateLimited,
+        Self::TooManyConnections,
+        Self::UnsupportedMediaType,
+        Self::BodyTooLarge,
+        Self::BodyTimeout,
+        Self::BadRequest,
+        Self::InvalidTtl,
+        Self::NoGrants,
+        Self::NoGrantForRole,
+        Self::NoMapping,
+        Self::SubjectsDoNotMatch,
+        Self::ForbiddenNamespace,
+        Self::InvalidMapping,
+        Self::MappingUnusable,
+        Self::NoUsableRole,
+        Self::SessionEnded,
+        Self::NoSession,
+        Self::SessionExpired,
+        Self::SessionRevoked,
+        Self::IdentityChanged,
+        Self::SessionPending,
+        Self::Conflict,
+        Self::ForeignObject,
+        Self::ClusterUnavailable,
+        Self::BackendError,
+        Self::ServerMisconfigured,
+        Self::Timeout,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Internal,
+    ];
+
+    /// The code as it appears on the wire (`noGrantForRole`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownCaller => "unknownCaller",
+            Self::IdentityUnavailable => "identityUnavailable",
+            Self::SelfNode => "selfNode",
+            Self::OriginRefused => "originRefused",
+            Self::CrossSiteRefused => "crossSiteRefused",
+            Self::HostNotAllowed => "hostNotAllowed",
+            Self::PeerNotAllowed => "peerNotAllowed",
+            Self::RateLimited => "rateLimited",
+            Self::TooManyConnections => "tooManyConnections",
+            Self::UnsupportedMediaType => "unsupportedMediaType",
+            Self::BodyTooLarge => "bodyTooLarge",
+            Self::BodyTimeout => "bodyTimeout",
+            Self::BadRequest => "badRequest",
+            Self::InvalidTtl => "invalidTtl",
+            Self::NoGrants => "noGrants",
+            Self::NoGrantForRole => "noGrantForRole",
+            Self::NoMapping => "noMapping",
+            Self::SubjectsDoNotMatch => "subjectsDoNotMatch",
+            Self::ForbiddenNamespace => "forbiddenNamespace",
+            Self::InvalidMapping => "invalidMapping",
+            Self::MappingUnusable => "mappingUnusable",
+            Self::NoUsableRole => "noUsableRole",
+            Self::SessionEnded => "sessionEnded",
+            Self::NoSession => "noSession",
+            Self::SessionExpired => "sessionExpired",
+            Self::SessionRevoked => "sessionRevoked",
+            Self::IdentityChanged => "identityChanged",
+            Self::SessionPending => "sessionPending",
+            Self::Conflict => "conflict",
+            Self::ForeignObject => "foreignObject",
+            Self::ClusterUnavailable => "clusterUnavailable",
+            Self::BackendError => "backendError",
+            Self::ServerMisconfigured => "serverMisconfigured",
+            Self::Timeout => "timeout",
+            Self::NotFound => "notFound",
+            Self::MethodNotAllowed => "methodNotAllowed",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the code means "this device has no live session here; log in again".
+    pub fn is_session_gone(self) -> bool {
+        matches!(
+            self,
+            Self::SessionEnded | Self::SessionExpired | Self::SessionRevoked | Self::NoSession
+        )
+    }
+}
+
+impl std::fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<DenialKind> for ProblemCode {
+    fn from(kind: DenialKind) -> Self {
+        match kind {
+            DenialKind::NoGrants => Self::NoGrants,
+            DenialKind::NoGrantForRole => Self::NoGrantForRole,
+            DenialKind::NoMapping => Self::NoMapping,
+            DenialKind::SubjectsDoNotMatch => Self::SubjectsDoNotMatch,
+            DenialKind::ForbiddenNamespace => Self::ForbiddenNamespace,
+            DenialKind::InvalidMapping => Self::InvalidMapping,
+            DenialKind::MappingUnusable => Self::MappingUnusable,
+            DenialKind::NoUsableRole => Self::NoUsableRole,
+            DenialKind::InvalidTtl => Self::InvalidTtl,
+        }
+    }
+}
+
 /// An RFC 9457 problem document: every API error.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,7 +343,7 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     /// A stable machine-readable code (`noGrantForRole`, `sessionEnded`, …).
-    pub code: String,
+    pub code: ProblemCode,
     /// For denials: the roles the caller does hold here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<RoleListing>,
@@ -149,14 +354,14 @@ impl Problem {
     pub const CONTENT_TYPE: &'static str = "application/problem+json";
 
     /// A problem with the given status, code and detail; the type URI and title follow the code.
-    pub fn new(status: u16, code: &str, title: &str, detail: impl Into<String>) -> Self {
+    pub fn new(status: u16, code: ProblemCode, title: &str, detail: impl Into<String>) -> Self {
         Self {
             problem_type: format!("urn:tka:problem:{code}"),
             title: title.to_owned(),
             status,
             detail: detail.into(),
             instance: None,
-            code: code.to_owned(),
+            code,
             roles: None,
         }
     }
@@ -178,6 +383,46 @@ mod tests {
         assert!(serde_json::from_str::<LoginRequest>("{}").is_ok());
         assert!(serde_json::from_str::<LoginRequest>(r#"{"rol":"sre"}"#).is_err());
         assert!(serde_json::from_str::<LoginRequest>(r#"{"ttl":5}"#).is_err());
+    }
+
+    #[test]
+    fn problem_codes_are_the_camel_case_words_on_the_wire() {
+        for code in ProblemCode::ALL {
+            let wire = serde_json::to_string(code).unwrap();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+            let back: ProblemCode = serde_json::from_str(&wire).unwrap();
+            assert_eq!(back, *code);
+        }
+        assert_eq!(
+            serde_json::to_string(&ProblemCode::NoGrantForRole).unwrap(),
+            "\"noGrantForRole\""
+        );
+        // Every denial's code is a problem code with the same word.
+        for kind in [
+            DenialKind::NoGrants,
+            DenialKind::InvalidTtl,
+            DenialKind::NoUsableRole,
+        ] {
+            assert_eq!(ProblemCode::from(kind).as_str(), kind.code());
+        }
+    }
+
+    #[test]
+    fn a_code_from_a_newer_server_still_reads_and_is_never_sent() {
+        let problem: Problem = serde_json::from_str(
+            r#"{"type":"urn:tka:problem:brandNew","title":"t","status":403,"detail":"d","code":"brandNew"}"#,
+        )
+        .unwrap();
+        assert_eq!(problem.code, ProblemCode::Unknown);
+        assert_eq!(problem.detail, "d");
+        assert!(serde_json::to_string(&ProblemCode::Unknown).is_err());
+        let known: Problem = serde_json::from_str(
+            r#"{"type":"urn:tka:problem:noSession","title":"t","status":404,"detail":"d","code":"noSession"}"#,
+        )
+        .unwrap();
+        assert_eq!(known.code, ProblemCode::NoSession);
+        assert!(known.code.is_session_gone());
+        assert!(!ProblemCode::NoGrantForRole.is_session_gone());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! |--------------|---------------------------------------------------------------|
 //! | `localapi`   | `identity::TailscaleLocalApi`, the tailscaled LocalAPI client |
 //! | `kubernetes` | the CRDs, `KubernetesIssuer` and `KubernetesReconciler`         |
+//! | `client`     | `kubeconfig` (tka's entries, edited in place) and `token_cache` |
+//! | `openapi`    | `utoipa` schemas of the API wire types                        |
 //! | `mocks`      | mockall mocks of the core traits for other crates' tests      |
 #![deny(missing_docs)]
 
@@ -20,6 +22,7 @@ pub mod duration;
 pub mod endpoint;
 pub mod identity;
 pub mod issuer;
+#[cfg(feature = "client")]
 pub mod kubeconfig;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
@@ -29,6 +32,7 @@ pub mod openapi;
 pub mod policy;
 pub mod reconciler;
 pub mod secret;
+#[cfg(feature = "client")]
 pub mod token_cache;
 
 pub use capability::{CapabilitySchema, Grant, ParsedGrants, SkippedValue};

@@ -1,223 +1,30 @@
-//! The login API (DESIGN §6) under `/api/v1`: the router, its shared state, and one handler per
-//! endpoint. Each handler runs after [`crate::guard`] has established the [`Caller`], parses its
-//! body with [`JsonBody`], asks policy ([`tka_core::resolve`] / [`tka_core::available_roles`])
-//! against the in-memory mappings, then the [`CredentialIssuer`] under a deadline, and writes one
-//! audit record per issue, refresh, revoke and denial. Errors go back as [`ApiError`]; nothing here
-//! formats an error response or logs a token.
+//! The login API's handlers (DESIGN §6), one per endpoint under `/api/v1`: thin translations from
+//! HTTP to the [`Sessions`] service and back. Each runs after [`crate::guard`] has established the
+//! [`Caller`], reads its body with [`JsonBody`], calls the service, and answers with JSON (or, for
+//! a login that asks for it, a kubeconfig). Errors go back as [`ApiError`]. Nothing here decides
+//! policy, talks to the issuer, writes an audit record, formats an error response or logs a
+//! token; and nothing here is imported by the state, the service or the guard.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router, middleware};
+use axum::{Extension, Json};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use jiff::{SignedDuration, Timestamp};
-use tka_core::api::{
-    ClusterEndpoint, ClusterResponse, LoginRequest, LoginResponse, SessionInfo, TokenInfo,
-    TokenResponse,
-};
-use tka_core::issuer::{self, CredentialIssuer, IssueError, IssueOutcome, SessionState};
-use tka_core::policy::{GrantVerdict, HeldGrant, grant_holds};
-use tka_core::{
-    Clock, Identity, IdentityProvider, NodeId, ParsedGrants, PolicyContext, PolicySettings,
-    ResolveRequest, RoleName, SkippedValue, TtlRequest, available_roles, resolve,
-};
+use tka_core::api::{ClusterResponse, LoginRequest, LoginResponse, SessionInfo, TokenResponse};
+use tka_core::endpoint::ServerUrl;
 
-use crate::audit::{Event, Record};
 use crate::body::{EmptyRequest, JsonBody};
-use crate::error::ApiError;
-use crate::guard::{AllowedHosts, Caller};
-use crate::mappings::MappingStore;
-use crate::metrics::{LoginOutcome, Metrics, RevocationCause};
-use crate::ratelimit::{DeviceRateLimiter, RateLimitConfig};
-use crate::{kubeconfig, openapi, request_id};
+use crate::error::{
+    ApiError, BODY_TOO_LARGE, EndpointProblems, NOT_JSON, ProblemResponses, RATE_LIMITED, REFUSED,
+    TIMED_OUT, UNAVAILABLE,
+};
+use crate::guard::single_host;
+use crate::kubeconfig;
+use crate::sessions::{Caller, Sessions};
+use crate::state::ApiState;
 
-/// The API's configuration: plain values, validated by [`crate::settings::Settings`].
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    /// The cluster as clients are told about it.
-    pub cluster: ClusterEndpoint,
-    /// Policy bounds, capability names, protected namespaces.
-    pub policy: PolicySettings,
-    /// The `Host` values the API answers to.
-    pub allowed_hosts: AllowedHosts,
-    /// The server's own node IDs; whois answers naming one are refused.
-    pub self_node_ids: Vec<NodeId>,
-    /// Refuse TCP peers that are not loopback (userspace networking and PROXY mode).
-    pub loopback_peers_only: bool,
-    /// The Tailscale Service connections are addressed to, when the peer does not say.
-    pub service_name: Option<String>,
-    /// The largest request body accepted.
-    pub max_body_bytes: usize,
-    /// Per-device rate limit.
-    pub rate_limit: RateLimitConfig,
-    /// Deadline for one whois.
-    pub whois_timeout: Duration,
-    /// Deadline for one issuer call.
-    pub issuer_timeout: Duration,
-}
-
-/// The implementations the API runs on.
-#[derive(Clone)]
-pub struct Backends {
-    /// Who is calling (tailscaled's whois).
-    pub identity: Arc<dyn IdentityProvider>,
-    /// Sessions and tokens (the Kubernetes backend).
-    pub issuer: Arc<dyn CredentialIssuer>,
-    /// The GrantMappings, from memory.
-    pub mappings: Arc<dyn MappingStore>,
-    /// The time, for expiries.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for Backends {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backends")
-            .field("mappings", &self.mappings)
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Everything the handlers share.
-#[derive(Debug)]
-pub struct ApiState {
-    /// Configuration.
-    pub config: ApiConfig,
-    /// Implementations.
-    pub backends: Backends,
-    /// The per-device rate limiter.
-    pub rate_limiter: DeviceRateLimiter,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// When each distinct skipped capability value was last logged.
-    skipped_log: SkippedLog,
-}
-
-/// How often one distinct skipped capability value is logged at WARN.
-const SKIPPED_LOG_EVERY: SignedDuration = SignedDuration::from_mins(10);
-/// How many distinct skipped values are remembered; beyond that they are logged at DEBUG only.
-const SKIPPED_LOG_CAP: usize = 1024;
-
-/// Rate-limits the WARN for skipped capability values: once per distinct value (schema, value,
-/// reason; not the device or position) per [`SKIPPED_LOG_EVERY`], so a malformed grant in the
-/// policy file is reported without a line on every request of every device that holds it.
-#[derive(Debug, Default)]
-struct SkippedLog {
-    /// Keyed by a digest of the value, so a large value costs no more memory than a small one.
-    last: Mutex<HashMap<u64, Timestamp>>,
-}
-
-impl SkippedLog {
-    /// Whether `value` is due for a WARN at `now` (and remembers that it was logged).
-    fn due(&self, value: &SkippedValue, now: Timestamp) -> bool {
-        let mut digest = std::hash::DefaultHasher::new();
-        (
-            value.schema.to_string(),
-            value.value.to_string(),
-            &value.reason,
-        )
-            .hash(&mut digest);
-        let key = digest.finish();
-        // The lock is never held across an await; a poisoned map is still a valid map.
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = last.get(&key)
-            && *at + SKIPPED_LOG_EVERY > now
-        {
-            return false;
-        }
-        if last.len() >= SKIPPED_LOG_CAP && !last.contains_key(&key) {
-            last.retain(|_, at| *at + SKIPPED_LOG_EVERY > now);
-            if last.len() >= SKIPPED_LOG_CAP {
-                return false;
-            }
-        }
-        last.insert(key, now);
-        true
-    }
-}
-
-impl ApiState {
-    /// Shared state for [`api_router`].
-    pub fn new(config: ApiConfig, backends: Backends, metrics: Arc<Metrics>) -> Arc<Self> {
-        let rate_limiter = DeviceRateLimiter::new(config.rate_limit);
-        Arc::new(Self {
-            config,
-            backends,
-            rate_limiter,
-            metrics,
-            skipped_log: SkippedLog::default(),
-        })
-    }
-
-    /// Runs an issuer call under the issuer deadline.
-    async fn issuer_call<T>(
-        &self,
-        call: impl Future<Output = Result<T, IssueError>>,
-    ) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.config.issuer_timeout, call).await {
-            Ok(result) => result.map_err(ApiError::Issue),
-            Err(_) => Err(ApiError::Timeout {
-                what: "the Kubernetes API",
-                after: self.config.issuer_timeout,
-            }),
-        }
-    }
-
-    fn policy_context<'a>(
-        &'a self,
-        identity: &'a Identity,
-        grants: &'a ParsedGrants,
-        mappings: &'a [tka_core::MappingView],
-    ) -> PolicyContext<'a> {
-        PolicyContext {
-            identity,
-            grants,
-            mappings,
-            cluster: &self.config.cluster.name,
-            settings: &self.config.policy,
-        }
-    }
-}
-
-/// The login API router: every `/api/v1` endpoint behind the request-ID and guard middleware.
-/// Serve it with `into_make_service_with_connect_info::<Peer>()` on an [`crate::ApiListener`].
-pub fn api_router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/login", post(login))
-        .route("/api/v1/token", post(token))
-        .route("/api/v1/session", get(get_session).delete(delete_session))
-        .route("/api/v1/cluster", get(cluster))
-        .route("/api/v1/openapi.json", get(openapi_document))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::guard::middleware,
-        ))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(request_id::middleware))
-        .with_state(state)
-}
-
-fn is_live(info: &issuer::SessionInfo) -> bool {
-    matches!(info.state, SessionState::Active | SessionState::Pending)
-}
-
-fn outcome_word(outcome: IssueOutcome) -> &'static str {
-    match outcome {
-        IssueOutcome::Created => "created",
-        IssueOutcome::Extended => "extended",
-        IssueOutcome::RoleChanged => "roleChanged",
-        IssueOutcome::Refreshed => "refreshed",
-        _ => "issued",
-    }
-}
-
+/// Whether the client asked for a kubeconfig (`Accept: application/yaml`).
 fn wants_yaml(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
@@ -232,23 +39,30 @@ fn wants_yaml(headers: &HeaderMap) -> bool {
         })
 }
 
-fn report_skipped(state: &ApiState, grants: &ParsedGrants, identity: &Identity) {
-    let now = state.backends.clock.now();
-    for skipped in &grants.skipped {
-        if state.skipped_log.due(skipped, now) {
-            tracing::warn!(
-                device = %identity.node.stable_id,
-                skipped = %skipped,
-                "a capability value was skipped (logged once per distinct value every 10 minutes)"
-            );
-        } else {
-            tracing::debug!(
-                device = %identity.node.stable_id,
-                skipped = %skipped,
-                "a capability value was skipped"
-            );
-        }
-    }
+/// The error statuses of `POST /api/v1/login`.
+#[derive(Debug)]
+pub enum LoginProblems {}
+
+impl EndpointProblems for LoginProblems {
+    const STATUSES: &'static [(StatusCode, &'static str)] = &[
+        (
+            StatusCode::BAD_REQUEST,
+            "Malformed body, invalid role name or TTL (`badRequest`, `invalidTtl`)",
+        ),
+        (
+            StatusCode::FORBIDDEN,
+            "Refused: browser request, unknown Host, caller not in the tailnet, or no usable grant (`noGrants`, `noGrantForRole`, `noMapping`, `subjectsDoNotMatch`, `forbiddenNamespace`, …)",
+        ),
+        (
+            StatusCode::CONFLICT,
+            "A concurrent change to this device's session; retry",
+        ),
+        (StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, NOT_JSON),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED),
+        (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+        (StatusCode::GATEWAY_TIMEOUT, TIMED_OUT),
+    ];
 }
 
 /// Log in: authorize, create or extend the device's session, and mint a token.
@@ -263,14 +77,7 @@ fn report_skipped(state: &ApiState, grants: &ParsedGrants, identity: &Identity) 
             (LoginResponse = "application/json"),
             (String = "application/yaml", example = "apiVersion: v1\nkind: Config\n...")
         )),
-        (status = 400, description = "Malformed body, invalid role name or TTL (`badRequest`, `invalidTtl`)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused: browser request, unknown Host, caller not in the tailnet, or no usable grant (`noGrants`, `noGrantForRole`, `noMapping`, `subjectsDoNotMatch`, `forbiddenNamespace`, …)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A concurrent change to this device's session; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than the cap", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `application/json`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        ProblemResponses<LoginProblems>,
     )
 )]
 pub async fn login(
@@ -279,73 +86,13 @@ pub async fn login(
     headers: HeaderMap,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let identity = &*caller.identity;
-    let metrics = &state.metrics;
-    let role = match request.role.as_deref().map(RoleName::new).transpose() {
-        Ok(role) => role,
-        Err(e) => {
-            metrics.login(LoginOutcome::Invalid);
-            return Err(ApiError::BadRequest(format!("\"role\": {e}")));
-        }
-    };
-    let grants = ParsedGrants::from_identity(identity);
-    report_skipped(&state, &grants, identity);
-    let mappings = state.backends.mappings.snapshot();
-    let decision = match resolve(&ResolveRequest {
-        context: state.policy_context(identity, &grants, &mappings),
-        role: role.as_ref(),
-        ttl: request.ttl.as_deref().map(TtlRequest::Text),
-        now: state.backends.clock.now(),
-    }) {
-        Ok(decision) => decision,
-        Err(denial) => {
-            metrics.login(if denial.kind.is_bad_request() {
-                LoginOutcome::Invalid
-            } else {
-                LoginOutcome::Denied
-            });
-            Record::new(Event::Denial, identity, &caller.peer)
-                .denial(&denial)
-                .emit();
-            return Err(denial.into());
-        }
-    };
-
-    let issued = state
-        .issuer_call(state.backends.issuer.issue(identity, &decision))
-        .await;
-    let credential = match issued {
-        Ok(credential) => credential,
-        Err(error) => {
-            metrics.login(LoginOutcome::Failed);
-            Record::new(Event::Issue, identity, &caller.peer)
-                .decision(&decision)
-                .outcome("failed")
-                .reason(&error)
-                .emit();
-            return Err(error);
-        }
-    };
-    metrics.login(LoginOutcome::Issued);
-    metrics.token_minted();
-    Record::new(Event::Issue, identity, &caller.peer)
-        .decision(&decision)
-        .credential(&credential)
-        .outcome(outcome_word(credential.outcome))
-        .emit();
-
-    let response = LoginResponse {
-        cluster: state.config.cluster.clone(),
-        session: SessionInfo::from((&credential, identity)),
-        token: TokenInfo {
-            token: credential.token,
-            expires_at: credential.token_expires_at,
-        },
-        ttl: decision.ttl,
-        clamped: decision.clamped,
-    };
+    let response = Sessions::new(&state).login(&caller, &request).await?;
     if wants_yaml(&headers) {
-        let yaml = kubeconfig::render(&response)
+        // The guard has checked that the Host is one of this server's names; the API is plain
+        // HTTP on the tailnet (WireGuard encrypts it).
+        let this_server = ServerUrl::parse(&format!("http://{}", single_host(&headers)?))
+            .map_err(|e| ApiError::Internal(format!("this server's URL: {e}")))?;
+        let yaml = kubeconfig::render(&response, &this_server)
             .map_err(|e| ApiError::Internal(format!("rendering the kubeconfig failed: {e}")))?;
         return Ok((
             [(
@@ -359,20 +106,34 @@ pub async fn login(
     Ok(Json(response).into_response())
 }
 
-/// Whether a live session's grant still holds: [`grant_holds`], the decision the reconciler
-/// makes too, over the server's one view of the mappings.
-fn recheck(state: &ApiState, identity: &Identity, session: &issuer::SessionInfo) -> GrantVerdict {
-    let grants = ParsedGrants::from_identity(identity);
-    let mappings = state.backends.mappings.snapshot();
-    grant_holds(
-        &state.policy_context(identity, &grants, &mappings),
-        &HeldGrant {
-            role: &session.role,
-            cluster_roles: &session.cluster_roles,
-            namespaced: &session.namespaced,
-        },
-        state.backends.clock.now(),
-    )
+/// The error statuses of `POST /api/v1/token`.
+#[derive(Debug)]
+pub enum TokenProblems {}
+
+impl EndpointProblems for TokenProblems {
+    const STATUSES: &'static [(StatusCode, &'static str)] = &[
+        (StatusCode::BAD_REQUEST, "Malformed body"),
+        (
+            StatusCode::FORBIDDEN,
+            "Refused, or the grant no longer holds and the session was ended (`sessionEnded`)",
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            "No live session (`noSession`, `sessionExpired`, `sessionRevoked`); log in again",
+        ),
+        (
+            StatusCode::CONFLICT,
+            "The session is being set up or changed; retry",
+        ),
+        (StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, NOT_JSON),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tailscaled or the Kubernetes API is unavailable, or the session's GrantMapping is not checked yet; retry",
+        ),
+        (StatusCode::GATEWAY_TIMEOUT, TIMED_OUT),
+    ];
 }
 
 /// A fresh token for the caller's live session; re-checks identity and grant, and ends the
@@ -384,15 +145,7 @@ fn recheck(state: &ApiState, identity: &Identity, session: &issuer::SessionInfo)
     request_body(content = EmptyRequest, content_type = "application/json", description = "`{}`"),
     responses(
         (status = 200, description = "A new token within the session", body = TokenResponse),
-        (status = 400, description = "Malformed body", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused, or the grant no longer holds and the session was ended (`sessionEnded`)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No live session (`noSession`, `sessionExpired`, `sessionRevoked`); log in again", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The session is being set up or changed; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than the cap", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not `application/json`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable, or the session's GrantMapping is not checked yet; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        ProblemResponses<TokenProblems>,
     )
 )]
 pub async fn token(
@@ -400,100 +153,24 @@ pub async fn token(
     Extension(caller): Extension<Caller>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let identity = &*caller.identity;
-    let issuer = &state.backends.issuer;
-    let session = state
-        .issuer_call(issuer.describe(identity.key()))
-        .await?
-        .ok_or(ApiError::NoSession)?;
-    match session.state {
-        SessionState::Active | SessionState::Pending => {}
-        SessionState::Expired => {
-            return Err(IssueError::Expired {
-                session: session.name,
-                expired_at: session.expires_at,
-            }
-            .into());
-        }
-        _ => {
-            return Err(IssueError::Revoked {
-                session: session.name,
-            }
-            .into());
-        }
-    }
+    Ok(Json(Sessions::new(&state).token(&caller).await?))
+}
 
-    let verdict = recheck(&state, identity, &session);
-    if let GrantVerdict::Undecided(why) = verdict {
-        // Neither a fresh token nor a revocation until the mapping's state is known.
-        return Err(IssueError::Unavailable {
-            action: "confirm that the session's GrantMapping is still usable".to_owned(),
-            source: why.into(),
-        }
-        .into());
-    }
-    if let GrantVerdict::Withdrawn { reason, denial } = verdict {
-        let mut denied = Record::new(Event::Denial, identity, &caller.peer)
-            .role(&session.role)
-            .sessions(std::slice::from_ref(&session.name));
-        if let Some(denial) = &denial {
-            denied = denied.denial(denial);
-        }
-        denied.outcome("grantWithdrawn").reason(&reason).emit();
-        let revoked = state.issuer_call(issuer.revoke(identity.key())).await;
-        let revoke_record = Record::new(Event::Revoke, identity, &caller.peer)
-            .role(&session.role)
-            .expires_at(session.expires_at)
-            .reason(&reason);
-        match revoked {
-            Ok(sessions) => {
-                state
-                    .metrics
-                    .revoked(RevocationCause::GrantWithdrawn, sessions.len() as u64);
-                revoke_record
-                    .sessions(&sessions)
-                    .outcome("grantWithdrawn")
-                    .emit();
-            }
-            Err(error) => {
-                revoke_record
-                    .sessions(std::slice::from_ref(&session.name))
-                    .outcome("failed")
-                    .emit();
-                return Err(error);
-            }
-        }
-        return Err(ApiError::GrantWithdrawn {
-            session: session.name,
-            reason,
-            roles: denial.map(|d| d.listing),
-        });
-    }
+/// The error statuses of `GET /api/v1/session`.
+#[derive(Debug)]
+pub enum SessionProblems {}
 
-    let credential = match state.issuer_call(issuer.refresh(identity)).await {
-        Ok(credential) => credential,
-        Err(error) => {
-            Record::new(Event::Refresh, identity, &caller.peer)
-                .role(&session.role)
-                .sessions(std::slice::from_ref(&session.name))
-                .outcome("failed")
-                .reason(&error)
-                .emit();
-            return Err(error);
-        }
-    };
-    state.metrics.token_minted();
-    Record::new(Event::Refresh, identity, &caller.peer)
-        .credential(&credential)
-        .outcome("refreshed")
-        .emit();
-    Ok(Json(TokenResponse {
-        session: SessionInfo::from((&credential, identity)),
-        token: TokenInfo {
-            token: credential.token,
-            expires_at: credential.token_expires_at,
-        },
-    }))
+impl EndpointProblems for SessionProblems {
+    const STATUSES: &'static [(StatusCode, &'static str)] = &[
+        (StatusCode::FORBIDDEN, REFUSED),
+        (
+            StatusCode::NOT_FOUND,
+            "The device has no live session (`noSession`)",
+        ),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED),
+        (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+        (StatusCode::GATEWAY_TIMEOUT, TIMED_OUT),
+    ];
 }
 
 /// The caller's live session.
@@ -503,23 +180,28 @@ pub async fn token(
     tag = "sessions",
     responses(
         (status = 200, description = "The device's live session", body = SessionInfo),
-        (status = 403, description = "Refused (browser request, unknown Host, caller not in the tailnet)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The device has no live session (`noSession`)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        ProblemResponses<SessionProblems>,
     )
 )]
 pub async fn get_session(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<SessionInfo>, ApiError> {
-    let session = state
-        .issuer_call(state.backends.issuer.describe(caller.identity.key()))
-        .await?
-        .filter(is_live)
-        .ok_or(ApiError::NoSession)?;
-    Ok(Json(SessionInfo::from(&session)))
+    Ok(Json(Sessions::new(&state).session(&caller).await?))
+}
+
+/// The error statuses of `DELETE /api/v1/session` and `GET /api/v1/cluster`: only the guard
+/// refuses, and the backends can fail.
+#[derive(Debug)]
+pub enum ReadProblems {}
+
+impl EndpointProblems for ReadProblems {
+    const STATUSES: &'static [(StatusCode, &'static str)] = &[
+        (StatusCode::FORBIDDEN, REFUSED),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED),
+        (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+        (StatusCode::GATEWAY_TIMEOUT, TIMED_OUT),
+    ];
 }
 
 /// Log out: revoke the device's session now. Idempotent.
@@ -529,41 +211,15 @@ pub async fn get_session(
     tag = "sessions",
     responses(
         (status = 204, description = "The device has no session any more (whether or not it had one)"),
-        (status = 403, description = "Refused (browser request, unknown Host, caller not in the tailnet)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        ProblemResponses<ReadProblems>,
     )
 )]
 pub async fn delete_session(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<StatusCode, ApiError> {
-    let identity = &*caller.identity;
-    let revoked = state
-        .issuer_call(state.backends.issuer.revoke(identity.key()))
-        .await;
-    let record = Record::new(Event::Revoke, identity, &caller.peer).reason("logout");
-    match revoked {
-        Ok(sessions) => {
-            state
-                .metrics
-                .revoked(RevocationCause::Logout, sessions.len() as u64);
-            record
-                .sessions(&sessions)
-                .outcome(if sessions.is_empty() {
-                    "none"
-                } else {
-                    "revoked"
-                })
-                .emit();
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(error) => {
-            record.outcome("failed").emit();
-            Err(error)
-        }
-    }
+    Sessions::new(&state).logout(&caller).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// This cluster, how to reach it, and the roles the caller could get here.
@@ -573,54 +229,14 @@ pub async fn delete_session(
     tag = "cluster",
     responses(
         (status = 200, description = "The cluster and the caller's roles on it", body = ClusterResponse),
-        (status = 403, description = "Refused (browser request, unknown Host, caller not in the tailnet)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tailscaled or the Kubernetes API is unavailable; retry", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 504, description = "tailscaled or the Kubernetes API did not answer in time", body = tka_core::api::Problem, content_type = "application/problem+json"),
+        ProblemResponses<ReadProblems>,
     )
 )]
 pub async fn cluster(
     State(state): State<Arc<ApiState>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<ClusterResponse>, ApiError> {
-    let identity = &*caller.identity;
-    let grants = ParsedGrants::from_identity(identity);
-    report_skipped(&state, &grants, identity);
-    let mappings = state.backends.mappings.snapshot();
-    let roles = available_roles(&state.policy_context(identity, &grants, &mappings));
-    let session = state
-        .issuer_call(state.backends.issuer.describe(identity.key()))
-        .await?
-        .filter(is_live)
-        .map(|s| SessionInfo::from(&s));
-    Ok(Json(ClusterResponse {
-        cluster: state.config.cluster.clone(),
-        caller: identity.describe(),
-        roles,
-        session,
-    }))
-}
-
-/// This API's OpenAPI 3 document.
-#[utoipa::path(
-    get,
-    path = "/api/v1/openapi.json",
-    tag = "meta",
-    responses(
-        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
-        (status = 403, description = "Refused (browser request, unknown Host, caller not in the tailnet)", body = tka_core::api::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this device; see `Retry-After`", body = tka_core::api::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn openapi_document() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        openapi::json(),
-    )
-        .into_response()
+    Ok(Json(Sessions::new(&state).cluster(&caller).await?))
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 //! and denial, with the device, the user, the role, the bindings, the expiry, the session, the
 //! token's ID (`jti`, so Kubernetes audit lines can be joined back to a device and a person), the
 //! outcome and the request ID. This module formats records; it never sees a token, only its ID.
+//! It decides nothing: [`crate::sessions`] says what happened, and this module must not import
+//! the handlers, the state or the error mapping.
 
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
+use tka_core::api::ProblemCode;
 use tka_core::issuer::IssuedCredential;
 use tka_core::{Decision, Denial, Identity, SessionName};
 
-use crate::error::ApiError;
 use crate::listener::Peer;
 use crate::request_id::RequestId;
 
@@ -104,10 +106,14 @@ impl Record {
     }
 
     /// A denial of a caller whois could not (or must not) identify.
-    pub fn denial_before_identity(peer: &Peer, error: &ApiError) -> Self {
+    pub fn denial_before_identity(
+        peer: &Peer,
+        code: ProblemCode,
+        reason: impl std::fmt::Display,
+    ) -> Self {
         Self {
             event: Event::Denial,
-            outcome: error.code().to_owned(),
+            outcome: code.as_str().to_owned(),
             device: NONE.to_owned(),
             device_name: NONE.to_owned(),
             user: NONE.to_owned(),
@@ -119,7 +125,7 @@ impl Record {
             session: NONE.to_owned(),
             token_id: NONE.to_owned(),
             token_expires_at: NONE.to_owned(),
-            reason: error.to_string(),
+            reason: reason.to_string(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! nothing to say; 400 for an empty or malformed body, or wrong or unknown fields), no larger than
 //! the configured cap (413), complete within the listener's body deadline (408; the deadline is
 //! put on the body by [`crate::connections`]). It only parses; what the values mean is the
-//! handler's business.
+//! sessions service's business. It reads the cap from [`crate::state`] and must not import the
+//! handlers or the router.
 //!
 //! A body over the cap is still read (and thrown away) up to [`DRAIN_LIMIT`] bytes, within the
 //! same deadline, before the 413 is sent: closing a socket with unread data makes the kernel
@@ -17,9 +18,9 @@ use http::header;
 use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
 
-use crate::api::ApiState;
 use crate::connections::BodyTimedOut;
 use crate::error::{ApiError, find_cause};
+use crate::state::ApiState;
 
 /// How much of a body over the cap is read and thrown away before the 413 is sent.
 pub const DRAIN_LIMIT: usize = 256 * 1024;

@@ -1,21 +1,26 @@
 //! [`ApiError`]: every way an API request can fail, and the ONE place where failures become HTTP
 //! responses (RFC 9457 `application/problem+json`, [`tka_core::api::Problem`]). Domain errors
 //! ([`IdentityError`], [`IssueError`], [`Denial`]) are classified here, walking `source()` where a
-//! cause decides the status. Handlers return `Result<_, ApiError>` and never build error
-//! responses themselves. Problems carry the request ID in `instance`; they never carry a token.
+//! cause decides the status, and so are the sessions service's ([`SessionError`]). Every problem
+//! carries a typed [`ProblemCode`]. Handlers return `Result<_, ApiError>` and never build error
+//! responses themselves; they document their error statuses with [`ProblemResponses`] instead of
+//! listing them by hand. Problems carry the request ID in `instance`; they never carry a token.
+//! This module must not import the handlers, the router or the state.
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use tka_core::api::Problem;
+use tka_core::api::{Problem, ProblemCode};
 use tka_core::identity::IdentityError;
 use tka_core::issuer::IssueError;
 use tka_core::policy::RoleListing;
 use tka_core::{Denial, SessionName};
 
+use crate::ratelimit::RateLimited;
 use crate::request_id::RequestId;
+use crate::sessions::SessionError;
 
 /// Why an API request failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,33 @@ impl From<Denial> for ApiError {
     }
 }
 
+impl From<RateLimited> for ApiError {
+    fn from(RateLimited { retry_after }: RateLimited) -> Self {
+        Self::RateLimited { retry_after }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::InvalidRole(why) => Self::BadRequest(format!("\"role\": {why}")),
+            SessionError::Denied(denial) => Self::Denied(denial),
+            SessionError::GrantWithdrawn {
+                session,
+                reason,
+                roles,
+            } => Self::GrantWithdrawn {
+                session,
+                reason,
+                roles,
+            },
+            SessionError::NoSession => Self::NoSession,
+            SessionError::Issue(e) => Self::Issue(e),
+            SessionError::Timeout { what, after } => Self::Timeout { what, after },
+        }
+    }
+}
+
 fn retry_after_secs(d: Duration) -> u64 {
     // Round up, and never tell a client to retry "in 0s".
     d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.as_secs() == 0))
@@ -143,12 +175,12 @@ pub fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)
 /// How a failure is presented: status, stable code, title.
 struct Class {
     status: StatusCode,
-    code: &'static str,
+    code: ProblemCode,
     title: &'static str,
     retry_after: Option<u64>,
 }
 
-const fn class(status: StatusCode, code: &'static str, title: &'static str) -> Class {
+const fn class(status: StatusCode, code: ProblemCode, title: &'static str) -> Class {
     Class {
         status,
         code,
@@ -161,14 +193,14 @@ fn classify_identity(e: &IdentityError) -> Class {
     match e {
         IdentityError::NotInTailnet(_) => class(
             StatusCode::FORBIDDEN,
-            "unknownCaller",
+            ProblemCode::UnknownCaller,
             "Caller is not a tailnet peer",
         ),
         IdentityError::Timeout(_) => Class {
             retry_after: Some(1),
             ..class(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "identityUnavailable",
+                ProblemCode::IdentityUnavailable,
                 "Tailscale identity unavailable",
             )
         },
@@ -176,7 +208,7 @@ fn classify_identity(e: &IdentityError) -> Class {
             retry_after: Some(2),
             ..class(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "identityUnavailable",
+                ProblemCode::IdentityUnavailable,
                 "Tailscale identity unavailable",
             )
         },
@@ -185,40 +217,48 @@ fn classify_identity(e: &IdentityError) -> Class {
 
 fn classify_issue(e: &IssueError) -> Class {
     match e {
-        IssueError::NoSession => class(StatusCode::NOT_FOUND, "noSession", "No session"),
-        IssueError::Expired { .. } => {
-            class(StatusCode::NOT_FOUND, "sessionExpired", "Session expired")
-        }
-        IssueError::Revoked { .. } => {
-            class(StatusCode::NOT_FOUND, "sessionRevoked", "Session revoked")
-        }
+        IssueError::NoSession => class(StatusCode::NOT_FOUND, ProblemCode::NoSession, "No session"),
+        IssueError::Expired { .. } => class(
+            StatusCode::NOT_FOUND,
+            ProblemCode::SessionExpired,
+            "Session expired",
+        ),
+        IssueError::Revoked { .. } => class(
+            StatusCode::NOT_FOUND,
+            ProblemCode::SessionRevoked,
+            "Session revoked",
+        ),
         IssueError::IdentityChanged { .. } => class(
             StatusCode::CONFLICT,
-            "identityChanged",
+            ProblemCode::IdentityChanged,
             "Session belongs to another user",
         ),
         IssueError::Pending { .. } => Class {
             retry_after: Some(2),
             ..class(
                 StatusCode::CONFLICT,
-                "sessionPending",
+                ProblemCode::SessionPending,
                 "Session is being set up",
             )
         },
         IssueError::Conflict(_) => Class {
             retry_after: Some(1),
-            ..class(StatusCode::CONFLICT, "conflict", "Concurrent change")
+            ..class(
+                StatusCode::CONFLICT,
+                ProblemCode::Conflict,
+                "Concurrent change",
+            )
         },
         IssueError::Foreign { .. } => class(
             StatusCode::CONFLICT,
-            "foreignObject",
+            ProblemCode::ForeignObject,
             "Object not made by tka",
         ),
         IssueError::Unavailable { .. } => Class {
             retry_after: Some(2),
             ..class(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "clusterUnavailable",
+                ProblemCode::ClusterUnavailable,
                 "Kubernetes API unavailable",
             )
         },
@@ -226,18 +266,18 @@ fn classify_issue(e: &IssueError) -> Class {
             retry_after: Some(2),
             ..class(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "clusterUnavailable",
+                ProblemCode::ClusterUnavailable,
                 "Kubernetes API unavailable",
             )
         },
         IssueError::Backend { .. } => class(
             StatusCode::BAD_GATEWAY,
-            "backendError",
+            ProblemCode::BackendError,
             "Kubernetes API error",
         ),
         _ => class(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "serverMisconfigured",
+            ProblemCode::ServerMisconfigured,
             "Server cannot issue credentials",
         ),
     }
@@ -248,82 +288,94 @@ impl ApiError {
         match self {
             Self::OriginRefused => class(
                 StatusCode::FORBIDDEN,
-                "originRefused",
+                ProblemCode::OriginRefused,
                 "Browser requests refused",
             ),
             Self::CrossSite(_) => class(
                 StatusCode::FORBIDDEN,
-                "crossSiteRefused",
+                ProblemCode::CrossSiteRefused,
                 "Cross-site request refused",
             ),
-            Self::HostNotAllowed(_) => {
-                class(StatusCode::FORBIDDEN, "hostNotAllowed", "Unknown Host")
-            }
-            Self::PeerNotAllowed(_) => {
-                class(StatusCode::FORBIDDEN, "peerNotAllowed", "Peer not accepted")
-            }
+            Self::HostNotAllowed(_) => class(
+                StatusCode::FORBIDDEN,
+                ProblemCode::HostNotAllowed,
+                "Unknown Host",
+            ),
+            Self::PeerNotAllowed(_) => class(
+                StatusCode::FORBIDDEN,
+                ProblemCode::PeerNotAllowed,
+                "Peer not accepted",
+            ),
             Self::Identity(e) => classify_identity(e),
             Self::SelfNode => class(
                 StatusCode::FORBIDDEN,
-                "selfNode",
+                ProblemCode::SelfNode,
                 "Requests from the server's own node are refused",
             ),
             Self::RateLimited { retry_after } => Class {
                 retry_after: Some(retry_after_secs(*retry_after)),
                 ..class(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rateLimited",
+                    ProblemCode::RateLimited,
                     "Too many requests",
                 )
             },
             Self::UnsupportedMediaType(_) => class(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupportedMediaType",
+                ProblemCode::UnsupportedMediaType,
                 "Body must be JSON",
             ),
             Self::BodyTooLarge { .. } => class(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "bodyTooLarge",
+                ProblemCode::BodyTooLarge,
                 "Request body too large",
             ),
             Self::BodyTimeout { .. } => class(
                 StatusCode::REQUEST_TIMEOUT,
-                "bodyTimeout",
+                ProblemCode::BodyTimeout,
                 "Request body too slow",
             ),
-            Self::BadRequest(_) => class(StatusCode::BAD_REQUEST, "badRequest", "Bad request"),
+            Self::BadRequest(_) => class(
+                StatusCode::BAD_REQUEST,
+                ProblemCode::BadRequest,
+                "Bad request",
+            ),
             Self::TooManyConnections { .. } => Class {
                 retry_after: Some(1),
                 ..class(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "tooManyConnections",
+                    ProblemCode::TooManyConnections,
                     "Too many connections",
                 )
             },
             Self::Denied(denial) if denial.kind.is_bad_request() => {
-                class(StatusCode::BAD_REQUEST, denial.kind.code(), "Bad request")
+                class(StatusCode::BAD_REQUEST, denial.kind.into(), "Bad request")
             }
-            Self::Denied(denial) => class(StatusCode::FORBIDDEN, denial.kind.code(), "Denied"),
+            Self::Denied(denial) => class(StatusCode::FORBIDDEN, denial.kind.into(), "Denied"),
             Self::GrantWithdrawn { .. } => class(
                 StatusCode::FORBIDDEN,
-                "sessionEnded",
+                ProblemCode::SessionEnded,
                 "Grant withdrawn, session ended",
             ),
-            Self::NoSession => class(StatusCode::NOT_FOUND, "noSession", "No session"),
+            Self::NoSession => class(StatusCode::NOT_FOUND, ProblemCode::NoSession, "No session"),
             Self::Issue(e) => classify_issue(e),
             Self::Timeout { .. } => Class {
                 retry_after: Some(1),
-                ..class(StatusCode::GATEWAY_TIMEOUT, "timeout", "Upstream timeout")
+                ..class(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ProblemCode::Timeout,
+                    "Upstream timeout",
+                )
             },
-            Self::NotFound => class(StatusCode::NOT_FOUND, "notFound", "Not found"),
+            Self::NotFound => class(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"),
             Self::MethodNotAllowed => class(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "methodNotAllowed",
+                ProblemCode::MethodNotAllowed,
                 "Method not allowed",
             ),
             Self::Internal(_) => class(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ProblemCode::Internal,
                 "Internal error",
             ),
         }
@@ -335,7 +387,7 @@ impl ApiError {
     }
 
     /// The stable problem code (`unknownCaller`, `noGrantForRole`, …).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ProblemCode {
         self.class().code
     }
 
@@ -364,6 +416,54 @@ impl ApiError {
     }
 }
 
+/// The error statuses one endpoint can answer with, each with what it means there, for
+/// [`ProblemResponses`]. Implemented by a marker type per endpoint, next to its handler.
+pub trait EndpointProblems {
+    /// `(status, description)` pairs, in any order.
+    const STATUSES: &'static [(StatusCode, &'static str)];
+}
+
+/// An endpoint's error responses in the OpenAPI document: every status of `E` as an RFC 9457
+/// problem ([`Problem`], `application/problem+json`). Named in `#[utoipa::path(responses(...))]`
+/// instead of repeating the problem body and media type on every status.
+#[derive(Debug)]
+pub struct ProblemResponses<E>(std::marker::PhantomData<E>);
+
+impl<E: EndpointProblems> utoipa::IntoResponses for ProblemResponses<E> {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        E::STATUSES
+            .iter()
+            .map(|(status, description)| {
+                let content = ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build();
+                let response = ResponseBuilder::new()
+                    .description(*description)
+                    .content(Problem::CONTENT_TYPE, content)
+                    .build();
+                (status.as_u16().to_string(), response.into())
+            })
+            .collect()
+    }
+}
+
+/// The description of a 403 on endpoints where only the guard refuses.
+pub const REFUSED: &str = "Refused (browser request, unknown Host, caller not in the tailnet)";
+/// The description of a 413.
+pub const BODY_TOO_LARGE: &str = "Body larger than the cap";
+/// The description of a 415.
+pub const NOT_JSON: &str = "Body is not `application/json`";
+/// The description of a 429.
+pub const RATE_LIMITED: &str = "Too many requests from this device; see `Retry-After`";
+/// The description of a 503.
+pub const UNAVAILABLE: &str = "tailscaled or the Kubernetes API is unavailable; retry";
+/// The description of a 504.
+pub const TIMED_OUT: &str = "tailscaled or the Kubernetes API did not answer in time";
+
 /// The error chain in one line, for logs.
 fn chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = error.to_string();
@@ -383,9 +483,9 @@ impl IntoResponse for ApiError {
         let request_id = RequestId::current().map(|id| id.to_string());
         let logged_id = request_id.as_deref().unwrap_or("-");
         if class.status.is_server_error() {
-            tracing::warn!(code = class.code, request_id = logged_id, error = %chain(&self), "request failed");
+            tracing::warn!(code = class.code.as_str(), request_id = logged_id, error = %chain(&self), "request failed");
         } else {
-            tracing::debug!(code = class.code, request_id = logged_id, error = %self, "request refused");
+            tracing::debug!(code = class.code.as_str(), request_id = logged_id, error = %self, "request refused");
         }
         let mut problem = self.problem();
         problem.instance = request_id;

@@ -4,11 +4,10 @@
 //! on the connection (a miss is 403, never a fallback; the server's own node is refused), then
 //! the per-device rate limit. What passes becomes a [`Caller`] in the request's extensions.
 //!
-//! Body checks (content type, size, JSON) belong to [`crate::body`]; policy to the handlers.
+//! Body checks (content type, size, JSON) belong to [`crate::body`]; policy to
+//! [`crate::sessions`]. It reads [`crate::state`] and never imports the handlers or the router.
 //! whois answers are never cached: each request asks for its own connection.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,64 +18,12 @@ use http::{HeaderMap, header};
 use tka_core::Identity;
 use tka_core::identity::WhoisRequest;
 
-use crate::api::ApiState;
 use crate::audit;
 use crate::error::ApiError;
+pub use crate::hosts::AllowedHosts;
 use crate::listener::Peer;
-
-/// The `Host` values the API answers to: the server's own names (lowercase, without a trailing
-/// dot) and addresses. Ports are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedHosts {
-    names: BTreeSet<String>,
-    addresses: BTreeSet<IpAddr>,
-}
-
-impl AllowedHosts {
-    /// Hosts from names and addresses. Names are compared case-insensitively.
-    pub fn new(
-        names: impl IntoIterator<Item = String>,
-        addresses: impl IntoIterator<Item = IpAddr>,
-    ) -> Self {
-        Self {
-            names: names
-                .into_iter()
-                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
-            addresses: addresses.into_iter().map(|a| a.to_canonical()).collect(),
-        }
-    }
-
-    /// Whether a `Host` header value (`name`, `name:port`, `1.2.3.4:80`, `[fd7a::1]:80`) names
-    /// this server.
-    pub fn allows(&self, host: &str) -> bool {
-        let Ok(authority) = host.parse::<http::uri::Authority>() else {
-            return false;
-        };
-        if authority.as_str().contains('@') {
-            return false;
-        }
-        let name = authority.host();
-        let bare = name
-            .strip_prefix('[')
-            .and_then(|n| n.strip_suffix(']'))
-            .unwrap_or(name);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return self.addresses.contains(&ip.to_canonical());
-        }
-        self.names
-            .contains(&name.trim_end_matches('.').to_ascii_lowercase())
-    }
-}
-
-/// A caller that passed every check: who tailscaled says it is, and how it connected.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The identity whois reported for this request's connection.
-    pub identity: Arc<Identity>,
-    /// The connection's peer.
-    pub peer: Peer,
-}
+pub use crate::sessions::Caller;
+use crate::state::ApiState;
 
 /// The request's one `Host` header (`""` when there is none). Two are refused: each hop could
 /// read a different one.
@@ -128,13 +75,13 @@ pub async fn middleware(
             next.run(request).await
         }
         Err(error) => {
-            state.metrics.refused(error.code());
+            state.metrics.refused(error.code().as_str());
             if matches!(
                 error,
                 ApiError::Identity(tka_core::identity::IdentityError::NotInTailnet(_))
                     | ApiError::SelfNode
             ) {
-                audit::Record::denial_before_identity(&peer, &error).emit();
+                audit::Record::denial_before_identity(&peer, error.code(), &error).emit();
             }
             error.into_response()
         }
@@ -192,34 +139,6 @@ mod tests {
                 "fd7a:115c:a1e0::5".parse().unwrap(),
             ],
         )
-    }
-
-    #[test]
-    fn own_names_and_addresses_are_allowed_with_or_without_port() {
-        let h = hosts();
-        for ok in [
-            "tka-prod",
-            "tka-prod:80",
-            "TKA-PROD",
-            "tka-prod.example.ts.net",
-            "tka-prod.example.ts.net.",
-            "100.64.0.5",
-            "100.64.0.5:80",
-            "[fd7a:115c:a1e0::5]:80",
-        ] {
-            assert!(h.allows(ok), "{ok}");
-        }
-        for refused in [
-            "",
-            "evil.example.com",
-            "tka-prod.evil.com",
-            "100.64.0.6",
-            "127.0.0.1",
-            "user@tka-prod",
-            "tka-prod/x",
-        ] {
-            assert!(!h.allows(refused), "{refused}");
-        }
     }
 
     #[test]

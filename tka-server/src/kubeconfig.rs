@@ -1,102 +1,100 @@
-//! A ready-to-use kubeconfig for `POST /api/v1/login` with `Accept: application/yaml`: the token
-//! embedded, built by the server from its own data, for curl users. The tka CLI never asks for
-//! it; it builds its own entries from the JSON answer. This module only renders.
+//! A ready-to-use kubeconfig for `POST /api/v1/login` with `Accept: application/yaml`, for curl
+//! users: the token embedded, rendered by tka-core's one kubeconfig renderer
+//! ([`tka_core::kubeconfig`], feature `client`) from the same answer the JSON carries, so it
+//! honours the endpoint exactly as `tka login --static` does (a tka proxy replaces the API server
+//! and its CA). The entries carry tka's marker naming this server, so `tka login` and `tka logout`
+//! recognise them later. This module only renders: it must not decide what goes into the answer
+//! (the sessions service does) or build YAML by hand.
 
-use serde::Serialize;
 use tka_core::api::LoginResponse;
-
-#[derive(Serialize)]
-struct Kubeconfig<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'static str,
-    kind: &'static str,
-    clusters: [Named<'a, Cluster<'a>>; 1],
-    users: [Named<'a, User<'a>>; 1],
-    contexts: [Named<'a, Context<'a>>; 1],
-    #[serde(rename = "current-context")]
-    current_context: &'a str,
-}
-
-#[derive(Serialize)]
-struct Named<'a, T> {
-    name: &'a str,
-    #[serde(flatten)]
-    value: T,
-}
-
-#[derive(Serialize)]
-struct Cluster<'a> {
-    cluster: ClusterData<'a>,
-}
-
-#[derive(Serialize)]
-struct ClusterData<'a> {
-    server: &'a str,
-    #[serde(
-        rename = "certificate-authority-data",
-        skip_serializing_if = "Option::is_none"
-    )]
-    certificate_authority_data: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct User<'a> {
-    user: UserData<'a>,
-}
-
-#[derive(Serialize)]
-struct UserData<'a> {
-    token: &'a str,
-}
-
-#[derive(Serialize)]
-struct Context<'a> {
-    context: ContextData<'a>,
-}
-
-#[derive(Serialize)]
-struct ContextData<'a> {
-    cluster: &'a str,
-    user: &'a str,
-}
+use tka_core::endpoint::ServerUrl;
+use tka_core::kubeconfig::{
+    ContextTemplate, EntryOptions, Kubeconfig, KubeconfigError, LoginEntries, UserCredential,
+};
 
 /// The `Content-Type` of a kubeconfig answer.
 pub const CONTENT_TYPE: &str = "application/yaml";
 
 /// Renders a kubeconfig with one cluster, one user (the token) and one current context, all
-/// named `tka-<cluster>`.
-pub fn render(login: &LoginResponse) -> Result<String, serde_yaml::Error> {
-    let name = format!("tka-{}", login.cluster.name);
-    let config = Kubeconfig {
-        api_version: "v1",
-        kind: "Config",
-        clusters: [Named {
-            name: &name,
-            value: Cluster {
-                cluster: ClusterData {
-                    server: &login.cluster.server,
-                    certificate_authority_data: login.cluster.certificate_authority_data.as_deref(),
-                },
+/// named `tka-<cluster>`; `server` is this tka server as the client reached it.
+pub fn render(login: &LoginResponse, server: &ServerUrl) -> Result<String, KubeconfigError> {
+    let entries = LoginEntries::new(
+        &login.cluster,
+        EntryOptions {
+            template: &ContextTemplate::default(),
+            server,
+            identity: None,
+            socks5: None,
+            namespace: None,
+            credential: UserCredential::Static {
+                token: login.token.token.clone(),
             },
-        }],
-        users: [Named {
-            name: &name,
-            value: User {
-                user: UserData {
-                    token: login.token.token.expose(),
-                },
+        },
+    )?;
+    Kubeconfig::only(&entries).render()
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use tka_core::api::{ClusterEndpoint, SessionInfo, TokenInfo};
+    use tka_core::{ClusterName, RoleName, Secret, SessionName, Ttl};
+
+    use super::*;
+
+    fn login(proxy: Option<&str>) -> LoginResponse {
+        LoginResponse {
+            cluster: ClusterEndpoint {
+                name: ClusterName::new("prod").unwrap(),
+                server: "https://10.0.0.1:6443".to_owned(),
+                certificate_authority_data: Some("Q0EK".to_owned()),
+                proxy: proxy.map(str::to_owned),
             },
-        }],
-        contexts: [Named {
-            name: &name,
-            value: Context {
-                context: ContextData {
-                    cluster: &name,
-                    user: &name,
-                },
+            session: SessionInfo {
+                name: SessionName::new("tka-session-alice").unwrap(),
+                role: RoleName::new("sre").unwrap(),
+                expires_at: Timestamp::UNIX_EPOCH,
+                device: "laptop".to_owned(),
+                caller: "alice@example.com".to_owned(),
             },
-        }],
-        current_context: &name,
-    };
-    serde_yaml::to_string(&config)
+            token: TokenInfo {
+                token: Secret::new("eyJhbGciOiJSUzI1NiJ9.e30.sig".to_owned()),
+                expires_at: Timestamp::UNIX_EPOCH,
+            },
+            ttl: Ttl::parse("1h").unwrap(),
+            clamped: None,
+        }
+    }
+
+    fn rendered(proxy: Option<&str>) -> serde_json::Value {
+        let server = ServerUrl::parse("http://tka-prod").unwrap();
+        let text = render(&login(proxy), &server).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn the_kubeconfig_talks_to_the_api_server_with_the_token() {
+        let config = rendered(None);
+        assert_eq!(config["current-context"], "tka-prod");
+        let cluster = &config["clusters"][0];
+        assert_eq!(cluster["name"], "tka-prod");
+        assert_eq!(cluster["cluster"]["server"], "https://10.0.0.1:6443");
+        assert_eq!(cluster["cluster"]["certificate-authority-data"], "Q0EK");
+        assert_eq!(
+            config["users"][0]["user"]["token"],
+            "eyJhbGciOiJSUzI1NiJ9.e30.sig"
+        );
+        assert!(config["users"][0]["user"].get("exec").is_none());
+        assert_eq!(config["contexts"][0]["context"]["cluster"], "tka-prod");
+        assert_eq!(config["contexts"][0]["context"]["user"], "tka-prod");
+    }
+
+    #[test]
+    fn a_tka_proxy_in_the_endpoint_is_the_server() {
+        let config = rendered(Some("https://tka-proxy.example.ts.net"));
+        let cluster = &config["clusters"][0]["cluster"];
+        assert_eq!(cluster["server"], "https://tka-proxy.example.ts.net");
+        // The cluster's own CA does not apply to the proxy.
+        assert!(cluster.get("certificate-authority-data").is_none());
+    }
 }

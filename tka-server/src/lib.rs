@@ -10,6 +10,12 @@
 //! shutdown. It must not decide policy, talk to tailscaled itself, or log a token; the one module
 //! that talks to Kubernetes is [`kubernetes`], which feeds the server from tka-core's backend.
 //!
+//! Inside, data flows one way (DESIGN §6): [`settings`] → [`wiring`] → shared [`state`] (the
+//! backends, the rate limiter, the metrics) → the [`sessions`] service (login, token, logout,
+//! each to an outcome that one observer turns into audit records and metrics) → thin fronts
+//! ([`api`] handlers behind [`guard`] and [`body`], assembled by [`routes`]; [`ops`]). Nothing
+//! below a front imports the front.
+//!
 //! The binary (`main.rs`) parses flags into [`settings::Settings`], has [`wiring::server`] build
 //! the real server (the one place the real implementations are constructed, so the binary, the
 //! end-to-end tests and the demo run the same construction), and calls [`server::Server::run`].
@@ -23,6 +29,7 @@ pub mod connections;
 pub mod error;
 pub mod framing;
 pub mod guard;
+pub mod hosts;
 pub mod kubeconfig;
 pub mod kubernetes;
 pub mod listener;
@@ -33,16 +40,21 @@ pub mod openapi;
 pub mod ops;
 pub mod ratelimit;
 pub mod request_id;
+pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod settings;
+pub mod state;
 pub mod tailscale;
 pub mod wiring;
 
-pub use api::{ApiConfig, ApiState, Backends, api_router};
 pub use error::ApiError;
 pub use listener::{ApiListener, ListenMode, Peer};
 pub use mappings::{InMemoryMappings, MappingStore};
 pub use metrics::{Metrics, SessionCounter};
 pub use ops::{ReadinessCheck, ops_router};
+pub use routes::api_router;
 pub use server::Server;
+pub use sessions::{Caller, Sessions};
 pub use settings::{Settings, SettingsError};
+pub use state::{ApiConfig, ApiState, Backends};

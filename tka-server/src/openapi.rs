@@ -1,13 +1,18 @@
 //! The OpenAPI 3 document of the login API, generated with `utoipa` from the Rust types: the wire
 //! types of [`tka_core::api`] derive `utoipa::ToSchema` (tka-core feature `openapi`), and each
-//! handler in [`crate::api`] declares its path, body and every error status. Served at
-//! `/api/v1/openapi.json` and printed by `tka-server openapi`; an `insta` snapshot guards it.
+//! handler in [`crate::api`] declares its path, body and every error status (as
+//! [`ProblemResponses`]). Served at `/api/v1/openapi.json` (by [`openapi_document`], routed in
+//! [`crate::routes`]) and printed by `tka-server openapi`; an `insta` snapshot guards it. It reads
+//! the handlers' declarations and must not be imported by them.
 
 use std::sync::LazyLock;
 
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
 use utoipa::OpenApi;
 
 use crate::api;
+use crate::error::{EndpointProblems, ProblemResponses, RATE_LIMITED, REFUSED};
 
 /// The document's definition.
 #[derive(OpenApi)]
@@ -24,9 +29,9 @@ use crate::api;
         api::get_session,
         api::delete_session,
         api::cluster,
-        api::openapi_document
+        openapi_document
     ),
-    components(schemas(tka_core::api::Problem)),
+    components(schemas(tka_core::api::Problem, tka_core::api::ProblemCode)),
     tags(
         (name = "sessions", description = "Log in, refresh, inspect and end the device's session"),
         (name = "cluster", description = "What this cluster is and what the caller could get here"),
@@ -45,4 +50,36 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
 /// The document as pretty-printed JSON.
 pub fn json() -> &'static str {
     &DOCUMENT
+}
+
+/// The error statuses of `GET /api/v1/openapi.json`.
+#[derive(Debug)]
+pub enum DocumentProblems {}
+
+impl EndpointProblems for DocumentProblems {
+    const STATUSES: &'static [(StatusCode, &'static str)] = &[
+        (StatusCode::FORBIDDEN, REFUSED),
+        (StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED),
+    ];
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        ProblemResponses<DocumentProblems>,
+    )
+)]
+pub async fn openapi_document() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json(),
+    )
+        .into_response()
 }

@@ -1,7 +1,7 @@
 //! The per-device rate limit: a GCRA limiter (the `governor` crate) keyed by the node's stable ID,
 //! which is the key of an identity (tagged devices share one user, so a per-user limit would
-//! let one CI runner starve all others). It answers "allowed" or "retry after"; turning that into
-//! 429 is [`crate::error::ApiError`]'s job.
+//! let one CI runner starve all others). It answers "allowed" or "retry after" ([`RateLimited`]);
+//! turning that into 429 is [`crate::error::ApiError`]'s job, and this module imports no other.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -10,8 +10,6 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tka_core::NodeId;
 
-use crate::error::ApiError;
-
 /// How many requests a device may make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitConfig {
@@ -19,6 +17,13 @@ pub struct RateLimitConfig {
     pub per_minute: NonZeroU32,
     /// Requests allowed back to back before the sustained rate applies.
     pub burst: NonZeroU32,
+}
+
+/// A device is over its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    /// When the next request will be accepted.
+    pub retry_after: Duration,
 }
 
 /// A keyed limiter, one cell per device.
@@ -39,10 +44,10 @@ impl DeviceRateLimiter {
     }
 
     /// Counts one request of `device`; refused with the time until the next one is allowed.
-    pub fn check(&self, device: &NodeId) -> Result<(), ApiError> {
+    pub fn check(&self, device: &NodeId) -> Result<(), RateLimited> {
         self.limiter.check_key(device).map_err(|not_until| {
             let retry_after: Duration = not_until.wait_time_from(self.clock.now());
-            ApiError::RateLimited { retry_after }
+            RateLimited { retry_after }
         })
     }
 
@@ -72,7 +77,7 @@ mod tests {
         let b = NodeId::new("nB").unwrap();
         assert!(limiter.check(&a).is_ok());
         assert!(limiter.check(&a).is_ok());
-        let Err(ApiError::RateLimited { retry_after }) = limiter.check(&a) else {
+        let Err(RateLimited { retry_after }) = limiter.check(&a) else {
             panic!("the third request in a burst of two is refused");
         };
         assert!(retry_after > Duration::ZERO);

@@ -20,9 +20,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiState, api_router};
 use crate::connections::{self, ByAddress, ByNode, ConnectionLimits};
 use crate::listener::{ApiListener, ListenMode, OpsListener, Peer};
+use crate::routes::api_router;
+use crate::state::ApiState;
 
 /// How often the rate limiter forgets idle devices.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);

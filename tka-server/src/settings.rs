@@ -17,12 +17,12 @@ use tka_core::domain::{is_dns1123_label, is_dns1123_subdomain};
 use tka_core::issuer::TOKEN_LIFETIME_FLOOR;
 use tka_core::{ClusterName, NodeId, PolicySettings, Ttl};
 
-use crate::api::ApiConfig;
 use crate::cli::{LogFormat, NetworkMode, ServeArgs};
 use crate::connections::ConnectionLimits;
 use crate::guard::AllowedHosts;
 use crate::listener::{ListenMode, tailnet_delivers_to};
 use crate::ratelimit::RateLimitConfig;
+use crate::state::ApiConfig;
 
 /// A flag whose value cannot be used. The message says which flag and what to do.
 #[derive(Debug, thiserror::Error)]

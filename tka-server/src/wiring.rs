@@ -24,7 +24,6 @@ use tka_core::reconciler::{ObjectKind, RemovalReason};
 use tka_core::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiState, Backends};
 use crate::kubernetes::{
     ApiServerReady, Bindability, CrdsInstalled, LiveSessions, MappingFeed, MappingsSynced,
 };
@@ -33,6 +32,7 @@ use crate::metrics::{Metrics, RevocationCause};
 use crate::ops::{ReadinessCheck, ops_router};
 use crate::server::Server;
 use crate::settings::Settings;
+use crate::state::{ApiState, Backends};
 use crate::tailscale::{TailscaledReady, own_node};
 
 /// A background task: handed the shutdown token, it returns soon after cancellation.

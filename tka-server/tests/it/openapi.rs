@@ -35,6 +35,30 @@ fn every_endpoint_lists_its_error_statuses() {
     assert!(document["components"]["schemas"]["Problem"].is_object());
 }
 
+#[test]
+fn problem_codes_are_typed_and_complete() {
+    let document: serde_json::Value = serde_json::from_str(tka_server::openapi::json()).unwrap();
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(
+        schemas["Problem"]["properties"]["code"]["$ref"],
+        "#/components/schemas/ProblemCode"
+    );
+    let listed: Vec<&str> = schemas["ProblemCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = tka_core::api::ProblemCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(listed, all);
+    // The catch-all for codes from newer servers is never sent, so never documented.
+    assert!(!listed.contains(&"unknown"));
+    assert!(listed.contains(&"noSession") && listed.contains(&"sessionEnded"));
+}
+
 #[tokio::test]
 async fn the_document_is_served() {
     let server = TestServer::start().await;
