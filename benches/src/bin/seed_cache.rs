@@ -4,6 +4,7 @@
 //! an hour; the file's mtime ("last handed out") is set 10 minutes back. A hit rewrites that
 //! mtime, and a second hit within 30 s of a stale fetch counts as "asked again" (a refresh), so
 //! re-run this (or `touch -d '-10 min'` the file) before every timed run. Prints the file's path.
+//! It writes only under `CACHE_HOME` and must not contact a server.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;

@@ -1,3 +1,8 @@
+//! Behaviour of the kubeconfig rendering and editing as a user sees it (foreign entries kept as
+//! written, a server unable to smuggle exec or TLS switches in, logout restoring the context),
+//! with property tests over generated inputs. Tests only, on strings: nothing here reads or
+//! writes a file.
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
