@@ -25,7 +25,7 @@ use tka_core::ClusterName;
 use tka_core::endpoint::ServerUrl;
 use tka_core::token_cache::{CacheKey, CachedToken};
 
-use crate::atomic_file::{create_private_dir, write_atomically};
+use crate::atomic_file::{Kind, create_private_dir, own, write_atomically};
 use crate::cli::Environment;
 
 /// Entries examined when cleaning up by server and cluster; the cache holds a handful.
@@ -260,25 +260,19 @@ impl TokenCache {
 
     /// The directory's metadata, if it is a real directory (not a symlink) owned by this user.
     fn trusted_dir(&self) -> Result<fs::Metadata, CacheError> {
-        let untrusted = |why| CacheError::Untrusted {
-            path: self.dir.clone(),
-            why,
-        };
-        let meta = fs::symlink_metadata(&self.dir).map_err(|source| CacheError::Io {
+        let io_err = |source| CacheError::Io {
             action: "read",
             path: self.dir.clone(),
             source,
-        })?;
-        if meta.file_type().is_symlink() {
-            return Err(untrusted("is a symbolic link"));
+        };
+        match own(&self.dir, Kind::Dir).map_err(io_err)? {
+            Ok(Some(meta)) => Ok(meta),
+            Ok(None) => Err(io_err(io::ErrorKind::NotFound.into())),
+            Err(why) => Err(CacheError::Untrusted {
+                path: self.dir.clone(),
+                why,
+            }),
         }
-        if !meta.is_dir() {
-            return Err(untrusted("is not a directory"));
-        }
-        if meta.uid() != euid() {
-            return Err(untrusted("belongs to another user"));
-        }
-        Ok(meta)
     }
 
     /// Creates the directory (0700), and tightens it if it is open to others.
