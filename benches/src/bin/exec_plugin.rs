@@ -79,7 +79,7 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
 
 fn args() -> Result<Args, String> {
     let mut out = Args {
-        runs: 300,
+        runs: 500,
         warmup: 20,
         seconds: 300,
         live: true,
@@ -595,6 +595,46 @@ async fn live(tka: &Path, server_bin: &Path, dir: &Path) -> Result<(Live, Vec<Ca
     ))
 }
 
+/// What the live server counted, from its ops listener's `/metrics`.
+#[derive(Debug)]
+struct ServerCounts {
+    minted: u64,
+    whois_count: u64,
+    whois_mean_ms: f64,
+}
+
+/// Reads `/metrics` from the ops listener (plain HTTP/1.1 on loopback, bounded by 10 s).
+fn server_counts(ops: std::net::SocketAddr) -> Result<ServerCounts, String> {
+    use std::io::Read as _;
+    let fail = |e: std::io::Error| format!("reading the server's metrics on {ops}: {e}");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&ops, Duration::from_secs(10)).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {ops}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut text = String::new();
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_string(&mut text)
+        .map_err(fail)?;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let whois_count = value("tka_whois_duration_seconds_count");
+    Ok(ServerCounts {
+        minted: value("tka_tokens_minted_total") as u64,
+        whois_count: whois_count as u64,
+        whois_mean_ms: value("tka_whois_duration_seconds_sum") * 1e3 / whois_count.max(1.0),
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -753,7 +793,7 @@ fn run() -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     let live = if args.live {
-        eprintln!("starting the control plane, the tailnet and tka-server (about a minute)");
+        eprintln!("starting the control plane, the tailnet and tka-server (some seconds)");
         let live_dir = work.path().join("live");
         std::fs::create_dir_all(&live_dir)
             .map_err(|e| format!("creating {}: {e}", live_dir.display()))?;
@@ -769,9 +809,27 @@ fn run() -> Result<(), String> {
     if let (Err(_), Some(live)) = (&outcome, &live) {
         eprintln!("server log:\n{}", live.server.log());
     }
+    let server = live.as_ref().map(|l| server_counts(l.server.ops()));
     runtime.block_on(async move { drop(live) });
     let (rounds, elapsed) = outcome?;
-    let (table, summary) = report(&cases, rounds, elapsed, (&load_start, &load_end));
+    let (mut table, mut summary) = report(&cases, rounds, elapsed, (&load_start, &load_end));
+    if let Some(server) = server {
+        let server = server?;
+        let _ = writeln!(
+            table,
+            "\nthe server's metrics: {} tokens minted, for 1 login and {} refreshes (warm-up \
+             included); whois answered by tailscaled in {:.2} ms on average ({} calls)",
+            server.minted,
+            args.warmup + rounds,
+            server.whois_mean_ms,
+            server.whois_count
+        );
+        summary["server"] = json!({
+            "tokens_minted": server.minted,
+            "whois_mean_ms": server.whois_mean_ms,
+            "whois_count": server.whois_count,
+        });
+    }
     let _ = write!(std::io::stdout(), "{table}");
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
