@@ -11,7 +11,7 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench-exec
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
@@ -66,3 +66,20 @@ examples:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmark results (not part of `make test`).
+BENCH_OUT ?= $(CACHE_DIR)/bench
+EXEC_BENCH_FLAGS ?= --runs 500 --warmup 20 --seconds 240
+
+# kubectl's exec plugins timed as whole processes, interleaved in one run: `tka credential` on a
+# cache hit and on a refresh from the built tka-server over a real tailnet, beside
+# gke-gcloud-auth-plugin serving from its cache (skipped with EXEC_BENCH_FLAGS=--no-gke when it
+# is not installed). Release builds; the run itself is bounded (--seconds, and 10 minutes in
+# all). Writes $(BENCH_OUT)/exec-plugin.{md,json}. See docs/benchmarks.md.
+bench-exec: testenv
+	nice -n 10 $(CARGO) build --locked --release -q -p tka-cli -p tka-server
+	nice -n 10 $(CARGO) build --locked --release -q -p tka-benches --bin exec_plugin
+	mkdir -p "$(BENCH_OUT)"
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	timeout 600 "$(CARGO_TARGET_DIR)/release/exec_plugin" $(EXEC_BENCH_FLAGS) \
+		--json "$(BENCH_OUT)/exec-plugin.json" | tee "$(BENCH_OUT)/exec-plugin.md"
