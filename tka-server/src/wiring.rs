@@ -130,7 +130,7 @@ fn kube(
             .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?,
     );
 
-    let (watches, drive_watches) = ClusterWatches::new(&client);
+    let (watches, drive_watches) = ClusterWatches::new(&client, &settings.namespace);
     let mappings = Arc::new(InMemoryMappings::default());
     let bindability = Arc::new(Bindability::new(client.clone()));
     let feed = Arc::new(
