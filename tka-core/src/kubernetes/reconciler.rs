@@ -425,10 +425,9 @@ impl KubernetesReconciler {
                 self.request_revalidation();
                 schedule.kick(tokio::time::Instant::now());
             }
-            if changed.objects
-                && let Some(at) = self.due_in(&watches, self.clock.now())
-            {
-                schedule.due_by(self.instant_of(at));
+            if changed.objects {
+                let due = self.due_in(&watches, self.clock.now());
+                schedule.due_by(due.map(|at| self.instant_of(at)));
             }
         }
         lease.release().await

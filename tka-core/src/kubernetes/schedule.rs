@@ -18,7 +18,10 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 /// When the next reconcile pass is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassSchedule {
+    /// When the last pass (or a kick) made the next one due.
     next: Instant,
+    /// When the watched stores, as last looked at, make a pass due (replaced at every look).
+    watched: Option<Instant>,
     /// No pass before this (the last pass's end plus the minimum interval).
     not_before: Instant,
     /// When the lease is renewed next.
@@ -34,6 +37,7 @@ impl PassSchedule {
     pub fn new(now: Instant, min_interval: Duration, renew_every: Duration) -> Self {
         Self {
             next: now,
+            watched: None,
             not_before: now,
             renew: now + renew_every,
             min_interval,
@@ -48,7 +52,8 @@ impl PassSchedule {
 
     /// When the next pass is due.
     pub fn pass_at(&self) -> Instant {
-        self.next.max(self.not_before)
+        let next = self.watched.map_or(self.next, |w| w.min(self.next));
+        next.max(self.not_before)
     }
 
     /// Whether the lease is to be renewed (or taken) at `now`.
@@ -62,10 +67,12 @@ impl PassSchedule {
         self.renew = now + self.renew_every;
     }
 
-    /// Something is due at `at` (a watch event showed it): a pass is due by then, unless one
-    /// is due sooner; never closer than the minimum interval after the last pass.
-    pub fn due_by(&mut self, at: Instant) {
-        self.next = self.next.min(at);
+    /// The watched stores were looked at after a change: by what they hold now, something is
+    /// due at `at` (`None`: nothing). This replaces what an earlier look said (a session seen
+    /// half-made is complete by now); a pass is due by then unless the last pass made one due
+    /// sooner, and never closer than the minimum interval after the last pass.
+    pub fn due_by(&mut self, at: Option<Instant>) {
+        self.watched = at;
     }
 
     /// This replica just took the lease: a pass is due at once.
@@ -78,6 +85,7 @@ impl PassSchedule {
     pub fn after_pass(&mut self, now: Instant, wait: Option<Duration>) {
         let wait = wait.unwrap_or(self.min_interval.max(FAILURE_PAUSE));
         self.next = now + wait.max(self.min_interval);
+        self.watched = None;
         self.not_before = now + self.min_interval;
     }
 
@@ -171,5 +179,34 @@ mod tests {
         assert_eq!(s.wake_at(now, false), now + 5 * SECOND);
         s.after_pass(now, Some(60 * SECOND));
         assert_eq!(s.wake_at(now, true), now + 5 * SECOND);
+    }
+
+    #[test]
+    fn the_stores_move_the_pass_to_what_they_hold_now_and_a_renewal_is_no_pass() {
+        let now = Instant::now();
+        let mut s = schedule(now);
+        s.after_pass(now, Some(3600 * SECOND));
+        // A session expiring sooner appears: the pass moves to its expiry, not to now.
+        s.due_by(Some(now + 600 * SECOND));
+        assert!(!s.is_due(now + 599 * SECOND));
+        assert!(s.is_due(now + 600 * SECOND));
+        // A later look replaces it (the session seen half-made is complete by now); the pass
+        // the last pass asked for still holds.
+        s.due_by(Some(now + 1800 * SECOND));
+        assert!(!s.is_due(now + 600 * SECOND));
+        assert_eq!(s.pass_at(), now + 1800 * SECOND);
+        s.due_by(None);
+        assert_eq!(s.pass_at(), now + 3600 * SECOND);
+        // Something due at once waits for the minimum interval after the last pass.
+        s.due_by(Some(now));
+        assert!(!s.is_due(now));
+        assert!(s.is_due(now + SECOND));
+        // Renewals come on their own timer and never make a pass due.
+        s.due_by(None);
+        assert!(s.renewal_due(now + 5 * SECOND));
+        s.renewed(now + 5 * SECOND);
+        assert!(!s.renewal_due(now + 9 * SECOND));
+        assert!(!s.is_due(now + 10 * SECOND));
+        assert_eq!(s.wake_at(now + 5 * SECOND, true), now + 10 * SECOND);
     }
 }

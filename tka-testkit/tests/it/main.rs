@@ -7,4 +7,5 @@ mod cluster;
 mod e2e;
 mod fake_tailnet;
 mod localapi;
+mod run_loop;
 mod suite;

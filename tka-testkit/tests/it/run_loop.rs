@@ -1,0 +1,214 @@
+//! The reconciler's run loop on paused time (`tokio::time::pause`) against FakeCluster: it rests
+//! until something is due. The next pass comes at the earliest `expiresAt`, a new session that
+//! expires sooner brings it forward, lease renewals make no pass, and between passes nothing is
+//! listed (the passes read the shared watches). Time never passes for real: the assertions are
+//! about which pass happens when on the paused clock, not about how fast anything is.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use tka_core::Clock;
+use tka_core::kubernetes::{KubernetesReconciler, ReconcilerSettings};
+use tka_testkit::cluster::Verb;
+use tka_testkit::suite::{FakeClusterBackend, Harness, LabelledObjects, Person, suite_grant_check};
+use tokio::time::Instant;
+
+/// tka's clock following tokio's (paused) clock from `base`.
+#[derive(Debug)]
+struct TokioClock {
+    base: Timestamp,
+    start: Instant,
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.base + SignedDuration::try_from(self.start.elapsed()).unwrap()
+    }
+}
+
+/// One pass the loop made: when (on the paused clock), how many sessions were live after it and
+/// which sessions it ended.
+#[derive(Debug, Clone)]
+struct Pass {
+    at: Instant,
+    live: usize,
+    ended: Vec<String>,
+}
+
+const LISTED: [&str; 6] = [
+    "sessions",
+    "grantmappings",
+    "clusterroles",
+    "serviceaccounts",
+    "clusterrolebindings",
+    "rolebindings",
+];
+
+fn lists(backend: &FakeClusterBackend) -> usize {
+    LISTED
+        .iter()
+        .map(|r| backend.cluster().calls_to(Verb::List, r).len())
+        .sum()
+}
+
+fn sessions(objects: &LabelledObjects) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .sessions
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_rests_until_the_earliest_expiry_and_a_sooner_session_brings_it_forward() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let alice = h.login(Person::AliceLaptop, "sre", "2h").await;
+    let ci = h.login(Person::CiRunner, "ci", "1h").await;
+
+    let mut settings = ReconcilerSettings::new(&h.namespace, "rests");
+    // Only expiries decide here: no periodic re-validation or backstop within the test.
+    settings.revalidate_every = SignedDuration::from_hours(24);
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    let renew_every = Duration::try_from(settings.lease.duration / 3).unwrap();
+    let passes: Arc<Mutex<Vec<Pass>>> = Arc::default();
+    let seen = passes.clone();
+    let reconciler = Arc::new(
+        KubernetesReconciler::new(
+            h.client.clone(),
+            settings,
+            clock.clone(),
+            h.tailnet.clone(),
+            Arc::new(suite_grant_check(&h.namespace)),
+        )
+        .with_pass_observer(Arc::new(move |_, outcome| {
+            let report = outcome.unwrap();
+            seen.lock().unwrap().push(Pass {
+                at: Instant::now(),
+                live: report.live_sessions,
+                ended: report
+                    .removed_of(tka_core::reconciler::ObjectKind::Session)
+                    .map(|r| r.name.clone())
+                    .collect(),
+            });
+        })),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = reconciler.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let passes_now = || passes.lock().unwrap().clone();
+    let instant_of = |at: Timestamp| {
+        let since = at.duration_since(clock.base);
+        clock.start + Duration::try_from(since).unwrap()
+    };
+
+    // The initial lists of every store make one pass, not one per object.
+    for _ in 0..60 {
+        if !passes_now().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let first = passes_now();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].live, 2);
+    let lists_after_first = lists(&h.backend);
+
+    // A minute of rest: the lease is renewed several times, and no renewal makes a pass.
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.namespace);
+    let renewed_before = leases
+        .get("tka-reconciler")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .renew_time;
+    tokio::time::sleep(renew_every * 6).await;
+    let renewed_after = leases
+        .get("tka-reconciler")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .renew_time;
+    assert!(renewed_after.is_some());
+    assert_ne!(
+        renewed_before, renewed_after,
+        "the lease was renewed meanwhile"
+    );
+    assert_eq!(passes_now().len(), 1, "a renewal is not a pass");
+    assert_eq!(
+        lists(&h.backend),
+        lists_after_first,
+        "nothing is listed between passes"
+    );
+
+    // A new session that expires sooner than any other: the store tells the loop, which moves
+    // its next pass to that expiry without passing now.
+    h.clock.set(clock.now());
+    let phone = h.login(Person::AlicePhone, "dev", "30m").await;
+    assert!(phone.session_expires_at < ci.session_expires_at);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        passes_now().len(),
+        1,
+        "a live session coming is nothing due"
+    );
+    // (The login itself looks the device's session up; the reconciler lists nothing.)
+    let lists_after_login = lists(&h.backend);
+    let phone_due = instant_of(phone.session_expires_at);
+    tokio::time::sleep_until(phone_due - Duration::from_secs(1)).await;
+    assert_eq!(passes_now().len(), 1, "no pass before the earliest expiry");
+    assert_eq!(
+        lists(&h.backend),
+        lists_after_login,
+        "nothing is listed between passes"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = passes_now();
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(second[1].at >= phone_due, "{second:?}");
+    assert!(
+        second[1].at <= phone_due + Duration::from_secs(2),
+        "{second:?}"
+    );
+    assert_eq!(second[1].ended, vec![phone.session.to_string()]);
+
+    // Then the loop rests until the next expiry, the CI runner's; Alice's stays.
+    let ci_due = instant_of(ci.session_expires_at);
+    tokio::time::sleep_until(ci_due - Duration::from_secs(1)).await;
+    assert_eq!(passes_now().len(), 2, "{:?}", passes_now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let third = passes_now();
+    assert_eq!(third.len(), 3, "{third:?}");
+    assert!(third[2].at >= ci_due);
+    assert_eq!(third[2].ended, vec![ci.session.to_string()]);
+    assert_eq!(third[2].live, 1);
+    assert_eq!(
+        sessions(&h.objects().await),
+        vec![alice.session.to_string()],
+        "the live, granted session stays"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
