@@ -540,6 +540,35 @@ impl KubernetesReconciler {
         due
     }
 
+    /// The session a pass judges: `stored` itself when it was listed just now or nothing about
+    /// it is due, else (a store may be a moment behind the cluster: a session extended, completed
+    /// or given back its ServiceAccount since) the live one, read now, before anything is
+    /// removed. `None` when it is gone or is another object by now (its children are the
+    /// sweep's business) or cannot be read (a failure in the report).
+    async fn confirmed(
+        &self,
+        stored: &Arc<Session>,
+        from_store: bool,
+        accounts: &ServiceAccounts,
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) -> Option<Arc<Session>> {
+        if !from_store || self.session_due(stored, accounts, now) > now {
+            return Some(Arc::clone(stored));
+        }
+        let name = stored.name_any();
+        match self.apis.sessions.get_opt(&name).await {
+            Ok(Some(live)) if live.uid() == stored.uid() => Some(Arc::new(live)),
+            Ok(_) => None,
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("confirming session {name}: {e}"));
+                None
+            }
+        }
+    }
+
     /// When a labelled object that looks orphaned in the stores may be swept (its grace end).
     fn orphan_due<K: Resource>(
         &self,
@@ -1254,9 +1283,23 @@ impl KubernetesReconciler {
             )
         };
 
-        for session in &sessions {
+        let mut judged: Vec<Arc<Session>> = Vec::with_capacity(sessions.len());
+        for stored in &sessions {
+            let Some(session) = self
+                .confirmed(
+                    stored,
+                    watches.is_some(),
+                    &service_accounts,
+                    now,
+                    &mut report,
+                )
+                .await
+            else {
+                continue;
+            };
+            judged.push(Arc::clone(&session));
             self.session_pass(
-                session,
+                &session,
                 now,
                 revalidate_all,
                 &views,
@@ -1271,7 +1314,7 @@ impl KubernetesReconciler {
             .removed_of(ObjectKind::Session)
             .map(|r| r.name.clone())
             .collect();
-        let by_name: BTreeMap<String, Arc<Session>> = sessions
+        let by_name: BTreeMap<String, Arc<Session>> = judged
             .iter()
             .filter(|s| !ended.contains(s.name_any().as_str()))
             .map(|s| (s.name_any(), Arc::clone(s)))

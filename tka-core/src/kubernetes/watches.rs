@@ -386,4 +386,44 @@ mod tests {
         let listed = store_of(Vec::new(), true);
         assert_eq!(listed.live_count(Timestamp::now()), Some(0));
     }
+
+    #[test]
+    fn stored_objects_keep_what_the_server_reads_and_nothing_else() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+        let now = Timestamp::now();
+        let mut s = session("tka-alice-a1", "nAlice", "nAlice", now);
+        s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("tka-server".to_owned()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        s.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{\"spec\":{}}".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        s.metadata.finalizers = Some(vec!["tka.dev/cleanup".to_owned()]);
+        let before = s.clone();
+        slim(&mut s);
+        assert_eq!(s.metadata.managed_fields, None);
+        assert_eq!(s.metadata.annotations, None);
+        // Everything the server reads stays.
+        assert_eq!(s.spec, before.spec);
+        assert_eq!(s.metadata.labels, before.metadata.labels);
+        assert_eq!(s.metadata.uid, before.metadata.uid);
+        assert_eq!(s.metadata.finalizers, before.metadata.finalizers);
+
+        let mut meta: Meta<ServiceAccount> = PartialObjectMeta {
+            types: None,
+            metadata: before.metadata.clone(),
+            _phantom: std::marker::PhantomData,
+        };
+        slim(&mut meta);
+        assert_eq!(meta.metadata.managed_fields, None);
+        assert_eq!(meta.metadata.annotations, None);
+        assert_eq!(meta.metadata.labels, before.metadata.labels);
+    }
 }

@@ -212,3 +212,71 @@ async fn the_loop_rests_until_the_earliest_expiry_and_a_sooner_session_brings_it
         .unwrap()
         .unwrap();
 }
+
+/// Waits (bounded) until `ready` holds.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened");
+}
+
+/// A pass reads the stores, which may be behind the cluster: a session the store still shows
+/// at its old `expiresAt` was extended meanwhile. The pass confirms with a live read before it
+/// ends anything, so the live, granted session stays; once it is really over, it goes. The
+/// pass lists nothing.
+#[tokio::test]
+async fn a_store_behind_the_cluster_never_ends_an_extended_session() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let first = h.login(Person::AliceLaptop, "sre", "1h").await;
+    let (watches, drive) = tka_core::kubernetes::ClusterWatches::new(&h.client, &h.namespace);
+    let driver = tokio::spawn(drive);
+    let name = first.session.to_string();
+    until("the stores list the session", || {
+        watches.all_listed()
+            && watches
+                .sessions
+                .watched()
+                .state()
+                .iter()
+                .any(|s| kube::ResourceExt::name_any(&**s) == name && s.is_complete())
+    })
+    .await;
+    // From here on the stores hold what they hold now.
+    driver.abort();
+    let _ = driver.await;
+
+    h.advance(SignedDuration::from_mins(30));
+    let extended = h.login(Person::AliceLaptop, "sre", "2h").await;
+    assert_eq!(extended.session, first.session);
+    assert!(extended.session_expires_at > first.session_expires_at);
+    let reconciler = h.another_reconciler("behind").with_watches(watches.clone());
+
+    // Refused: ending it from the store's stale expiresAt.
+    h.clock
+        .set(first.session_expires_at + SignedDuration::from_secs(1));
+    h.backend.cluster().clear_calls();
+    let report = tka_core::reconciler::Reconciler::reconcile_once(&reconciler, h.clock.now())
+        .await
+        .unwrap();
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
+    assert_eq!(
+        lists(&h.backend),
+        0,
+        "the pass read the stores: {:?}",
+        h.backend.cluster().calls()
+    );
+    assert_eq!(sessions(&h.objects().await), vec![name.clone()]);
+
+    // Allowed: past the extended end, it goes.
+    h.clock
+        .set(extended.session_expires_at + SignedDuration::from_secs(1));
+    let report = tka_core::reconciler::Reconciler::reconcile_once(&reconciler, h.clock.now())
+        .await
+        .unwrap();
+    assert!(report.removed_session(&name), "{:?}", report.removed);
+    assert!(h.objects().await.is_empty());
+}
