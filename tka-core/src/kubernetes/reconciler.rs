@@ -401,7 +401,22 @@ impl KubernetesReconciler {
             }
             let ready = leading && watches.all_listed();
             if ready && schedule.is_due(tokio::time::Instant::now()) {
-                let wait = self.pass(&watches).await;
+                // What the pass judges the mappings from: a later change is one to it (and the
+                // pass's own status writes are not).
+                wakes.mappings_moved(&watches);
+                // A long pass (the first one re-validates every session) must not starve the
+                // Lease: it is renewed on its timer meanwhile.
+                let pass = self.pass(&watches);
+                tokio::pin!(pass);
+                let wait = loop {
+                    tokio::select! {
+                        wait = &mut pass => break wait,
+                        () = tokio::time::sleep_until(schedule.renew_at()) => {
+                            leading = self.renew(&lease, leading, &mut schedule).await;
+                            schedule.renewed(tokio::time::Instant::now());
+                        }
+                    }
+                };
                 schedule.after_pass(tokio::time::Instant::now(), wait);
             }
             let wake = schedule.wake_at(tokio::time::Instant::now(), ready);

@@ -56,6 +56,11 @@ impl PassSchedule {
         next.max(self.not_before)
     }
 
+    /// When the lease is to be renewed next.
+    pub fn renew_at(&self) -> Instant {
+        self.renew
+    }
+
     /// Whether the lease is to be renewed (or taken) at `now`.
     pub fn renewal_due(&self, now: Instant) -> bool {
         now >= self.renew

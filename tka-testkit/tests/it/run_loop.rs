@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tka_core::Clock;
 use tka_core::kubernetes::{KubernetesReconciler, ReconcilerSettings};
-use tka_testkit::cluster::Verb;
+use tka_testkit::cluster::{Fault, FaultRule, RequestMatch, Verb};
 use tka_testkit::suite::{FakeClusterBackend, Harness, LabelledObjects, Person, suite_grant_check};
 use tokio::time::Instant;
 
@@ -100,6 +100,17 @@ async fn the_loop_rests_until_the_earliest_expiry_and_a_sooner_session_brings_it
                     .collect(),
             });
         })),
+    );
+    // The ServiceAccounts are listed last, long after the others (as with thousands of them):
+    // the first pass waits for them, and its own GrantMapping conditions make no second pass.
+    h.backend.cluster().inject(
+        FaultRule::on(
+            RequestMatch::any().verb("list").resource("serviceaccounts"),
+            Fault::Timeout {
+                after: Duration::from_secs(5),
+            },
+        )
+        .nth(1),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = reconciler.clone();
@@ -279,4 +290,90 @@ async fn a_store_behind_the_cluster_never_ends_an_extended_session() {
         .unwrap();
     assert!(report.removed_session(&name), "{:?}", report.removed);
     assert!(h.objects().await.is_empty());
+}
+
+/// A long pass does not starve the Lease: it is renewed on its own timer while the pass runs.
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_during_a_long_pass() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let _alice = h.login(Person::AliceLaptop, "sre", "2h").await;
+    let settings = ReconcilerSettings::new(&h.namespace, "long");
+    let lease_duration = Duration::try_from(settings.lease.duration).unwrap();
+    // The first pass hangs on its first GrantMapping condition for three lease durations.
+    h.backend.cluster().inject(
+        FaultRule::on(
+            RequestMatch::any()
+                .verb("patch")
+                .resource("grantmappings")
+                .subresource("status"),
+            Fault::Timeout {
+                after: lease_duration * 3,
+            },
+        )
+        .nth(1),
+    );
+    let passes: Arc<Mutex<usize>> = Arc::default();
+    let seen = passes.clone();
+    let reconciler = Arc::new(
+        KubernetesReconciler::new(
+            h.client.clone(),
+            settings,
+            clock.clone(),
+            h.tailnet.clone(),
+            Arc::new(suite_grant_check(&h.namespace)),
+        )
+        .with_pass_observer(Arc::new(move |_, _| *seen.lock().unwrap() += 1)),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = reconciler.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.namespace);
+    let renewed = || async {
+        leases
+            .get_opt("tka-reconciler")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        *passes.lock().unwrap(),
+        0,
+        "the first pass is still running"
+    );
+    let early = renewed().await.expect("the lease is held");
+    tokio::time::sleep(lease_duration * 2).await;
+    assert_eq!(
+        *passes.lock().unwrap(),
+        0,
+        "the first pass is still running"
+    );
+    let later = renewed().await.unwrap();
+    assert!(
+        later.0 > early.0,
+        "renewed during the pass: {early:?} {later:?}"
+    );
+    let spec = leases.get("tka-reconciler").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("long"));
+    // Allowed: the pass ends and the loop carries on.
+    tokio::time::sleep(lease_duration * 2).await;
+    assert_eq!(*passes.lock().unwrap(), 1);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
 }
