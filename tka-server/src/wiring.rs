@@ -125,7 +125,7 @@ fn kube(
 ) -> anyhow::Result<Kube> {
     let mut issuer_settings = IssuerSettings::new(&settings.namespace);
     issuer_settings.token_lifetime = settings.token_lifetime;
-    let (watches, drive_watches) = ClusterWatches::new(&client);
+    let (watches, drive_watches) = ClusterWatches::new(&client, &settings.namespace);
     let issuer = Arc::new(
         KubernetesIssuer::new(client.clone(), issuer_settings, clock.clone())
             .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?

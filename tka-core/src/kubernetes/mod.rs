@@ -32,7 +32,7 @@ pub use session::{
     BindingKind, BindingRef, ObjectRef, Session, SessionIdentity, SessionPhase, SessionRoleBinding,
     SessionSpec, SessionStatus,
 };
-pub use watches::{ClusterWatches, Revision, SessionStore, Watched};
+pub use watches::{ClusterWatches, Meta, Revision, SessionStore, Watched, slim};
 
 pub use crate::policy::GrantMapping;
 pub use crate::reconciler::PolicyGrantCheck;

@@ -32,17 +32,18 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
-use super::objects::{Apis, delete_uid, end_session, managed_selector, owner_uid, removal};
+use super::objects::{Apis, end_session, managed_selector, owner_uid, removal};
 use super::rbac::cluster_roles;
 use super::schedule::PassSchedule;
 use super::session::{Session, SessionPhase};
-use super::watches::ClusterWatches;
+use super::watches::{ClusterWatches, Meta, Revision};
 use super::{
     CONDITION_READY, GrantMappingStatus, REASON_FORBIDDEN_NAMESPACE, REASON_INVALID_SPEC,
     REASON_READY, REVISION_LABEL, SESSION_LABEL,
@@ -75,7 +76,8 @@ pub struct ReconcilerSettings {
     /// Whether `clusterRoles` may name ClusterRoles that grant more than reading (default
     /// `false`; see `PolicySettings::allow_cluster_wide_write`).
     pub allow_cluster_wide_write: bool,
-    /// The longest time between passes in [`KubernetesReconciler::run`] (default 60 s).
+    /// The longest time between passes in [`KubernetesReconciler::run`] (default 5 min, the
+    /// re-validation period: passes come when something is due, this is only a backstop).
     pub resync_every: Duration,
     /// The shortest time between passes triggered by watch events (default 1 s).
     pub min_interval: Duration,
@@ -97,7 +99,7 @@ impl ReconcilerSettings {
                 .map(|s| (*s).to_owned())
                 .collect(),
             allow_cluster_wide_write: false,
-            resync_every: Duration::from_secs(60),
+            resync_every: Duration::from_secs(300),
             min_interval: Duration::from_secs(1),
         }
     }
@@ -107,6 +109,142 @@ impl ReconcilerSettings {
         std::iter::once(self.namespace.clone())
             .chain(self.denied_namespaces.iter().cloned())
             .collect()
+    }
+}
+
+/// The metadata of the labelled ServiceAccounts, by name.
+type ServiceAccounts = HashMap<String, Arc<Meta<ServiceAccount>>>;
+
+/// Lowers `due` to `at` if that is earlier.
+fn at_opt(due: &mut Option<Timestamp>, at: Option<Timestamp>) {
+    if let Some(at) = at {
+        *due = Some(due.map_or(at, |d| d.min(at)));
+    }
+}
+
+/// Deletes `name` if it is still the object seen (same UID and resourceVersion). `Ok(true)` when
+/// this call deleted it, `Ok(false)` when it was already gone, is now another object, or has
+/// changed since (the next pass judges it again).
+async fn delete_unchanged<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+    resource_version: Option<String>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What woke the run loop, once a burst has settled.
+#[derive(Debug, Default, Clone, Copy)]
+struct Changed {
+    /// A Session, or a labelled ServiceAccount or binding.
+    objects: bool,
+    /// A GrantMapping.
+    mappings: bool,
+    /// A ClusterRole changed (not merely re-listed).
+    roles: bool,
+}
+
+/// The watch receivers the run loop wakes on, and what it last saw of them.
+struct Wakes {
+    objects: [watch::Receiver<Revision>; 4],
+    mappings: watch::Receiver<Revision>,
+    roles: watch::Receiver<Revision>,
+    roles_seen: u64,
+    fired: Changed,
+    /// The GrantMappings (name, uid, generation) at the last change looked at.
+    mappings_seen: Option<Vec<(String, String, i64)>>,
+}
+
+impl Wakes {
+    fn new(watches: &ClusterWatches) -> Self {
+        let mut roles = watches.cluster_roles.subscribe();
+        // An aggregated role can gain a write rule at any time: re-check then, not at the next
+        // periodic pass. Only changes count, not the (re)list of every role; a change missed
+        // across a re-list is caught by the next periodic pass, whose fingerprint holds every
+        // mapping's state.
+        let roles_seen = roles.borrow_and_update().changes;
+        Self {
+            objects: [
+                watches.sessions.watched().subscribe(),
+                watches.service_accounts.subscribe(),
+                watches.cluster_role_bindings.subscribe(),
+                watches.role_bindings.subscribe(),
+            ],
+            mappings: watches.grant_mappings.subscribe(),
+            roles,
+            roles_seen,
+            fired: Changed::default(),
+            mappings_seen: None,
+        }
+    }
+
+    /// Waits until some watch reports a list or a change (forever once every watch stopped).
+    async fn changed(&mut self) {
+        let [sessions, sas, crbs, rbs] = &mut self.objects;
+        tokio::select! {
+            Ok(()) = sessions.changed() => self.fired.objects = true,
+            Ok(()) = sas.changed() => self.fired.objects = true,
+            Ok(()) = crbs.changed() => self.fired.objects = true,
+            Ok(()) = rbs.changed() => self.fired.objects = true,
+            Ok(()) = self.mappings.changed() => self.fired.mappings = true,
+            Ok(()) = self.roles.changed() => self.fired.roles = true,
+            else => std::future::pending().await,
+        }
+    }
+
+    /// Everything that changed since the last call (a burst counts once).
+    fn take(&mut self) -> Changed {
+        let mut changed = std::mem::take(&mut self.fired);
+        for rx in &mut self.objects {
+            if rx.has_changed().unwrap_or(false) {
+                rx.borrow_and_update();
+                changed.objects = true;
+            }
+        }
+        if self.mappings.has_changed().unwrap_or(false) {
+            self.mappings.borrow_and_update();
+            changed.mappings = true;
+        }
+        let roles = self.roles.borrow_and_update().changes;
+        changed.roles = roles != self.roles_seen;
+        self.roles_seen = roles;
+        changed
+    }
+
+    /// Whether a GrantMapping was made, removed or had its spec changed (its generation) since
+    /// the last call; a change of status alone (the reconciler's own conditions) is not one.
+    fn mappings_moved(&mut self, watches: &ClusterWatches) -> bool {
+        let mut now: Vec<(String, String, i64)> = watches
+            .grant_mappings
+            .state()
+            .iter()
+            .map(|m| {
+                (
+                    m.name_any(),
+                    m.uid().unwrap_or_default(),
+                    m.metadata.generation.unwrap_or(0),
+                )
+            })
+            .collect();
+        now.sort();
+        let moved = self.mappings_seen.as_ref() != Some(&now);
+        self.mappings_seen = Some(now);
+        moved
     }
 }
 
@@ -208,10 +346,16 @@ impl KubernetesReconciler {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs passes until `shutdown` completes: while holding the Lease, at the requeue time, at
-    /// least every `resync_every`, and soon after Session, GrantMapping or ClusterRole changes
-    /// (from the shared [`ClusterWatches`] given with [`Self::with_watches`], else from watches of
-    /// its own, driven for as long as this runs). When passes are due is [`PassSchedule`]'s rule.
+    /// Runs passes until `shutdown` completes, while holding the Lease, only when something is
+    /// due: the earliest requeue a pass reported (an `expiresAt`, a grace period's end), the next
+    /// periodic re-validation, a watch event that makes something due sooner (a Session, or one
+    /// of tka's labelled objects, that is over, unfinished or orphaned), or a GrantMapping or
+    /// ClusterRole change; and at least every `resync_every`. Events are coalesced; the Lease is
+    /// renewed on its own timer, and a renewal never makes a pass. The first pass waits until
+    /// every watched store holds its first list, and passes read the stores, not fresh lists.
+    /// The watches are the shared [`ClusterWatches`] given with [`Self::with_watches`], else
+    /// watches of its own, driven for as long as this runs. When passes are due is
+    /// [`PassSchedule`]'s rule.
     pub async fn run<F>(&self, shutdown: F) -> Result<(), ReconcileError>
     where
         F: Future<Output = ()> + Send,
@@ -225,7 +369,7 @@ impl KubernetesReconciler {
         let (watches, own_driver) = match &self.watches {
             Some(shared) => (shared.clone(), None),
             None => {
-                let (own, driver) = ClusterWatches::new(&client);
+                let (own, driver) = ClusterWatches::new(&client, &self.settings.namespace);
                 (own, Some(driver))
             }
         };
@@ -236,14 +380,7 @@ impl KubernetesReconciler {
             }
         };
         tokio::pin!(drive_own);
-        let mut sessions = watches.sessions.watched().subscribe();
-        let mut mappings = watches.grant_mappings.subscribe();
-        // An aggregated role can gain a write rule at any time: re-check then, not at the next
-        // periodic pass. Only changes wake the loop, not the (re)list of every role; a change
-        // missed across a re-list is caught by the next periodic pass, whose fingerprint holds
-        // every mapping's state.
-        let mut roles = watches.cluster_roles.subscribe();
-        let mut roles_seen = roles.borrow_and_update().changes;
+        let mut wakes = Wakes::new(&watches);
         tokio::pin!(shutdown);
 
         let renew_every = Duration::from_secs(
@@ -255,92 +392,244 @@ impl KubernetesReconciler {
             renew_every,
         );
         let mut leading = false;
+        let mut renew_now = true;
         loop {
-            match lease.try_acquire_or_renew().await {
-                Ok(now_leading) => {
-                    if now_leading != leading {
-                        info!(
-                            holder = lease.holder_identity(),
-                            leading = now_leading,
-                            "reconciler leadership changed"
-                        );
-                        if now_leading {
-                            self.request_revalidation();
-                            schedule.took_lease(tokio::time::Instant::now());
-                        }
-                    }
-                    leading = now_leading;
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not renew the reconciler lease");
-                    leading = false;
-                }
+            if renew_now || schedule.renewal_due(tokio::time::Instant::now()) {
+                leading = self.renew(&lease, leading, &mut schedule).await;
+                schedule.renewed(tokio::time::Instant::now());
+                renew_now = false;
             }
-            if leading && schedule.is_due(tokio::time::Instant::now()) {
-                let now = self.clock.now();
-                let started = std::time::Instant::now();
-                let outcome = self.reconcile_once(now).await;
-                if let Some(observer) = &self.observer {
-                    observer(started.elapsed(), outcome.as_ref());
-                }
-                let wait = match outcome {
-                    Ok(report) => {
-                        if !report.removed.is_empty() || !report.failures.is_empty() {
-                            info!(
-                                removed = report.removed.len(),
-                                failures = report.failures.len(),
-                                live = report.live_sessions,
-                                "reconcile pass"
-                            );
+            let ready = leading && watches.all_listed();
+            if ready && schedule.is_due(tokio::time::Instant::now()) {
+                // What the pass judges the mappings from: a later change is one to it (and the
+                // pass's own status writes are not).
+                wakes.mappings_moved(&watches);
+                // A long pass (the first one re-validates every session) must not starve the
+                // Lease: it is renewed on its timer meanwhile.
+                let pass = self.pass(&watches);
+                tokio::pin!(pass);
+                let wait = loop {
+                    tokio::select! {
+                        wait = &mut pass => break wait,
+                        () = tokio::time::sleep_until(schedule.renew_at()) => {
+                            leading = self.renew(&lease, leading, &mut schedule).await;
+                            schedule.renewed(tokio::time::Instant::now());
                         }
-                        let due = wait_until(
-                            now,
-                            report.next_requeue,
-                            signed(self.settings.resync_every),
-                        );
-                        Some(unsigned(due))
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "reconcile pass failed");
-                        None
                     }
                 };
                 schedule.after_pass(tokio::time::Instant::now(), wait);
             }
-            let wake = schedule.wake_at(tokio::time::Instant::now(), leading);
-            let kicked = tokio::select! {
+            let wake = schedule.wake_at(tokio::time::Instant::now(), ready);
+            tokio::select! {
                 () = &mut shutdown => break,
                 () = &mut drive_own => break,
-                () = tokio::time::sleep_until(wake) => false,
-                Ok(()) = sessions.changed() => {
-                    sessions.borrow_and_update();
-                    true
-                }
-                Ok(()) = mappings.changed() => {
-                    mappings.borrow_and_update();
-                    self.request_revalidation();
-                    true
-                }
-                Ok(()) = roles.changed() => {
-                    let changes = roles.borrow_and_update().changes;
-                    let changed = changes != roles_seen;
-                    roles_seen = changes;
-                    if changed {
-                        self.request_revalidation();
-                    }
-                    changed
-                }
-            };
-            if kicked {
+                () = tokio::time::sleep_until(wake) => continue,
+                () = wakes.changed() => {}
+            }
+            // Coalesce a burst of events: let it settle, then look at everything it changed.
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(schedule.settle()) => {}
+            }
+            let changed = wakes.take();
+            if !watches.all_listed() {
+                // The first pass is due already and waits for every first list.
+                continue;
+            }
+            if (changed.mappings && wakes.mappings_moved(&watches)) || changed.roles {
+                self.request_revalidation();
                 schedule.kick(tokio::time::Instant::now());
-                // Coalesce a burst of events into one pass.
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(schedule.settle()) => {}
-                }
+            }
+            if changed.objects {
+                let due = self.due_in(&watches, self.clock.now());
+                schedule.due_by(due.map(|at| self.instant_of(at)));
             }
         }
         lease.release().await
+    }
+
+    /// Renews (or tries to take) the Lease; returns whether this replica leads now. Taking it
+    /// makes a pass due at once, re-validating every live session.
+    async fn renew(&self, lease: &LeaderLease, leading: bool, schedule: &mut PassSchedule) -> bool {
+        match lease.try_acquire_or_renew().await {
+            Ok(now_leading) => {
+                if now_leading != leading {
+                    info!(
+                        holder = lease.holder_identity(),
+                        leading = now_leading,
+                        "reconciler leadership changed"
+                    );
+                    if now_leading {
+                        self.request_revalidation();
+                        schedule.took_lease(tokio::time::Instant::now());
+                    }
+                }
+                now_leading
+            }
+            Err(e) => {
+                warn!(error = %e, "could not renew the reconciler lease");
+                false
+            }
+        }
+    }
+
+    /// One pass of [`Self::run`] from the watched stores; returns how long until the next one is
+    /// due, or `None` when it failed as a whole.
+    async fn pass(&self, watches: &ClusterWatches) -> Option<Duration> {
+        let now = self.clock.now();
+        let started = std::time::Instant::now();
+        let outcome = self.reconcile_from(now, Some(watches)).await;
+        if let Some(observer) = &self.observer {
+            observer(started.elapsed(), outcome.as_ref());
+        }
+        match outcome {
+            Ok(report) => {
+                if !report.removed.is_empty() || !report.failures.is_empty() {
+                    info!(
+                        removed = report.removed.len(),
+                        failures = report.failures.len(),
+                        live = report.live_sessions,
+                        "reconcile pass"
+                    );
+                }
+                let next = match (report.next_requeue, self.revalidation_due()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let due = wait_until(now, next, signed(self.settings.resync_every));
+                Some(unsigned(due))
+            }
+            Err(e) => {
+                warn!(error = %e, "reconcile pass failed");
+                None
+            }
+        }
+    }
+
+    /// When the loop's clock reaches `at` on this reconciler's clock.
+    fn instant_of(&self, at: Timestamp) -> tokio::time::Instant {
+        let wait = at.duration_since(self.clock.now());
+        tokio::time::Instant::now() + unsigned(wait)
+    }
+
+    /// The earliest periodic re-validation of a session whose grant was last found to hold.
+    fn revalidation_due(&self) -> Option<Timestamp> {
+        let every = self.settings.revalidate_every;
+        self.state().validated.values().map(|at| *at + every).min()
+    }
+
+    /// How early before its periodic time a session is re-validated, so that sessions whose
+    /// times are close are re-validated in one pass rather than in one pass each.
+    fn revalidation_slack(&self) -> SignedDuration {
+        self.settings.revalidate_every / 10
+    }
+
+    /// When the watched stores say a pass has something to do, judged cheaply from what they
+    /// hold (the pass itself decides, with live reads where it must): now for a Session that is
+    /// over, deleted, malformed or missing the ServiceAccount it recorded; the grace period's end
+    /// for an unfinished one and for a labelled object that looks orphaned; else the earliest
+    /// `expiresAt`. `None` when nothing is held at all.
+    fn due_in(&self, watches: &ClusterWatches, now: Timestamp) -> Option<Timestamp> {
+        let sessions = watches.sessions.watched().state();
+        let accounts: HashMap<String, Arc<Meta<ServiceAccount>>> = watches
+            .service_accounts
+            .state()
+            .into_iter()
+            .map(|sa| (sa.name_any(), sa))
+            .collect();
+        let by_name: HashMap<String, &Session> =
+            sessions.iter().map(|s| (s.name_any(), &**s)).collect();
+        let mut due: Option<Timestamp> = None;
+        for session in &sessions {
+            at_opt(&mut due, Some(self.session_due(session, &accounts, now)));
+        }
+        for sa in accounts.values() {
+            at_opt(&mut due, self.orphan_due(&**sa, &by_name, now, false));
+        }
+        for crb in watches.cluster_role_bindings.state() {
+            at_opt(&mut due, self.orphan_due(&*crb, &by_name, now, true));
+        }
+        for rb in watches.role_bindings.state() {
+            at_opt(&mut due, self.orphan_due(&*rb, &by_name, now, true));
+        }
+        due
+    }
+
+    /// The session a pass judges: `stored` itself when it was listed just now or nothing about
+    /// it is due, else (a store may be a moment behind the cluster: a session extended, completed
+    /// or given back its ServiceAccount since) the live one, read now, before anything is
+    /// removed. `None` when it is gone or is another object by now (its children are the
+    /// sweep's business) or cannot be read (a failure in the report).
+    async fn confirmed(
+        &self,
+        stored: &Arc<Session>,
+        from_store: bool,
+        accounts: &ServiceAccounts,
+        now: Timestamp,
+        report: &mut ReconcileReport,
+    ) -> Option<Arc<Session>> {
+        if !from_store || self.session_due(stored, accounts, now) > now {
+            return Some(Arc::clone(stored));
+        }
+        let name = stored.name_any();
+        match self.apis.sessions.get_opt(&name).await {
+            Ok(Some(live)) if live.uid() == stored.uid() => Some(Arc::new(live)),
+            Ok(_) => None,
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("confirming session {name}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// When a labelled object that looks orphaned in the stores may be swept (its grace end).
+    fn orphan_due<K: Resource>(
+        &self,
+        object: &K,
+        by_name: &HashMap<String, &Session>,
+        now: Timestamp,
+        is_binding: bool,
+    ) -> Option<Timestamp> {
+        let session = object
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SESSION_LABEL))
+            .and_then(|n| by_name.get(n).copied());
+        Self::orphan_reason(object, session, now, is_binding)?;
+        let created = object
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0);
+        Some(created + self.settings.grace)
+    }
+
+    /// When the run loop must look at `session` again, as far as the stores show.
+    fn session_due(
+        &self,
+        session: &Session,
+        accounts: &HashMap<String, Arc<Meta<ServiceAccount>>>,
+        now: Timestamp,
+    ) -> Timestamp {
+        if session.is_over(now) || session.grant().is_none() {
+            return now;
+        }
+        if !session.is_complete() {
+            return (session.spec.revised_at.0 + self.settings.grace).min(session.expires_at());
+        }
+        let recorded = session
+            .status
+            .as_ref()
+            .and_then(|s| s.service_account.as_ref());
+        let held = recorded.is_some_and(|r| {
+            accounts
+                .get(&r.name)
+                .is_some_and(|sa| sa.uid().as_deref() == Some(r.uid.as_str()))
+        });
+        if held { session.expires_at() } else { now }
     }
 
     async fn list_all<K>(
@@ -386,11 +675,11 @@ impl KubernetesReconciler {
     }
 
     /// Whether a complete session still has the ServiceAccount it recorded, confirmed with a
-    /// live read when the list does not show it.
+    /// live read when the store (or list) does not show it.
     async fn service_account_intact(
         &self,
         session: &Session,
-        listed: &HashMap<String, ServiceAccount>,
+        listed: &ServiceAccounts,
     ) -> Result<bool, kube::Error> {
         let name = session.name_any();
         let Some(recorded) = session
@@ -403,17 +692,17 @@ impl KubernetesReconciler {
         if recorded.namespace != self.settings.namespace || recorded.name != name {
             return Ok(false);
         }
-        let intact = |sa: &ServiceAccount| {
+        let intact = |sa: &Meta<ServiceAccount>| {
             sa.uid().as_deref() == Some(recorded.uid.as_str())
                 && owner_uid(sa) == session.uid().as_deref()
         };
-        if listed.get(&name).is_some_and(intact) {
+        if listed.get(&name).is_some_and(|sa| intact(sa)) {
             return Ok(true);
         }
         Ok(self
             .apis
             .service_accounts
-            .get_opt(&name)
+            .get_metadata_opt(&name)
             .await?
             .is_some_and(|sa| intact(&sa)))
     }
@@ -456,7 +745,7 @@ impl KubernetesReconciler {
         now: Timestamp,
         revalidate_all: bool,
         mappings: &[MappingView],
-        service_accounts: &HashMap<String, ServiceAccount>,
+        service_accounts: &ServiceAccounts,
         report: &mut ReconcileReport,
         validated: &mut HashMap<String, Timestamp>,
     ) {
@@ -539,9 +828,9 @@ impl KubernetesReconciler {
             }
         }
         let due = revalidate_all
-            || validated
-                .get(&uid)
-                .is_none_or(|at| *at + self.settings.revalidate_every <= now);
+            || validated.get(&uid).is_none_or(|at| {
+                *at + self.settings.revalidate_every <= now + self.revalidation_slack()
+            });
         if due {
             report.revalidated += 1;
             match self.revalidate(session, mappings, now).await {
@@ -602,7 +891,7 @@ impl KubernetesReconciler {
     async fn sweep_verdict<K: Resource>(
         &self,
         object: &K,
-        sessions: &BTreeMap<String, Session>,
+        sessions: &BTreeMap<String, Arc<Session>>,
         now: Timestamp,
         is_binding: bool,
         report: &mut ReconcileReport,
@@ -612,7 +901,7 @@ impl KubernetesReconciler {
             .labels
             .as_ref()
             .and_then(|l| l.get(SESSION_LABEL));
-        let listed = session_name.and_then(|n| sessions.get(n));
+        let listed = session_name.and_then(|n| sessions.get(n)).map(|s| &**s);
         Self::orphan_reason(object, listed, now, is_binding)?;
         // It looks orphaned. A young object may belong to a login in flight whose Session this
         // pass's list predates: leave it until the grace period is over.
@@ -640,57 +929,61 @@ impl KubernetesReconciler {
         }
     }
 
+    /// Sweeps the labelled ServiceAccounts, ClusterRoleBindings and RoleBindings: from the
+    /// stores when `watches` are given, else listed now. Objects of `ended` sessions (ended by
+    /// this pass, with their children) are left to that ending.
     async fn sweep(
         &self,
-        sessions: &BTreeMap<String, Session>,
+        watches: Option<&ClusterWatches>,
+        sessions: &BTreeMap<String, Arc<Session>>,
+        ended: &HashSet<String>,
         now: Timestamp,
         report: &mut ReconcileReport,
     ) -> Result<(), ReconcileError> {
-        let selector = managed_selector();
-        let sas = self
-            .list_all(
-                &self.apis.service_accounts,
-                Some(&selector),
-                "ServiceAccounts",
-            )
-            .await?;
+        let sas = match watches {
+            Some(w) => w.service_accounts.state(),
+            None => {
+                self.labelled(&self.apis.service_accounts, "ServiceAccounts")
+                    .await?
+            }
+        };
         self.sweep_objects(
             sas,
             ObjectKind::ServiceAccount,
             |_| self.apis.service_accounts.clone(),
-            sessions,
+            (sessions, ended),
             now,
             report,
         )
         .await;
-        let crbs = self
-            .list_all(
-                &self.apis.cluster_role_bindings,
-                Some(&selector),
-                "ClusterRoleBindings",
-            )
-            .await?;
+        let crbs = match watches {
+            Some(w) => w.cluster_role_bindings.state(),
+            None => {
+                self.labelled(&self.apis.cluster_role_bindings, "ClusterRoleBindings")
+                    .await?
+            }
+        };
         self.sweep_objects(
             crbs,
             ObjectKind::ClusterRoleBinding,
             |_| self.apis.cluster_role_bindings.clone(),
-            sessions,
+            (sessions, ended),
             now,
             report,
         )
         .await;
-        let rbs = self
-            .list_all(
-                &self.apis.all_role_bindings,
-                Some(&selector),
-                "RoleBindings",
-            )
-            .await?;
+        let rbs = match watches {
+            Some(w) => w.role_bindings.state(),
+            None => {
+                self.labelled(&self.apis.all_role_bindings, "RoleBindings")
+                    .await?
+            }
+        };
         self.sweep_objects(
             rbs,
             ObjectKind::RoleBinding,
             |rb| self.apis.role_bindings(&rb.namespace().unwrap_or_default()),
-            sessions,
+            (sessions, ended),
             now,
             report,
         )
@@ -698,14 +991,31 @@ impl KubernetesReconciler {
         Ok(())
     }
 
-    /// Deletes (with a UID precondition) each of `objects` that [`Self::sweep_verdict`] condemns,
-    /// recording removals and failures in `report`; `api_for` gives the API to delete it through.
+    /// The metadata of the objects labelled `managed-by=tka` that `api` lists, listed now.
+    async fn labelled<K>(
+        &self,
+        api: &Api<K>,
+        what: &str,
+    ) -> Result<Vec<Arc<Meta<K>>>, ReconcileError>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.list_metadata(&ListParams::default().labels(&managed_selector()))
+            .await
+            .map(|l| l.items.into_iter().map(Arc::new).collect())
+            .map_err(|e| reconcile_error(format!("list {what}"), e))
+    }
+
+    /// Deletes (with UID and resourceVersion preconditions, so an object changed since it was
+    /// seen is judged again at the next pass) each of `objects` that [`Self::sweep_verdict`]
+    /// condemns, recording removals and failures in `report`; `api_for` gives the API to
+    /// delete it through.
     async fn sweep_objects<K>(
         &self,
-        objects: Vec<K>,
+        objects: Vec<Arc<Meta<K>>>,
         kind: ObjectKind,
-        api_for: impl Fn(&K) -> Api<K>,
-        sessions: &BTreeMap<String, Session>,
+        api_for: impl Fn(&Meta<K>) -> Api<K>,
+        (sessions, ended): (&BTreeMap<String, Arc<Session>>, &HashSet<String>),
         now: Timestamp,
         report: &mut ReconcileReport,
     ) where
@@ -713,15 +1023,23 @@ impl KubernetesReconciler {
     {
         let is_binding = kind != ObjectKind::ServiceAccount;
         for object in objects {
+            let of_ended = object
+                .labels()
+                .get(SESSION_LABEL)
+                .is_some_and(|n| ended.contains(n));
+            if of_ended {
+                continue;
+            }
             let Some(reason) = self
-                .sweep_verdict(&object, sessions, now, is_binding, report)
+                .sweep_verdict(&*object, sessions, now, is_binding, report)
                 .await
             else {
                 continue;
             };
             let (namespace, name) = (object.namespace(), object.name_any());
             let uid = object.uid().unwrap_or_default();
-            match delete_uid(&api_for(&object), &name, &uid).await {
+            let version = object.resource_version();
+            match delete_unchanged(&api_for(&object), &name, &uid, version).await {
                 Ok(true) => report.removed.push(removal(kind, namespace, name, &reason)),
                 Ok(false) => {}
                 Err(e) => {
@@ -739,7 +1057,7 @@ impl KubernetesReconciler {
 
     async fn update_conditions(
         &self,
-        mappings: &[GrantMapping],
+        mappings: &[Arc<GrantMapping>],
         views: &[MappingView],
         now: Timestamp,
         report: &mut ReconcileReport,
@@ -808,9 +1126,19 @@ impl KubernetesReconciler {
         }
     }
 
-    /// Every ClusterRole, for the read-only judgement; `None` (and a failure in the report)
-    /// when they cannot be listed, which leaves every mapping unchecked for this pass.
-    async fn cluster_roles(&self, report: &mut ReconcileReport) -> Option<ClusterRoles> {
+    /// Every ClusterRole, for the read-only judgement, from the store when `watches` are given;
+    /// `None` (and a failure in the report) when they cannot be listed, which leaves every
+    /// mapping unchecked for this pass.
+    async fn cluster_roles(
+        &self,
+        watches: Option<&ClusterWatches>,
+        report: &mut ReconcileReport,
+    ) -> Option<ClusterRoles> {
+        if let Some(w) = watches {
+            return Some(cluster_roles(
+                w.cluster_roles.state().iter().map(AsRef::as_ref),
+            ));
+        }
         match self
             .list_all(
                 &Api::<ClusterRole>::all(self.apis.client().clone()),
@@ -878,19 +1206,46 @@ fn unsigned(d: SignedDuration) -> Duration {
 
 #[async_trait]
 impl Reconciler for KubernetesReconciler {
+    /// One pass: from the shared watches' stores when this reconciler was given them and every
+    /// one holds its first list, else from lists made now.
     async fn reconcile_once(&self, now: Timestamp) -> Result<ReconcileReport, ReconcileError> {
+        let watches = self.watches.as_ref().filter(|w| w.all_listed());
+        self.reconcile_from(now, watches).await
+    }
+}
+
+impl KubernetesReconciler {
+    /// One pass reading the stores of `watches`, or lists made now when `None`. Every deletion
+    /// is confirmed (a live read, preconditions), so a store a little behind never removes what
+    /// it should not.
+    async fn reconcile_from(
+        &self,
+        now: Timestamp,
+        watches: Option<&ClusterWatches>,
+    ) -> Result<ReconcileReport, ReconcileError> {
         let mut report = ReconcileReport::default();
-        let sessions = self.list_all(&self.apis.sessions, None, "Sessions").await?;
-        let mappings: Vec<GrantMapping> = self
-            .list_all(&Api::all(self.apis.client().clone()), None, "GrantMappings")
-            .await?;
-        let service_accounts: HashMap<String, ServiceAccount> = self
-            .list_all(
-                &self.apis.service_accounts,
-                Some(&managed_selector()),
-                "ServiceAccounts",
-            )
-            .await?
+        let (sessions, mappings, service_accounts) = match watches {
+            Some(w) => (
+                w.sessions.watched().state(),
+                w.grant_mappings.state(),
+                w.service_accounts.state(),
+            ),
+            None => (
+                self.list_all(&self.apis.sessions, None, "Sessions")
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
+                self.list_all(&Api::all(self.apis.client().clone()), None, "GrantMappings")
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
+                self.labelled(&self.apis.service_accounts, "ServiceAccounts")
+                    .await?,
+            ),
+        };
+        let service_accounts: ServiceAccounts = service_accounts
             .into_iter()
             .map(|sa| (sa.name_any(), sa))
             .collect();
@@ -907,7 +1262,7 @@ impl Reconciler for KubernetesReconciler {
         let roles = if named.is_empty() {
             None
         } else {
-            self.cluster_roles(&mut report).await
+            self.cluster_roles(watches, &mut report).await
         };
         let facts = ClusterFacts {
             cluster_roles: roles.as_ref(),
@@ -943,9 +1298,23 @@ impl Reconciler for KubernetesReconciler {
             )
         };
 
-        for session in &sessions {
+        let mut judged: Vec<Arc<Session>> = Vec::with_capacity(sessions.len());
+        for stored in &sessions {
+            let Some(session) = self
+                .confirmed(
+                    stored,
+                    watches.is_some(),
+                    &service_accounts,
+                    now,
+                    &mut report,
+                )
+                .await
+            else {
+                continue;
+            };
+            judged.push(Arc::clone(&session));
             self.session_pass(
-                session,
+                &session,
                 now,
                 revalidate_all,
                 &views,
@@ -956,16 +1325,17 @@ impl Reconciler for KubernetesReconciler {
             .await;
         }
 
-        let ended: HashSet<&str> = report
+        let ended: HashSet<String> = report
             .removed_of(ObjectKind::Session)
-            .map(|r| r.name.as_str())
+            .map(|r| r.name.clone())
             .collect();
-        let by_name: BTreeMap<String, Session> = sessions
+        let by_name: BTreeMap<String, Arc<Session>> = judged
             .iter()
             .filter(|s| !ended.contains(s.name_any().as_str()))
-            .map(|s| (s.name_any(), s.clone()))
+            .map(|s| (s.name_any(), Arc::clone(s)))
             .collect();
-        self.sweep(&by_name, now, &mut report).await?;
+        self.sweep(watches, &by_name, &ended, now, &mut report)
+            .await?;
         self.update_conditions(&mappings, &views, now, &mut report)
             .await;
 

@@ -1,7 +1,9 @@
-//! [`PassSchedule`]: when the reconciler's run loop makes its next pass. It owns the arithmetic
-//! of scheduling and coalescing: a pass is due at once on taking the lease, at the requeue time a
-//! pass reported (never later than the resync period), a little later after a failed pass, and
-//! soon after a watch event, with a burst of events coalesced into one pass.
+//! [`PassSchedule`]: when the reconciler's run loop makes its next pass and renews its lease. It
+//! owns the arithmetic of scheduling and coalescing: a pass is due at once on taking the lease, at
+//! the requeue time a pass reported (never later than the resync period), a little later after a
+//! failed pass, and by the time a watch event says something is due, with a burst of events
+//! coalesced into one pass and no two passes closer than the minimum interval. The lease is
+//! renewed on a timer of its own; a renewal never makes a pass due.
 //!
 //! It must not do I/O, sleep or read the clock: the loop passes `now` in and does the waiting, so
 //! the rules are tested without time passing.
@@ -16,18 +18,28 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(5);
 /// When the next reconcile pass is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassSchedule {
+    /// When the last pass (or a kick) made the next one due.
     next: Instant,
+    /// When the watched stores, as last looked at, make a pass due (replaced at every look).
+    watched: Option<Instant>,
+    /// No pass before this (the last pass's end plus the minimum interval).
+    not_before: Instant,
+    /// When the lease is renewed next.
+    renew: Instant,
     min_interval: Duration,
     renew_every: Duration,
 }
 
 impl PassSchedule {
     /// A schedule with a pass due at `now`, no two passes closer than `min_interval` (also the
-    /// time a burst of events is given to settle), and a wake at least every `renew_every` (to
-    /// renew the lease).
+    /// time a burst of events is given to settle), and the lease renewed every `renew_every`
+    /// (the first renewal is the caller's, at `now`).
     pub fn new(now: Instant, min_interval: Duration, renew_every: Duration) -> Self {
         Self {
             next: now,
+            watched: None,
+            not_before: now,
+            renew: now + renew_every,
             min_interval,
             renew_every,
         }
@@ -35,7 +47,37 @@ impl PassSchedule {
 
     /// Whether a pass is due at `now`.
     pub fn is_due(&self, now: Instant) -> bool {
-        now >= self.next
+        now >= self.pass_at()
+    }
+
+    /// When the next pass is due.
+    pub fn pass_at(&self) -> Instant {
+        let next = self.watched.map_or(self.next, |w| w.min(self.next));
+        next.max(self.not_before)
+    }
+
+    /// When the lease is to be renewed next.
+    pub fn renew_at(&self) -> Instant {
+        self.renew
+    }
+
+    /// Whether the lease is to be renewed (or taken) at `now`.
+    pub fn renewal_due(&self, now: Instant) -> bool {
+        now >= self.renew
+    }
+
+    /// The lease was renewed (or an attempt made) at `now`: the next renewal is a period later.
+    /// What is due for a pass does not change.
+    pub fn renewed(&mut self, now: Instant) {
+        self.renew = now + self.renew_every;
+    }
+
+    /// The watched stores were looked at after a change: by what they hold now, something is
+    /// due at `at` (`None`: nothing). This replaces what an earlier look said (a session seen
+    /// half-made is complete by now); a pass is due by then unless the last pass made one due
+    /// sooner, and never closer than the minimum interval after the last pass.
+    pub fn due_by(&mut self, at: Option<Instant>) {
+        self.watched = at;
     }
 
     /// This replica just took the lease: a pass is due at once.
@@ -48,6 +90,8 @@ impl PassSchedule {
     pub fn after_pass(&mut self, now: Instant, wait: Option<Duration>) {
         let wait = wait.unwrap_or(self.min_interval.max(FAILURE_PAUSE));
         self.next = now + wait.max(self.min_interval);
+        self.watched = None;
+        self.not_before = now + self.min_interval;
     }
 
     /// A watch reported a change at `now`: a pass is due within `min_interval`.
@@ -60,11 +104,15 @@ impl PassSchedule {
         self.min_interval
     }
 
-    /// When the loop wakes next if nothing happens: the next pass while `leading`, and in any
-    /// case in time to renew (or try to take) the lease.
+    /// When the loop wakes next if nothing happens: the next pass while `leading` (and able to
+    /// pass), and in any case in time to renew (or try to take) the lease.
     pub fn wake_at(&self, now: Instant, leading: bool) -> Instant {
-        let renew = now + self.renew_every;
-        if leading { self.next.min(renew) } else { renew }
+        let renew = self.renew.max(now);
+        if leading {
+            self.pass_at().min(renew)
+        } else {
+            renew
+        }
     }
 }
 
@@ -136,5 +184,34 @@ mod tests {
         assert_eq!(s.wake_at(now, false), now + 5 * SECOND);
         s.after_pass(now, Some(60 * SECOND));
         assert_eq!(s.wake_at(now, true), now + 5 * SECOND);
+    }
+
+    #[test]
+    fn the_stores_move_the_pass_to_what_they_hold_now_and_a_renewal_is_no_pass() {
+        let now = Instant::now();
+        let mut s = schedule(now);
+        s.after_pass(now, Some(3600 * SECOND));
+        // A session expiring sooner appears: the pass moves to its expiry, not to now.
+        s.due_by(Some(now + 600 * SECOND));
+        assert!(!s.is_due(now + 599 * SECOND));
+        assert!(s.is_due(now + 600 * SECOND));
+        // A later look replaces it (the session seen half-made is complete by now); the pass
+        // the last pass asked for still holds.
+        s.due_by(Some(now + 1800 * SECOND));
+        assert!(!s.is_due(now + 600 * SECOND));
+        assert_eq!(s.pass_at(), now + 1800 * SECOND);
+        s.due_by(None);
+        assert_eq!(s.pass_at(), now + 3600 * SECOND);
+        // Something due at once waits for the minimum interval after the last pass.
+        s.due_by(Some(now));
+        assert!(!s.is_due(now));
+        assert!(s.is_due(now + SECOND));
+        // Renewals come on their own timer and never make a pass due.
+        s.due_by(None);
+        assert!(s.renewal_due(now + 5 * SECOND));
+        s.renewed(now + 5 * SECOND);
+        assert!(!s.renewal_due(now + 9 * SECOND));
+        assert!(!s.is_due(now + 10 * SECOND));
+        assert_eq!(s.wake_at(now + 5 * SECOND, true), now + 10 * SECOND);
     }
 }

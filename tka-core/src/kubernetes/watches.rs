@@ -1,7 +1,15 @@
 //! [`ClusterWatches`]: the one watch per resource a server keeps (Sessions, GrantMappings,
-//! ClusterRoles), each a kube-rs reflector feeding a [`Store`], made once in the wiring and handed
-//! to whoever reads it (the GrantMapping feed, the reconciler, the session count, and the proxy's
-//! lookup of a device's live session, [`SessionStore::live_for_node`]).
+//! ClusterRoles, and the metadata of tka's labelled ServiceAccounts, ClusterRoleBindings and
+//! RoleBindings), each a kube-rs reflector feeding a [`Store`], made once in the wiring and handed
+//! to whoever reads it (the GrantMapping feed, the reconciler's passes and orphan sweep, the
+//! session count, and the proxy's lookup of a device's live session,
+//! [`SessionStore::live_for_node`]).
+//!
+//! The stores keep only what the server reads: every object loses its `managedFields` and
+//! annotations before it is stored (nothing in tka reads an annotation; the last-applied one alone
+//! repeats a whole object), and the ServiceAccounts and bindings are watched as metadata only
+//! (`PartialObjectMeta`), selected by tka's `managed-by` label (the ServiceAccounts in the server's
+//! namespace only).
 //!
 //! It owns the reflectors and tells readers that something changed ([`Revision`], through a
 //! `tokio::sync::watch` channel, which coalesces a burst into one wake). It must not decide
@@ -13,16 +21,18 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::NODE_LABEL;
+use super::objects::managed_selector;
 use super::session::Session;
 use crate::domain::NodeId;
 use crate::naming::node_label;
@@ -180,6 +190,9 @@ impl SessionStore {
     }
 }
 
+/// The metadata of one of tka's labelled objects (a ServiceAccount or a binding), as watched.
+pub type Meta<K> = PartialObjectMeta<K>;
+
 /// The server's watches: one reflector per resource, shared by every reader.
 #[derive(Debug, Clone)]
 pub struct ClusterWatches {
@@ -189,44 +202,112 @@ pub struct ClusterWatches {
     pub grant_mappings: Watched<GrantMapping>,
     /// Every ClusterRole (for the read-only judgement of `clusterRoles`, DESIGN §4.3).
     pub cluster_roles: Watched<ClusterRole>,
+    /// The metadata of the ServiceAccounts labelled `managed-by=tka` in the server's namespace.
+    pub service_accounts: Watched<Meta<ServiceAccount>>,
+    /// The metadata of the ClusterRoleBindings labelled `managed-by=tka`.
+    pub cluster_role_bindings: Watched<Meta<ClusterRoleBinding>>,
+    /// The metadata of the RoleBindings labelled `managed-by=tka`, in every namespace.
+    pub role_bindings: Watched<Meta<RoleBinding>>,
 }
 
 impl ClusterWatches {
     /// Starts nothing: returns the watches and the future that drives their reflectors with
     /// `client` (with kube-rs's default backoff) until it is dropped. Run it once, for as long
-    /// as the readers need current stores.
-    pub fn new(client: &Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (sessions, drive_sessions) = watched(Api::<Session>::all(client.clone()), "Session");
-        let (grant_mappings, drive_mappings) =
-            watched(Api::<GrantMapping>::all(client.clone()), "GrantMapping");
-        let (cluster_roles, drive_roles) =
-            watched(Api::<ClusterRole>::all(client.clone()), "ClusterRole");
-        let drive = async move {
-            tokio::join!(drive_sessions, drive_mappings, drive_roles);
-        };
+    /// as the readers need current stores. `namespace` is the server's (its ServiceAccounts).
+    pub fn new(
+        client: &Client,
+        namespace: &str,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let all = watcher::Config::default();
+        let labelled = watcher::Config::default().labels(&managed_selector());
+        let (sessions, drive_sessions) = watched(
+            watcher(Api::<Session>::all(client.clone()), all.clone()),
+            "Session",
+        );
+        let (grant_mappings, drive_mappings) = watched(
+            watcher(Api::<GrantMapping>::all(client.clone()), all.clone()),
+            "GrantMapping",
+        );
+        let (cluster_roles, drive_roles) = watched(
+            watcher(Api::<ClusterRole>::all(client.clone()), all),
+            "ClusterRole",
+        );
+        // `Api<PartialObjectMeta<K>>` asks for metadata only (kube's metadata watcher).
+        let (service_accounts, drive_sas) = watched(
+            watcher(
+                Api::<Meta<ServiceAccount>>::namespaced(client.clone(), namespace),
+                labelled.clone(),
+            ),
+            "ServiceAccount",
+        );
+        let (cluster_role_bindings, drive_crbs) = watched(
+            watcher(
+                Api::<Meta<ClusterRoleBinding>>::all(client.clone()),
+                labelled.clone(),
+            ),
+            "ClusterRoleBinding",
+        );
+        let (role_bindings, drive_rbs) = watched(
+            watcher(Api::<Meta<RoleBinding>>::all(client.clone()), labelled),
+            "RoleBinding",
+        );
+        // Boxed: six watchers' state is too large to move around on the stack.
+        let drive = Box::pin(async move {
+            tokio::join!(
+                drive_sessions,
+                drive_mappings,
+                drive_roles,
+                drive_sas,
+                drive_crbs,
+                drive_rbs
+            );
+        });
         (
             Self {
                 sessions: SessionStore(sessions),
                 grant_mappings,
                 cluster_roles,
+                service_accounts,
+                cluster_role_bindings,
+                role_bindings,
             },
             drive,
         )
     }
+
+    /// Whether every store holds a full list (before that, a reader that needs the whole picture
+    /// waits, or asks the API server).
+    pub fn all_listed(&self) -> bool {
+        self.sessions.watched().is_listed()
+            && self.grant_mappings.is_listed()
+            && self.cluster_roles.is_listed()
+            && self.service_accounts.is_listed()
+            && self.cluster_role_bindings.is_listed()
+            && self.role_bindings.is_listed()
+    }
 }
 
-fn watched<K>(
-    api: Api<K>,
+/// Drops what the server never reads from an object before it is stored: its `managedFields`
+/// and its annotations (the last-applied one repeats the whole object).
+pub fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+fn watched<K, S>(
+    events: S,
     what: &'static str,
 ) -> (Watched<K>, impl Future<Output = ()> + Send + 'static)
 where
-    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+    K: Resource + Clone + fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let (sender, revision) = watch::channel(Revision::default());
     let drive = async move {
-        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        let stream = reflector::reflector(writer, events.modify(slim::<K>))
             .default_backoff()
             .boxed();
         tokio::pin!(stream);
@@ -338,5 +419,45 @@ mod tests {
         assert!(!store.watched().is_listed());
         let listed = store_of(Vec::new(), true);
         assert_eq!(listed.live_count(Timestamp::now()), Some(0));
+    }
+
+    #[test]
+    fn stored_objects_keep_what_the_server_reads_and_nothing_else() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+        let now = Timestamp::now();
+        let mut s = session("tka-alice-a1", "nAlice", "nAlice", now);
+        s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("tka-server".to_owned()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        s.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{\"spec\":{}}".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        s.metadata.finalizers = Some(vec!["tka.dev/cleanup".to_owned()]);
+        let before = s.clone();
+        slim(&mut s);
+        assert_eq!(s.metadata.managed_fields, None);
+        assert_eq!(s.metadata.annotations, None);
+        // Everything the server reads stays.
+        assert_eq!(s.spec, before.spec);
+        assert_eq!(s.metadata.labels, before.metadata.labels);
+        assert_eq!(s.metadata.uid, before.metadata.uid);
+        assert_eq!(s.metadata.finalizers, before.metadata.finalizers);
+
+        let mut meta: Meta<ServiceAccount> = PartialObjectMeta {
+            types: None,
+            metadata: before.metadata.clone(),
+            _phantom: std::marker::PhantomData,
+        };
+        slim(&mut meta);
+        assert_eq!(meta.metadata.managed_fields, None);
+        assert_eq!(meta.metadata.annotations, None);
+        assert_eq!(meta.metadata.labels, before.metadata.labels);
     }
 }

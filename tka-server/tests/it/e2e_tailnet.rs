@@ -75,7 +75,7 @@ pub(super) async fn status_of(addr: SocketAddr, host: &str, path: &str) -> Optio
 }
 
 /// A plain HTTP/1.1 GET straight to `addr`; the status code and the whole response text.
-async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+pub(super) async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.ok()?;

@@ -128,7 +128,7 @@ impl KubeServer {
         let shutdown = CancellationToken::new();
         {
             let feed = feed.clone();
-            let (watches, drive) = ClusterWatches::new(&client);
+            let (watches, drive) = ClusterWatches::new(&client, NAMESPACE);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 tokio::select! {

@@ -479,7 +479,7 @@ impl<B: SuiteBackend> Harness<B> {
     /// runs until the returned guard is dropped; the issuer lists from the cluster until the
     /// store holds a full list.
     pub fn issuer_with_store(&self) -> (KubernetesIssuer, StoreGuard) {
-        let (watches, drive) = ClusterWatches::new(&self.client);
+        let (watches, drive) = ClusterWatches::new(&self.client, &self.namespace);
         let issuer = Self::make_issuer(
             &self.client,
             &self.clock,

@@ -8,4 +8,5 @@ mod e2e;
 mod fake_tailnet;
 mod issuer_store;
 mod localapi;
+mod run_loop;
 mod suite;
