@@ -4,11 +4,14 @@
 //! then the Session, then its finalizer. Every delete carries a UID precondition and treats
 //! "already gone" as done, so two actors ending the same session are harmless.
 //!
-//! Only objects found by tka's labels are ever deleted; a Session's status is a hint, never a
-//! licence to delete what it names.
+//! Only objects that carry tka's labels are ever deleted: found by label, or (ending a session)
+//! read by the names the session's own name and revisions give and then confirmed by label. A
+//! Session's status is a hint, never a licence to delete what it names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+
+use futures::{StreamExt as _, stream};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
@@ -18,8 +21,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::{is_conflict, is_not_found};
-use super::session::{Session, SessionPhase, SessionStatus};
+use super::session::{BindingKind, Session, SessionPhase, SessionStatus};
 use super::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL, SESSION_LABEL, USER_LABEL};
+use crate::domain::RoleName;
+use crate::naming::{self, NameSuffix};
 use crate::reconciler::{ObjectKind, Removal, RemovalReason};
 
 /// How many times a read-modify-write on one object is retried on a conflict.
@@ -106,24 +111,41 @@ pub(crate) async fn list_labelled<K: Labelled>(
     list(K::listing(apis), selector).await
 }
 
-/// Deletes each of `objects` (listed by label) that `condemned` picks, each with a UID
-/// precondition. Returns what this call removed; one already gone or replaced is not counted.
-/// Stops at the first error other than "already gone".
+/// Deletes each of `objects` (found by label) that `condemned` picks, each with a UID
+/// precondition, several at once. Returns what this call removed; one already gone or replaced is
+/// not counted. One failing delete does not stop the others; the first error other than "already
+/// gone" is returned once all were tried.
 pub(crate) async fn delete_listed<K: Labelled>(
     apis: &Apis,
     objects: Vec<K>,
     condemned: impl Fn(&K) -> bool,
     reason: &RemovalReason,
 ) -> Result<Vec<Removal>, kube::Error> {
+    let outcomes: Vec<Result<Option<Removal>, kube::Error>> =
+        stream::iter(objects.into_iter().filter(|o| condemned(o)))
+            .map(|object| async move {
+                let name = object.name_any();
+                let uid = object.uid().unwrap_or_default();
+                let deleted = delete_uid(&K::deleting(apis, &object), &name, &uid).await?;
+                Ok(deleted.then(|| removal(K::KIND, object.namespace(), name, reason)))
+            })
+            .buffered(SESSION_REQUESTS_IN_FLIGHT)
+            .collect()
+            .await;
     let mut removed = Vec::new();
-    for object in objects.iter().filter(|o| condemned(o)) {
-        let name = object.name_any();
-        let uid = object.uid().unwrap_or_default();
-        if delete_uid(&K::deleting(apis, object), &name, &uid).await? {
-            removed.push(removal(K::KIND, object.namespace(), name, reason));
+    let mut failed = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(r) => removed.extend(r),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    Ok(removed)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
 }
 
 /// Deletes every object of kind `K` labelled as `selector` says: [`list_labelled`], then
@@ -381,15 +403,43 @@ fn conflict_error(name: &str) -> kube::Error {
     )
 }
 
+/// Deletes session `name` if it still has `uid`: whether this call deleted it (as
+/// [`delete_uid`]), and the session as the API server left it when a finalizer holds it back.
+async fn delete_session(
+    api: &Api<Session>,
+    name: &str,
+    uid: &str,
+) -> Result<(bool, Option<Session>), kube::Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        // The object when a finalizer holds it back, a status when it is gone.
+        Ok(answer) => Ok((true, answer.left())),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok((false, None)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes tka's finalizer from a session (if it is still the same object), with
-/// resourceVersion preconditions.
+/// resourceVersion preconditions. `known` is the session as last seen (the answer to its
+/// delete), which spares a read; without it, or when it is out of date, the session is read.
 pub(crate) async fn remove_finalizer(
     api: &Api<Session>,
     name: &str,
     uid: &str,
+    mut known: Option<Session>,
 ) -> Result<(), kube::Error> {
     for _ in 0..WRITE_ATTEMPTS {
-        let Some(mut current) = api.get_opt(name).await? else {
+        let current = match known.take() {
+            Some(seen) => Some(seen),
+            None => api.get_opt(name).await?,
+        };
+        let Some(mut current) = current else {
             return Ok(());
         };
         if current.uid().as_deref() != Some(uid) {
@@ -439,9 +489,160 @@ pub(crate) fn ended_condition(
     }
 }
 
+/// How many requests ending one session makes at once (its reads, then its bindings' deletes).
+const SESSION_REQUESTS_IN_FLIGHT: usize = 8;
+
+/// What a session owns, found by name and confirmed by its labels.
+struct Children {
+    service_accounts: Vec<ServiceAccount>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    role_bindings: Vec<RoleBinding>,
+}
+
+/// Whether `object` carries the labels tka gives the children of session `name`.
+fn labelled_for<K: Resource>(object: &K, name: &str) -> bool {
+    let labels = object.labels();
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(SESSION_LABEL).map(String::as_str) == Some(name)
+}
+
+/// The names of the bindings `session` may own: those its spec's revision plans (the issuer's
+/// naming, in the same order) and those its status records, limited to names under the
+/// session's own (`<session>.`), with the namespace of a RoleBinding.
+fn binding_names(session: &Session) -> (Vec<String>, Vec<(String, String)>) {
+    let name = session.name_any();
+    let mut cluster = BTreeSet::new();
+    let mut namespaced = BTreeSet::new();
+    let planned = (
+        session.session_name(),
+        RoleName::new(session.spec.role.as_str()).ok(),
+        NameSuffix::new(session.spec.revision.as_str()).ok(),
+    );
+    if let (Some(session_name), Some(role), Some(revision)) = planned {
+        let plan = session
+            .spec
+            .cluster_roles
+            .iter()
+            .map(|_| None)
+            .chain(session.spec.namespaced.iter().map(|b| Some(&b.namespace)));
+        for (index, namespace) in plan.enumerate() {
+            let binding = naming::binding_name(&session_name, &role, &revision, index);
+            match namespace {
+                None => cluster.insert(binding),
+                Some(ns) => namespaced.insert((ns.clone(), binding)),
+            };
+        }
+    }
+    let prefix = format!("{name}.");
+    let recorded = session.status.iter().flat_map(|s| s.bindings.iter());
+    for binding in recorded.filter(|b| b.name.starts_with(&prefix)) {
+        match (binding.kind, &binding.namespace) {
+            (BindingKind::ClusterRoleBinding, _) => {
+                cluster.insert(binding.name.clone());
+            }
+            (BindingKind::RoleBinding, Some(ns)) => {
+                namespaced.insert((ns.clone(), binding.name.clone()));
+            }
+            (BindingKind::RoleBinding, None) => {}
+        }
+    }
+    (
+        cluster.into_iter().collect(),
+        namespaced.into_iter().collect(),
+    )
+}
+
+/// Reads `name` through `api` and keeps it if it is labelled as a child of `session`.
+async fn get_child<K>(api: Api<K>, name: String, session: &str) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(api
+        .get_opt(&name)
+        .await?
+        .filter(|o| labelled_for(o, session)))
+}
+
+/// Reads each named object (bounded concurrency), keeping those labelled for `session`.
+async fn get_children<K>(reads: Vec<(Api<K>, String)>, session: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let found: Vec<Result<Option<K>, kube::Error>> = stream::iter(reads)
+        .map(|(api, name)| get_child(api, name, session))
+        .buffered(SESSION_REQUESTS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut kept = Vec::new();
+    for object in found {
+        kept.extend(object?);
+    }
+    Ok(kept)
+}
+
+/// Finds what `session` owns with consistent reads by name, all at once: its ServiceAccount (named
+/// as the session) and the bindings of [`binding_names`], each confirmed by the session's label.
+/// A labelled list would cost a wait for the API server's watch cache to catch up (tens of
+/// milliseconds) and a scan of every object of the kind; anything labelled for the session under
+/// another name (a binding of an older revision whose removal failed) is the orphan sweep's.
+async fn find_children(apis: &Apis, session: &Session) -> Result<Children, kube::Error> {
+    let name = session.name_any();
+    let (cluster, namespaced) = binding_names(session);
+    let service_account = get_child(apis.service_accounts.clone(), name.clone(), &name);
+    let cluster_role_bindings = get_children(
+        cluster
+            .into_iter()
+            .map(|b| (apis.cluster_role_bindings.clone(), b))
+            .collect(),
+        &name,
+    );
+    let role_bindings = get_children(
+        namespaced
+            .into_iter()
+            .map(|(ns, b)| (apis.role_bindings(&ns), b))
+            .collect(),
+        &name,
+    );
+    let (service_account, cluster_role_bindings, role_bindings) =
+        futures::join!(service_account, cluster_role_bindings, role_bindings);
+    Ok(Children {
+        service_accounts: service_account?.into_iter().collect(),
+        cluster_role_bindings: cluster_role_bindings?,
+        role_bindings: role_bindings?,
+    })
+}
+
+/// Marks a session ended (phase and `Ready=False` condition). `None` when it is gone or is now
+/// another object.
+async fn mark_ended(
+    apis: &Apis,
+    session: &Session,
+    phase: SessionPhase,
+    now: jiff::Timestamp,
+    reason: &RemovalReason,
+) -> Result<Option<Session>, kube::Error> {
+    let generation = session.metadata.generation;
+    update_status(&apis.sessions, session, |_, status| {
+        status.phase = Some(phase);
+        status.conditions.retain(|c| c.type_ != "Ready");
+        status
+            .conditions
+            .push(ended_condition(reason, now, generation));
+        true
+    })
+    .await
+}
+
 /// Ends a session: marks it (when `mark` is given and it is not being deleted), deletes its
-/// ServiceAccounts, then its bindings, then the Session itself, then removes the finalizer.
-/// Returns what this call removed, in order. Objects are found by the session's label only.
+/// ServiceAccount, then its bindings, then the Session itself, then removes the finalizer.
+/// Returns what this call removed, in order.
+///
+/// The order is what makes a crash at any point harmless: the ServiceAccount goes first (its
+/// tokens die, and the bindings name nothing), the Session last, so until everything it owns is
+/// gone the Session (marked, or being deleted) is there for the reconciler to end again.
+/// Reads run together with the mark and the bindings' deletes together after the
+/// ServiceAccount's, so a session costs about five round trips whatever it owns; a binding that
+/// fails to go does not stop the others, and the Session stays for the next attempt.
 pub(crate) async fn end_session(
     apis: &Apis,
     session: &Session,
@@ -454,32 +655,34 @@ pub(crate) async fn end_session(
     };
     let mut removed = Vec::new();
 
-    if let Some((phase, now)) = mark
-        && !session.is_deleting()
-        && session.phase() != Some(phase)
-    {
-        let generation = session.metadata.generation;
-        let marked = update_status(&apis.sessions, session, |_, status| {
-            status.phase = Some(phase);
-            status.conditions.retain(|c| c.type_ != "Ready");
-            status
-                .conditions
-                .push(ended_condition(reason, now, generation));
-            true
-        })
-        .await?;
-        if marked.is_none() {
-            // Gone, or another object by now: its children are the sweep's business.
-            return Ok(removed);
+    let marking = async {
+        match mark {
+            Some((phase, now)) if !session.is_deleting() && session.phase() != Some(phase) => {
+                mark_ended(apis, session, phase, now, reason)
+                    .await
+                    .map(|m| m.is_some())
+            }
+            _ => Ok(true),
         }
+    };
+    // Only reads run beside the mark: nothing is deleted before the mark is written.
+    let (marked, children) = futures::join!(marking, find_children(apis, session));
+    if !marked? {
+        // Gone, or another object by now: its children are the sweep's business.
+        return Ok(removed);
     }
+    let children = children?;
 
-    let selector = session_selector(&name);
-    removed.extend(delete_labelled::<ServiceAccount>(apis, &selector, reason).await?);
-    removed.extend(delete_labelled::<ClusterRoleBinding>(apis, &selector, reason).await?);
-    removed.extend(delete_labelled::<RoleBinding>(apis, &selector, reason).await?);
-    let deleted = delete_uid(&apis.sessions, &name, &uid).await?;
-    remove_finalizer(&apis.sessions, &name, &uid).await?;
+    removed.extend(delete_listed(apis, children.service_accounts, |_| true, reason).await?);
+    let (cluster, namespaced) = futures::join!(
+        delete_listed(apis, children.cluster_role_bindings, |_| true, reason),
+        delete_listed(apis, children.role_bindings, |_| true, reason),
+    );
+    let (cluster, namespaced) = (cluster?, namespaced?);
+    removed.extend(cluster);
+    removed.extend(namespaced);
+    let (deleted, remaining) = delete_session(&apis.sessions, &name, &uid).await?;
+    remove_finalizer(&apis.sessions, &name, &uid, remaining).await?;
     if deleted || session.is_deleting() {
         removed.push(removal(ObjectKind::Session, None, name, reason));
     }

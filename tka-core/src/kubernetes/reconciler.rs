@@ -14,6 +14,11 @@
 //!    read and only once older than the grace period (so a login in flight is never raced);
 //! 3. GrantMapping `Ready` conditions.
 //!
+//! Step 1 decides which sessions end; they are then ended together, at most
+//! [`ReconcilerSettings::sessions_ended_at_once`] in flight, each in its own crash-safe order, so
+//! a burst of expiries does not queue behind one another. One that fails is reported and ended
+//! again at the next pass.
+//!
 //! The next pass is due at the earliest `expiresAt` (or grace end) of what is still live,
 //! recomputed every pass, so a restart loses nothing ([`PassSchedule`] holds when the run loop
 //! wakes). The run loop learns of changes from the server's shared [`ClusterWatches`] and opens
@@ -28,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{StreamExt as _, stream};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -56,7 +62,7 @@ use crate::policy::{
 };
 use crate::reconciler::{
     GrantCheck, MappingHook, NamedMapping, ObjectKind, ReconcileError, ReconcileReport, Reconciler,
-    RemovalReason, Verdict, judge, wait_until,
+    Removal, RemovalReason, Verdict, judge, wait_until,
 };
 
 /// Settings of a [`KubernetesReconciler`].
@@ -83,6 +89,9 @@ pub struct ReconcilerSettings {
     pub min_interval: Duration,
     /// The Lease used by [`KubernetesReconciler::run`].
     pub lease: LeaseSettings,
+    /// How many sessions a pass ends at once (default 16): a burst of expiries is ended
+    /// concurrently, without flooding the API server.
+    pub sessions_ended_at_once: usize,
 }
 
 impl ReconcilerSettings {
@@ -101,6 +110,7 @@ impl ReconcilerSettings {
             allow_cluster_wide_write: false,
             resync_every: Duration::from_secs(300),
             min_interval: Duration::from_secs(1),
+            sessions_ended_at_once: 16,
         }
     }
 
@@ -256,6 +266,24 @@ struct State {
     mappings_seen: Option<Vec<Fingerprint>>,
     /// Re-validate every live session at the next pass.
     revalidate_all: bool,
+}
+
+/// A session a pass has decided to end: how to mark it first (if at all) and why.
+#[derive(Debug)]
+struct Ending {
+    session: Session,
+    mark: Option<SessionPhase>,
+    reason: RemovalReason,
+}
+
+impl Ending {
+    fn new(session: &Session, mark: Option<SessionPhase>, reason: RemovalReason) -> Self {
+        Self {
+            session: session.clone(),
+            mark,
+            reason,
+        }
+    }
 }
 
 /// Removes expired, revoked, half-made and orphaned objects and withdrawn sessions. See the
@@ -651,26 +679,42 @@ impl KubernetesReconciler {
             .map_err(|e| reconcile_error(format!("list {what}"), e))
     }
 
-    /// Ends one session and records what went.
-    async fn end(
+    /// Ends `endings` with at most [`ReconcilerSettings::sessions_ended_at_once`] in flight, and
+    /// records what went. Each is independent (its own order: ServiceAccount, bindings,
+    /// Session): one that fails is a failure in the report, does not stop the others, and is
+    /// ended again by the next pass, which finds its Session still there.
+    async fn end_sessions(
         &self,
-        session: &Session,
-        mark: Option<SessionPhase>,
-        reason: RemovalReason,
+        endings: Vec<Ending>,
         now: Timestamp,
         report: &mut ReconcileReport,
     ) {
-        match end_session(&self.apis, session, mark.map(|p| (p, now)), &reason).await {
-            Ok(removed) => {
-                if !removed.is_empty() {
-                    info!(session = %session.name_any(), %reason, "session removed");
+        let bound = self.settings.sessions_ended_at_once.max(1);
+        let outcomes: Vec<(Ending, Result<Vec<Removal>, kube::Error>)> = stream::iter(endings)
+            .map(|ending| async move {
+                let mark = ending.mark.map(|p| (p, now));
+                let outcome = end_session(&self.apis, &ending.session, mark, &ending.reason).await;
+                (ending, outcome)
+            })
+            .buffered(bound)
+            .collect()
+            .await;
+        for (ending, outcome) in outcomes {
+            let Ending {
+                session, reason, ..
+            } = ending;
+            match outcome {
+                Ok(removed) => {
+                    if !removed.is_empty() {
+                        info!(session = %session.name_any(), %reason, "session removed");
+                    }
+                    report.removed.extend(removed);
                 }
-                report.removed.extend(removed);
+                Err(e) => report.failures.push(format!(
+                    "ending session {} ({reason}): {e}",
+                    session.name_any()
+                )),
             }
-            Err(e) => report.failures.push(format!(
-                "ending session {} ({reason}): {e}",
-                session.name_any()
-            )),
         }
     }
 
@@ -748,59 +792,42 @@ impl KubernetesReconciler {
         service_accounts: &ServiceAccounts,
         report: &mut ReconcileReport,
         validated: &mut HashMap<String, Timestamp>,
+        endings: &mut Vec<Ending>,
     ) {
         let uid = session.uid().unwrap_or_default();
         if session.is_deleting() {
-            return self
-                .end(session, None, RemovalReason::Deleted, now, report)
-                .await;
+            return endings.push(Ending::new(session, None, RemovalReason::Deleted));
         }
         match session.phase() {
             Some(SessionPhase::Revoked) => {
-                return self
-                    .end(session, None, RemovalReason::Revoked, now, report)
-                    .await;
+                return endings.push(Ending::new(session, None, RemovalReason::Revoked));
             }
             Some(SessionPhase::Expired) => {
-                return self
-                    .end(session, None, RemovalReason::Expired, now, report)
-                    .await;
+                return endings.push(Ending::new(session, None, RemovalReason::Expired));
             }
             _ => {}
         }
         if session.expires_at() <= now {
-            return self
-                .end(
-                    session,
-                    Some(SessionPhase::Expired),
-                    RemovalReason::Expired,
-                    now,
-                    report,
-                )
-                .await;
+            return endings.push(Ending::new(
+                session,
+                Some(SessionPhase::Expired),
+                RemovalReason::Expired,
+            ));
         }
         if session.grant().is_none() {
-            return self
-                .end(
-                    session,
-                    Some(SessionPhase::Revoked),
-                    RemovalReason::HalfMade,
-                    now,
-                    report,
-                )
-                .await;
+            return endings.push(Ending::new(
+                session,
+                Some(SessionPhase::Revoked),
+                RemovalReason::HalfMade,
+            ));
         }
         if !session.is_complete() {
             if session.is_stale(now, self.settings.grace) {
-                return self
-                    .end(
-                        session,
-                        Some(SessionPhase::Revoked),
-                        RemovalReason::HalfMade,
-                        now,
-                        report,
-                    )
-                    .await;
+                return endings.push(Ending::new(
+                    session,
+                    Some(SessionPhase::Revoked),
+                    RemovalReason::HalfMade,
+                ));
             }
             report.live_sessions += 1;
             report.requeue_at(session.spec.revised_at.0 + self.settings.grace);
@@ -810,15 +837,11 @@ impl KubernetesReconciler {
         match self.service_account_intact(session, service_accounts).await {
             Ok(true) => {}
             Ok(false) => {
-                return self
-                    .end(
-                        session,
-                        Some(SessionPhase::Revoked),
-                        RemovalReason::HalfMade,
-                        now,
-                        report,
-                    )
-                    .await;
+                return endings.push(Ending::new(
+                    session,
+                    Some(SessionPhase::Revoked),
+                    RemovalReason::HalfMade,
+                ));
             }
             Err(e) => {
                 report.failures.push(format!(
@@ -839,15 +862,11 @@ impl KubernetesReconciler {
                 }
                 Verdict::Withdrawn(why) => {
                     info!(session = %session.name_any(), why, "grant withdrawn; revoking");
-                    return self
-                        .end(
-                            session,
-                            Some(SessionPhase::Revoked),
-                            RemovalReason::GrantWithdrawn(why),
-                            now,
-                            report,
-                        )
-                        .await;
+                    return endings.push(Ending::new(
+                        session,
+                        Some(SessionPhase::Revoked),
+                        RemovalReason::GrantWithdrawn(why),
+                    ));
                 }
                 Verdict::Unknown(why) => report.failures.push(format!(
                     "re-validating session {}: {why}",
@@ -1298,6 +1317,7 @@ impl KubernetesReconciler {
             )
         };
 
+        let mut endings = Vec::new();
         let mut judged: Vec<Arc<Session>> = Vec::with_capacity(sessions.len());
         for stored in &sessions {
             let Some(session) = self
@@ -1321,9 +1341,11 @@ impl KubernetesReconciler {
                 &service_accounts,
                 &mut report,
                 &mut validated,
+                &mut endings,
             )
             .await;
         }
+        self.end_sessions(endings, now, &mut report).await;
 
         let ended: HashSet<String> = report
             .removed_of(ObjectKind::Session)

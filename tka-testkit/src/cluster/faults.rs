@@ -2,6 +2,8 @@
 //! order), and rules that make chosen requests fail the way a real API server or network can.
 //! It owns matching and counting; the HTTP layer decides where a fault takes effect.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::request::{Call, RequestMatch, Verb};
@@ -140,9 +142,76 @@ pub(crate) struct ChosenFault {
     pub(crate) after_commit: bool,
 }
 
+/// Requests held back before the fake carries them out, until [`Hold::release`]: a test sees how
+/// many of them a client has in flight at once.
+///
+/// ```
+/// use tka_testkit::cluster::{FakeCluster, RequestMatch, Verb};
+///
+/// let cluster = FakeCluster::new();
+/// let held = cluster.hold(RequestMatch::any().verb(Verb::Delete).resource("serviceaccounts"));
+/// assert_eq!((held.waiting(), held.peak()), (0, 0));
+/// held.release();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hold {
+    request: RequestMatch,
+    state: Arc<HoldState>,
+}
+
+#[derive(Debug)]
+struct HoldState {
+    open: tokio::sync::watch::Sender<bool>,
+    waiting: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Hold {
+    pub(crate) fn new(request: RequestMatch) -> Self {
+        Self {
+            request,
+            state: Arc::new(HoldState {
+                open: tokio::sync::watch::Sender::new(false),
+                waiting: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// How many matching requests are held now.
+    pub fn waiting(&self) -> usize {
+        self.state.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The most matching requests held at once.
+    pub fn peak(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request, and every later one, through.
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    fn is_released(&self) -> bool {
+        *self.state.open.borrow()
+    }
+
+    /// Waits (a held request) until released.
+    pub(crate) async fn wait(&self) {
+        let mut open = self.state.open.subscribe();
+        let now = self.state.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.peak.fetch_max(now, Ordering::SeqCst);
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = open.wait_for(|released| *released).await;
+        self.state.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The call log and the fault rules.
 #[derive(Debug)]
 pub(crate) struct Faults {
+    holds: Vec<Hold>,
     rules: Vec<FaultRule>,
     calls: Vec<Call>,
     recording: bool,
@@ -151,6 +220,7 @@ pub(crate) struct Faults {
 impl Default for Faults {
     fn default() -> Self {
         Self {
+            holds: Vec::new(),
             rules: Vec::new(),
             calls: Vec::new(),
             recording: true,
@@ -170,6 +240,21 @@ impl Faults {
 
     pub(crate) fn clear_rules(&mut self) {
         self.rules.clear();
+    }
+
+    pub(crate) fn hold(&mut self, request: RequestMatch) -> Hold {
+        let hold = Hold::new(request);
+        self.holds.retain(|h| !h.is_released());
+        self.holds.push(hold.clone());
+        hold
+    }
+
+    /// The hold that keeps `call` back, if one matches and is not released.
+    pub(crate) fn hold_for(&self, call: &Call) -> Option<Hold> {
+        self.holds
+            .iter()
+            .find(|h| !h.is_released() && h.request.matches_call(call))
+            .cloned()
     }
 
     /// Records a call and returns its index in the log and the fault to apply, if any. Every

@@ -179,7 +179,11 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         code: 0,
     };
     let name_for_errors = call.name.clone().unwrap_or_default();
+    let hold = lock(&inner.faults).hold_for(&call);
     let (index, fault) = lock(&inner.faults).record(call);
+    if let Some(hold) = hold {
+        hold.wait().await;
+    }
     let header_text = |name: header::HeaderName| {
         parts
             .headers

@@ -66,7 +66,7 @@ use tokio::sync::broadcast;
 use tower::{BoxError, ServiceBuilder};
 
 pub use access::{AccessPolicy, AccessRule};
-pub use faults::{Fault, FaultRule};
+pub use faults::{Fault, FaultRule, Hold};
 pub use request::{Call, RequestMatch, Verb};
 pub use resource::{NameRule, ResourceType};
 pub use selector::LabelSelector;
@@ -484,6 +484,12 @@ impl FakeCluster {
     /// Fails every `verb` on `resource` (main resource) until [`clear_faults`](Self::clear_faults).
     pub fn fail_always(&self, verb: Verb, resource: &str, fault: Fault) {
         self.inject(FaultRule::new(verb, resource, fault).always());
+    }
+
+    /// Holds every request `request` matches (before it is carried out) until the returned
+    /// [`Hold`] is released, counting how many wait at once.
+    pub fn hold(&self, request: RequestMatch) -> Hold {
+        lock(&self.inner.faults).hold(request)
     }
 
     /// Removes every fault rule.

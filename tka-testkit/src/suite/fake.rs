@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use tka_core::ManualClock;
 
 use super::{FailureMode, FaultInjector, SuiteBackend};
-use crate::cluster::{Call, FakeCluster, Fault, FaultRule, RequestMatch, Verb};
+use crate::cluster::{Call, FakeCluster, Fault, FaultRule, Hold, RequestMatch, Verb};
 
 /// A fresh FakeCluster per case, on a manual clock.
 #[derive(Debug, Clone)]
@@ -46,6 +46,10 @@ impl FaultInjector for FakeClusterBackend {
     fn stall_write(&self, request: &RequestMatch, nth: u32, duration: std::time::Duration) {
         let rule = FaultRule::on(request.clone(), Fault::Timeout { after: duration }).nth(nth);
         self.cluster.inject(rule);
+    }
+
+    fn hold(&self, request: &RequestMatch) -> Hold {
+        self.cluster.hold(request.clone())
     }
 
     fn clear_faults(&self) {

@@ -23,7 +23,7 @@ mod tailnet;
 use async_trait::async_trait;
 use tka_core::ManualClock;
 
-use crate::cluster::{Call, RequestMatch};
+use crate::cluster::{Call, Hold, RequestMatch};
 
 pub use cases::*;
 pub use fake::FakeClusterBackend;
@@ -53,6 +53,10 @@ pub trait FaultInjector: Send + Sync {
     /// answers a retryable error (the client's retry then goes through): a request in flight for
     /// a while.
     fn stall_write(&self, request: &RequestMatch, nth: u32, duration: std::time::Duration);
+
+    /// Holds every request `request` matches before the server acts on it, until the [`Hold`]
+    /// is released; the hold counts how many wait at once (requests a client has in flight).
+    fn hold(&self, request: &RequestMatch) -> Hold;
 
     /// Removes every injected failure.
     fn clear_faults(&self);
@@ -140,7 +144,9 @@ macro_rules! behaviour_suite {
             a_failure_at_any_write_of_issue_leaves_a_session_or_nothing,
             a_failure_at_any_write_of_revoke_leaves_a_session_or_nothing,
             revoke_deletes_the_service_account_before_the_bindings,
-            a_reconcile_pass_during_a_login_does_not_disturb_it
+            a_reconcile_pass_during_a_login_does_not_disturb_it,
+            expired_sessions_end_concurrently_within_the_bound,
+            a_session_that_fails_to_end_does_not_stop_the_others
         );
     };
     (@cases ($guard:expr) $make:expr; $($case:ident),+ $(,)?) => {

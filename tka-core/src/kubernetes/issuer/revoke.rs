@@ -4,6 +4,7 @@
 //! Sessions are found by label and confirmed by spec; their objects only by the session's label.
 //! It must not delete anything a Session's status names, nor anything of another session.
 
+use futures::{StreamExt as _, stream};
 use kube::ResourceExt;
 use tracing::info;
 
@@ -16,6 +17,9 @@ use crate::kubernetes::objects::{self, end_session, managed_selector};
 use crate::kubernetes::session::{Session, SessionPhase};
 use crate::naming::user_label;
 use crate::reconciler::RemovalReason;
+
+/// How many sessions one revocation ends at once (a user may have many devices).
+const SESSIONS_ENDED_AT_ONCE: usize = 8;
 
 impl KubernetesIssuer {
     pub(super) async fn end(
@@ -32,21 +36,28 @@ impl KubernetesIssuer {
         Ok(())
     }
 
+    /// Ends each of `sessions`, several at once; one that fails does not stop the others, and
+    /// the first error is returned once all were tried (what failed stays for the reconciler).
     pub(super) async fn end_all(
         &self,
         sessions: Vec<Session>,
     ) -> Result<Vec<SessionName>, IssueError> {
+        let outcomes: Vec<Result<Option<SessionName>, IssueError>> = stream::iter(sessions)
+            .map(|session| async move {
+                self.end(
+                    &session,
+                    Some(SessionPhase::Revoked),
+                    &RemovalReason::Revoked,
+                )
+                .await
+                .map(|()| session.session_name())
+            })
+            .buffered(SESSIONS_ENDED_AT_ONCE)
+            .collect()
+            .await;
         let mut ended = Vec::new();
-        for session in sessions {
-            self.end(
-                &session,
-                Some(SessionPhase::Revoked),
-                &RemovalReason::Revoked,
-            )
-            .await?;
-            if let Some(name) = session.session_name() {
-                ended.push(name);
-            }
+        for outcome in outcomes {
+            ended.extend(outcome?);
         }
         Ok(ended)
     }

@@ -71,7 +71,7 @@ impl KubernetesIssuer {
         for session in sessions {
             let Some(uid) = session.uid() else { continue };
             let had = session.finalizers().iter().any(|f| f == FINALIZER);
-            objects::remove_finalizer(&self.apis.sessions, &session.name_any(), &uid)
+            objects::remove_finalizer(&self.apis.sessions, &session.name_any(), &uid, None)
                 .await
                 .map_err(fail("remove tka's finalizer from a Session"))?;
             delete_uid(&self.apis.sessions, &session.name_any(), &uid)

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use jiff::SignedDuration;
 use kube::ResourceExt;
 use tka_core::issuer::CredentialIssuer;
+use tka_core::kubernetes::{KubernetesReconciler, ReconcilerSettings, SessionPhase};
+use tka_core::reconciler::Reconciler;
+use tka_core::{Clock, NodeId};
 
 use crate::cluster::{Call, RequestMatch, Verb};
-use crate::suite::harness::{Fixture, Person};
+use crate::suite::harness::{Fixture, Harness, Person};
 use crate::suite::{FailureMode, SuiteBackend};
 
 use super::{binding_ids, occurrence, past_grace, recorded_writes};
@@ -198,4 +201,150 @@ pub async fn a_reconcile_pass_during_a_login_does_not_disturb_it<B: SuiteBackend
         binding_ids(&in_flight, credential.session.as_str()),
         "the same objects the login made"
     );
+}
+
+/// Logs in `n` devices of alice's (alice's laptop with another node ID each) as `sre` for 1h;
+/// returns their credentials.
+async fn log_in_devices<B: SuiteBackend>(
+    h: &Harness<B>,
+    n: usize,
+) -> Vec<tka_core::issuer::IssuedCredential> {
+    let mut credentials = Vec::new();
+    for i in 0..n {
+        let mut identity = Person::AliceLaptop.identity();
+        identity.node.stable_id = NodeId::new(format!("nAliceDevice{i:02}CNTRL")).unwrap();
+        let credential = h
+            .issuer
+            .issue(&identity, &h.decision("sre", "1h"))
+            .await
+            .unwrap_or_else(|e| panic!("login of device {i} failed: {e}"));
+        credentials.push(credential);
+    }
+    credentials
+}
+
+/// A reconciler on the harness's cluster that ends at most `bound` sessions at once.
+fn bounded_reconciler<B: SuiteBackend>(h: &Harness<B>, bound: usize) -> KubernetesReconciler {
+    let mut settings = ReconcilerSettings::new(&h.namespace, "bounded");
+    settings.sessions_ended_at_once = bound;
+    KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        Arc::new(h.clock.clone()),
+        h.tailnet.clone(),
+        Arc::new(crate::suite::suite_grant_check(&h.namespace)),
+    )
+}
+
+/// A pass ends many expired sessions concurrently, never more than the bound at once: with every
+/// ServiceAccount delete held, exactly `bound` are in flight; once released, all are gone.
+pub async fn expired_sessions_end_concurrently_within_the_bound<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    const SESSIONS: usize = 10;
+    const BOUND: usize = 3;
+    let h = fixture.harness().await;
+    let faults = h
+        .backend
+        .faults()
+        .expect("this case needs to hold requests");
+    let credentials = log_in_devices(&h, SESSIONS).await;
+    let last = credentials
+        .iter()
+        .map(|c| c.session_expires_at)
+        .max()
+        .unwrap();
+    h.clock.set(last + SignedDuration::from_secs(1));
+
+    let held = faults.hold(
+        &RequestMatch::any()
+            .verb(Verb::Delete)
+            .resource("serviceaccounts"),
+    );
+    let reconciler = Arc::new(bounded_reconciler(&h, BOUND));
+    let pass = {
+        let reconciler = reconciler.clone();
+        let now = h.clock.now();
+        tokio::spawn(async move { reconciler.reconcile_once(now).await })
+    };
+    // Bounded wait until the pass has as many deletes in flight as it may.
+    for _ in 0..1_000 {
+        if held.waiting() >= BOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Give an unbounded pass every chance to start more (a settle, not a measured time).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        held.waiting(),
+        BOUND,
+        "sessions being ended at once, with {SESSIONS} due"
+    );
+    held.release();
+    let report = pass.await.unwrap().unwrap();
+    assert_eq!(held.peak(), BOUND, "never more than the bound in flight");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    for credential in &credentials {
+        assert!(
+            report.removed_session(credential.session.as_str()),
+            "{} was ended",
+            credential.session
+        );
+    }
+    assert!(h.objects().await.is_empty());
+}
+
+/// One session whose ServiceAccount cannot be deleted does not stop the pass from ending the
+/// others; it stays (marked expired, still found) and the next pass ends it.
+pub async fn a_session_that_fails_to_end_does_not_stop_the_others<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    let h = fixture.harness().await;
+    let faults = h.backend.faults().expect("this case needs fault injection");
+    let credentials = log_in_devices(&h, 3).await;
+    let stuck = credentials[0].session.as_str().to_owned();
+    let last = credentials
+        .iter()
+        .map(|c| c.session_expires_at)
+        .max()
+        .unwrap();
+    h.clock.set(last + SignedDuration::from_secs(1));
+    // Its ServiceAccount's delete fails for the whole pass: when the session is ended, and when
+    // the orphan sweep (which sees it expired) tries too.
+    let stuck_sa = RequestMatch::any()
+        .verb(Verb::Delete)
+        .resource("serviceaccounts")
+        .name(&stuck);
+    faults.fail_write(&stuck_sa, 1, FailureMode::Refused);
+    faults.fail_write(&stuck_sa, 2, FailureMode::Refused);
+
+    let report = bounded_reconciler(&h, 2)
+        .reconcile_once(h.clock.now())
+        .await
+        .unwrap();
+    assert!(!report.failures.is_empty());
+    assert!(
+        report.failures.iter().all(|f| f.contains(&stuck)),
+        "{:?}",
+        report.failures
+    );
+    assert!(!report.removed_session(&stuck));
+    for other in &credentials[1..] {
+        assert!(report.removed_session(other.session.as_str()));
+    }
+    let objects = h.objects().await;
+    let left = objects.session(&stuck).expect("the failed session is kept");
+    assert_eq!(left.phase(), Some(SessionPhase::Expired));
+    let (sas, _, _) = objects.children_of(&stuck);
+    assert_eq!(sas.len(), 1, "its ServiceAccount is still there");
+    for other in &credentials[1..] {
+        assert!(objects.session(other.session.as_str()).is_none());
+    }
+
+    faults.clear_faults();
+    let next = h.reconcile().await;
+    assert!(next.failures.is_empty(), "{:?}", next.failures);
+    assert!(next.removed_session(&stuck), "the next pass ends it");
+    assert!(h.objects().await.is_empty());
 }
