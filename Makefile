@@ -11,7 +11,7 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
@@ -66,3 +66,23 @@ examples:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks; not part of `make test` (which only compiles them, through clippy --all-targets).
+# The divan micro-benchmarks, the scale run on the real components (benches/src/bin/scale.rs:
+# the release tka-server with deploy/'s RBAC on the testenv's API server), and `bench-exec` when
+# this Makefile has it. Numbers, Markdown and SVG plots go to $(BENCH_OUT). Bounded: the scale
+# run is killed after 15 minutes; with the default counts it takes about 10 on 2 cores. Smaller
+# counts: `make bench SCALE_ARGS="--sessions 2000 --mid-sessions 500 --expiring 200"`.
+BENCH_OUT ?= $(CARGO_TARGET_DIR)/bench
+SCALE_ARGS ?= --idle-seconds 30
+
+bench: testenv
+	mkdir -p $(BENCH_OUT)
+	$(CARGO) bench --locked -p tka-benches --bench core 2>&1 | tee $(BENCH_OUT)/core.txt
+	$(CARGO) build --locked --release -p tka-server
+	$(CARGO) build --locked --release -p tka-benches --bin scale
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	timeout 900 $(CARGO_TARGET_DIR)/release/scale \
+		--server-bin $(CARGO_TARGET_DIR)/release/tka-server --out $(BENCH_OUT) $(SCALE_ARGS)
+	@if grep -q '^bench-exec:' $(firstword $(MAKEFILE_LIST)); then $(MAKE) bench-exec; fi
+	@echo "make bench: results in $(BENCH_OUT)"
