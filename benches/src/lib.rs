@@ -5,6 +5,7 @@
 //! Nothing here measures or asserts a timing, and nothing here is meant for production code:
 //! these are fixed, deterministic inputs so that two runs measure the same work.
 
+pub mod cache_file;
 pub mod fixtures;
 pub mod issuer;
 pub mod rss;

@@ -1,6 +1,8 @@
 //! Embeds tka-core: asks a (fake) tailscaled who is calling over its real LocalAPI wire protocol,
 //! then resolves the caller's grants against the cluster's GrantMappings and prints the Decision.
 //!
+//! It only reads and prints; it must not create anything in a cluster.
+//!
 //! Run with `cargo run -p tka-examples --example resolve`.
 
 #![allow(clippy::print_stdout)] // printing the result is what this example is for

@@ -3,13 +3,50 @@
 //! so a reader never sees half a file. The kubeconfig, the token cache and the pin file all write
 //! through here.
 //!
+//! It also says whether an existing path is one of this user's own ([`own`]): tka trusts what it
+//! reads from its cache and pin files only when nobody else could have put it there.
+//!
 //! It owns these few file-system steps only. It must not know what a file holds, where it lives
 //! or how it is locked (its callers decide), and it imports nothing from this crate.
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+/// What kind of path [`own`] expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// The metadata of `path` (not following a symlink) when it is of `kind` and owned by the
+/// effective user; otherwise why not, in words that follow the path ("is a symbolic link").
+/// `Ok(None)` when it does not exist.
+pub(crate) fn own(
+    path: &Path,
+    kind: Kind,
+) -> io::Result<Result<Option<fs::Metadata>, &'static str>> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(None)),
+        Err(e) => return Err(e),
+    };
+    Ok(if meta.file_type().is_symlink() {
+        Err("is a symbolic link")
+    } else if kind == Kind::Dir && !meta.is_dir() {
+        Err("is not a directory")
+    } else if kind == Kind::File && !meta.is_file() {
+        Err("is not a regular file")
+    } else if meta.uid() != rustix::process::geteuid().as_raw() {
+        Err("belongs to another user")
+    } else {
+        Ok(Some(meta))
+    })
+}
 
 /// The directory a file is in (`.` for a bare name).
 pub(crate) fn parent_dir(path: &Path) -> PathBuf {

@@ -7,12 +7,16 @@
 //! (rename), so a reader never sees half a file. Refreshes take a per-key lock file and re-check
 //! the entry under it, so parallel kubectl runs make one server call.
 //!
+//! Only a real directory owned by this user is used, and entries are opened without following
+//! symlinks and read only when this user owns them: whoever controls the directory could
+//! otherwise hand kubectl a token of their choosing.
+//!
 //! It owns the cache directory and its files; the atomic write itself is
 //! [`crate::atomic_file`]'s. It must not call servers or decide whether an entry is still good.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,13 +25,19 @@ use tka_core::ClusterName;
 use tka_core::endpoint::ServerUrl;
 use tka_core::token_cache::{CacheKey, CachedToken};
 
-use crate::atomic_file::{create_private_dir, write_atomically};
+use crate::atomic_file::{Kind, create_private_dir, own, write_atomically};
 use crate::cli::Environment;
 
 /// Entries examined when cleaning up by server and cluster; the cache holds a handful.
 const MAX_SCAN: usize = 10_000;
 /// The largest entry file read; entries are a few hundred bytes plus a token.
 const MAX_ENTRY: u64 = 64 * 1024;
+/// Entry and lock files are opened without following a symlink in their place.
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
 
 /// Why the cache could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +51,16 @@ pub(crate) enum CacheError {
     Busy {
         /// The lock file.
         path: PathBuf,
+    },
+    /// The cache directory is not one tka made for this user: a symlink, not a directory, or
+    /// owned by someone else. Its entries are never read, since whoever controls it could hand
+    /// kubectl their token.
+    #[error("the token cache {} {why}; tka does not use it", .path.display())]
+    Untrusted {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// An I/O failure.
     #[error("cannot {action} {}: {source}", .path.display())]
@@ -59,6 +79,10 @@ impl CacheError {
         match self {
             Self::NoHome => "set XDG_CACHE_HOME or HOME".to_owned(),
             Self::Busy { .. } => "try again; if it persists, stop stuck tka processes".to_owned(),
+            Self::Untrusted { path, .. } => format!(
+                "remove it (rm -r {}) and run the command again: tka makes its own 0700 directory",
+                path.display()
+            ),
             Self::Io { .. } => {
                 "check the permissions of the cache directory (XDG_CACHE_HOME/tka)".to_owned()
             }
@@ -115,11 +139,17 @@ impl TokenCache {
 
     /// The entry for `key`, if there is a readable one.
     pub(crate) fn lookup(&self, key: &CacheKey) -> Option<Lookup> {
+        self.trusted_dir().ok()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(NOFOLLOW)
             .open(self.path(key))
             .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.uid() != euid() {
+            return None;
+        }
         let mut bytes = Vec::with_capacity(1024);
         (&file).take(MAX_ENTRY).read_to_end(&mut bytes).ok()?;
         let entry = CachedToken::parse_for(&bytes, key)?;
@@ -163,6 +193,9 @@ impl TokenCache {
 
     /// Drops every entry for `server` and `cluster`, whatever the identity. Returns how many.
     pub(crate) fn remove_for(&self, server: &ServerUrl, cluster: &ClusterName) -> usize {
+        if self.trusted_dir().is_err() {
+            return 0;
+        }
         let Ok(dir) = fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -199,6 +232,7 @@ impl TokenCache {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(NOFOLLOW)
             .open(&path)
             .map_err(|source| CacheError::Io {
                 action: "open",
@@ -224,6 +258,23 @@ impl TokenCache {
         }
     }
 
+    /// The directory's metadata, if it is a real directory (not a symlink) owned by this user.
+    fn trusted_dir(&self) -> Result<fs::Metadata, CacheError> {
+        let io_err = |source| CacheError::Io {
+            action: "read",
+            path: self.dir.clone(),
+            source,
+        };
+        match own(&self.dir, Kind::Dir).map_err(io_err)? {
+            Ok(Some(meta)) => Ok(meta),
+            Ok(None) => Err(io_err(io::ErrorKind::NotFound.into())),
+            Err(why) => Err(CacheError::Untrusted {
+                path: self.dir.clone(),
+                why,
+            }),
+        }
+    }
+
     /// Creates the directory (0700), and tightens it if it is open to others.
     fn ensure_dir(&self) -> Result<(), CacheError> {
         let io_err = |action, source| CacheError::Io {
@@ -232,10 +283,7 @@ impl TokenCache {
             source,
         };
         create_private_dir(&self.dir).map_err(|e| io_err("create", e))?;
-        let mode = fs::metadata(&self.dir)
-            .map_err(|e| io_err("read", e))?
-            .permissions()
-            .mode();
+        let mode = self.trusted_dir()?.permissions().mode();
         if mode & 0o077 != 0 {
             fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| io_err("restrict", e))?;
@@ -307,6 +355,89 @@ mod tests {
             1
         );
         assert!(cache.lookup(&key("laptop")).is_none());
+    }
+
+    #[test]
+    fn a_cache_directory_tka_did_not_make_is_never_read() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let planted = |dir: &std::path::Path| {
+            let entry = CachedToken::new(
+                &key("laptop"),
+                Secret::new("someone-elses-token".to_owned()),
+                now + jiff::SignedDuration::from_mins(15),
+                now,
+                None,
+            );
+            fs::write(
+                dir.join(key("laptop").file_name()),
+                entry.to_json().unwrap(),
+            )
+            .unwrap();
+        };
+
+        // A symlink in place of the directory, to a directory holding a planted entry.
+        let base = tempfile::tempdir().unwrap();
+        let elsewhere = base.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        planted(&elsewhere);
+        std::os::unix::fs::symlink(&elsewhere, base.path().join("tka")).unwrap();
+        let linked = cache(base.path());
+        assert!(linked.lookup(&key("laptop")).is_none());
+        let err = linked
+            .store(&CachedToken::new(
+                &key("laptop"),
+                Secret::new("tok".to_owned()),
+                now + jiff::SignedDuration::from_mins(15),
+                now,
+                None,
+            ))
+            .unwrap_err();
+        assert!(matches!(err, CacheError::Untrusted { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(err.hint().contains("rm -r"), "{}", err.hint());
+        assert_eq!(
+            linked.remove_for(
+                &ServerUrl::parse("http://tka-prod").unwrap(),
+                &ClusterName::new("prod").unwrap()
+            ),
+            0
+        );
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1);
+
+        // A symlink in place of an entry, inside a real directory.
+        let real = tempfile::tempdir().unwrap();
+        let cache_dir = real.path().join("tka");
+        create_private_dir(&cache_dir).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        planted(outside.path());
+        std::os::unix::fs::symlink(
+            outside.path().join(key("laptop").file_name()),
+            cache_dir.join(key("laptop").file_name()),
+        )
+        .unwrap();
+        assert!(cache(real.path()).lookup(&key("laptop")).is_none());
+
+        // Allowed: the same entry in the user's own directory is read.
+        let own = tempfile::tempdir().unwrap();
+        create_private_dir(&own.path().join("tka")).unwrap();
+        planted(&own.path().join("tka"));
+        let hit = cache(own.path()).lookup(&key("laptop")).unwrap();
+        assert_eq!(hit.entry.token.expose(), "someone-elses-token");
+
+        // A directory owned by another user (only root can make one here).
+        if euid() == 0 {
+            let other = tempfile::tempdir().unwrap();
+            let dir = other.path().join("tka");
+            create_private_dir(&dir).unwrap();
+            planted(&dir);
+            rustix::fs::chown(
+                &dir,
+                Some(rustix::fs::Uid::from_raw(65534)),
+                Some(rustix::fs::Gid::from_raw(65534)),
+            )
+            .unwrap();
+            assert!(cache(other.path()).lookup(&key("laptop")).is_none());
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use jiff::Timestamp;
 use tka_core::api::ClusterResponse;
@@ -20,6 +22,9 @@ use tka_core::{ClusterName, Tag};
 
 use crate::client::{ApiClient, ApiError, Network};
 use crate::pins::{Pins, ServerNode};
+
+/// The most candidates probed at once.
+const MAX_PROBES: usize = 16;
 
 /// How to find servers, validated.
 #[derive(Debug, Clone)]
@@ -205,39 +210,46 @@ fn url_host(url: &ServerUrl) -> Option<IpAddr> {
     authority.split(':').next()?.parse().ok()
 }
 
-/// Asks every candidate `GET /api/v1/cluster`, all at once (one thread each), and applies the
-/// pins (recording new ones). The result keeps the candidates' order.
+/// Asks every candidate `GET /api/v1/cluster`, at most [`MAX_PROBES`] at a time (one thread
+/// each: a tailnet with many tagged servers must not make the CLI start hundreds of threads),
+/// and applies the pins (recording new ones). The result keeps the candidates' order.
 pub(crate) fn probe(
     candidates: Vec<Candidate>,
     network: &Network,
     pins: &mut Pins,
     now: Timestamp,
 ) -> Vec<Found> {
-    let answers: Vec<Option<Result<ClusterResponse, ApiError>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = candidates
-            .iter()
-            .map(|c| {
-                let url = c.url.clone();
-                let online = c.online;
-                scope.spawn(move || {
-                    online.then(|| ApiClient::new(url, network).and_then(|client| client.cluster()))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(&candidates)
-            .map(|(handle, c)| {
-                handle.join().unwrap_or_else(|_| {
-                    Some(Err(ApiError::Unreachable {
-                        server: c.url.clone(),
-                        reason: "the request failed unexpectedly".to_owned(),
-                        via_socks5: network.socks5.is_some(),
-                    }))
-                })
-            })
-            .collect()
+    let next = AtomicUsize::new(0);
+    let answers: Vec<Mutex<Option<Result<ClusterResponse, ApiError>>>> =
+        candidates.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..candidates.len().min(MAX_PROBES) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = candidates.get(i) else { break };
+                    let ask = || {
+                        c.online.then(|| {
+                            ApiClient::new(c.url.clone(), network)
+                                .and_then(|client| client.cluster())
+                        })
+                    };
+                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask))
+                        .unwrap_or_else(|_| {
+                            Some(Err(ApiError::Unreachable {
+                                server: c.url.clone(),
+                                reason: "the request failed unexpectedly".to_owned(),
+                                via_socks5: network.socks5.is_some(),
+                            }))
+                        });
+                    *answers[i].lock().unwrap_or_else(PoisonError::into_inner) = answer;
+                }
+            });
+        }
     });
+    let answers = answers
+        .into_iter()
+        .map(|a| a.into_inner().unwrap_or_else(PoisonError::into_inner));
     let raw = candidates.into_iter().zip(answers).collect();
     judge(raw, pins, now)
 }
@@ -421,5 +433,62 @@ mod tests {
             Some("fd7a:115c:a1e0::5".parse().unwrap())
         );
         assert_eq!(url_host(&url("http://tka-prod")), None);
+    }
+
+    #[test]
+    fn many_candidates_are_probed_a_bounded_number_at_a_time() {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::AtomicUsize;
+        use std::time::Duration;
+
+        // A loopback server that holds each request 100 ms and counts how many are open at once.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(AtomicUsize::new(0));
+        let most = std::sync::Arc::new(AtomicUsize::new(0));
+        let total = 40;
+        let server = {
+            let (open, most) = (open, most.clone());
+            std::thread::spawn(move || {
+                let mut handlers = Vec::new();
+                for stream in listener.incoming().take(total) {
+                    let mut stream = stream.unwrap();
+                    let (open, most) = (open.clone(), most.clone());
+                    handlers.push(std::thread::spawn(move || {
+                        let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let mut buf = [0u8; 4096];
+                        let _ = stream.read(&mut buf);
+                        std::thread::sleep(Duration::from_millis(100));
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                    }));
+                }
+                for h in handlers {
+                    let _ = h.join();
+                }
+            })
+        };
+        let candidates: Vec<Candidate> = (0..total)
+            .map(|i| Candidate {
+                url: ServerUrl::parse(&format!("http://{addr}")).unwrap(),
+                node: node(&format!("n{i}")),
+                online: true,
+            })
+            .collect();
+        let network = Network {
+            socks5: None,
+            timeout: Duration::from_secs(10),
+        };
+        let found = probe(candidates, &network, &mut Pins::default(), Timestamp::now());
+        server.join().unwrap();
+        // Every candidate was asked and answered (with an error), in order.
+        assert_eq!(found.len(), total);
+        assert!(found.iter().all(|f| !is_trusted(f)));
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_PROBES, "{most} probes at once");
+        assert!(most > 1, "probes run in parallel, not one by one");
     }
 }

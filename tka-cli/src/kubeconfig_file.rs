@@ -66,6 +66,13 @@ pub(crate) enum KubeconfigFileError {
         /// Why.
         refusal: LinkRefusal,
     },
+    /// The path names something other than a regular file (a FIFO, a device, a directory),
+    /// which reading or writing could block on or damage.
+    #[error("the kubeconfig {path} is not a regular file; tka left it untouched", path = .path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// Another process holds the lock.
     #[error("another tka is changing the kubeconfig {path}", path = .path.display())]
     Busy {
@@ -98,6 +105,10 @@ impl KubeconfigFileError {
                 path.display()
             ),
             Self::UnsafeLink { path, refusal } => refusal.hint(path),
+            Self::NotAFile { path } => format!(
+                "point KUBECONFIG at a regular file ({} is a FIFO, device or directory)",
+                path.display()
+            ),
             Self::Busy { .. } => "try again in a moment".to_owned(),
             Self::Io { .. } => {
                 "check the file's and its directory's permissions, or point KUBECONFIG elsewhere"
@@ -137,6 +148,9 @@ impl KubeconfigFile {
     /// The parsed file; a missing file is an empty kubeconfig.
     pub(crate) fn read(&self) -> Result<Kubeconfig, KubeconfigFileError> {
         let target = self.target()?;
+        if self.metadata(&target)?.is_none() {
+            return Ok(Kubeconfig::default());
+        }
         let text = match fs::read_to_string(&target) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Kubeconfig::default()),
@@ -148,13 +162,25 @@ impl KubeconfigFile {
         })
     }
 
+    /// The target's metadata, `None` when it does not exist. Anything but a regular file is
+    /// refused before it is opened: opening a FIFO blocks until a writer comes, and a device
+    /// is nobody's kubeconfig.
+    fn metadata(&self, target: &Path) -> Result<Option<fs::Metadata>, KubeconfigFileError> {
+        match fs::metadata(target) {
+            Ok(m) if m.is_file() => Ok(Some(m)),
+            Ok(_) => Err(KubeconfigFileError::NotAFile {
+                path: self.path.clone(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("read", e)),
+        }
+    }
+
     /// Fails when the file exists but may not be written: read-only, or refused by the OS.
     pub(crate) fn check_writable(&self) -> Result<(), KubeconfigFileError> {
         let target = self.target()?;
-        let meta = match fs::metadata(&target) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.io("read", e)),
+        let Some(meta) = self.metadata(&target)? else {
+            return Ok(());
         };
         if meta.permissions().readonly() {
             return Err(KubeconfigFileError::ReadOnly {
@@ -373,5 +399,43 @@ mod tests {
             })
             .unwrap();
         assert!(fs::read_to_string(&good).unwrap().contains("x: 1"));
+    }
+
+    #[test]
+    fn a_fifo_or_directory_at_the_path_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Opening a FIFO for reading or appending would wait for a writer forever; each call
+        // must come back with a refusal instead.
+        let file = KubeconfigFile::at(fifo);
+        for err in [
+            file.read().unwrap_err(),
+            file.check_can_write().unwrap_err(),
+            file.update(|_| Ok(())).unwrap_err(),
+        ] {
+            assert!(matches!(err, KubeconfigFileError::NotAFile { .. }), "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+            assert!(err.hint().contains("regular file"), "{}", err.hint());
+        }
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        let err = KubeconfigFile::at(sub).read().unwrap_err();
+        assert!(matches!(err, KubeconfigFileError::NotAFile { .. }), "{err}");
+
+        // Allowed: a missing file reads as empty, and a regular file reads.
+        let missing = KubeconfigFile::at(dir.path().join("missing"));
+        assert_eq!(missing.read().unwrap(), Kubeconfig::default());
+        missing.check_can_write().unwrap();
+        let regular = dir.path().join("regular");
+        fs::write(&regular, "apiVersion: v1\n").unwrap();
+        KubeconfigFile::at(regular).read().unwrap();
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tka_core::ClusterName;
 use tka_core::endpoint::ServerUrl;
 
-use crate::atomic_file::{create_private_dir, parent_dir, write_atomically};
+use crate::atomic_file::{Kind, create_private_dir, own, parent_dir, write_atomically};
 use crate::cli::Environment;
 
 /// A server node: its stable ID (or, for a configured server that is no known peer, its URL)
@@ -53,6 +53,8 @@ pub(crate) enum PinError {
     NoHome,
     #[error("cannot read the pin file {}: {reason}", .path.display())]
     Read { path: PathBuf, reason: String },
+    #[error("the pin file {} or its directory {why}; tka does not trust it", .path.display())]
+    Untrusted { path: PathBuf, why: &'static str },
     #[error("cannot write the pin file {}: {source}", .path.display())]
     Write {
         path: PathBuf,
@@ -67,6 +69,12 @@ impl PinError {
             Self::Read { path, .. } => format!(
                 "the file records which server node each cluster name belongs to; fix it, or remove {} \
                  to trust the next servers seen",
+                path.display()
+            ),
+            Self::Untrusted { path, .. } => format!(
+                "the pins decide which server node may answer for each cluster name, so only a \
+                 file you own, in a directory you own, is read; remove {} (and its directory if \
+                 it is not yours) and run the command again",
                 path.display()
             ),
             Self::Write { .. } => "check the permissions of the directory".to_owned(),
@@ -95,6 +103,25 @@ impl Pin {
 impl Pins {
     /// Reads the pin file; a missing file has no pins.
     pub(crate) fn load(path: &Path) -> Result<Self, PinError> {
+        let read = |e: std::io::Error| PinError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        for (at, kind) in [
+            (parent_dir(path), Kind::Dir),
+            (path.to_path_buf(), Kind::File),
+        ] {
+            match own(&at, kind).map_err(read)? {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(Self::default()),
+                Err(why) => {
+                    return Err(PinError::Untrusted {
+                        path: path.to_path_buf(),
+                        why,
+                    });
+                }
+            }
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| PinError::Read {
                 path: path.to_path_buf(),
@@ -141,7 +168,21 @@ impl Pins {
             path: path.to_path_buf(),
             source,
         };
-        create_private_dir(&parent_dir(path)).map_err(write)?;
+        let dir = parent_dir(path);
+        create_private_dir(&dir).map_err(write)?;
+        match own(&dir, Kind::Dir).map_err(write)? {
+            Ok(Some(meta)) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(write)?;
+            }
+            Ok(_) => {}
+            Err(why) => {
+                return Err(PinError::Untrusted {
+                    path: path.to_path_buf(),
+                    why,
+                });
+            }
+        }
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| write(std::io::Error::other(e.to_string())))?;
         write_atomically(path, text.as_bytes()).map_err(write)?;
@@ -178,6 +219,68 @@ mod tests {
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         let read = Pins::load(&path).unwrap();
         assert_eq!(read.clusters["prod"].node, node("n1"));
+    }
+
+    #[test]
+    fn a_pin_file_someone_else_could_have_written_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pins = Pins::default();
+        pins.pin(
+            &ClusterName::new("prod").unwrap(),
+            &node("mallory"),
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        );
+        let planted = dir.path().join("planted.json");
+        std::fs::write(&planted, serde_json::to_string(&pins).unwrap()).unwrap();
+
+        // A symlink in place of the pin file.
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let path = state.join("pins.json");
+        std::os::unix::fs::symlink(&planted, &path).unwrap();
+        let err = Pins::load(&path).unwrap_err();
+        assert!(matches!(err, PinError::Untrusted { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(err.hint().contains("remove"), "{}", err.hint());
+
+        // A symlink in place of its directory.
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&state, &linked).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::copy(&planted, &path).unwrap();
+        let err = Pins::load(&linked.join("pins.json")).unwrap_err();
+        assert!(matches!(err, PinError::Untrusted { .. }), "{err}");
+
+        // Allowed: the same file, as a regular file of ours in our directory.
+        assert_eq!(
+            Pins::load(&path).unwrap().clusters["prod"].node,
+            node("mallory")
+        );
+
+        // Owned by another user (only root can make one here).
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+            assert!(matches!(
+                Pins::load(&path).unwrap_err(),
+                PinError::Untrusted { .. }
+            ));
+        }
+
+        // Saving tightens a directory open to others.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut mine = Pins::default();
+        mine.pin(
+            &ClusterName::new("prod").unwrap(),
+            &node("n1"),
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        );
+        mine.save_if_changed(&open.join("pins.json")).unwrap();
+        assert_eq!(
+            std::fs::metadata(&open).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Time as a parameter. Everything that decides on time (expiry, TTLs, caches, requeues) takes a
 //! [`Clock`], so tests move time by hand instead of sleeping.
+//! It owns the notion of "now"; code that decides on time must not read the system clock itself.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -1,5 +1,6 @@
 //! Durations as people write them in policy files and on the command line: Go's notation
 //! (`90m`, `8h`, `1h30m`, `45s`, `1.5h`), the one Tailscale and Kubernetes users already know.
+//! It owns parsing and printing only; it must not clamp or judge a duration (policy does).
 
 use std::fmt;
 

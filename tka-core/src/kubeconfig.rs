@@ -727,7 +727,11 @@ impl Kubeconfig {
         if marker_of(&item, "context").is_none() {
             return Ok(None);
         }
-        let previous = previous_of(&item);
+        // The context to return to. Never this context itself (a hand-edited file, or a chain
+        // of logins that loops back): current-context would name the context just removed.
+        // Another context is restored as recorded, even one that no longer exists, so the file
+        // ends as it was before the login.
+        let previous = previous_of(&item).filter(|p| p != context);
         let mut next = self.clone();
         let restored = if next.current_context() == Some(context) {
             match &previous {

@@ -1,4 +1,5 @@
 //! A wrapper that keeps credentials out of logs: its `Debug` and `Display` print `[redacted]`.
+//! It owns the wrapping only; code must not take the value out except to send it where it belongs.
 
 use std::fmt;
 

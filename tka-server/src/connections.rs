@@ -227,9 +227,15 @@ impl Throttle {
     }
 }
 
+/// Told of each connection refused at a cap: the listener's name, and which cap
+/// (`"listener"`: `--max-connections`, `"peer"`: `--max-connections-per-peer`). The server counts
+/// them in its metrics; this module knows nothing of metrics.
+pub type OnRefused = Arc<dyn Fn(&'static str, &'static str) + Send + Sync>;
+
 /// One listener's shared state.
 struct Shared {
     name: &'static str,
+    on_refused: OnRefused,
     router: Router,
     limits: ConnectionLimits,
     keyer: Arc<dyn PeerKeyer>,
@@ -242,19 +248,37 @@ struct Shared {
     peer_full: Throttle,
 }
 
-/// Serves `router` on `listener` under `limits` until `shutdown`, then waits for the
-/// connections to finish their request in flight. `name` names the listener in logs.
+/// How one listener serves its connections.
+pub struct Serving {
+    /// The listener's name in logs and metrics (`api`, `ops`).
+    pub name: &'static str,
+    /// What answers the requests.
+    pub router: Router,
+    /// The deadlines and caps.
+    pub limits: ConnectionLimits,
+    /// Who a connection's peer is, for the per-peer cap.
+    pub keyer: Arc<dyn PeerKeyer>,
+    /// Told of every connection refused at a cap.
+    pub on_refused: OnRefused,
+}
+
+/// Serves `serving.router` on `listener` under `serving.limits` until `shutdown`, then waits for
+/// the connections to finish their request in flight.
 pub async fn serve<L>(
-    name: &'static str,
+    serving: Serving,
     mut listener: L,
     to_peer: fn(L::Addr) -> Peer,
-    router: Router,
-    limits: ConnectionLimits,
-    keyer: Arc<dyn PeerKeyer>,
     shutdown: CancellationToken,
 ) where
     L: Listener<Io = TcpStream>,
 {
+    let Serving {
+        name,
+        router,
+        limits,
+        keyer,
+        on_refused,
+    } = serving;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -264,6 +288,7 @@ pub async fn serve<L>(
         .keep_alive(true);
     let shared = Arc::new(Shared {
         name,
+        on_refused,
         router,
         limits,
         keyer,
@@ -294,6 +319,7 @@ pub async fn serve<L>(
                     "refusing connections: the listener is at its connection limit (--max-connections)"
                 );
             }
+            (shared.on_refused)(name, "listener");
             refuse(&stream, limits.max_connections, "on this listener");
             continue;
         };
@@ -338,6 +364,7 @@ async fn connection(
                 "refusing connections: a peer is at its connection limit (--max-connections-per-peer)"
             );
         }
+        (shared.on_refused)(shared.name, "peer");
         refuse(
             &stream,
             shared.limits.max_connections_per_peer,

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use tka_core::Denial;
 use tka_core::api::{Problem, ProblemCode};
 use tka_core::identity::IdentityError;
 use tka_core::issuer::IssueError;
-use tka_core::policy::RoleListing;
-use tka_core::{Denial, SessionName};
 
 use crate::ratelimit::RateLimited;
 use crate::request_id::RequestId;
@@ -80,27 +79,9 @@ pub enum ApiError {
         /// Whose connections: "on this listener" or "from this device".
         scope: &'static str,
     },
-    /// Policy refused (or the TTL does not parse).
+    /// The sessions service refused or failed (policy, the grant, the session, the issuer).
     #[error(transparent)]
-    Denied(Box<Denial>),
-    /// At refresh, the grant behind the session no longer holds; the session was ended.
-    #[error(
-        "session {session} was ended because its grant no longer holds: {reason}; run `tka login` to get a role you still hold"
-    )]
-    GrantWithdrawn {
-        /// The session that was revoked.
-        session: SessionName,
-        /// Why the grant no longer holds, naming what is missing.
-        reason: String,
-        /// What the caller still holds here, when policy said.
-        roles: Option<Box<RoleListing>>,
-    },
-    /// The device has no live session.
-    #[error("this device has no live session on this cluster; run `tka login` first")]
-    NoSession,
-    /// The issuer failed.
-    #[error(transparent)]
-    Issue(#[from] IssueError),
+    Session(#[from] SessionError),
     /// An outbound call did not finish within its deadline.
     #[error("{what} did not answer within {}s; try again", .after.as_secs_f32())]
     Timeout {
@@ -122,7 +103,7 @@ pub enum ApiError {
 
 impl From<Denial> for ApiError {
     fn from(denial: Denial) -> Self {
-        Self::Denied(Box::new(denial))
+        Self::Session(SessionError::Denied(Box::new(denial)))
     }
 }
 
@@ -132,24 +113,9 @@ impl From<RateLimited> for ApiError {
     }
 }
 
-impl From<SessionError> for ApiError {
-    fn from(error: SessionError) -> Self {
-        match error {
-            SessionError::InvalidRole(why) => Self::BadRequest(format!("\"role\": {why}")),
-            SessionError::Denied(denial) => Self::Denied(denial),
-            SessionError::GrantWithdrawn {
-                session,
-                reason,
-                roles,
-            } => Self::GrantWithdrawn {
-                session,
-                reason,
-                roles,
-            },
-            SessionError::NoSession => Self::NoSession,
-            SessionError::Issue(e) => Self::Issue(e),
-            SessionError::Timeout { what, after } => Self::Timeout { what, after },
-        }
+impl From<IssueError> for ApiError {
+    fn from(error: IssueError) -> Self {
+        Self::Session(SessionError::Issue(error))
     }
 }
 
@@ -212,6 +178,41 @@ fn classify_identity(e: &IdentityError) -> Class {
                 "Tailscale identity unavailable",
             )
         },
+    }
+}
+
+fn classify_session(e: &SessionError) -> Class {
+    match e {
+        SessionError::InvalidRole(_) => class(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::BadRequest,
+            "Bad request",
+        ),
+        SessionError::Denied(denial) if denial.kind.is_bad_request() => {
+            class(StatusCode::BAD_REQUEST, denial.kind.into(), "Bad request")
+        }
+        SessionError::Denied(denial) => class(StatusCode::FORBIDDEN, denial.kind.into(), "Denied"),
+        SessionError::GrantWithdrawn { .. } => class(
+            StatusCode::FORBIDDEN,
+            ProblemCode::SessionEnded,
+            "Grant withdrawn, session ended",
+        ),
+        SessionError::NoSession => {
+            class(StatusCode::NOT_FOUND, ProblemCode::NoSession, "No session")
+        }
+        SessionError::Issue(e) => classify_issue(e),
+        SessionError::Timeout { .. } => timeout_class(),
+    }
+}
+
+fn timeout_class() -> Class {
+    Class {
+        retry_after: Some(1),
+        ..class(
+            StatusCode::GATEWAY_TIMEOUT,
+            ProblemCode::Timeout,
+            "Upstream timeout",
+        )
     }
 }
 
@@ -348,25 +349,8 @@ impl ApiError {
                     "Too many connections",
                 )
             },
-            Self::Denied(denial) if denial.kind.is_bad_request() => {
-                class(StatusCode::BAD_REQUEST, denial.kind.into(), "Bad request")
-            }
-            Self::Denied(denial) => class(StatusCode::FORBIDDEN, denial.kind.into(), "Denied"),
-            Self::GrantWithdrawn { .. } => class(
-                StatusCode::FORBIDDEN,
-                ProblemCode::SessionEnded,
-                "Grant withdrawn, session ended",
-            ),
-            Self::NoSession => class(StatusCode::NOT_FOUND, ProblemCode::NoSession, "No session"),
-            Self::Issue(e) => classify_issue(e),
-            Self::Timeout { .. } => Class {
-                retry_after: Some(1),
-                ..class(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ProblemCode::Timeout,
-                    "Upstream timeout",
-                )
-            },
+            Self::Session(e) => classify_session(e),
+            Self::Timeout { .. } => timeout_class(),
             Self::NotFound => class(StatusCode::NOT_FOUND, ProblemCode::NotFound, "Not found"),
             Self::MethodNotAllowed => class(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -399,7 +383,9 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let class = self.class();
         let detail = match self {
-            Self::Timeout { .. } | Self::TooManyConnections { .. } => self.to_string(),
+            Self::Timeout { .. }
+            | Self::TooManyConnections { .. }
+            | Self::Session(SessionError::Timeout { .. }) => self.to_string(),
             _ if class.status.is_server_error() => format!(
                 "{}; try again, and if it persists give the server's operator the request ID in `instance`, which the server log has the details under",
                 class.title
@@ -408,8 +394,8 @@ impl ApiError {
         };
         let mut problem = Problem::new(class.status.as_u16(), class.code, class.title, detail);
         problem.roles = match self {
-            Self::Denied(denial) => Some((*denial.listing).clone()),
-            Self::GrantWithdrawn { roles, .. } => roles.as_deref().cloned(),
+            Self::Session(SessionError::Denied(denial)) => Some((*denial.listing).clone()),
+            Self::Session(SessionError::GrantWithdrawn { roles, .. }) => roles.as_deref().cloned(),
             _ => None,
         };
         problem

@@ -132,13 +132,7 @@ mod tests {
     use super::*;
 
     fn hosts() -> AllowedHosts {
-        AllowedHosts::new(
-            ["tka-prod".to_owned(), "TKA-prod.example.ts.net.".to_owned()],
-            [
-                "100.64.0.5".parse().unwrap(),
-                "fd7a:115c:a1e0::5".parse().unwrap(),
-            ],
-        )
+        crate::hosts::example_hosts()
     }
 
     #[test]

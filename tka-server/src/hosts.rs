@@ -50,18 +50,24 @@ impl AllowedHosts {
     }
 }
 
+/// The hosts of a server named `tka-prod` at 100.64.0.5 and fd7a:115c:a1e0::5, for unit tests.
+#[cfg(test)]
+pub(crate) fn example_hosts() -> AllowedHosts {
+    AllowedHosts::new(
+        ["tka-prod".to_owned(), "TKA-prod.example.ts.net.".to_owned()],
+        [
+            "100.64.0.5".parse().unwrap(),
+            "fd7a:115c:a1e0::5".parse().unwrap(),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn hosts() -> AllowedHosts {
-        AllowedHosts::new(
-            ["tka-prod".to_owned(), "TKA-prod.example.ts.net.".to_owned()],
-            [
-                "100.64.0.5".parse().unwrap(),
-                "fd7a:115c:a1e0::5".parse().unwrap(),
-            ],
-        )
+        example_hosts()
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl Collector for ActiveSessions {
 }
 
 type Labels = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
 
 /// Why a session was revoked, for `tka_revocations_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,7 @@ pub struct Metrics {
     registry: Registry,
     logins: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    connections_refused: Family<Labels2, Counter>,
     tokens_minted: Counter,
     whois_duration: Histogram,
     reconcile_duration: Histogram,
@@ -120,6 +122,12 @@ impl Metrics {
             "tka_requests_refused",
             "API requests refused before reaching an endpoint, by problem code.",
             refused.clone(),
+        );
+        let connections_refused = Family::<Labels2, Counter>::default();
+        registry.register(
+            "tka_connections_refused",
+            "Connections refused at a connection cap, by listener (api, ops) and cap (listener, peer).",
+            connections_refused.clone(),
         );
         let tokens_minted = Counter::default();
         registry.register(
@@ -158,6 +166,7 @@ impl Metrics {
             registry,
             logins,
             refused,
+            connections_refused,
             tokens_minted,
             whois_duration,
             reconcile_duration,
@@ -176,6 +185,13 @@ impl Metrics {
     /// Counts a request refused by the guard, by problem code.
     pub fn refused(&self, code: &'static str) {
         self.refused.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Counts a connection refused at a cap of `listener` (`cap`: "listener" or "peer").
+    pub fn connection_refused(&self, listener: &'static str, cap: &'static str) {
+        self.connections_refused
+            .get_or_create(&[("listener", listener), ("cap", cap)])
+            .inc();
     }
 
     /// Counts a token handed out.

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::connections::{self, ByAddress, ByNode, ConnectionLimits};
+use crate::connections::{self, ByAddress, ByNode, ConnectionLimits, Serving};
 use crate::listener::{ApiListener, ListenMode, OpsListener, Peer};
 use crate::routes::api_router;
 use crate::state::ApiState;
@@ -136,22 +136,32 @@ impl Server {
             self.state.config.whois_timeout,
             self.state.config.service_name.clone(),
         );
+        let metrics = Arc::clone(&self.state.metrics);
+        let on_refused: connections::OnRefused = Arc::new(move |listener, cap| {
+            metrics.connection_refused(listener, cap);
+        });
         let api = connections::serve(
-            "api",
+            Serving {
+                name: "api",
+                router: self.api,
+                limits: self.limits,
+                keyer: Arc::new(keyer),
+                on_refused: Arc::clone(&on_refused),
+            },
             self.api_listener,
             |peer: Peer| peer,
-            self.api,
-            self.limits,
-            Arc::new(keyer),
             stop.clone(),
         );
         let ops = connections::serve(
-            "ops",
+            Serving {
+                name: "ops",
+                router: self.ops,
+                limits: self.limits,
+                keyer: Arc::new(ByAddress),
+                on_refused,
+            },
             self.ops_listener,
             Peer::direct,
-            self.ops,
-            self.limits,
-            Arc::new(ByAddress),
             stop.clone(),
         );
         tracing::info!(api = %self.api_addr, ops = %self.ops_addr, "serving");

@@ -1,8 +1,8 @@
 //! The one place a real server is built from [`Settings`]: the tailscaled whois client, the
 //! Kubernetes issuer, the shared watches ([`ClusterWatches`]: one reflector per resource, read by
-//! the GrantMapping feed, the session count and the reconciler), the metrics, the readiness
-//! checks, the API state and the background tasks (the watches, the feed, the reconciler's loop
-//! with leader election) that run until shutdown. The binary calls [`server`]; so does anything
+//! the GrantMapping feed, the session count, the reconciler and a login's first look at a
+//! device's sessions), the metrics, the readiness checks, the API state and the background tasks
+//! (the watches, the feed, the reconciler's loop with leader election) that run until shutdown. The binary calls [`server`]; so does anything
 //! else that needs a server built exactly as in production.
 //!
 //! Construction runs in one direction (client → watches → issuer and stores → metrics →
@@ -125,12 +125,12 @@ fn kube(
 ) -> anyhow::Result<Kube> {
     let mut issuer_settings = IssuerSettings::new(&settings.namespace);
     issuer_settings.token_lifetime = settings.token_lifetime;
+    let (watches, drive_watches) = ClusterWatches::new(&client);
     let issuer = Arc::new(
         KubernetesIssuer::new(client.clone(), issuer_settings, clock.clone())
-            .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?
+            .with_session_store(watches.sessions.clone()),
     );
-
-    let (watches, drive_watches) = ClusterWatches::new(&client);
     let mappings = Arc::new(InMemoryMappings::default());
     let bindability = Arc::new(Bindability::new(client.clone()));
     let feed = Arc::new(

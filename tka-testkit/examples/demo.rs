@@ -4,7 +4,7 @@
 //! GrantMapping, runs the built `tka-server serve` on the cluster node, and drives the built
 //! `tka` CLI as the laptop: `tka list`, `tka login`, kubectl through the exec plugin, `tka
 //! logout`, and kubectl refused afterwards. Everything stops and is removed at the end; the
-//! whole run is bounded.
+//! whole run is bounded. It must not touch anything outside its temporary directory and loopback.
 //!
 //! Needs `TKA_TESTENV_BIN` (`eval "$(tka-testkit/testenv/build.sh)"`) and the built
 //! `tka-server` and `tka` binaries: `TKA_SERVER_BIN` and `TKA_BIN`, or else next to this

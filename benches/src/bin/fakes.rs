@@ -2,6 +2,7 @@
 //! this machine (for its idle RSS): serves a `FakeCluster` over HTTP on 127.0.0.1 and a
 //! `FakeTailnet` LocalAPI on a Unix socket, writes `DIR/kubeconfig` and `DIR/socket` (the
 //! socket's path), then exits after `SECONDS` (at most 600). Usage: `fakes DIR SECONDS`.
+//! It only stands in; it must not measure anything itself or listen beyond loopback.
 
 use std::time::Duration;
 

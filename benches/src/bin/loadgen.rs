@@ -10,6 +10,7 @@
 //! Logs (including the audit records) go to stderr as JSON lines, as in production; run with
 //! `2>/dev/null`. Usage:
 //! `loadgen [--requests N] [--seconds S] [--concurrency C] [--devices D] [--no-logs]`.
+//! It measures only; it must not run unbounded or talk to anything outside the process.
 
 use std::io::Write as _;
 use std::net::SocketAddr;

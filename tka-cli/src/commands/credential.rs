@@ -56,7 +56,10 @@ pub(crate) fn run(
                 Some(response.session.expires_at),
             );
             if let Err(e) = cache.store(&entry) {
-                output::warn(&format!("the token works but was not cached: {e}"), true);
+                output::warn(
+                    &format!("the token works but was not cached: {e}; {}", e.hint()),
+                    true,
+                );
             }
             output::stdout(&(entry.exec_credential() + "\n"))
         }

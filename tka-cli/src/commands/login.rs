@@ -294,8 +294,8 @@ pub(crate) fn seed_cache(
         Some(response.session.expires_at),
     );
     let stored = TokenCache::locate(&settings.env)
-        .map_err(|e| e.to_string())
-        .and_then(|cache| cache.store(&entry).map_err(|e| e.to_string()));
+        .and_then(|cache| cache.store(&entry))
+        .map_err(|e| format!("{e}; {}", e.hint()));
     if let Err(e) = stored {
         output::warn(
             &format!("the token was not cached ({e}); kubectl's first call will fetch one"),

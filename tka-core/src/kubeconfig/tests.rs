@@ -1,3 +1,8 @@
+//! Behaviour of the kubeconfig rendering and editing as a user sees it (foreign entries kept as
+//! written, a server unable to smuggle exec or TLS switches in, logout restoring the context),
+//! with property tests over generated inputs. Tests only, on strings: nothing here reads or
+//! writes a file.
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -316,6 +321,33 @@ fn logout_restores_the_previous_context_and_keeps_foreign_entries() {
     assert_eq!(config.logout("tka-prod"), Ok(None));
     assert_eq!(config.logout("kind-dev"), Ok(None));
     assert_eq!(config, original);
+}
+
+#[test]
+fn a_previous_context_chain_that_loops_never_leaves_current_context_on_a_removed_context() {
+    // tka-prod returns to tka-staging, which returns to tka-prod: a loop (hand-edited, or left
+    // by an old version).
+    let mut config = Kubeconfig::parse(FOREIGN).unwrap();
+    config.login(&entries("staging"), true).unwrap();
+    config.login(&entries("prod"), true).unwrap();
+    let text = config
+        .render()
+        .unwrap()
+        .replace("        context: kind-dev\n", "        context: tka-prod\n");
+    assert!(text.contains("        context: tka-prod\n"), "{text}");
+    let mut config = Kubeconfig::parse(&text).unwrap();
+    assert_eq!(config.current_context(), Some("tka-prod"));
+
+    // Allowed: the first logout returns to the recorded previous context.
+    let out = config.logout("tka-prod").unwrap().unwrap();
+    assert_eq!(out.restored, Some(Some("tka-staging".to_owned())));
+    assert_eq!(config.current_context(), Some("tka-staging"));
+    // Refused: the loop now points tka-staging at itself; logging out of it unsets
+    // current-context instead of naming the context just removed.
+    let out = config.logout("tka-staging").unwrap().unwrap();
+    assert_eq!(out.restored, Some(None));
+    assert_eq!(config.current_context(), None);
+    assert!(config.tka_contexts().is_empty());
 }
 
 #[test]

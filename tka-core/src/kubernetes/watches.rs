@@ -129,12 +129,46 @@ impl SessionStore {
     /// Session labelled with the device's node hash whose recorded node is `node`, not over at
     /// `now`. `None` before the first list too; a caller that must be sure asks the API server.
     pub fn live_for_node(&self, node: &NodeId, now: Timestamp) -> Option<Arc<Session>> {
+        self.of_node(node).into_iter().find(|s| !s.is_over(now))
+    }
+
+    /// Every Session of the device, live or not: labelled with the device's node hash and
+    /// recording `node` in its spec (the label alone is never trusted).
+    pub fn of_node(&self, node: &NodeId) -> Vec<Arc<Session>> {
         let hash = node_label(node);
-        self.0.state().into_iter().find(|s| {
-            s.labels().get(NODE_LABEL) == Some(&hash)
-                && s.spec.identity.node_id == node.as_str()
-                && !s.is_over(now)
-        })
+        self.0
+            .store
+            .state()
+            .into_iter()
+            .filter(|s| {
+                s.labels().get(NODE_LABEL) == Some(&hash)
+                    && s.spec.identity.node_id == node.as_str()
+            })
+            .collect()
+    }
+
+    /// Waits, at most `within`, until the store holds the Session with this `uid`, and says
+    /// whether it does. A watch delivers one resource's changes in the order the API server
+    /// committed them, so once the store holds an object it holds every Session committed
+    /// before it: a login that sees its own new Session here sees any other made before it.
+    pub async fn has_seen(&self, uid: &str, within: std::time::Duration) -> bool {
+        let mut changes = self.0.revision.clone();
+        let seen = |store: &Store<Session>| {
+            store
+                .find(|s| s.metadata.uid.as_deref() == Some(uid))
+                .is_some()
+        };
+        let wait = async {
+            loop {
+                if self.0.is_listed() && seen(&self.0.store) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.unwrap_or(false)
     }
 
     /// How many sessions are live at `now`; `None` before the first list.

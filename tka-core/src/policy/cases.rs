@@ -2,7 +2,8 @@
 //! server stores them (`view`, `edit`, `admin` are aggregated roles whose `rules` are empty until
 //! kube-controller-manager fills them), and the table of mapping changes that every path which
 //! decides "does this session's grant still hold" is tested with (the pure function, the
-//! reconciler's re-validation, the token refresh).
+//! reconciler's re-validation, the token refresh). It holds data only and must not decide
+//! anything itself, or the tests would check the rule against itself.
 
 use std::collections::BTreeMap;
 

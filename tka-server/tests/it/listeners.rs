@@ -197,6 +197,13 @@ async fn one_device_cannot_hold_more_than_its_share_of_connections() {
     // Another device is not affected.
     let mut other = server.client(alice()).await;
     assert_eq!(other.login("{}").await.status, 200);
+    // The refusal is counted for the operator, by listener and cap.
+    assert_eq!(
+        refused_connections(&server, "api", "peer").await,
+        1,
+        "refused at the per-peer cap"
+    );
+    assert_eq!(refused_connections(&server, "api", "listener").await, 0);
 
     // A closed connection frees bob's slot (freed asynchronously: bounded retries).
     held.pop();
@@ -239,6 +246,22 @@ async fn the_listener_caps_connections_in_total() {
     assert_ne!(status_of(&answer), Some(200), "{answer}");
     // The connections already open keep being served.
     assert_eq!(first.login("{}").await.status, 200);
+    assert_eq!(refused_connections(&server, "api", "listener").await, 1);
+}
+
+/// `tka_connections_refused_total{listener, cap}` from the server's /metrics (0 when absent).
+async fn refused_connections(server: &TestServer, listener: &str, cap: &str) -> u64 {
+    let text = server
+        .ops_client()
+        .await
+        .get("/metrics")
+        .send()
+        .await
+        .text();
+    let series = format!("tka_connections_refused_total{{listener=\"{listener}\",cap=\"{cap}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 #[tokio::test]

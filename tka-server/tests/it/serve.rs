@@ -13,8 +13,8 @@ use kube::api::PostParams;
 use serde_json::json;
 use tka_core::GrantMappingSpec;
 use tka_core::kubernetes::GrantMapping;
-use tka_testkit::cluster::FakeCluster;
-use tka_testkit::tailnet::{FakeTailnet, PeerSpec};
+use tka_testkit::cluster::{FakeCluster, ServedCluster};
+use tka_testkit::tailnet::{FakeLocalApi, FakePeer, FakeTailnet, PeerSpec};
 use tokio::net::TcpStream;
 
 use crate::support::Client;
@@ -55,42 +55,81 @@ where
     panic!("{what} did not happen");
 }
 
+/// What a server under test runs against: a FakeCluster served over TCP with GrantMapping `sre`
+/// (`view` cluster-wide), a kubeconfig for it, and a fake tailscaled whose own node is `tka-prod`
+/// (tagged `tag:tka`) and whose peer alice holds role `sre`.
+pub(super) struct FakeWorld {
+    pub(super) cluster: FakeCluster,
+    pub(super) mappings: Api<GrantMapping>,
+    pub(super) kubeconfig: std::path::PathBuf,
+    pub(super) tailnet: FakeTailnet,
+    pub(super) alice: FakePeer,
+    pub(super) daemon: FakeLocalApi,
+    _served: ServedCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeWorld {
+    pub(super) async fn new() -> Self {
+        let cluster = FakeCluster::new();
+        let served = cluster.serve_tcp().await.unwrap();
+        let mappings = Api::<GrantMapping>::all(served.client().unwrap());
+        mappings
+            .create(
+                &PostParams::default(),
+                &GrantMapping::new(
+                    "sre",
+                    GrantMappingSpec {
+                        cluster_roles: vec!["view".into()],
+                        ..GrantMappingSpec::default()
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::File::create(&kubeconfig)
+            .unwrap()
+            .write_all(served.kubeconfig_yaml().as_bytes())
+            .unwrap();
+
+        let tailnet = FakeTailnet::new();
+        let alice = tailnet.add(
+            PeerSpec::user("alice@example.com", "alice-laptop")
+                .capability("tka.dev/cap/kubernetes", json!({"role": "sre"})),
+        );
+        let me = tailnet.add(PeerSpec::tagged(["tag:tka"], "tka-prod"));
+        tailnet.set_self(&me.stable_id).unwrap();
+        let daemon = tailnet.serve().await.unwrap();
+        Self {
+            cluster,
+            mappings,
+            kubeconfig,
+            tailnet,
+            alice,
+            daemon,
+            _served: served,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_wires_the_kubernetes_backend_and_releases_the_lease_on_sigterm() {
-    let cluster = FakeCluster::new();
-    cluster
+    let world = FakeWorld::new().await;
+    world
+        .cluster
         .insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}))
         .unwrap();
-    let served = cluster.serve_tcp().await.unwrap();
-    let client = served.client().unwrap();
-    Api::<GrantMapping>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &GrantMapping::new(
-                "sre",
-                GrantMappingSpec {
-                    cluster_roles: vec!["view".into()],
-                    ..GrantMappingSpec::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::File::create(&kubeconfig)
-        .unwrap()
-        .write_all(served.kubeconfig_yaml().as_bytes())
-        .unwrap();
-
-    let tailnet = FakeTailnet::new();
-    let alice = tailnet.add(
-        PeerSpec::user("alice@example.com", "alice-laptop")
-            .capability("tka.dev/cap/kubernetes", json!({"role": "sre"})),
-    );
-    let me = tailnet.add(PeerSpec::tagged(["tag:tka"], "tka-prod"));
-    tailnet.set_self(&me.stable_id).unwrap();
-    let daemon = tailnet.serve().await.unwrap();
+    let FakeWorld {
+        cluster,
+        kubeconfig,
+        tailnet,
+        alice,
+        daemon,
+        ..
+    } = &world;
 
     let api = free_port("127.0.0.1");
     // Ops on "the pod's address" (127.0.0.3 stands in); 127.0.0.1 is where tailnet traffic
@@ -98,7 +137,7 @@ async fn serve_wires_the_kubernetes_backend_and_releases_the_lease_on_sigterm() 
     let ops = free_port("127.0.0.3");
     let child = Command::new(env!("CARGO_BIN_EXE_tka-server"))
         .args(["serve", "--kubeconfig"])
-        .arg(&kubeconfig)
+        .arg(kubeconfig)
         .arg("--tailscale-socket")
         .arg(daemon.socket_path())
         .args([

@@ -5,62 +5,34 @@
 //!
 //! It owns only these assertions; the binary's own start and stop are in `serve.rs`.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use clap::Parser as _;
-use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-use serde_json::json;
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
+use kube::api::DeleteParams;
 use tka_server::Settings;
 use tka_server::cli::{Cli, Command};
-use tka_testkit::cluster::{FakeCluster, Verb};
-use tka_testkit::tailnet::{FakeTailnet, PeerSpec};
+use tka_testkit::cluster::Verb;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::{eventually, get};
+use crate::serve::{FakeWorld, eventually, get};
 use crate::support::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wiring_watches_each_resource_once_and_every_reader_shares_it() {
-    let cluster = FakeCluster::new();
-    let served = cluster.serve_tcp().await.unwrap();
-    let client = served.client().unwrap();
-    let mappings = Api::<GrantMapping>::all(client.clone());
-    mappings
-        .create(
-            &PostParams::default(),
-            &GrantMapping::new(
-                "sre",
-                GrantMappingSpec {
-                    cluster_roles: vec!["view".into()],
-                    ..GrantMappingSpec::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::File::create(&kubeconfig)
-        .unwrap()
-        .write_all(served.kubeconfig_yaml().as_bytes())
-        .unwrap();
-
-    let tailnet = FakeTailnet::new();
-    let alice = tailnet.add(
-        PeerSpec::user("alice@example.com", "alice-laptop")
-            .capability("tka.dev/cap/kubernetes", json!({"role": "sre"})),
-    );
-    let me = tailnet.add(PeerSpec::tagged(["tag:tka"], "tka-prod"));
-    tailnet.set_self(&me.stable_id).unwrap();
-    let daemon = tailnet.serve().await.unwrap();
+    let world = FakeWorld::new().await;
+    let FakeWorld {
+        cluster,
+        mappings,
+        kubeconfig,
+        tailnet,
+        alice,
+        daemon,
+        ..
+    } = &world;
 
     let mut argv: Vec<std::ffi::OsString> = vec!["tka-server".into(), "serve".into()];
-    argv.extend(["--kubeconfig".into(), kubeconfig.into_os_string()]);
+    argv.extend(["--kubeconfig".into(), kubeconfig.clone().into_os_string()]);
     argv.extend([
         "--tailscale-socket".into(),
         daemon.socket_path().as_os_str().to_owned(),

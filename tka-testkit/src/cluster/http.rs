@@ -15,13 +15,14 @@ use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::faults::{Call, Fault, Verb};
+use super::faults::Fault;
+use super::inner::{Inner, lock};
 use super::patch::{self, PatchKind};
+use super::request::{Call, Verb};
 use super::resource::{ResourceType, Special};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, success_status};
 use super::store::{DeleteOptions, EventType, Target, UpdateKind, WatchRecord};
-use super::{Inner, lock};
 
 /// Bodies larger than this are refused (the real server's limit is 3 MiB per object).
 const MAX_BODY: usize = 8 * 1024 * 1024;

@@ -44,6 +44,7 @@ mod access;
 mod faults;
 mod gc;
 mod http;
+mod inner;
 mod patch;
 mod request;
 mod resource;
@@ -55,7 +56,7 @@ mod validation;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -65,71 +66,16 @@ use tokio::sync::broadcast;
 use tower::{BoxError, ServiceBuilder};
 
 pub use access::{AccessPolicy, AccessRule};
-pub use faults::{Call, Fault, FaultRule, Verb};
-pub use request::RequestMatch;
+pub use faults::{Fault, FaultRule};
+pub use request::{Call, RequestMatch, Verb};
 pub use resource::{NameRule, ResourceType};
 pub use selector::LabelSelector;
 pub use status::ApiError;
 
 use faults::Faults;
+use inner::{Inner, lock};
 use resource::Registry;
-use store::{DeleteOptions, Store, WatchRecord};
-
-/// Locks a mutex, carrying on after a panic elsewhere (the data is plain state, never left
-/// half-written by a panic in this module).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Shared state behind every clone of a [`FakeCluster`] and every client of it.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    registry: RwLock<Registry>,
-    store: Mutex<Store>,
-    faults: Mutex<Faults>,
-    access: Mutex<AccessPolicy>,
-    events: broadcast::Sender<Arc<WatchRecord>>,
-    clock: Arc<dyn Clock>,
-    max_token_seconds: Option<i64>,
-}
-
-impl Inner {
-    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn resolve(&self, resource: &str) -> Option<ResourceType> {
-        let registry = self.registry();
-        match resource.split_once('.') {
-            Some((plural, group)) => registry
-                .all()
-                .iter()
-                .find(|t| t.plural == plural && t.group == group)
-                .cloned(),
-            None => registry.find_plural(resource).cloned(),
-        }
-    }
-
-    /// Runs a write under the store lock and broadcasts what it committed, or runs it on a
-    /// scratch copy for a dry run.
-    fn mutate<T>(
-        &self,
-        dry_run: bool,
-        f: impl FnOnce(&mut Store) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let mut store = lock(&self.store);
-        if dry_run {
-            let mut scratch = store.clone();
-            return f(&mut scratch);
-        }
-        let result = f(&mut store);
-        for record in store.take_pending() {
-            // No receivers is fine: nobody is watching.
-            let _ = self.events.send(record);
-        }
-        result
-    }
-}
+use store::{DeleteOptions, Store};
 
 /// Builds a [`FakeCluster`] with a chosen clock, token limit, history size and seed.
 #[derive(Debug)]

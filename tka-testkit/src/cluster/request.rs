@@ -8,7 +8,106 @@
 
 use std::fmt;
 
-use super::faults::Call;
+/// A Kubernetes API verb, as the fake classifies requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verb {
+    /// POST to a collection, or to a subresource such as `serviceaccounts/token`.
+    Create,
+    /// GET of one object.
+    Get,
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch=true`.
+    Watch,
+    /// PUT.
+    Update,
+    /// PATCH (any flavour, including server-side apply).
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// DELETE of a collection.
+    DeleteCollection,
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Create => "create",
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::Update => "update",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+            Self::DeleteCollection => "deletecollection",
+        })
+    }
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Call {
+    /// The verb.
+    pub verb: Verb,
+    /// The API group (`""` for core).
+    pub group: String,
+    /// The plural resource, e.g. `serviceaccounts`.
+    pub resource: String,
+    /// The subresource, e.g. `token` or `status`.
+    pub subresource: Option<String>,
+    /// The namespace in the URL, if any.
+    pub namespace: Option<String>,
+    /// The object's name, if the URL names one (for a create: the name in the body).
+    pub name: Option<String>,
+    /// The HTTP status the fake answered (0 while the call is in flight).
+    pub code: u16,
+}
+
+impl Call {
+    /// What kind of request this was: its verb, group, resource and subresource, whatever the
+    /// namespace and name. A fault rule [`on`](super::FaultRule::on) it hits calls of the same kind.
+    pub fn kind(&self) -> RequestMatch {
+        RequestMatch::any()
+            .verb(self.verb)
+            .group(&self.group)
+            .resource(&self.resource)
+            .subresource(self.subresource.as_deref().unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+impl Call {
+    /// A core-group call in namespace `ns`, as the unit tests need one.
+    pub(crate) fn in_ns(verb: Verb, resource: &str, sub: Option<&str>, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            group: String::new(),
+            resource: resource.to_owned(),
+            subresource: sub.map(str::to_owned),
+            namespace: Some("ns".to_owned()),
+            name: name.map(str::to_owned),
+            code: 0,
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if let Some(sub) = &self.subresource {
+            write!(f, "/{sub}")?;
+        }
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(name)) => write!(f, " {ns}/{name}")?,
+            (None, Some(name)) => write!(f, " {name}")?,
+            (Some(ns), None) => write!(f, " -n {ns}")?,
+            (None, None) => {}
+        }
+        write!(f, " -> {}", self.code)
+    }
+}
 
 /// Request attributes a rule matches; each unset field matches anything.
 ///
@@ -151,7 +250,6 @@ impl fmt::Display for RequestMatch {
 
 #[cfg(test)]
 mod tests {
-    use super::super::faults::Verb;
     use super::*;
 
     fn call(verb: Verb, resource: &str, sub: Option<&str>, name: Option<&str>) -> Call {

@@ -1,5 +1,6 @@
 //! [`FakeClusterBackend`]: the behaviour suite's backend on a [`FakeCluster`] with a
 //! [`ManualClock`], fault injection and a call log.
+//! It only adapts the fake to the suite's backend traits; the cases must not know it is a fake.
 
 use std::sync::Arc;
 

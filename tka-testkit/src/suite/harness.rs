@@ -17,9 +17,11 @@ use serde_json::json;
 use tka_core::domain::{LoginName, NodeInfo, UserInfo};
 use tka_core::issuer::{CredentialIssuer, IssuedCredential};
 use tka_core::kubernetes::{
-    GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler, MANAGED_BY,
-    MANAGED_BY_LABEL, ReconcilerSettings, SESSION_LABEL, Session, SessionPhase, SuffixSource,
+    ClusterWatches, GrantMapping, IssuerSettings, KubernetesIssuer, KubernetesReconciler,
+    MANAGED_BY, MANAGED_BY_LABEL, ReconcilerSettings, SESSION_LABEL, Session, SessionPhase,
+    SuffixSource,
 };
+use tka_core::naming::NameSuffix;
 use tka_core::policy::{
     Decision, GrantMappingSpec, NamespacedGrant, PolicyContext, PolicySettings, ResolveRequest,
     TtlRequest, resolve,
@@ -353,6 +355,23 @@ impl<B: SuiteBackend> Fixture<B> {
     }
 }
 
+/// Keeps the watches behind [`Harness::issuer_with_store`] running; stops them when dropped.
+#[derive(Debug)]
+pub struct StoreGuard(tokio::task::JoinHandle<()>, ClusterWatches);
+
+impl StoreGuard {
+    /// The watches this guard keeps running.
+    pub fn watches(&self) -> &ClusterWatches {
+        &self.1
+    }
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A backend with tka wired to it.
 pub struct Harness<B: SuiteBackend> {
     /// The backend.
@@ -453,6 +472,22 @@ impl<B: SuiteBackend> Harness<B> {
     /// Another issuer on the same cluster, with its own source of name suffixes.
     pub fn issuer_with_suffixes(&self, suffixes: SuffixSource) -> KubernetesIssuer {
         Self::make_issuer(&self.client, &self.clock, &self.namespace, Some(suffixes))
+    }
+
+    /// Another issuer on the same cluster that finds a device's sessions in a watched Session
+    /// store of its own, as a server replica does, with random name suffixes. The store's watch
+    /// runs until the returned guard is dropped; the issuer lists from the cluster until the
+    /// store holds a full list.
+    pub fn issuer_with_store(&self) -> (KubernetesIssuer, StoreGuard) {
+        let (watches, drive) = ClusterWatches::new(&self.client);
+        let issuer = Self::make_issuer(
+            &self.client,
+            &self.clock,
+            &self.namespace,
+            Some(Arc::new(|| NameSuffix::from_random(rand::random()))),
+        )
+        .with_session_store(watches.sessions.clone());
+        (issuer, StoreGuard(tokio::spawn(drive), watches))
     }
 
     /// Another reconciler on the same cluster (a second replica, or a restart).

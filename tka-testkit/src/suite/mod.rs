@@ -28,8 +28,8 @@ use crate::cluster::{Call, RequestMatch};
 pub use cases::*;
 pub use fake::FakeClusterBackend;
 pub use harness::{
-    Fixture, Harness, LabelledObjects, Person, SUITE_CLUSTER, TEAM_NAMESPACES, suite_grant_check,
-    suite_mappings, suite_policy, suite_views,
+    Fixture, Harness, LabelledObjects, Person, SUITE_CLUSTER, StoreGuard, TEAM_NAMESPACES,
+    suite_grant_check, suite_mappings, suite_policy, suite_views,
 };
 pub use tailnet::TestTailnet;
 
@@ -127,6 +127,7 @@ macro_rules! behaviour_suite {
             an_edited_grant_mapping_revokes_at_the_next_pass,
             grant_mappings_report_why_they_are_not_ready,
             concurrent_logins_of_one_device_never_leave_two_roles,
+            concurrent_logins_through_watched_stores_never_leave_two_roles,
             two_reconcilers_at_once_are_harmless,
             the_lease_keeps_one_reconciler_active_and_hands_over,
             the_run_loop_reconciles_on_events_and_stops_on_shutdown,

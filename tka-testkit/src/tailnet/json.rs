@@ -5,37 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Node, State};
-
-/// How a daemon version prints the same facts. tka must read them all the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum DaemonStyle {
-    /// As current tailscaled prints: empty optional fields left out (`Tags`, `Groups`,
-    /// `ProfilePicURL`), `CapMap` `null` when the peer holds no capability.
-    #[default]
-    Current,
-    /// As older daemons print: every field present with its zero value, empty lists and maps as
-    /// `null` (`"Tags": null`, `"CapMap": null`, `"Groups": null`), zero timestamps, empty
-    /// strings, the legacy `"Roles": []`.
-    ZeroValues,
-    /// Only the fields tka reads, `CapMap` left out when empty: the least a daemon may send.
-    Sparse,
-    /// Current, plus fields tka has never heard of at every level (a future version), and a node
-    /// attribute (`Node.CapMap`) under the capability name, which is not a grant and must be
-    /// ignored.
-    Extended,
-}
-
-impl DaemonStyle {
-    /// Every style, for tests that must hold for all of them.
-    pub const ALL: [DaemonStyle; 4] = [
-        DaemonStyle::Current,
-        DaemonStyle::ZeroValues,
-        DaemonStyle::Sparse,
-        DaemonStyle::Extended,
-    ];
-}
+use super::state::{DaemonStyle, Node, State};
 
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 const CREATED: &str = "2026-01-05T09:30:00Z";

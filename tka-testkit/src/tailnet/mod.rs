@@ -11,6 +11,7 @@
 
 mod json;
 mod server;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,12 +26,9 @@ use tka_core::identity::{
 };
 use tka_core::{Identity, NodeId, UserId};
 
-pub use json::DaemonStyle;
-pub use server::{FakeLocalApi, RecordedRequest};
-
-/// The user ID the fake gives the shared `tagged-devices` profile (any fixed value would do: on
-/// Tailscale's service every tagged device of a tailnet reports the same one).
-pub const TAGGED_DEVICES_USER_ID: UserId = UserId(1_000_000);
+pub use server::FakeLocalApi;
+use state::{Binding, Lookup, Node, State, UserProfile};
+pub use state::{DaemonStyle, RecordedRequest, TAGGED_DEVICES_USER_ID};
 
 /// What the in-process calls and the socket server answer while the daemon is "not ready".
 const NOT_READY: &str = "tailscaled is starting: no network map yet";
@@ -235,106 +233,12 @@ impl FakeAnswer {
     }
 }
 
-#[derive(Debug)]
-struct Node {
-    index: u32,
-    stable_id: NodeId,
-    host_name: String,
-    owner: Option<String>,
-    tags: Vec<String>,
-    groups: Vec<String>,
-    caps: BTreeMap<String, Vec<Value>>,
-    service_caps: BTreeMap<String, BTreeMap<String, Vec<Value>>>,
-    online: bool,
-    os: String,
-    ipv4: Option<Ipv4Addr>,
-}
-
-impl Node {
-    fn ipv4(&self) -> Ipv4Addr {
-        if let Some(ipv4) = self.ipv4 {
-            return ipv4;
-        }
-        // 100.64.0.0/10 holds 2^22 addresses; a test adds far fewer nodes.
-        Ipv4Addr::from_bits(Ipv4Addr::new(100, 64, 0, 0).to_bits() + (self.index & 0x3f_ffff))
-    }
-
-    fn ipv6(&self) -> Ipv6Addr {
-        let (hi, lo) = ((self.index >> 16) as u16, (self.index & 0xffff) as u16);
-        Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, hi, lo)
-    }
-
-    fn has_ip(&self, ip: IpAddr) -> bool {
-        ip == IpAddr::V4(self.ipv4()) || ip == IpAddr::V6(self.ipv6())
-    }
-
-    fn public_key(&self) -> String {
-        format!("nodekey:{:064x}", self.index)
-    }
-
-    fn is_tagged(&self) -> bool {
-        !self.tags.is_empty() || self.owner.is_none()
-    }
-}
-
-#[derive(Debug)]
-struct Binding {
-    node: NodeId,
-    misses_left: u32,
-}
-
-#[derive(Debug)]
-struct UserProfile {
-    id: UserId,
-    login_name: String,
-    display_name: String,
-}
-
-#[derive(Debug)]
-struct State {
-    magic_dns_suffix: String,
-    tailnet_name: String,
-    capability_names: CapabilityNames,
-    nodes: Vec<Node>,
-    next_index: u32,
-    users: BTreeMap<String, UserProfile>,
-    next_user_id: i64,
-    bindings: HashMap<SocketAddr, Binding>,
-    self_node: Option<NodeId>,
-    not_ready: bool,
-    style: DaemonStyle,
-    requests: Vec<RecordedRequest>,
-}
-
 impl State {
-    fn node(&self, id: &NodeId) -> Option<&Node> {
-        self.nodes.iter().find(|n| &n.stable_id == id)
-    }
-
     fn node_mut(&mut self, id: &NodeId) -> Result<&mut Node, UnknownPeer> {
         self.nodes
             .iter_mut()
             .find(|n| &n.stable_id == id)
             .ok_or_else(|| UnknownPeer(id.clone()))
-    }
-
-    fn dns_name(&self, node: &Node) -> String {
-        format!("{}.{}", node.host_name, self.magic_dns_suffix)
-    }
-
-    /// The profile a node reports: its owner's, or the shared one when tagged.
-    fn profile(&self, node: &Node) -> (UserId, String, String) {
-        match (&node.owner, node.is_tagged()) {
-            (Some(owner), false) => match self.users.get(owner) {
-                Some(p) => (p.id, p.login_name.clone(), p.display_name.clone()),
-                None => (UserId(0), owner.clone(), owner.clone()),
-            },
-            _ => (
-                TAGGED_DEVICES_USER_ID,
-                wire::TAGGED_DEVICES_LOGIN.to_owned(),
-                "Tagged Devices".to_owned(),
-            ),
-        }
     }
 
     fn snapshot(&self, node: &Node) -> FakePeer {
@@ -350,36 +254,6 @@ impl State {
             ipv6: node.ipv6(),
         }
     }
-
-    /// Which node tailscaled would name for `addr` (the `addr` query parameter, already parsed).
-    fn resolve(&mut self, addr: Lookup) -> Option<usize> {
-        let ip = match addr {
-            Lookup::Connection(socket) => {
-                if let Some(binding) = self.bindings.get_mut(&socket) {
-                    if binding.misses_left > 0 {
-                        binding.misses_left -= 1;
-                        return None;
-                    }
-                    let id = binding.node.clone();
-                    if let Some(i) = self.nodes.iter().position(|n| n.stable_id == id) {
-                        return Some(i);
-                    }
-                }
-                socket.ip()
-            }
-            Lookup::Address(ip) => ip,
-            Lookup::NodeKey(key) => {
-                return self.nodes.iter().position(|n| n.public_key() == key);
-            }
-        };
-        self.nodes.iter().position(|n| n.has_ip(ip))
-    }
-}
-
-enum Lookup {
-    Connection(SocketAddr),
-    Address(IpAddr),
-    NodeKey(String),
 }
 
 /// A fake tailnet: nodes, users, capabilities and connection mappings, answering as tailscaled's

@@ -7,55 +7,19 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
 use tka_core::identity::TailscaleLocalApi;
-use tka_core::identity::wire::{LOCALAPI_HOST, STATUS_PATH, WHOIS_PATH};
+use tka_core::identity::wire::{STATUS_PATH, WHOIS_PATH};
 use tokio::net::UnixListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::state::{RecordedRequest, is_localapi_request};
 use super::{FakeAnswer, FakeTailnet};
-
-/// One request the fake LocalAPI received.
-#[derive(Debug, Clone)]
-pub struct RecordedRequest {
-    /// The method.
-    pub method: Method,
-    /// The path, without the query.
-    pub path: String,
-    /// The decoded query parameters, in order.
-    pub query: Vec<(String, String)>,
-    /// Every header, as received.
-    pub headers: HeaderMap,
-    /// The status the fake answered.
-    pub status: u16,
-}
-
-impl RecordedRequest {
-    /// The first value of query parameter `name`.
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether tailscaled would accept the request's headers: `Host: local-tailscaled.sock`,
-    /// and neither `Origin` nor `Referer`.
-    pub fn has_localapi_headers(&self) -> bool {
-        is_localapi_request(&self.headers)
-    }
-}
-
-fn is_localapi_request(headers: &HeaderMap) -> bool {
-    let host_ok = headers.get_all(header::HOST).iter().count() == 1
-        && headers.get(header::HOST) == Some(&HeaderValue::from_static(LOCALAPI_HOST));
-    host_ok && !headers.contains_key(header::ORIGIN) && !headers.contains_key(header::REFERER)
-}
 
 /// A running fake LocalAPI. Serves until dropped; the socket's directory goes with it.
 #[derive(Debug)]

@@ -6,5 +6,6 @@
 mod cluster;
 mod e2e;
 mod fake_tailnet;
+mod issuer_store;
 mod localapi;
 mod suite;

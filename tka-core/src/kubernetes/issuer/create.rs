@@ -84,12 +84,8 @@ impl KubernetesIssuer {
         // Two logins of one device that both found no session both create one. Each looks again
         // after creating: at least one of any two sees the other and backs off, so at most one
         // goes on to make a ServiceAccount and bindings.
-        let others = match self.sessions_of(identity.key()).await {
-            Ok(all) => self
-                .live(&all, now)
-                .into_iter()
-                .filter(|s| s.uid() != created.uid())
-                .count(),
+        let others = match self.rivals_after_create(identity.key(), &created).await {
+            Ok(rivals) => self.live(&rivals, now).len(),
             Err(e) => {
                 let _ = self.end(&created, None, &RemovalReason::HalfMade).await;
                 return Err(e);

@@ -27,6 +27,7 @@ use super::NODE_LABEL;
 use super::error::issue_error;
 use super::objects::{self, Apis, managed_selector};
 use super::session::{Session, SessionIdentity, SessionPhase, SessionRoleBinding, SessionSpec};
+use super::watches::SessionStore;
 use crate::clock::Clock;
 use crate::domain::{Identity, NodeId, RoleName, SessionName, UserId};
 use crate::issuer::{
@@ -94,6 +95,10 @@ impl IssuerSettings {
     }
 }
 
+/// How long a login waits for the watched Session store to show the Session it has just created
+/// before it lists from the API server instead.
+const STORE_WAIT: Duration = Duration::from_secs(2);
+
 /// Where the random parts of names come from.
 pub type SuffixSource = Arc<dyn Fn() -> NameSuffix + Send + Sync>;
 
@@ -103,6 +108,7 @@ pub struct KubernetesIssuer {
     settings: IssuerSettings,
     clock: Arc<dyn Clock>,
     suffixes: SuffixSource,
+    store: Option<SessionStore>,
 }
 
 impl std::fmt::Debug for KubernetesIssuer {
@@ -220,7 +226,19 @@ impl KubernetesIssuer {
             settings,
             clock,
             suffixes: Arc::new(|| NameSuffix::from_random(rand::random())),
+            store: None,
         })
+    }
+
+    /// Lets a login find the device's sessions in the server's watched Session store instead of
+    /// listing them from the API server, whose label-selected list costs time in proportion to
+    /// every Session in the cluster. Only a login's first look uses it: a look after a failed
+    /// attempt, and every other read (describe, refresh, revoke), still asks the API server.
+    /// After creating a Session, the login waits (at most 2 s) for the store to hold
+    /// it before looking for rivals there, and lists from the API server if it does not.
+    pub fn with_session_store(mut self, store: SessionStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Replaces the source of random name parts (tests use it to force name collisions).
@@ -250,6 +268,47 @@ impl KubernetesIssuer {
             .collect())
     }
 
+    /// The device's sessions for a login's first look: from the watched store when there is
+    /// one and it holds a full list, else from the API server. A stale answer costs a retry,
+    /// never a second session: every change to a Session found here carries its
+    /// resourceVersion, and a new Session is checked for rivals by [`Self::rivals_after_create`].
+    async fn sessions_at_first_look(&self, node: &NodeId) -> Result<Vec<Session>, IssueError> {
+        match &self.store {
+            Some(store) if store.watched().is_listed() => Ok(store
+                .of_node(node)
+                .into_iter()
+                .map(|s| (*s).clone())
+                .collect()),
+            _ => self.sessions_of(node).await,
+        }
+    }
+
+    /// The device's other sessions once `created` exists. From the store only once it holds
+    /// `created`: a watch delivers changes in commit order, so the store then holds every
+    /// Session committed before it, and of two racing logins at least one sees the other.
+    async fn rivals_after_create(
+        &self,
+        node: &NodeId,
+        created: &Session,
+    ) -> Result<Vec<Session>, IssueError> {
+        if let (Some(store), Some(uid)) = (&self.store, created.metadata.uid.as_deref())
+            && store.has_seen(uid, STORE_WAIT).await
+        {
+            return Ok(store
+                .of_node(node)
+                .into_iter()
+                .filter(|s| s.metadata.uid.as_deref() != Some(uid))
+                .map(|s| (*s).clone())
+                .collect());
+        }
+        Ok(self
+            .sessions_of(node)
+            .await?
+            .into_iter()
+            .filter(|s| s.uid() != created.uid())
+            .collect())
+    }
+
     fn live(&self, sessions: &[Session], now: Timestamp) -> Vec<Session> {
         sessions
             .iter()
@@ -258,9 +317,18 @@ impl KubernetesIssuer {
             .collect()
     }
 
-    async fn attempt(&self, identity: &Identity, wanted: &Wanted) -> Result<Step, IssueError> {
+    async fn attempt(
+        &self,
+        identity: &Identity,
+        wanted: &Wanted,
+        first: bool,
+    ) -> Result<Step, IssueError> {
         let now = self.clock.now();
-        let sessions = self.sessions_of(identity.key()).await?;
+        let sessions = if first {
+            self.sessions_at_first_look(identity.key()).await?
+        } else {
+            self.sessions_of(identity.key()).await?
+        };
         let Some(session) = pick(self.live(&sessions, now)) else {
             return self.create(identity, wanted, now).await;
         };
@@ -338,8 +406,8 @@ impl CredentialIssuer for KubernetesIssuer {
             ));
         }
         let mut last = "";
-        for _ in 0..self.settings.max_attempts {
-            match self.attempt(identity, &wanted).await? {
+        for attempt in 0..self.settings.max_attempts {
+            match self.attempt(identity, &wanted, attempt == 0).await? {
                 Step::Done(credential) => return Ok(credential),
                 Step::Retry(why) => {
                     debug!(node = %identity.key(), why, "starting the login over");

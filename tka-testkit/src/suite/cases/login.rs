@@ -314,14 +314,39 @@ pub async fn two_devices_of_one_user_have_independent_sessions<B: SuiteBackend>(
 pub async fn concurrent_logins_of_one_device_never_leave_two_roles<B: SuiteBackend>(
     fixture: Fixture<B>,
 ) {
+    concurrent_logins(fixture, false).await;
+}
+
+/// The same, with every other replica finding the device's sessions in a watched Session store
+/// of its own (as a server does) instead of listing them: a store that lags costs a retry, never
+/// a second session or a second role.
+pub async fn concurrent_logins_through_watched_stores_never_leave_two_roles<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    concurrent_logins(fixture, true).await;
+}
+
+async fn concurrent_logins<B: SuiteBackend>(fixture: Fixture<B>, stores: bool) {
     let h = fixture.harness().await;
     let identity = Person::AliceLaptop.identity();
+    // Replicas with stores keep them across rounds, as servers do.
+    let replicas: Vec<_> = (0..8)
+        .map(|i| {
+            if stores && i % 2 == 0 {
+                let (issuer, guard) = h.issuer_with_store();
+                (Arc::new(issuer), Some(guard))
+            } else {
+                let issuer =
+                    h.issuer_with_suffixes(Arc::new(|| NameSuffix::from_random(rand::random())));
+                (Arc::new(issuer), None)
+            }
+        })
+        .collect();
     for round in 0..10 {
         let mut tasks = Vec::new();
-        for i in 0..8 {
+        for (i, (issuer, _)) in replicas.iter().enumerate() {
             // Each login through its own issuer, as if through different server replicas.
-            let issuer =
-                h.issuer_with_suffixes(Arc::new(|| NameSuffix::from_random(rand::random())));
+            let issuer = issuer.clone();
             let decision = h.decision(if (i + round) % 2 == 0 { "sre" } else { "dev" }, "1h");
             let identity = identity.clone();
             tasks.push(tokio::spawn(async move {
