@@ -364,6 +364,8 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
     let mut logins = Vec::new();
     let mut steps_all: Vec<BaselineSteps> = Vec::new();
     let mut whois_mean_ms = None;
+    let long = |_: usize| Timestamp::now() + SignedDuration::from_hours(7);
+    let mut live = 0;
     for (concurrency, n) in [
         (1, config.logins),
         (8, 2 * config.logins),
@@ -383,6 +385,20 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
         logins.push(tka);
         logins.push(base);
         if concurrency == 1 {
+            // The same path without the issuer: HTTP, PROXY header, whois, policy, JSON.
+            let (samples, took) = batch(users.len(), 1, |i| {
+                let user = &users[i];
+                let server = &server;
+                async move {
+                    Ok(
+                        login::tka_call(server, user, "GET", "/api/v1/cluster", None)
+                            .await?
+                            .1,
+                    )
+                }
+            })
+            .await?;
+            logins.push(row("tka", "GET /api/v1/cluster", 0, 1, &samples, took));
             steps_all.extend(steps);
             logins.push(run.tka_logouts(&users, 1, 0).await?);
             logins.push(run.baseline_logouts(&objects, 1, 0).await?);
@@ -391,6 +407,12 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
             run.baseline_logouts(&objects, 8, 0).await?;
         }
     }
+    // tka-core's issuer alone, in this process, one at a time: the server's login without
+    // HTTP, whois and policy. These sessions stay (they count as live below).
+    let (made, took) = seed::seed(&stage, config.logins, 1, long).await?;
+    let samples: Vec<Duration> = made.iter().map(|s| s.took).collect();
+    logins.push(row("issuer in process", "login", 0, 1, &samples, took));
+    live += config.logins;
     let breakdown = Breakdown {
         baseline_p50_ms: BTreeMap::from([
             (
@@ -426,9 +448,7 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
     };
 
     // 1,000 and then 10,000 live sessions (they end after the run).
-    let long = |_: usize| Timestamp::now() + SignedDuration::from_hours(7);
     let mut seeding = Vec::new();
-    let mut live = 0;
     for target in [config.mid_sessions, config.sessions] {
         let n = target.saturating_sub(live);
         eprintln!("scale: seeding {n} sessions");

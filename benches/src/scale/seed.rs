@@ -24,6 +24,8 @@ pub struct Seeded {
     pub expires_at: Timestamp,
     /// A token of the session.
     pub token: Secret<String>,
+    /// How long the issuer's `issue` took.
+    pub took: Duration,
 }
 
 /// The issuer the seeding uses: the server's own, with the server's token.
@@ -63,6 +65,7 @@ pub async fn seed(
                 expires_at: ends,
                 clamped: None,
             };
+            let started = std::time::Instant::now();
             let issued = issuer
                 .issue(&identity, &decision)
                 .await
@@ -77,6 +80,7 @@ pub async fn seed(
                 service_account,
                 expires_at: issued.session_expires_at,
                 token: issued.token,
+                took: started.elapsed(),
             })
         }
     })
