@@ -11,7 +11,7 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench-exec
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
@@ -83,3 +83,24 @@ bench-exec: testenv
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	timeout 600 "$(CARGO_TARGET_DIR)/release/exec_plugin" $(EXEC_BENCH_FLAGS) \
 		--json "$(BENCH_OUT)/exec-plugin.json" | tee "$(BENCH_OUT)/exec-plugin.md"
+
+# Every benchmark; not part of `make test` (which only compiles them, through clippy
+# --all-targets): the divan micro-benchmarks, the scale run on the real components
+# (benches/src/bin/scale.rs: the release tka-server with deploy/'s RBAC on the testenv's API
+# server; numbers, Markdown and SVG plots) and bench-exec. Bounded: about 12 minutes on 2 cores
+# with these counts (the scale run is killed after 10). docs/benchmarks.md gives the counts its
+# numbers used, e.g. SCALE_ARGS="--sessions 10000 --mid-sessions 1000 --expiring 1000
+# --spread-seconds 60 --idle-seconds 20" (about 20 minutes for the scale run alone).
+SCALE_ARGS ?= --sessions 2000 --mid-sessions 500 --logins 50 --expiring 300 --spread-seconds 30 --idle-seconds 15
+
+bench: testenv
+	mkdir -p "$(BENCH_OUT)"
+	nice -n 10 $(CARGO) bench --locked -p tka-benches --bench core 2>&1 | tee "$(BENCH_OUT)/core.txt"
+	nice -n 10 $(CARGO) build --locked --release -q -p tka-server
+	nice -n 10 $(CARGO) build --locked --release -q -p tka-benches --bin scale
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	timeout 600 "$(CARGO_TARGET_DIR)/release/scale" \
+		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(SCALE_ARGS)
+	$(MAKE) bench-exec
+	@echo "make bench: results in $(BENCH_OUT)"
+

@@ -9,6 +9,7 @@ pub mod cache_file;
 pub mod fixtures;
 pub mod issuer;
 pub mod rss;
+pub mod scale;
 pub mod server;
 
 /// An input that could not be built. Only a broken fixture (a bug in this crate) produces one.
