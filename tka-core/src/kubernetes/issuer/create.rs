@@ -220,7 +220,9 @@ impl KubernetesIssuer {
             }
         };
 
-        if let Err(e) = self.delete_other_revisions(&committed).await {
+        // A session made by this request has no other revision: nothing to list. A login that
+        // later gives it a new role removes this revision's bindings in its own `finish`.
+        if !fresh && let Err(e) = self.delete_other_revisions(&committed).await {
             warn!(session = %name, error = %e, "could not delete the bindings of the previous role; the reconciler will");
         }
         info!(session = %name, role = %wanted.role, ?outcome, "session issued");
