@@ -329,6 +329,20 @@ pub(crate) async fn delete_uid<K>(api: &Api<K>, name: &str, uid: &str) -> Result
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
+    Ok(delete_uid_answer(api, name, uid).await?.is_some())
+}
+
+/// Deletes `name` if it still has `uid`: `None` when it was already gone or is now another
+/// object; `Some(held)` when this call deleted it, with the object as the API server left it
+/// when a finalizer holds it back (`None` once it is gone).
+async fn delete_uid_answer<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+) -> Result<Option<Option<K>>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
     let params = DeleteParams {
         preconditions: Some(Preconditions {
             uid: Some(uid.to_owned()),
@@ -337,8 +351,8 @@ where
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(false),
+        Ok(answer) => Ok(Some(answer.left())),
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -410,19 +424,10 @@ async fn delete_session(
     name: &str,
     uid: &str,
 ) -> Result<(bool, Option<Session>), kube::Error> {
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        // The object when a finalizer holds it back, a status when it is gone.
-        Ok(answer) => Ok((true, answer.left())),
-        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok((false, None)),
-        Err(e) => Err(e),
-    }
+    Ok(match delete_uid_answer(api, name, uid).await? {
+        Some(held) => (true, held),
+        None => (false, None),
+    })
 }
 
 /// Removes tka's finalizer from a session (if it is still the same object), with
