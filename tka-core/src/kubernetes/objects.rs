@@ -617,8 +617,10 @@ async fn find_children(apis: &Apis, session: &Session) -> Result<Children, kube:
     })
 }
 
-/// Marks a session ended (phase and `Ready=False` condition). `None` when it is gone or is now
-/// another object.
+/// Marks a session ended (phase and `Ready=False` condition). `None` when it is gone, is now
+/// another object, or (for an expiry) its spec changed since `session` was read: an expiry was
+/// decided on one `expiresAt` and never applies to another (a login may have just extended it,
+/// on a replica whose clock is behind this one's), so the session is left for the next pass.
 async fn mark_ended(
     apis: &Apis,
     session: &Session,
@@ -627,7 +629,15 @@ async fn mark_ended(
     reason: &RemovalReason,
 ) -> Result<Option<Session>, kube::Error> {
     let generation = session.metadata.generation;
-    update_status(&apis.sessions, session, |_, status| {
+    let decided_on = session.spec.expires_at.clone();
+    let mut changed = false;
+    let marked = update_status(&apis.sessions, session, |current, status| {
+        if phase == SessionPhase::Expired
+            && (current.metadata.generation != generation || current.spec.expires_at != decided_on)
+        {
+            changed = true;
+            return false;
+        }
         status.phase = Some(phase);
         status.conditions.retain(|c| c.type_ != "Ready");
         status
@@ -635,7 +645,12 @@ async fn mark_ended(
             .push(ended_condition(reason, now, generation));
         true
     })
-    .await
+    .await?;
+    if changed {
+        tracing::info!(session = %session.name_any(), "the session changed while it was being ended as expired; left for the next pass");
+        return Ok(None);
+    }
+    Ok(marked)
 }
 
 /// Ends a session: marks it (when `mark` is given and it is not being deleted), deletes its
@@ -673,7 +688,8 @@ pub(crate) async fn end_session(
     // Only reads run beside the mark: nothing is deleted before the mark is written.
     let (marked, children) = futures::join!(marking, find_children(apis, session));
     if !marked? {
-        // Gone, or another object by now: its children are the sweep's business.
+        // Gone, another object by now (its children are the sweep's business), or extended
+        // under an expiry (the next pass judges it again).
         return Ok(removed);
     }
     let children = children?;

@@ -348,3 +348,84 @@ pub async fn a_session_that_fails_to_end_does_not_stop_the_others<B: SuiteBacken
     assert!(next.removed_session(&stuck), "the next pass ends it");
     assert!(h.objects().await.is_empty());
 }
+
+/// A pass acts only on the session it decided on. A reconciler whose clock says a session is
+/// over starts to end it; meanwhile the device logs in again on a replica whose clock says it is
+/// still live, and extends it. The pass's mark then conflicts, and its retry finds a newer spec:
+/// it leaves the session (with its ServiceAccount) alone for the next pass to judge, instead of
+/// ending the session that was just extended.
+pub async fn a_session_extended_while_being_ended_is_left_alone<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    let h = fixture.harness().await;
+    let faults = h
+        .backend
+        .faults()
+        .expect("this case needs to hold requests");
+    let identity = Person::AliceLaptop.identity();
+    let first = h
+        .issuer
+        .issue(&identity, &h.decision("sre", "1h"))
+        .await
+        .unwrap();
+    let name = first.session.as_str().to_owned();
+
+    let held = faults.hold(
+        &RequestMatch::any()
+            .verb(Verb::Update)
+            .resource("sessions")
+            .subresource("status")
+            .name(&name),
+    );
+    // The reconciler's replica runs ahead: for it the session is over.
+    let ahead = tka_core::ManualClock::new(first.session_expires_at + SignedDuration::from_secs(1));
+    let reconciler = KubernetesReconciler::new(
+        h.client.clone(),
+        ReconcilerSettings::new(&h.namespace, "ahead"),
+        Arc::new(ahead.clone()),
+        h.tailnet.clone(),
+        Arc::new(crate::suite::suite_grant_check(&h.namespace)),
+    );
+    let pass = tokio::spawn(async move { reconciler.reconcile_once(ahead.now()).await });
+    let until_held = |n: usize| {
+        let held = held.clone();
+        async move {
+            for _ in 0..1_000 {
+                if held.waiting() >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("{n} status writes were never held");
+        }
+    };
+    until_held(1).await;
+
+    // The same device logs in again through a replica whose clock says the session is live.
+    let decision = h.decision("sre", "2h");
+    let login = h.issuer.issue(&identity, &decision);
+    // Its spec write goes through; its own status write is held beside the pass's mark.
+    let release = async {
+        until_held(2).await;
+        held.release();
+    };
+    let (extended, ()) = tokio::join!(login, release);
+    let extended = extended.expect("the login extends the session");
+    assert_eq!(extended.session.as_str(), name);
+    assert!(extended.session_expires_at > first.session_expires_at);
+    let report = pass.await.unwrap().unwrap();
+    assert!(
+        !report.removed_session(&name),
+        "the pass ended a session that was extended under it: {report:?}"
+    );
+    let objects = h.objects().await;
+    let left = objects.session(&name).expect("the extended session stays");
+    assert_eq!(left.expires_at(), extended.session_expires_at);
+    assert_ne!(left.phase(), Some(SessionPhase::Expired));
+    let (sas, _, _) = objects.children_of(&name);
+    assert_eq!(sas.len(), 1, "its ServiceAccount stays");
+
+    // Judged again on the spec it now has, the session is ended only once it is over.
+    let next = h.reconcile().await;
+    assert!(!next.removed_session(&name), "{next:?}");
+}
