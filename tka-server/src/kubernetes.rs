@@ -388,9 +388,22 @@ impl ReadinessCheck for ApiServerReady {
     }
 }
 
-/// Ready when both CRDs are installed (their resources can be listed).
+/// Ready when both CRDs are installed. Once the shared watches of Sessions and GrantMappings
+/// have listed them, that is known and no request is made (the kubelet probes every few seconds,
+/// and an idle server makes no LIST); before that, a LIST of one object of each says whether
+/// they can be listed, with the fix in the message.
 #[derive(Clone)]
-pub struct CrdsInstalled(pub Client);
+pub struct CrdsInstalled {
+    client: Client,
+    watches: ClusterWatches,
+}
+
+impl CrdsInstalled {
+    /// Checks through `client` until `watches` have listed both resources.
+    pub fn new(client: Client, watches: ClusterWatches) -> Self {
+        Self { client, watches }
+    }
+}
 
 #[async_trait]
 impl ReadinessCheck for CrdsInstalled {
@@ -399,13 +412,16 @@ impl ReadinessCheck for CrdsInstalled {
     }
 
     async fn check(&self) -> Result<(), String> {
+        if self.watches.sessions.watched().is_listed() && self.watches.grant_mappings.is_listed() {
+            return Ok(());
+        }
         let one = ListParams::default().limit(1);
         let hint = "install them with `tka-server crds | kubectl apply -f -`";
-        Api::<GrantMapping>::all(self.0.clone())
+        Api::<GrantMapping>::all(self.client.clone())
             .list_metadata(&one)
             .await
             .map_err(|e| format!("GrantMappings cannot be listed ({e}); {hint}"))?;
-        Api::<Session>::all(self.0.clone())
+        Api::<Session>::all(self.client.clone())
             .list_metadata(&one)
             .await
             .map_err(|e| format!("Sessions cannot be listed ({e}); {hint}"))?;

@@ -192,14 +192,15 @@ fn kube(
         }
     });
 
+    let crds = CrdsInstalled::new(client.clone(), watches.clone());
     Ok(Kube {
         issuer,
         mappings,
         watches,
         metrics,
         readiness: vec![
-            Arc::new(ApiServerReady(client.clone())),
-            Arc::new(CrdsInstalled(client)),
+            Arc::new(ApiServerReady(client)),
+            Arc::new(crds),
             Arc::new(MappingsSynced(feed)),
         ],
         tasks: vec![watches_task, feed_task, reconciler_task],

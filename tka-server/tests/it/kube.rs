@@ -590,3 +590,53 @@ async fn an_aggregated_role_gaining_a_write_makes_the_mapping_not_ready_and_revo
     let allowed = client.login(r#"{"role":"team-editor"}"#).await;
     assert_eq!(allowed.status, 200, "{}", allowed.text());
 }
+
+/// The readiness check of the CRDs lists one object of each until the shared watches have
+/// listed them; after that it answers from the watches, so the kubelet's probes make no LIST on
+/// an idle server. Without permission to list GrantMappings it is not ready, and says how to fix
+/// it.
+#[tokio::test]
+async fn the_crds_check_stops_listing_once_the_watches_have_listed() {
+    use tka_server::ReadinessCheck as _;
+    use tka_server::kubernetes::CrdsInstalled;
+    use tka_testkit::cluster::{Fault, Verb};
+
+    let cluster = FakeCluster::new();
+    let served = cluster.serve_tcp().await.unwrap();
+    let client = served.client().unwrap();
+    let (watches, drive) = ClusterWatches::new(&client, NAMESPACE);
+    let driving = tokio::spawn(drive);
+    for _ in 0..500 {
+        if watches.all_listed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(watches.all_listed(), "the watches never listed");
+    let check = CrdsInstalled::new(client.clone(), watches.clone());
+    cluster.clear_calls();
+    for _ in 0..5 {
+        assert_eq!(check.check().await, Ok(()));
+    }
+    let lists: Vec<_> = cluster
+        .calls()
+        .into_iter()
+        .filter(|c| c.verb == Verb::List)
+        .collect();
+    assert!(lists.is_empty(), "probes listed: {lists:?}");
+    driving.abort();
+
+    // An API server that fails every list of GrantMappings: the watches never list, the check
+    // asks, and the answer says what to do.
+    let refused = FakeCluster::new();
+    refused.fail_always(Verb::List, "grantmappings", Fault::InternalError);
+    let served = refused.serve_tcp().await.unwrap();
+    let client = served.client().unwrap();
+    let (watches, _drive) = ClusterWatches::new(&client, NAMESPACE);
+    let check = CrdsInstalled::new(client, watches);
+    let answer = check.check().await.unwrap_err();
+    assert!(
+        answer.contains("GrantMappings cannot be listed") && answer.contains("tka-server crds"),
+        "{answer}"
+    );
+}
