@@ -92,6 +92,10 @@ pub struct ReconcilerSettings {
     /// How many sessions a pass ends at once (default 16): a burst of expiries is ended
     /// concurrently, without flooding the API server.
     pub sessions_ended_at_once: usize,
+    /// How many sessions a pass judges at once (default 16): the live reads that confirm a
+    /// session the stores show as due, and the whois calls of re-validation, run concurrently,
+    /// so a pass over many sessions does not wait for them one by one.
+    pub sessions_judged_at_once: usize,
 }
 
 impl ReconcilerSettings {
@@ -111,6 +115,7 @@ impl ReconcilerSettings {
             resync_every: Duration::from_secs(300),
             min_interval: Duration::from_secs(1),
             sessions_ended_at_once: 16,
+            sessions_judged_at_once: 16,
         }
     }
 
@@ -282,6 +287,32 @@ impl Ending {
             session: session.clone(),
             mark,
             reason,
+        }
+    }
+}
+
+/// What a pass found about one session, before it is applied to the pass's report (sessions
+/// are judged concurrently; the report is written in their order afterwards).
+#[derive(Debug, Default)]
+struct Judgement {
+    /// The session as judged (the live copy when the store's was confirmed); `None` when it is
+    /// gone or could not be confirmed.
+    session: Option<Arc<Session>>,
+    /// It is to be ended.
+    ending: Option<Ending>,
+    /// It lives on, to be looked at again at these times.
+    live: Option<Vec<Timestamp>>,
+    /// Problems to report.
+    failures: Vec<String>,
+    /// It was re-validated; `Some(now)` when its grant was found to hold.
+    revalidated: Option<Option<Timestamp>>,
+}
+
+impl Judgement {
+    fn ending(session: &Session, mark: Option<SessionPhase>, reason: RemovalReason) -> Self {
+        Self {
+            ending: Some(Ending::new(session, mark, reason)),
+            ..Self::default()
         }
     }
 }
@@ -587,28 +618,22 @@ impl KubernetesReconciler {
     /// it is due, else (a store may be a moment behind the cluster: a session extended, completed
     /// or given back its ServiceAccount since) the live one, read now, before anything is
     /// removed. `None` when it is gone or is another object by now (its children are the
-    /// sweep's business) or cannot be read (a failure in the report).
+    /// sweep's business); an error (for the report) when it cannot be read.
     async fn confirmed(
         &self,
         stored: &Arc<Session>,
         from_store: bool,
         accounts: &ServiceAccounts,
         now: Timestamp,
-        report: &mut ReconcileReport,
-    ) -> Option<Arc<Session>> {
+    ) -> Result<Option<Arc<Session>>, String> {
         if !from_store || self.session_due(stored, accounts, now) > now {
-            return Some(Arc::clone(stored));
+            return Ok(Some(Arc::clone(stored)));
         }
         let name = stored.name_any();
         match self.apis.sessions.get_opt(&name).await {
-            Ok(Some(live)) if live.uid() == stored.uid() => Some(Arc::new(live)),
-            Ok(_) => None,
-            Err(e) => {
-                report
-                    .failures
-                    .push(format!("confirming session {name}: {e}"));
-                None
-            }
+            Ok(Some(live)) if live.uid() == stored.uid() => Ok(Some(Arc::new(live))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(format!("confirming session {name}: {e}")),
         }
     }
 
@@ -782,100 +807,101 @@ impl KubernetesReconciler {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn session_pass(
+    /// What the pass decides about `session`; reads only (the live ServiceAccount when the
+    /// store does not show it, whois when re-validation is due), so sessions are judged
+    /// concurrently.
+    async fn judge_session(
         &self,
         session: &Session,
         now: Timestamp,
         revalidate_all: bool,
         mappings: &[MappingView],
         service_accounts: &ServiceAccounts,
-        report: &mut ReconcileReport,
-        validated: &mut HashMap<String, Timestamp>,
-        endings: &mut Vec<Ending>,
-    ) {
-        let uid = session.uid().unwrap_or_default();
+        validated: &HashMap<String, Timestamp>,
+    ) -> Judgement {
         if session.is_deleting() {
-            return endings.push(Ending::new(session, None, RemovalReason::Deleted));
+            return Judgement::ending(session, None, RemovalReason::Deleted);
         }
         match session.phase() {
             Some(SessionPhase::Revoked) => {
-                return endings.push(Ending::new(session, None, RemovalReason::Revoked));
+                return Judgement::ending(session, None, RemovalReason::Revoked);
             }
             Some(SessionPhase::Expired) => {
-                return endings.push(Ending::new(session, None, RemovalReason::Expired));
+                return Judgement::ending(session, None, RemovalReason::Expired);
             }
             _ => {}
         }
         if session.expires_at() <= now {
-            return endings.push(Ending::new(
-                session,
-                Some(SessionPhase::Expired),
-                RemovalReason::Expired,
-            ));
+            return Judgement::ending(session, Some(SessionPhase::Expired), RemovalReason::Expired);
         }
         if session.grant().is_none() {
-            return endings.push(Ending::new(
+            return Judgement::ending(
                 session,
                 Some(SessionPhase::Revoked),
                 RemovalReason::HalfMade,
-            ));
+            );
         }
         if !session.is_complete() {
             if session.is_stale(now, self.settings.grace) {
-                return endings.push(Ending::new(
+                return Judgement::ending(
                     session,
                     Some(SessionPhase::Revoked),
                     RemovalReason::HalfMade,
-                ));
+                );
             }
-            report.live_sessions += 1;
-            report.requeue_at(session.spec.revised_at.0 + self.settings.grace);
-            report.requeue_at(session.expires_at());
-            return;
+            return Judgement {
+                live: Some(vec![
+                    session.spec.revised_at.0 + self.settings.grace,
+                    session.expires_at(),
+                ]),
+                ..Judgement::default()
+            };
         }
+        let mut judgement = Judgement::default();
         match self.service_account_intact(session, service_accounts).await {
             Ok(true) => {}
             Ok(false) => {
-                return endings.push(Ending::new(
+                return Judgement::ending(
                     session,
                     Some(SessionPhase::Revoked),
                     RemovalReason::HalfMade,
-                ));
+                );
             }
-            Err(e) => {
-                report.failures.push(format!(
-                    "checking the ServiceAccount of session {}: {e}",
-                    session.name_any()
-                ));
-            }
+            Err(e) => judgement.failures.push(format!(
+                "checking the ServiceAccount of session {}: {e}",
+                session.name_any()
+            )),
         }
+        let uid = session.uid().unwrap_or_default();
         let due = revalidate_all
             || validated.get(&uid).is_none_or(|at| {
                 *at + self.settings.revalidate_every <= now + self.revalidation_slack()
             });
         if due {
-            report.revalidated += 1;
             match self.revalidate(session, mappings, now).await {
-                Verdict::Holds => {
-                    validated.insert(uid.clone(), now);
-                }
+                Verdict::Holds => judgement.revalidated = Some(Some(now)),
                 Verdict::Withdrawn(why) => {
                     info!(session = %session.name_any(), why, "grant withdrawn; revoking");
-                    return endings.push(Ending::new(
+                    let mut ending = Judgement::ending(
                         session,
                         Some(SessionPhase::Revoked),
                         RemovalReason::GrantWithdrawn(why),
+                    );
+                    ending.revalidated = Some(None);
+                    ending.failures = judgement.failures;
+                    return ending;
+                }
+                Verdict::Unknown(why) => {
+                    judgement.revalidated = Some(None);
+                    judgement.failures.push(format!(
+                        "re-validating session {}: {why}",
+                        session.name_any()
                     ));
                 }
-                Verdict::Unknown(why) => report.failures.push(format!(
-                    "re-validating session {}: {why}",
-                    session.name_any()
-                )),
             }
         }
-        report.live_sessions += 1;
-        report.requeue_at(session.expires_at());
+        judgement.live = Some(vec![session.expires_at()]);
+        judgement
     }
 
     /// Why `object` must go, judged against `session` (its `tka.dev/session`), or `None`.
@@ -1317,33 +1343,67 @@ impl KubernetesReconciler {
             )
         };
 
+        // Each session is judged on its own (reads only), several at once; the outcomes are
+        // applied in the sessions' order.
+        let from_store = watches.is_some();
+        let bound = self.settings.sessions_judged_at_once.max(1);
+        let judgements: Vec<Judgement> = stream::iter(sessions.iter().cloned())
+            .map(|stored: Arc<Session>| {
+                let (views, service_accounts, validated) = (&views, &service_accounts, &validated);
+                async move {
+                    let session = match self
+                        .confirmed(&stored, from_store, service_accounts, now)
+                        .await
+                    {
+                        Ok(Some(session)) => session,
+                        Ok(None) => return Judgement::default(),
+                        Err(failure) => {
+                            return Judgement {
+                                failures: vec![failure],
+                                ..Judgement::default()
+                            };
+                        }
+                    };
+                    let mut judgement = self
+                        .judge_session(
+                            &session,
+                            now,
+                            revalidate_all,
+                            views,
+                            service_accounts,
+                            validated,
+                        )
+                        .await;
+                    judgement.session = Some(session);
+                    judgement
+                }
+            })
+            .buffered(bound)
+            .collect()
+            .await;
         let mut endings = Vec::new();
         let mut judged: Vec<Arc<Session>> = Vec::with_capacity(sessions.len());
-        for stored in &sessions {
-            let Some(session) = self
-                .confirmed(
-                    stored,
-                    watches.is_some(),
-                    &service_accounts,
-                    now,
-                    &mut report,
-                )
-                .await
-            else {
+        for judgement in judgements {
+            report.failures.extend(judgement.failures);
+            let Some(session) = judgement.session else {
                 continue;
             };
-            judged.push(Arc::clone(&session));
-            self.session_pass(
-                &session,
-                now,
-                revalidate_all,
-                &views,
-                &service_accounts,
-                &mut report,
-                &mut validated,
-                &mut endings,
-            )
-            .await;
+            if let Some(outcome) = judgement.revalidated {
+                report.revalidated += 1;
+                if let Some(at) = outcome {
+                    validated.insert(session.uid().unwrap_or_default(), at);
+                }
+            }
+            if let Some(ending) = judgement.ending {
+                endings.push(ending);
+            }
+            if let Some(requeue) = judgement.live {
+                report.live_sessions += 1;
+                for at in requeue {
+                    report.requeue_at(at);
+                }
+            }
+            judged.push(session);
         }
         self.end_sessions(endings, now, &mut report).await;
 

@@ -147,7 +147,8 @@ macro_rules! behaviour_suite {
             a_reconcile_pass_during_a_login_does_not_disturb_it,
             expired_sessions_end_concurrently_within_the_bound,
             a_session_that_fails_to_end_does_not_stop_the_others,
-            a_session_extended_while_being_ended_is_left_alone
+            a_session_extended_while_being_ended_is_left_alone,
+            due_sessions_are_confirmed_concurrently_within_the_bound
         );
     };
     (@cases ($guard:expr) $make:expr; $($case:ident),+ $(,)?) => {

@@ -295,6 +295,82 @@ pub async fn expired_sessions_end_concurrently_within_the_bound<B: SuiteBackend>
     assert!(h.objects().await.is_empty());
 }
 
+/// A pass from the watched stores confirms each session the stores show as due with a live
+/// read before it ends it; those reads run concurrently, never more than the bound at once, so
+/// a burst of expiries is not confirmed one by one. Once released, every one is ended.
+pub async fn due_sessions_are_confirmed_concurrently_within_the_bound<B: SuiteBackend>(
+    fixture: Fixture<B>,
+) {
+    const SESSIONS: usize = 10;
+    const BOUND: usize = 3;
+    let h = fixture.harness().await;
+    let faults = h
+        .backend
+        .faults()
+        .expect("this case needs to hold requests");
+    let credentials = log_in_devices(&h, SESSIONS).await;
+    let (watches, drive) = tka_core::kubernetes::ClusterWatches::new(&h.client, &h.namespace);
+    let driving = tokio::spawn(drive);
+    for _ in 0..1_000 {
+        if watches.all_listed() && watches.sessions.watched().state().len() == SESSIONS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(watches.sessions.watched().state().len(), SESSIONS);
+    let last = credentials
+        .iter()
+        .map(|c| c.session_expires_at)
+        .max()
+        .unwrap();
+    h.clock.set(last + SignedDuration::from_secs(1));
+
+    let mut settings = ReconcilerSettings::new(&h.namespace, "judging");
+    settings.sessions_judged_at_once = BOUND;
+    let reconciler = Arc::new(
+        KubernetesReconciler::new(
+            h.client.clone(),
+            settings,
+            Arc::new(h.clock.clone()),
+            h.tailnet.clone(),
+            Arc::new(crate::suite::suite_grant_check(&h.namespace)),
+        )
+        .with_watches(watches),
+    );
+    let held = faults.hold(&RequestMatch::any().verb(Verb::Get).resource("sessions"));
+    let pass = {
+        let reconciler = reconciler.clone();
+        let now = h.clock.now();
+        tokio::spawn(async move { reconciler.reconcile_once(now).await })
+    };
+    for _ in 0..1_000 {
+        if held.waiting() >= BOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Give an unbounded pass every chance to start more (a settle, not a measured time).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        held.waiting(),
+        BOUND,
+        "sessions confirmed at once, with {SESSIONS} due"
+    );
+    held.release();
+    let report = pass.await.unwrap().unwrap();
+    assert_eq!(held.peak(), BOUND, "never more than the bound in flight");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    for credential in &credentials {
+        assert!(
+            report.removed_session(credential.session.as_str()),
+            "{} was ended",
+            credential.session
+        );
+    }
+    assert!(h.objects().await.is_empty());
+    driving.abort();
+}
+
 /// One session whose ServiceAccount cannot be deleted does not stop the pass from ending the
 /// others; it stays (marked expired, still found) and the next pass ends it.
 pub async fn a_session_that_fails_to_end_does_not_stop_the_others<B: SuiteBackend>(
