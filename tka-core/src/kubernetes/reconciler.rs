@@ -35,7 +35,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt as _, stream};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -45,14 +44,14 @@ use tracing::{debug, info, warn};
 
 use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
-use super::objects::{Apis, end_session, managed_selector, owner_uid, removal};
+use super::objects::{Apis, end_session, managed_selector, removal};
 use super::rbac::cluster_roles;
 use super::schedule::PassSchedule;
 use super::session::{Session, SessionPhase};
-use super::watches::{ClusterWatches, Meta, Revision};
+use super::watches::{Child, ClusterWatches, Revision};
 use super::{
     CONDITION_READY, GrantMappingStatus, REASON_FORBIDDEN_NAMESPACE, REASON_INVALID_SPEC,
-    REASON_READY, REVISION_LABEL, SESSION_LABEL,
+    REASON_READY,
 };
 use crate::clock::Clock;
 use crate::identity::{IdentityError, IdentityProvider, WhoisRequest};
@@ -127,8 +126,8 @@ impl ReconcilerSettings {
     }
 }
 
-/// The metadata of the labelled ServiceAccounts, by name.
-type ServiceAccounts = HashMap<String, Arc<Meta<ServiceAccount>>>;
+/// The labelled ServiceAccounts, by name.
+type ServiceAccounts = HashMap<Box<str>, Arc<Child>>;
 
 /// Lowers `due` to `at` if that is earlier.
 fn at_opt(due: &mut Option<Timestamp>, at: Option<Timestamp>) {
@@ -590,11 +589,11 @@ impl KubernetesReconciler {
     /// `expiresAt`. `None` when nothing is held at all.
     fn due_in(&self, watches: &ClusterWatches, now: Timestamp) -> Option<Timestamp> {
         let sessions = watches.sessions.watched().state();
-        let accounts: HashMap<String, Arc<Meta<ServiceAccount>>> = watches
+        let accounts: ServiceAccounts = watches
             .service_accounts
             .state()
             .into_iter()
-            .map(|sa| (sa.name_any(), sa))
+            .map(|sa| (sa.name.clone(), sa))
             .collect();
         let by_name: HashMap<String, &Session> =
             sessions.iter().map(|s| (s.name_any(), &**s)).collect();
@@ -603,13 +602,13 @@ impl KubernetesReconciler {
             at_opt(&mut due, Some(self.session_due(session, &accounts, now)));
         }
         for sa in accounts.values() {
-            at_opt(&mut due, self.orphan_due(&**sa, &by_name, now, false));
+            at_opt(&mut due, self.orphan_due(sa, &by_name, now, false));
         }
         for crb in watches.cluster_role_bindings.state() {
-            at_opt(&mut due, self.orphan_due(&*crb, &by_name, now, true));
+            at_opt(&mut due, self.orphan_due(&crb, &by_name, now, true));
         }
         for rb in watches.role_bindings.state() {
-            at_opt(&mut due, self.orphan_due(&*rb, &by_name, now, true));
+            at_opt(&mut due, self.orphan_due(&rb, &by_name, now, true));
         }
         due
     }
@@ -638,33 +637,26 @@ impl KubernetesReconciler {
     }
 
     /// When a labelled object that looks orphaned in the stores may be swept (its grace end).
-    fn orphan_due<K: Resource>(
+    fn orphan_due(
         &self,
-        object: &K,
+        object: &Child,
         by_name: &HashMap<String, &Session>,
         now: Timestamp,
         is_binding: bool,
     ) -> Option<Timestamp> {
         let session = object
-            .meta()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SESSION_LABEL))
+            .session
+            .as_deref()
             .and_then(|n| by_name.get(n).copied());
         Self::orphan_reason(object, session, now, is_binding)?;
-        let created = object
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map_or(now, |t| t.0);
-        Some(created + self.settings.grace)
+        Some(object.created.unwrap_or(now) + self.settings.grace)
     }
 
     /// When the run loop must look at `session` again, as far as the stores show.
     fn session_due(
         &self,
         session: &Session,
-        accounts: &HashMap<String, Arc<Meta<ServiceAccount>>>,
+        accounts: &ServiceAccounts,
         now: Timestamp,
     ) -> Timestamp {
         if session.is_over(now) || session.grant().is_none() {
@@ -679,8 +671,8 @@ impl KubernetesReconciler {
             .and_then(|s| s.service_account.as_ref());
         let held = recorded.is_some_and(|r| {
             accounts
-                .get(&r.name)
-                .is_some_and(|sa| sa.uid().as_deref() == Some(r.uid.as_str()))
+                .get(r.name.as_str())
+                .is_some_and(|sa| *sa.uid == *r.uid)
         });
         if held { session.expires_at() } else { now }
     }
@@ -761,11 +753,10 @@ impl KubernetesReconciler {
         if recorded.namespace != self.settings.namespace || recorded.name != name {
             return Ok(false);
         }
-        let intact = |sa: &Meta<ServiceAccount>| {
-            sa.uid().as_deref() == Some(recorded.uid.as_str())
-                && owner_uid(sa) == session.uid().as_deref()
+        let intact = |sa: &Child| {
+            *sa.uid == *recorded.uid && sa.owner.as_deref() == session.uid().as_deref()
         };
-        if listed.get(&name).is_some_and(|sa| intact(sa)) {
+        if listed.get(name.as_str()).is_some_and(|sa| intact(sa)) {
             return Ok(true);
         }
         Ok(self
@@ -773,7 +764,7 @@ impl KubernetesReconciler {
             .service_accounts
             .get_metadata_opt(&name)
             .await?
-            .is_some_and(|sa| intact(&sa)))
+            .is_some_and(|sa| intact(&Child::of(&sa))))
     }
 
     async fn revalidate(
@@ -905,8 +896,8 @@ impl KubernetesReconciler {
     }
 
     /// Why `object` must go, judged against `session` (its `tka.dev/session`), or `None`.
-    fn orphan_reason<K: Resource>(
-        object: &K,
+    fn orphan_reason(
+        object: &Child,
         session: Option<&Session>,
         now: Timestamp,
         is_binding: bool,
@@ -914,17 +905,13 @@ impl KubernetesReconciler {
         let Some(session) = session else {
             return Some(RemovalReason::Orphan);
         };
-        if session.is_over(now) || owner_uid(object) != session.uid().as_deref() {
+        if session.is_over(now) || object.owner.as_deref() != session.uid().as_deref() {
             return Some(RemovalReason::Orphan);
         }
         if is_binding {
-            let revision = object
-                .meta()
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(REVISION_LABEL));
-            let current = Some(&session.spec.revision);
-            let committed = session.status.as_ref().and_then(|s| s.revision.as_ref());
+            let revision = object.revision.as_deref();
+            let current = Some(session.spec.revision.as_str());
+            let committed = session.status.as_ref().and_then(|s| s.revision.as_deref());
             if revision != current && revision != committed {
                 return Some(RemovalReason::StaleRevision);
             }
@@ -933,28 +920,20 @@ impl KubernetesReconciler {
     }
 
     /// Decides about one labelled object; `Some(reason)` when it must be deleted.
-    async fn sweep_verdict<K: Resource>(
+    async fn sweep_verdict(
         &self,
-        object: &K,
+        object: &Child,
         sessions: &BTreeMap<String, Arc<Session>>,
         now: Timestamp,
         is_binding: bool,
         report: &mut ReconcileReport,
     ) -> Option<RemovalReason> {
-        let session_name = object
-            .meta()
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SESSION_LABEL));
+        let session_name = object.session.as_deref();
         let listed = session_name.and_then(|n| sessions.get(n)).map(|s| &**s);
         Self::orphan_reason(object, listed, now, is_binding)?;
         // It looks orphaned. A young object may belong to a login in flight whose Session this
         // pass's list predates: leave it until the grace period is over.
-        let created = object
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map_or(now, |t| t.0);
+        let created = object.created.unwrap_or(now);
         if created + self.settings.grace > now {
             report.requeue_at(created + self.settings.grace);
             return None;
@@ -1027,7 +1006,10 @@ impl KubernetesReconciler {
         self.sweep_objects(
             rbs,
             ObjectKind::RoleBinding,
-            |rb| self.apis.role_bindings(&rb.namespace().unwrap_or_default()),
+            |rb| {
+                self.apis
+                    .role_bindings(rb.namespace.as_deref().unwrap_or_default())
+            },
             (sessions, ended),
             now,
             report,
@@ -1037,17 +1019,13 @@ impl KubernetesReconciler {
     }
 
     /// The metadata of the objects labelled `managed-by=tka` that `api` lists, listed now.
-    async fn labelled<K>(
-        &self,
-        api: &Api<K>,
-        what: &str,
-    ) -> Result<Vec<Arc<Meta<K>>>, ReconcileError>
+    async fn labelled<K>(&self, api: &Api<K>, what: &str) -> Result<Vec<Arc<Child>>, ReconcileError>
     where
         K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
         api.list_metadata(&ListParams::default().labels(&managed_selector()))
             .await
-            .map(|l| l.items.into_iter().map(Arc::new).collect())
+            .map(|l| l.items.iter().map(|o| Arc::new(Child::of(o))).collect())
             .map_err(|e| reconcile_error(format!("list {what}"), e))
     }
 
@@ -1057,9 +1035,9 @@ impl KubernetesReconciler {
     /// delete it through.
     async fn sweep_objects<K>(
         &self,
-        objects: Vec<Arc<Meta<K>>>,
+        objects: Vec<Arc<Child>>,
         kind: ObjectKind,
-        api_for: impl Fn(&Meta<K>) -> Api<K>,
+        api_for: impl Fn(&Child) -> Api<K>,
         (sessions, ended): (&BTreeMap<String, Arc<Session>>, &HashSet<String>),
         now: Timestamp,
         report: &mut ReconcileReport,
@@ -1068,23 +1046,20 @@ impl KubernetesReconciler {
     {
         let is_binding = kind != ObjectKind::ServiceAccount;
         for object in objects {
-            let of_ended = object
-                .labels()
-                .get(SESSION_LABEL)
-                .is_some_and(|n| ended.contains(n));
+            let of_ended = object.session.as_deref().is_some_and(|n| ended.contains(n));
             if of_ended {
                 continue;
             }
             let Some(reason) = self
-                .sweep_verdict(&*object, sessions, now, is_binding, report)
+                .sweep_verdict(&object, sessions, now, is_binding, report)
                 .await
             else {
                 continue;
             };
-            let (namespace, name) = (object.namespace(), object.name_any());
-            let uid = object.uid().unwrap_or_default();
-            let version = object.resource_version();
-            match delete_unchanged(&api_for(&object), &name, &uid, version).await {
+            let namespace = object.namespace.as_deref().map(str::to_owned);
+            let name = object.name.to_string();
+            let version = object.resource_version.as_deref().map(str::to_owned);
+            match delete_unchanged(&api_for(&object), &name, &object.uid, version).await {
                 Ok(true) => report.removed.push(removal(kind, namespace, name, &reason)),
                 Ok(false) => {}
                 Err(e) => {
@@ -1292,7 +1267,7 @@ impl KubernetesReconciler {
         };
         let service_accounts: ServiceAccounts = service_accounts
             .into_iter()
-            .map(|sa| (sa.name_any(), sa))
+            .map(|sa| (sa.name.clone(), sa))
             .collect();
 
         let named: Vec<NamedMapping> = mappings

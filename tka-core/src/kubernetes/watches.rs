@@ -9,17 +9,21 @@
 //! annotations before it is stored (nothing in tka reads an annotation; the last-applied one alone
 //! repeats a whole object), and the ServiceAccounts and bindings are watched as metadata only
 //! (`PartialObjectMeta`), selected by tka's `managed-by` label (the ServiceAccounts in the server's
-//! namespace only).
+//! namespace only), and kept as a [`Child`] each: the few strings the reconciler reads, about a
+//! quarter of the memory of the metadata object (whose `ObjectMeta`, label map node, owner
+//! reference and reflector key come to some 2 KB per object; with two children per session,
+//! that was most of a server's memory at 10,000 sessions).
 //!
 //! It owns the reflectors and tells readers that something changed ([`Revision`], through a
 //! `tokio::sync::watch` channel, which coalesces a burst into one wake). It must not decide
 //! anything: no policy, no removal, no write to the API server. What a reader does with a change
 //! (republish the mappings, schedule a reconcile pass) is the reader's business.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
@@ -31,9 +35,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use super::NODE_LABEL;
-use super::objects::managed_selector;
+use super::objects::{managed_selector, owner_uid};
 use super::session::Session;
+use super::{NODE_LABEL, REVISION_LABEL, SESSION_LABEL};
 use crate::domain::NodeId;
 use crate::naming::node_label;
 use crate::policy::GrantMapping;
@@ -202,12 +206,149 @@ pub struct ClusterWatches {
     pub grant_mappings: Watched<GrantMapping>,
     /// Every ClusterRole (for the read-only judgement of `clusterRoles`, DESIGN §4.3).
     pub cluster_roles: Watched<ClusterRole>,
-    /// The metadata of the ServiceAccounts labelled `managed-by=tka` in the server's namespace.
-    pub service_accounts: Watched<Meta<ServiceAccount>>,
-    /// The metadata of the ClusterRoleBindings labelled `managed-by=tka`.
-    pub cluster_role_bindings: Watched<Meta<ClusterRoleBinding>>,
-    /// The metadata of the RoleBindings labelled `managed-by=tka`, in every namespace.
-    pub role_bindings: Watched<Meta<RoleBinding>>,
+    /// The ServiceAccounts labelled `managed-by=tka` in the server's namespace.
+    pub service_accounts: Children,
+    /// The ClusterRoleBindings labelled `managed-by=tka`.
+    pub cluster_role_bindings: Children,
+    /// The RoleBindings labelled `managed-by=tka`, in every namespace.
+    pub role_bindings: Children,
+}
+
+/// What the server keeps of one of its labelled ServiceAccounts or bindings: enough to judge it
+/// (whose it is, which revision) and to delete it with UID and resourceVersion preconditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// Its namespace (ServiceAccounts and RoleBindings).
+    pub namespace: Option<Box<str>>,
+    /// Its name.
+    pub name: Box<str>,
+    /// Its UID.
+    pub uid: Box<str>,
+    /// Its resourceVersion when last seen.
+    pub resource_version: Option<Box<str>>,
+    /// Its `tka.dev/session` label.
+    pub session: Option<Box<str>>,
+    /// Its `tka.dev/revision` label (bindings).
+    pub revision: Option<Box<str>>,
+    /// The UID of the Session that owns it (its owner reference of kind Session).
+    pub owner: Option<Box<str>>,
+    /// When it was created.
+    pub created: Option<Timestamp>,
+}
+
+impl Child {
+    /// What is kept of `object`.
+    pub fn of<K: Resource>(object: &K) -> Self {
+        let meta = object.meta();
+        let label = |key: &str| {
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .map(|v| v.as_str().into())
+        };
+        Self {
+            namespace: meta.namespace.as_deref().map(Into::into),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
+            resource_version: meta.resource_version.as_deref().map(Into::into),
+            session: label(SESSION_LABEL),
+            revision: label(REVISION_LABEL),
+            owner: owner_uid(object).map(Into::into),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
+/// A watched set of [`Child`]ren, by UID: filled from a metadata watch (initial list, then
+/// changes; a re-list replaces the whole set when it is complete), like a reflector's store.
+#[derive(Clone)]
+pub struct Children {
+    by_uid: Arc<RwLock<HashMap<Box<str>, Arc<Child>>>>,
+    revision: watch::Receiver<Revision>,
+}
+
+impl fmt::Debug for Children {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Children")
+            .field("revision", &*self.revision.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Children {
+    /// Everything in the set now.
+    pub fn state(&self) -> Vec<Arc<Child>> {
+        self.by_uid
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// How far the watch has come.
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Whether the set holds a full list.
+    pub fn is_listed(&self) -> bool {
+        self.revision().is_listed()
+    }
+
+    /// A receiver that wakes on every list and change.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.revision.clone()
+    }
+}
+
+/// The set fed by `events`, and the future that feeds it (with kube-rs's default backoff).
+fn children<K, S>(events: S, what: &'static str) -> (Children, impl Future<Output = ()> + Send)
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let by_uid: Arc<RwLock<HashMap<Box<str>, Arc<Child>>>> = Arc::default();
+    let (sender, revision) = watch::channel(Revision::default());
+    let set = Children {
+        by_uid: Arc::clone(&by_uid),
+        revision,
+    };
+    let drive = async move {
+        let stream = events.default_backoff();
+        tokio::pin!(stream);
+        // A (re-)list is gathered here and replaces the set when it is complete.
+        let mut listing: Option<HashMap<Box<str>, Arc<Child>>> = None;
+        let write = || by_uid.write().unwrap_or_else(PoisonError::into_inner);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(object)) => {
+                    let child = Child::of(&object);
+                    listing
+                        .get_or_insert_with(HashMap::new)
+                        .insert(child.uid.clone(), Arc::new(child));
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let mut listed = listing.take().unwrap_or_default();
+                    listed.shrink_to_fit();
+                    *write() = listed;
+                    sender.send_modify(|r| r.lists += 1);
+                }
+                Ok(watcher::Event::Apply(object)) => {
+                    let child = Child::of(&object);
+                    write().insert(child.uid.clone(), Arc::new(child));
+                    sender.send_modify(|r| r.changes += 1);
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    write().remove(object.meta().uid.as_deref().unwrap_or_default());
+                    sender.send_modify(|r| r.changes += 1);
+                }
+                Err(e) => tracing::warn!(error = %e, "{what} watch failed; retrying"),
+            }
+        }
+    };
+    (set, drive)
 }
 
 impl ClusterWatches {
@@ -233,21 +374,21 @@ impl ClusterWatches {
             "ClusterRole",
         );
         // `Api<PartialObjectMeta<K>>` asks for metadata only (kube's metadata watcher).
-        let (service_accounts, drive_sas) = watched(
+        let (service_accounts, drive_sas) = children(
             watcher(
                 Api::<Meta<ServiceAccount>>::namespaced(client.clone(), namespace),
                 labelled.clone(),
             ),
             "ServiceAccount",
         );
-        let (cluster_role_bindings, drive_crbs) = watched(
+        let (cluster_role_bindings, drive_crbs) = children(
             watcher(
                 Api::<Meta<ClusterRoleBinding>>::all(client.clone()),
                 labelled.clone(),
             ),
             "ClusterRoleBinding",
         );
-        let (role_bindings, drive_rbs) = watched(
+        let (role_bindings, drive_rbs) = children(
             watcher(Api::<Meta<RoleBinding>>::all(client.clone()), labelled),
             "RoleBinding",
         );
@@ -419,6 +560,132 @@ mod tests {
         assert!(!store.watched().is_listed());
         let listed = store_of(Vec::new(), true);
         assert_eq!(listed.live_count(Timestamp::now()), Some(0));
+    }
+
+    /// The metadata of a binding of session `session` (owned by `owner`), as watched.
+    fn binding_meta(name: &str, uid: &str, session: &str, owner: &str) -> Meta<RoleBinding> {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+        PartialObjectMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("team-a".to_owned()),
+                uid: Some(uid.to_owned()),
+                resource_version: Some("42".to_owned()),
+                creation_timestamp: Some(Time(Timestamp::UNIX_EPOCH)),
+                labels: Some(
+                    [
+                        (SESSION_LABEL.to_owned(), session.to_owned()),
+                        (REVISION_LABEL.to_owned(), "r1".to_owned()),
+                        ("app.kubernetes.io/managed-by".to_owned(), "tka".to_owned()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+                owner_references: Some(vec![
+                    OwnerReference {
+                        api_version: "v1".to_owned(),
+                        kind: "ServiceAccount".to_owned(),
+                        name: session.to_owned(),
+                        uid: "not-the-session".to_owned(),
+                        ..OwnerReference::default()
+                    },
+                    OwnerReference {
+                        api_version: Session::api_version(&()).into_owned(),
+                        kind: Session::kind(&()).into_owned(),
+                        name: session.to_owned(),
+                        uid: owner.to_owned(),
+                        ..OwnerReference::default()
+                    },
+                ]),
+                ..ObjectMeta::default()
+            },
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_what_the_reconciler_judges_and_deletes_by() {
+        let child = Child::of(&binding_meta(
+            "tka-a.sre.r1-0",
+            "u1",
+            "tka-a",
+            "session-uid",
+        ));
+        assert_eq!(
+            child,
+            Child {
+                namespace: Some("team-a".into()),
+                name: "tka-a.sre.r1-0".into(),
+                uid: "u1".into(),
+                resource_version: Some("42".into()),
+                session: Some("tka-a".into()),
+                revision: Some("r1".into()),
+                // The Session owner's UID, not another owner's.
+                owner: Some("session-uid".into()),
+                created: Some(Timestamp::UNIX_EPOCH),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn children_follow_lists_changes_and_deletions() {
+        use watcher::Event;
+        let (a, b, c) = (
+            binding_meta("a", "ua", "tka-a", "sa"),
+            binding_meta("b", "ub", "tka-b", "sb"),
+            binding_meta("c", "uc", "tka-c", "sc"),
+        );
+        let mut a2 = a.clone();
+        a2.metadata.resource_version = Some("43".to_owned());
+        let names = |set: &Children| {
+            let mut names: Vec<(String, Option<String>)> = set
+                .state()
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.resource_version.as_deref().map(str::to_owned),
+                    )
+                })
+                .collect();
+            names.sort();
+            names
+        };
+
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(a.clone())),
+            Ok(Event::InitApply(b.clone())),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(a2)),
+            Ok(Event::Delete(b)),
+        ];
+        let (set, drive) = children(futures::stream::iter(events), "RoleBinding");
+        assert!(!set.is_listed());
+        drive.await;
+        assert_eq!(names(&set), vec![("a".to_owned(), Some("43".to_owned()))]);
+        assert_eq!(
+            set.revision(),
+            Revision {
+                lists: 1,
+                changes: 2
+            }
+        );
+
+        // A re-list replaces the whole set once it is complete; until then the old one stands.
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(a.clone())),
+            Ok(Event::InitDone),
+            Ok(Event::Init),
+            Ok(Event::InitApply(c)),
+            Ok(Event::InitDone),
+        ];
+        let (set, drive) = children(futures::stream::iter(events), "RoleBinding");
+        drive.await;
+        assert_eq!(names(&set), vec![("c".to_owned(), Some("42".to_owned()))]);
+        assert_eq!(set.revision().lists, 2);
     }
 
     #[test]
