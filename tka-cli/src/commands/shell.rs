@@ -33,16 +33,17 @@ pub(crate) fn run(
     let user_config = KubeconfigFile::locate(&settings.env)
         .ok()
         .and_then(|f| f.read().ok());
-    let server = resolve_server(
+    let (server, offered) = resolve_server(
         settings,
         &session.cluster,
         session.server.as_ref(),
         user_config.as_ref(),
         clock,
     )?;
-    let response = login::request(&settings.network, &server, session)?;
+    let (response, via) = login::request(&settings.network, &server, session, offered.as_ref())?;
     let entries = login::entries(
         &response,
+        via,
         &server,
         session,
         &ContextTemplate::default(),

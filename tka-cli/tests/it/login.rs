@@ -210,7 +210,7 @@ fn static_login_embeds_the_token_and_reports_a_clamped_ttl() {
     assert!(config["users"][0]["user"].get("exec").is_none());
     assert_eq!(config["contexts"][0]["context"]["namespace"], "team-a");
     // The request carried the TTL.
-    let sent: Value = server.requests()[0].body_json().unwrap();
+    let sent: Value = server.sent_logins()[0].clone();
     assert_eq!(sent, json!({"ttl": "8h"}));
 
     // -o json reports the same, for scripts.

@@ -388,6 +388,10 @@ pub(crate) struct Options {
     pub(crate) limits: ConnectionLimits,
     /// Where ops listens (port 0).
     pub(crate) ops_ip: &'static str,
+    /// The tka proxy URL the cluster advertises, if any.
+    pub(crate) proxy: Option<String>,
+    /// Whether the server hands tokens to laptops at all (`--proxy-only`).
+    pub(crate) proxy_only: bool,
 }
 
 impl Default for Options {
@@ -407,6 +411,8 @@ impl Default for Options {
             // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
             // arrives.
             ops_ip: "127.0.0.3",
+            proxy: None,
+            proxy_only: false,
         }
     }
 }
@@ -429,7 +435,8 @@ pub(crate) fn api_config(options: &Options) -> ApiConfig {
             name: ClusterName::new("prod").unwrap(),
             server: "https://10.0.0.1:6443".into(),
             certificate_authority_data: Some("Q0EK".into()),
-            proxy: None,
+            proxy: options.proxy.clone(),
+            direct_tokens: true,
         },
         policy: PolicySettings::new(
             "tka-system",
@@ -440,6 +447,7 @@ pub(crate) fn api_config(options: &Options) -> ApiConfig {
             [HOST.to_owned(), "tka-prod.example.ts.net".to_owned()],
             ["127.0.0.1".parse().unwrap()],
         ),
+        proxy_only: options.proxy_only,
         self_node_ids: options.self_node_ids.clone(),
         loopback_peers_only: true,
         service_name: options.service_name.clone(),
