@@ -277,6 +277,21 @@ pub(crate) fn login_response(api_server: &str) -> Value {
     })
 }
 
+/// A login through the tka proxy at `proxy` for cluster `prod`: no token, as a server answers it.
+pub(crate) fn proxied_login_response(proxy: &str) -> Value {
+    json!({
+        "cluster": {
+            "name": "prod",
+            "server": "https://prod.api.example:6443",
+            "certificateAuthorityData": "Q0EK",
+            "proxy": proxy,
+        },
+        "session": session_json(),
+        "via": "proxy",
+        "ttl": "1h",
+    })
+}
+
 /// `GET /api/v1/cluster` of cluster `name` (API server `https://<name>.api.example:6443`), with
 /// the tka proxy at `proxy` when given.
 pub(crate) fn cluster_response(name: &str, proxy: Option<&str>) -> Value {
