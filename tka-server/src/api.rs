@@ -153,7 +153,7 @@ pub async fn token(
     Extension(caller): Extension<Caller>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    Ok(Json(Sessions::new(&state).token(&caller).await?))
+    Ok(Json(Sessions::new(&state).token_for_caller(&caller).await?))
 }
 
 /// The error statuses of `GET /api/v1/session`.

@@ -306,12 +306,21 @@ impl<'a> Sessions<'a> {
         }
     }
 
-    async fn token_outcome(&self, caller: &Caller) -> TokenOutcome {
+    /// A fresh token handed to the caller itself (`POST /api/v1/token`): [`Self::token`], except
+    /// that a proxy-only server hands none out. (The proxy mints through [`Self::token`] and keeps
+    /// its tokens in memory, so it works on a proxy-only server.) Observed.
+    pub async fn token_for_caller(&self, caller: &Caller) -> Result<TokenResponse, SessionError> {
         if self.state.config.proxy_only {
-            return TokenOutcome::Refused(SessionError::ProxyOnly {
+            let refused = || SessionError::ProxyOnly {
                 cluster: self.state.config.cluster.name.clone(),
-            });
+            };
+            self.observe(caller, Outcome::Token(&TokenOutcome::Refused(refused())));
+            return Err(refused());
         }
+        self.token(caller).await
+    }
+
+    async fn token_outcome(&self, caller: &Caller) -> TokenOutcome {
         let identity = &*caller.identity;
         let issuer = &self.state.backends.issuer;
         let session = match self.issuer_call(issuer.describe(identity.key())).await {

@@ -919,3 +919,29 @@ fn the_way_asked_for_is_refused_clearly_when_the_server_cannot_go_it() {
     assert_eq!(plain.sent_logins()[1], json!({}));
     assert!(sandbox.read_kubeconfig().contains("exec:"));
 }
+
+#[test]
+fn a_token_sent_with_a_proxy_login_is_neither_written_nor_cached() {
+    let sandbox = Sandbox::new();
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    // A server that answers a proxy login with a token anyway.
+    let mut answer = proxied_login_response("http://tka-prod.example.ts.net:8443");
+    answer["token"] = json!({"token": TOKEN, "expiresAt": "2099-01-01T00:00:00Z"});
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(answer))
+            .with_priority(1),
+    );
+    let out = run(&mut login(&sandbox, &server));
+    ok(&out);
+    assert_eq!(server.sent_logins(), [json!({"via": "proxy"})]);
+    let text = sandbox.read_kubeconfig();
+    assert!(!text.contains(TOKEN) && !text.contains("exec:"), "{text}");
+    assert!(
+        text.contains("server: http://tka-prod.example.ts.net:8443"),
+        "{text}"
+    );
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+    assert!(!stdout(&out).contains(TOKEN) && !stderr(&out).contains(TOKEN));
+}

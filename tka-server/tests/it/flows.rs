@@ -407,6 +407,31 @@ async fn a_proxy_only_server_never_hands_a_token_to_a_laptop() {
     assert_eq!(token.problem_code(403), "proxyOnly");
 }
 
+/// The proxy mints through the sessions service's own token path, which a proxy-only server
+/// keeps open: only the handing out to the caller (`POST /api/v1/token`) is refused.
+#[tokio::test]
+async fn a_proxy_only_server_still_mints_for_its_proxy() {
+    let server = proxy_server(true).await;
+    let mut client = server.client(alice()).await;
+    assert_eq!(client.login("{}").await.status, 200);
+    let caller = tka_server::Caller {
+        identity: std::sync::Arc::new(alice()),
+        peer: tka_server::Peer::direct("127.0.0.1:40000".parse().unwrap()),
+    };
+    let sessions = tka_server::Sessions::new(&server.state);
+    let minted = sessions.token(&caller).await.unwrap();
+    assert!(minted.token.token.expose().starts_with("eyJ"));
+    assert_eq!(minted.session.role.as_str(), "sre");
+    let refused = sessions.token_for_caller(&caller).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tka_server::sessions::SessionError::ProxyOnly { .. }
+        ),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_proxy_login_to_a_server_without_a_proxy_is_refused() {
     let server = TestServer::start().await;

@@ -418,6 +418,8 @@ impl Default for Options {
 }
 
 pub(crate) struct TestServer {
+    /// The state the server runs on (for calling the sessions service as another front would).
+    pub(crate) state: Arc<ApiState>,
     pub(crate) addr: SocketAddr,
     pub(crate) ops: SocketAddr,
     pub(crate) tailnet: Arc<ScriptedTailnet>,
@@ -489,7 +491,7 @@ impl TestServer {
             api_ip.parse().unwrap(),
             &options.mode,
             SocketAddr::new(options.ops_ip.parse().unwrap(), 0),
-            state,
+            state.clone(),
             ops_router(vec![readiness.clone()], metrics),
             shutdown.clone(),
             Duration::from_secs(10),
@@ -501,6 +503,7 @@ impl TestServer {
         let ops = server.ops_addr().unwrap();
         let task = tokio::spawn(server.run());
         Self {
+            state,
             addr,
             ops,
             tailnet,
