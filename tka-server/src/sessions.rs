@@ -188,7 +188,8 @@ impl<'a> Sessions<'a> {
     }
 
     /// Log in: decide (policy over the caller's grants and the mappings), then create or extend
-    /// the device's session and mint a token. Observed.
+    /// the device's session and mint a token, which the caller gets only for a direct login
+    /// (`via`; through the tka proxy the answer holds no token). Observed.
     pub async fn login(
         &self,
         caller: &Caller,
