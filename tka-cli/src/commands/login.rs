@@ -154,8 +154,9 @@ fn login_one(
         Ok(change) => change,
         Err(cause) => return Err(revoke(&settings.network, &server, &session.cluster, cause)),
     };
-    if via == Via::Direct {
-        seed_cache(settings, &server, &response, clock);
+    match via {
+        Via::Direct => seed_cache(settings, &server, &response, clock),
+        Via::Proxy => drop_cached_tokens(settings, &server, &session.cluster),
     }
 
     Ok(LoginSummary {
@@ -395,6 +396,14 @@ pub(crate) fn seed_cache(
             &format!("the token was not cached ({e}); kubectl's first call will fetch one"),
             false,
         );
+    }
+}
+
+/// Removes the tokens an earlier direct login to this cluster left in the cache: through the proxy
+/// no token belongs on this machine.
+pub(crate) fn drop_cached_tokens(settings: &Settings, server: &ServerUrl, cluster: &ClusterName) {
+    if let Ok(cache) = TokenCache::locate(&settings.env) {
+        cache.remove_for(server, cluster);
     }
 }
 

@@ -70,7 +70,10 @@ pub(crate) fn run(
         .write_all(text.as_bytes())
         .and_then(|()| private.flush())
         .map_err(|e| io_error(private.path(), e))?;
-    login::seed_cache(settings, &server, &response, clock);
+    match via {
+        tka_core::api::Via::Direct => login::seed_cache(settings, &server, &response, clock),
+        tka_core::api::Via::Proxy => login::drop_cached_tokens(settings, &server, &session.cluster),
+    }
 
     output::note(&format!(
         "Logged in to {} with role {} until {}. Starting {} with KUBECONFIG={}; {}",

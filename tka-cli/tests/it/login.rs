@@ -814,6 +814,12 @@ fn a_proxy_login_writes_a_context_with_no_credential_that_kubectl_uses_as_is() {
     );
     assert!(sandbox.read_kubeconfig().contains("exec:"));
     assert!(sandbox.cache_file(&server.uri()).exists());
+
+    // Back through the proxy: the direct login's cached token goes too.
+    let out = run(&mut login(&sandbox, &server));
+    ok(&out);
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+    assert!(!sandbox.read_kubeconfig().contains("exec:"));
 }
 
 #[test]
