@@ -951,3 +951,49 @@ fn a_token_sent_with_a_proxy_login_is_neither_written_nor_cached() {
     assert!(!sandbox.cache_file(&server.uri()).exists());
     assert!(!stdout(&out).contains(TOKEN) && !stderr(&out).contains(TOKEN));
 }
+
+#[test]
+fn shell_through_the_proxy_holds_no_credential_either() {
+    let sandbox = Sandbox::new();
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    server.on_logout();
+    let report = sandbox.dir.path().join("shell-report");
+    let script = sandbox.dir.path().join("fake-shell");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncp \"$KUBECONFIG\" {}\n", report.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shell = |via: &str| {
+        let out = run(sandbox.tka().env("SHELL", &script).args([
+            "shell",
+            "prod",
+            "--server",
+            &server.uri(),
+            "--via",
+            via,
+        ]));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        std::fs::read_to_string(&report).unwrap()
+    };
+    let proxied = shell("proxy");
+    let private = yaml(&proxied);
+    assert_eq!(
+        private["clusters"][0]["cluster"]["server"].as_str(),
+        Some("http://tka-prod.example.ts.net:8443")
+    );
+    assert!(
+        !proxied.contains("exec:") && !proxied.contains(TOKEN),
+        "{proxied}"
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+    // Direct: the exec entry, as before.
+    let direct = shell("direct");
+    assert!(direct.contains("exec:"), "{direct}");
+    assert!(
+        direct.contains("server: https://prod.api.example:6443"),
+        "{direct}"
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 2);
+}
