@@ -167,6 +167,7 @@ pub fn endpoint() -> Result<ClusterEndpoint, FixtureError> {
         server: "https://10.0.0.1:6443".to_owned(),
         certificate_authority_data: Some("LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==".to_owned()),
         proxy: None,
+        direct_tokens: true,
     })
 }
 

@@ -25,6 +25,7 @@ pub fn api_config() -> Result<ApiConfig, FixtureError> {
         cluster: fixtures::endpoint()?,
         policy: fixtures::policy_settings()?,
         allowed_hosts: AllowedHosts::new([HOST.to_owned()], []),
+        proxy_only: false,
         self_node_ids: Vec::new(),
         loopback_peers_only: true,
         service_name: None,

@@ -112,6 +112,24 @@ pub(crate) enum OutputFormat {
     Yaml,
 }
 
+/// How kubectl reaches a cluster (`--via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ViaArg {
+    /// Through the tka proxy on the tailnet: the kubeconfig holds no credential at all.
+    Proxy,
+    /// Straight to the cluster's API server, with a token from the exec plugin (or --static).
+    Direct,
+}
+
+impl From<ViaArg> for tka_core::api::Via {
+    fn from(via: ViaArg) -> Self {
+        match via {
+            ViaArg::Proxy => Self::Proxy,
+            ViaArg::Direct => Self::Direct,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// List the clusters whose tka servers this device finds on the tailnet, the roles you may
@@ -154,9 +172,15 @@ pub(crate) struct SessionArgs {
     pub(crate) ttl: Option<Ttl>,
 
     /// Embed the token in the kubeconfig instead of using the exec plugin (no silent refresh:
-    /// log in again when it expires).
+    /// log in again when it expires). Direct only: through the proxy there is no token.
     #[arg(long = "static")]
     pub(crate) static_token: bool,
+
+    /// How kubectl reaches the cluster: through the tka proxy on the tailnet (the kubeconfig
+    /// then holds no credential) or directly to its API server. Default: the proxy when the
+    /// cluster's server offers one (direct with --static).
+    #[arg(long, value_name = "WAY", value_enum)]
+    pub(crate) via: Option<ViaArg>,
 
     /// The context's default namespace.
     #[arg(short, long, value_name = "NAMESPACE", value_parser = parse_namespace)]

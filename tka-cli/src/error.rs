@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use tka_core::ClusterName;
-use tka_core::api::Problem;
+use tka_core::api::{Problem, ProblemCode};
 use tka_core::endpoint::ServerUrl;
 
 use crate::cache::CacheError;
@@ -22,6 +22,24 @@ pub(crate) enum CliError {
     /// The server refused (403) with a problem document.
     #[error("{}", .problem.detail)]
     NotAuthorized {
+        /// The cluster asked for.
+        cluster: ClusterName,
+        /// What the server said.
+        problem: Box<Problem>,
+    },
+    /// The cluster is reached through the tka proxy only: its server hands no token to a laptop.
+    #[error("{}", .problem.detail)]
+    ProxyOnly {
+        /// The cluster asked for.
+        cluster: ClusterName,
+        /// What the server said.
+        problem: Box<Problem>,
+        /// Whether a kubeconfig context asked (the exec plugin), rather than `tka login`.
+        from_context: bool,
+    },
+    /// A login through the proxy, and the cluster's server runs none.
+    #[error("{}", .problem.detail)]
+    NoProxy {
         /// The cluster asked for.
         cluster: ClusterName,
         /// What the server said.
@@ -168,6 +186,13 @@ impl CliError {
     /// logout): 403 is "not authorized", 404/410 or a session-ended problem is "session ended".
     pub(crate) fn from_session_call(cluster: &ClusterName, error: ApiError) -> Self {
         match error {
+            ApiError::Problem { problem, .. } if problem.code == ProblemCode::ProxyOnly => {
+                Self::ProxyOnly {
+                    cluster: cluster.clone(),
+                    problem,
+                    from_context: true,
+                }
+            }
             ApiError::Problem { problem, .. } if problem.status == 403 => Self::NotAuthorized {
                 cluster: cluster.clone(),
                 problem,
@@ -191,6 +216,19 @@ impl CliError {
     /// Interprets a server error on a login: 403 is "not authorized".
     pub(crate) fn from_login_call(cluster: &ClusterName, error: ApiError) -> Self {
         match error {
+            ApiError::Problem { problem, .. } if problem.code == ProblemCode::ProxyOnly => {
+                Self::ProxyOnly {
+                    cluster: cluster.clone(),
+                    problem,
+                    from_context: false,
+                }
+            }
+            ApiError::Problem { problem, .. } if problem.code == ProblemCode::NoProxy => {
+                Self::NoProxy {
+                    cluster: cluster.clone(),
+                    problem,
+                }
+            }
             ApiError::Problem { problem, .. } if problem.status == 403 => Self::NotAuthorized {
                 cluster: cluster.clone(),
                 problem,
@@ -202,7 +240,9 @@ impl CliError {
     /// The exit code.
     pub(crate) fn exit(&self) -> Exit {
         match self {
-            Self::NotAuthorized { .. } => Exit::NotAuthorized,
+            Self::NotAuthorized { .. } | Self::ProxyOnly { .. } => Exit::NotAuthorized,
+            Self::NoProxy { .. }
+            | Self::Settings(crate::settings::SettingsError::StaticThroughProxy) => Exit::Usage,
             Self::SessionEnded { .. } | Self::IdentityChanged { .. } => Exit::SessionEnded,
             Self::Api(e) => e.exit(),
             Self::Kubeconfig(_) => Exit::Kubeconfig,
@@ -230,6 +270,22 @@ impl CliError {
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
             Self::NotAuthorized { cluster, problem } => Some(not_authorized_hint(cluster, problem)),
+            Self::ProxyOnly {
+                cluster,
+                from_context: true,
+                ..
+            } => Some(format!(
+                "this kubeconfig context asks for tokens, which '{cluster}' no longer hands out; \
+                 run `tka login {cluster}` to point it at the tka proxy"
+            )),
+            Self::ProxyOnly { cluster, .. } => Some(format!(
+                "run `tka login {cluster}` without `--via direct` (and without --static): \
+                 kubectl then goes through the tka proxy and needs no token"
+            )),
+            Self::NoProxy { cluster, .. } => Some(format!(
+                "run `tka login {cluster}` without `--via proxy`, or ask the cluster's operator \
+                 to turn the tka proxy on"
+            )),
             Self::SessionEnded { .. } => None,
             Self::Api(e) => e.hint(),
             Self::Kubeconfig(e) => Some(e.hint()),

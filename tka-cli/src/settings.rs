@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap_complete::Shell;
 use tka_core::ClusterName;
-use tka_core::api::LoginRequest;
+use tka_core::api::{LoginRequest, Via};
 use tka_core::endpoint::ServerUrl;
 use tka_core::kubeconfig::ContextTemplate;
 use tka_core::token_cache::CacheKey;
@@ -62,6 +62,8 @@ pub(crate) enum CredentialMode {
 pub(crate) struct SessionSettings {
     pub(crate) cluster: ClusterName,
     pub(crate) server: Option<ServerUrl>,
+    /// `--via`; `None`: the proxy when the cluster offers one (direct with `--static`).
+    pub(crate) via: Option<Via>,
     pub(crate) request: LoginRequest,
     pub(crate) credential: CredentialMode,
     pub(crate) namespace: Option<String>,
@@ -71,6 +73,7 @@ pub(crate) struct SessionSettings {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionOptions {
     pub(crate) server: Option<ServerUrl>,
+    pub(crate) via: Option<Via>,
     pub(crate) request: LoginRequest,
     pub(crate) credential: CredentialMode,
     pub(crate) namespace: Option<String>,
@@ -81,6 +84,7 @@ impl SessionOptions {
         SessionSettings {
             cluster,
             server: self.server.clone(),
+            via: self.via,
             request: self.request.clone(),
             credential: self.credential.clone(),
             namespace: self.namespace.clone(),
@@ -129,6 +133,11 @@ pub(crate) enum SettingsError {
     /// The config file cannot be used.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `--static` embeds a token, and a login through the proxy has none.
+    #[error(
+        "--static and --via proxy do not go together: through the tka proxy the kubeconfig holds no token to embed"
+    )]
+    StaticThroughProxy,
 }
 
 impl SettingsError {
@@ -136,6 +145,10 @@ impl SettingsError {
         match self {
             Self::CurrentExe(_) => None,
             Self::Config(e) => Some(e.hint()),
+            Self::StaticThroughProxy => Some(
+                "drop --static (the proxy needs no token), or use --via direct for a token"
+                    .to_owned(),
+            ),
         }
     }
 }
@@ -224,6 +237,10 @@ impl TryFrom<(Cli, Environment)> for Settings {
 }
 
 fn session(args: SessionArgs) -> Result<SessionOptions, SettingsError> {
+    let via = args.via.map(Via::from);
+    if args.static_token && via == Some(Via::Proxy) {
+        return Err(SettingsError::StaticThroughProxy);
+    }
     let credential = if args.static_token {
         CredentialMode::Static
     } else {
@@ -234,9 +251,12 @@ fn session(args: SessionArgs) -> Result<SessionOptions, SettingsError> {
     };
     Ok(SessionOptions {
         server: args.server,
+        via,
+        // `via` is decided per server at login (see `commands::login::request`).
         request: LoginRequest {
             role: args.role.map(String::from),
             ttl: args.ttl.map(|t| t.to_string()),
+            via: None,
         },
         credential,
         namespace: args.namespace,

@@ -27,6 +27,39 @@ pub struct LoginRequest {
     /// The session lifetime wanted (`90m`, `8h`); the mapping's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// How kubectl will reach the cluster; the server's default when absent: through the proxy
+    /// on a proxy-only server, else directly (with a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+}
+
+/// How kubectl reaches a cluster's API server.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Via {
+    /// Through the tka proxy on the tailnet: the laptop holds no credential, the proxy forwards
+    /// with the session's token, held only in the server's memory.
+    Proxy,
+    /// Directly to the API server, with a token for the session.
+    #[default]
+    Direct,
+}
+
+impl Via {
+    /// The word on the wire and in output (`proxy`, `direct`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where and how to reach the cluster's API server.
@@ -42,9 +75,18 @@ pub struct ClusterEndpoint {
     /// server's certificate is publicly trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority_data: Option<String>,
-    /// The tka proxy URL on the tailnet, when the cluster is reached through it.
+    /// The tka proxy URL on the tailnet, when the server runs one: kubectl reaches the cluster
+    /// through it with no credential of its own (`via: proxy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// Whether the server hands out tokens for direct use (`via: direct`, `POST /api/v1/token`);
+    /// false on a proxy-only server. Absent (an older server) means true.
+    #[serde(default = "default_true")]
+    pub direct_tokens: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A session as clients see it.
@@ -85,8 +127,13 @@ pub struct LoginResponse {
     pub cluster: ClusterEndpoint,
     /// The session that was created or extended.
     pub session: SessionInfo,
-    /// A token for the session.
-    pub token: TokenInfo,
+    /// A token for the session; absent for a login through the proxy (`via: proxy`), which
+    /// hands the laptop no credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenInfo>,
+    /// How kubectl reaches the cluster for this login. Absent (an older server) means direct.
+    #[serde(default)]
+    pub via: Via,
     /// The granted session lifetime.
     pub ttl: Ttl,
     /// Set when the requested TTL was shortened, saying by which bound.
@@ -194,6 +241,11 @@ pub enum ProblemCode {
     BackendError,
     /// The server cannot issue credentials as configured.
     ServerMisconfigured,
+    /// The cluster is reached through the tka proxy only: the server hands no token to a laptop
+    /// (`POST /api/v1/token`, or a login with `via: direct`, on a proxy-only server).
+    ProxyOnly,
+    /// A login asked for `via: proxy`, and this server runs no proxy.
+    NoProxy,
     /// tailscaled or the Kubernetes API did not answer in time; retry.
     Timeout,
     /// No such endpoint.
@@ -244,6 +296,8 @@ impl ProblemCode {
         Self::ClusterUnavailable,
         Self::BackendError,
         Self::ServerMisconfigured,
+        Self::ProxyOnly,
+        Self::NoProxy,
         Self::Timeout,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -286,6 +340,8 @@ impl ProblemCode {
             Self::ClusterUnavailable => "clusterUnavailable",
             Self::BackendError => "backendError",
             Self::ServerMisconfigured => "serverMisconfigured",
+            Self::ProxyOnly => "proxyOnly",
+            Self::NoProxy => "noProxy",
             Self::Timeout => "timeout",
             Self::NotFound => "notFound",
             Self::MethodNotAllowed => "methodNotAllowed",
@@ -383,6 +439,50 @@ mod tests {
         assert!(serde_json::from_str::<LoginRequest>("{}").is_ok());
         assert!(serde_json::from_str::<LoginRequest>(r#"{"rol":"sre"}"#).is_err());
         assert!(serde_json::from_str::<LoginRequest>(r#"{"ttl":5}"#).is_err());
+    }
+
+    #[test]
+    fn the_way_to_the_cluster_is_on_the_wire_and_older_peers_still_read() {
+        let proxied: LoginRequest = serde_json::from_str(r#"{"via":"proxy"}"#).unwrap();
+        assert_eq!(proxied.via, Some(Via::Proxy));
+        let direct: LoginRequest = serde_json::from_str(r#"{"via":"direct"}"#).unwrap();
+        assert_eq!(direct.via, Some(Via::Direct));
+        assert!(serde_json::from_str::<LoginRequest>(r#"{"via":"tunnel"}"#).is_err());
+        // No `via` is sent unless asked, so an older server (which refuses unknown fields)
+        // still takes the request.
+        assert_eq!(
+            serde_json::to_string(&LoginRequest::default()).unwrap(),
+            "{}"
+        );
+
+        // An older server's endpoint and login answer: tokens for direct use, and a token.
+        let endpoint: ClusterEndpoint =
+            serde_json::from_str(r#"{"name":"prod","server":"https://10.0.0.1:6443"}"#).unwrap();
+        assert!(endpoint.direct_tokens);
+        assert!(
+            serde_json::to_string(&endpoint)
+                .unwrap()
+                .contains(r#""directTokens":true"#)
+        );
+        let login: LoginResponse = serde_json::from_value(serde_json::json!({
+            "cluster": {"name": "prod", "server": "https://10.0.0.1:6443"},
+            "session": {"name": "tka-x", "role": "sre", "expiresAt": "2026-01-01T00:00:00Z",
+                        "device": "laptop", "caller": "alice@example.com"},
+            "token": {"token": "t", "expiresAt": "2026-01-01T00:00:00Z"},
+            "ttl": "1h",
+        }))
+        .unwrap();
+        assert_eq!(login.via, Via::Direct);
+        assert!(login.token.is_some());
+        // A proxied login carries no token at all.
+        let proxied = LoginResponse {
+            token: None,
+            via: Via::Proxy,
+            ..login
+        };
+        let wire = serde_json::to_value(&proxied).unwrap();
+        assert!(wire.get("token").is_none());
+        assert_eq!(wire["via"], "proxy");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use self::yaml::{Node, Out};
 
-use crate::api::ClusterEndpoint;
+use crate::api::{ClusterEndpoint, Via};
 use crate::domain::{ClusterName, is_dns1123_label};
 use crate::endpoint::{ServerUrl, Socks5Addr};
 use crate::secret::Secret;
@@ -209,6 +209,10 @@ pub struct LoginMarker {
     /// The local identity the login was made as (see [`crate::token_cache::CacheKey`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// How kubectl reaches the cluster: through the tka proxy (no credential in the entries)
+    /// or directly. Written only for the proxy; entries without it are direct.
+    #[serde(default)]
+    pub via: Via,
 }
 
 /// How kubectl gets its bearer token.
@@ -225,6 +229,20 @@ pub enum UserCredential {
         /// The bearer token.
         token: Secret<String>,
     },
+    /// None at all: kubectl talks to the tka proxy, which forwards with the session's token held
+    /// in the server's memory. The cluster entry names the proxy, and the user entry carries
+    /// neither a token nor an exec entry.
+    Proxied,
+}
+
+impl UserCredential {
+    /// How kubectl reaches the cluster with this credential.
+    pub fn via(&self) -> Via {
+        match self {
+            Self::Proxied => Via::Proxy,
+            Self::Exec { .. } | Self::Static { .. } => Via::Direct,
+        }
+    }
 }
 
 /// What a login needs besides the server's cluster endpoint.
@@ -259,14 +277,25 @@ pub struct LoginEntries {
 
 impl LoginEntries {
     /// Builds the entries from the server's cluster endpoint. The API server URL must be plain
-    /// `http(s)://host[:port][/path]` and the CA data base64; when the endpoint names a tka proxy,
-    /// the proxy is the server (and the cluster's own CA does not apply to it).
+    /// `http(s)://host[:port][/path]` and the CA data base64. A proxied login
+    /// ([`UserCredential::Proxied`]) points at the endpoint's tka proxy instead, with no CA (the
+    /// cluster's CA is for its API server; a TLS proxy has the tailnet's public certificate),
+    /// and needs the endpoint to name one.
     pub fn new(
         endpoint: &ClusterEndpoint,
         options: EntryOptions<'_>,
     ) -> Result<Self, KubeconfigError> {
-        let via_proxy = endpoint.proxy.is_some();
-        let raw_server = endpoint.proxy.as_deref().unwrap_or(&endpoint.server);
+        let via_proxy = options.credential.via() == Via::Proxy;
+        let raw_server = if via_proxy {
+            endpoint.proxy.as_deref().ok_or_else(|| {
+                KubeconfigError::Endpoint(
+                    "a login through the tka proxy needs the proxy's URL, and the server named none"
+                        .to_owned(),
+                )
+            })?
+        } else {
+            &endpoint.server
+        };
         let api_server =
             ServerUrl::parse(raw_server).map_err(|e| KubeconfigError::Endpoint(e.to_string()))?;
         let certificate_authority_data = match &endpoint.certificate_authority_data {
@@ -295,6 +324,7 @@ impl LoginEntries {
                 cluster: endpoint.name.clone(),
                 server: options.server.clone(),
                 identity: options.identity.map(str::to_owned),
+                via: options.credential.via(),
             },
             api_server,
             certificate_authority_data,
@@ -355,6 +385,9 @@ impl LoginEntries {
         if let Some(identity) = &self.marker.identity {
             marker.push(("identity", Out::str(identity)));
         }
+        if self.marker.via == Via::Proxy {
+            marker.push(("via", Out::str(self.marker.via.as_str())));
+        }
         Out::Map(vec![
             ("name", Out::str(LOGIN_EXTENSION)),
             ("extension", Out::Map(marker)),
@@ -393,6 +426,8 @@ impl LoginEntries {
             UserCredential::Static { token } => {
                 body.push(("token", Out::str(token.expose())));
             }
+            // The proxy supplies the credential on the server side.
+            UserCredential::Proxied => {}
         }
         body.push(("extensions", Out::Seq(vec![self.marker_extension()])));
         named(&self.context, "user", body)
@@ -1237,6 +1272,10 @@ fn marker_of(item: &Node, body_key: &str) -> Option<LoginMarker> {
         cluster: ClusterName::new(field("cluster")?).ok()?,
         server: ServerUrl::parse(field("server")?).ok()?,
         identity: field("identity").map(str::to_owned),
+        via: match field("via") {
+            Some("proxy") => Via::Proxy,
+            _ => Via::Direct,
+        },
     })
 }
 

@@ -51,11 +51,11 @@ impl EndpointProblems for LoginProblems {
         ),
         (
             StatusCode::FORBIDDEN,
-            "Refused: browser request, unknown Host, caller not in the tailnet, or no usable grant (`noGrants`, `noGrantForRole`, `noMapping`, `subjectsDoNotMatch`, `forbiddenNamespace`, …)",
+            "Refused: browser request, unknown Host, caller not in the tailnet, no usable grant (`noGrants`, `noGrantForRole`, `noMapping`, `subjectsDoNotMatch`, `forbiddenNamespace`, …), or `via: direct` on a proxy-only server (`proxyOnly`)",
         ),
         (
             StatusCode::CONFLICT,
-            "A concurrent change to this device's session; retry",
+            "A concurrent change to this device's session, retry; or `via: proxy` on a server that runs no tka proxy (`noProxy`)",
         ),
         (StatusCode::PAYLOAD_TOO_LARGE, BODY_TOO_LARGE),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, NOT_JSON),
@@ -65,7 +65,7 @@ impl EndpointProblems for LoginProblems {
     ];
 }
 
-/// Log in: authorize, create or extend the device's session, and mint a token.
+/// Log in: authorize, create or extend the device's session; a token unless through the proxy.
 #[utoipa::path(
     post,
     path = "/api/v1/login",
@@ -115,7 +115,7 @@ impl EndpointProblems for TokenProblems {
         (StatusCode::BAD_REQUEST, "Malformed body"),
         (
             StatusCode::FORBIDDEN,
-            "Refused, or the grant no longer holds and the session was ended (`sessionEnded`)",
+            "Refused, or the grant no longer holds and the session was ended (`sessionEnded`), or the server is proxy-only and hands out no tokens (`proxyOnly`)",
         ),
         (
             StatusCode::NOT_FOUND,
@@ -153,7 +153,7 @@ pub async fn token(
     Extension(caller): Extension<Caller>,
     JsonBody(_): JsonBody<EmptyRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    Ok(Json(Sessions::new(&state).token(&caller).await?))
+    Ok(Json(Sessions::new(&state).token_for_caller(&caller).await?))
 }
 
 /// The error statuses of `GET /api/v1/session`.

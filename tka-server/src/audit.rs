@@ -58,6 +58,7 @@ pub struct Record {
     session: String,
     token_id: String,
     token_expires_at: String,
+    via: String,
     reason: String,
 }
 
@@ -101,6 +102,7 @@ impl Record {
             session: NONE.to_owned(),
             token_id: NONE.to_owned(),
             token_expires_at: NONE.to_owned(),
+            via: NONE.to_owned(),
             reason: NONE.to_owned(),
         }
     }
@@ -125,6 +127,7 @@ impl Record {
             session: NONE.to_owned(),
             token_id: NONE.to_owned(),
             token_expires_at: NONE.to_owned(),
+            via: NONE.to_owned(),
             reason: reason.to_string(),
         }
     }
@@ -156,6 +159,23 @@ impl Record {
             .clone()
             .unwrap_or_else(|| NONE.to_owned());
         self.token_expires_at = credential.token_expires_at.to_string();
+        self
+    }
+
+    /// Records the session a credential belongs to, without the token's ID or expiry: for a
+    /// login through the proxy, which hands the caller no token.
+    #[must_use]
+    pub fn session_of(mut self, credential: &IssuedCredential) -> Self {
+        self.role = credential.role.to_string();
+        self.session = credential.session.to_string();
+        self.expires_at = credential.session_expires_at.to_string();
+        self
+    }
+
+    /// Records how kubectl reaches the cluster for a login (`proxy`: the caller got no token).
+    #[must_use]
+    pub fn via(mut self, via: tka_core::api::Via) -> Self {
+        self.via = via.to_string();
         self
     }
 
@@ -225,6 +245,7 @@ impl Record {
             session = %self.session,
             token_id = %self.token_id,
             token_expires_at = %self.token_expires_at,
+            via = %self.via,
             reason = %self.reason,
             "audit"
         );

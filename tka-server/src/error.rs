@@ -200,6 +200,16 @@ fn classify_session(e: &SessionError) -> Class {
         SessionError::NoSession => {
             class(StatusCode::NOT_FOUND, ProblemCode::NoSession, "No session")
         }
+        SessionError::ProxyOnly { .. } => class(
+            StatusCode::FORBIDDEN,
+            ProblemCode::ProxyOnly,
+            "Reached through the tka proxy only",
+        ),
+        SessionError::NoProxy { .. } => class(
+            StatusCode::CONFLICT,
+            ProblemCode::NoProxy,
+            "No tka proxy here",
+        ),
         SessionError::Issue(e) => classify_issue(e),
         SessionError::Timeout { .. } => timeout_class(),
     }

@@ -1,8 +1,8 @@
 //! A ready-to-use kubeconfig for `POST /api/v1/login` with `Accept: application/yaml`, for curl
-//! users: the token embedded, rendered by tka-core's one kubeconfig renderer
-//! ([`tka_core::kubeconfig`], feature `client`) from the same answer the JSON carries, so it
-//! honours the endpoint exactly as `tka login --static` does (a tka proxy replaces the API server
-//! and its CA). The entries carry tka's marker naming this server, so `tka login` and `tka logout`
+//! users, rendered by tka-core's one kubeconfig renderer ([`tka_core::kubeconfig`], feature
+//! `client`) from the same answer the JSON carries: a direct login embeds the token, exactly as
+//! `tka login --static` does; a login through the tka proxy (no token in the answer) points at
+//! the proxy and carries no credential, exactly as `tka login --via proxy` does. The entries carry tka's marker naming this server, so `tka login` and `tka logout`
 //! recognise them later. This module only renders: it must not decide what goes into the answer
 //! (the sessions service does) or build YAML by hand.
 
@@ -15,8 +15,9 @@ use tka_core::kubeconfig::{
 /// The `Content-Type` of a kubeconfig answer.
 pub const CONTENT_TYPE: &str = "application/yaml";
 
-/// Renders a kubeconfig with one cluster, one user (the token) and one current context, all
-/// named `tka-<cluster>`; `server` is this tka server as the client reached it.
+/// Renders a kubeconfig with one cluster, one user (the token, or nothing through the proxy) and
+/// one current context, all named `tka-<cluster>`; `server` is this tka server as the client
+/// reached it.
 pub fn render(login: &LoginResponse, server: &ServerUrl) -> Result<String, KubeconfigError> {
     let entries = LoginEntries::new(
         &login.cluster,
@@ -26,8 +27,11 @@ pub fn render(login: &LoginResponse, server: &ServerUrl) -> Result<String, Kubec
             identity: None,
             socks5: None,
             namespace: None,
-            credential: UserCredential::Static {
-                token: login.token.token.clone(),
+            credential: match &login.token {
+                Some(token) => UserCredential::Static {
+                    token: token.token.clone(),
+                },
+                None => UserCredential::Proxied,
             },
         },
     )?;
@@ -37,11 +41,13 @@ pub fn render(login: &LoginResponse, server: &ServerUrl) -> Result<String, Kubec
 #[cfg(test)]
 mod tests {
     use jiff::Timestamp;
-    use tka_core::api::{ClusterEndpoint, SessionInfo, TokenInfo};
+    use tka_core::api::{ClusterEndpoint, SessionInfo, TokenInfo, Via};
     use tka_core::{ClusterName, RoleName, Secret, SessionName, Ttl};
 
     use super::*;
 
+    /// A login answer; `proxy` is the advertised tka proxy, and a login through it carries no
+    /// token.
     fn login(proxy: Option<&str>) -> LoginResponse {
         LoginResponse {
             cluster: ClusterEndpoint {
@@ -49,6 +55,7 @@ mod tests {
                 server: "https://10.0.0.1:6443".to_owned(),
                 certificate_authority_data: Some("Q0EK".to_owned()),
                 proxy: proxy.map(str::to_owned),
+                direct_tokens: true,
             },
             session: SessionInfo {
                 name: SessionName::new("tka-session-alice").unwrap(),
@@ -57,9 +64,14 @@ mod tests {
                 device: "laptop".to_owned(),
                 caller: "alice@example.com".to_owned(),
             },
-            token: TokenInfo {
+            token: proxy.is_none().then(|| TokenInfo {
                 token: Secret::new("eyJhbGciOiJSUzI1NiJ9.e30.sig".to_owned()),
                 expires_at: Timestamp::UNIX_EPOCH,
+            }),
+            via: if proxy.is_some() {
+                Via::Proxy
+            } else {
+                Via::Direct
             },
             ttl: Ttl::parse("1h").unwrap(),
             clamped: None,
@@ -96,5 +108,9 @@ mod tests {
         assert_eq!(cluster["server"], "https://tka-proxy.example.ts.net");
         // The cluster's own CA does not apply to the proxy.
         assert!(cluster.get("certificate-authority-data").is_none());
+        // And the user entry holds no credential at all.
+        let user = config["users"][0]["user"].as_object().unwrap();
+        assert_eq!(user.keys().collect::<Vec<_>>(), ["extensions"]);
+        assert_eq!(config["contexts"][0]["context"]["user"], "tka-prod");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tka_core::api::{
-    ClusterResponse, LoginRequest, LoginResponse, SessionInfo, TokenInfo, TokenResponse,
+    ClusterResponse, LoginRequest, LoginResponse, SessionInfo, TokenInfo, TokenResponse, Via,
 };
 use tka_core::issuer::{self, IssueError, IssueOutcome, IssuedCredential, SessionState};
 use tka_core::policy::{GrantVerdict, HeldGrant, RoleListing, grant_holds};
@@ -65,6 +65,22 @@ pub enum SessionError {
     /// The device has no live session.
     #[error("this device has no live session on this cluster; run `tka login` first")]
     NoSession,
+    /// A token for direct use was asked of a proxy-only server.
+    #[error(
+        "cluster {cluster} is reached through the tka proxy only, so this server hands no token to a laptop; run `tka login {cluster}` (it uses the proxy) instead of asking for a token"
+    )]
+    ProxyOnly {
+        /// The cluster.
+        cluster: tka_core::ClusterName,
+    },
+    /// A login through the proxy was asked of a server that runs none.
+    #[error(
+        "this server runs no tka proxy for cluster {cluster}; log in without `--via proxy` (or with `--via direct`)"
+    )]
+    NoProxy {
+        /// The cluster.
+        cluster: tka_core::ClusterName,
+    },
     /// The issuer failed.
     #[error(transparent)]
     Issue(#[from] IssueError),
@@ -93,12 +109,15 @@ pub enum LoginOutcome {
         /// Why the issuer failed.
         error: SessionError,
     },
-    /// A session was created, extended or changed, and a token minted.
+    /// A session was created, extended or changed, and a token minted; through the proxy the
+    /// token stays on the server and is dropped there.
     Issued {
         /// What policy allowed.
         decision: Decision,
         /// The session and its token.
         credential: IssuedCredential,
+        /// How kubectl reaches the cluster: through the proxy, the caller gets no token.
+        via: Via,
     },
 }
 
@@ -169,7 +188,8 @@ impl<'a> Sessions<'a> {
     }
 
     /// Log in: decide (policy over the caller's grants and the mappings), then create or extend
-    /// the device's session and mint a token. Observed.
+    /// the device's session and mint a token, which the caller gets only for a direct login
+    /// (`via`; through the tka proxy the answer holds no token). Observed.
     pub async fn login(
         &self,
         caller: &Caller,
@@ -184,22 +204,48 @@ impl<'a> Sessions<'a> {
             LoginOutcome::Issued {
                 decision,
                 credential,
+                via,
             } => Ok(LoginResponse {
-                cluster: self.state.config.cluster.clone(),
+                cluster: self.state.config.cluster_endpoint(),
                 session: SessionInfo::from((&credential, identity)),
-                token: TokenInfo {
+                // Through the proxy the laptop holds no credential: the token is dropped here.
+                token: (via == Via::Direct).then_some(TokenInfo {
                     token: credential.token,
                     expires_at: credential.token_expires_at,
-                },
+                }),
+                via,
                 ttl: decision.ttl,
                 clamped: decision.clamped,
             }),
         }
     }
 
+    /// How a login reaches the cluster: as asked, else through the proxy on a proxy-only server
+    /// and directly otherwise. A direct login on a proxy-only server and a proxy login on a
+    /// server without a proxy are refused before policy is asked.
+    fn via(&self, asked: Option<Via>) -> Result<Via, SessionError> {
+        let config = &self.state.config;
+        let cluster = || config.cluster.name.clone();
+        match asked {
+            None if config.proxy_only => Ok(Via::Proxy),
+            None => Ok(Via::Direct),
+            Some(Via::Direct) if config.proxy_only => {
+                Err(SessionError::ProxyOnly { cluster: cluster() })
+            }
+            Some(Via::Proxy) if config.cluster.proxy.is_none() => {
+                Err(SessionError::NoProxy { cluster: cluster() })
+            }
+            Some(via) => Ok(via),
+        }
+    }
+
     async fn login_outcome(&self, caller: &Caller, request: &LoginRequest) -> LoginOutcome {
         let state = self.state;
         let identity = &*caller.identity;
+        let via = match self.via(request.via) {
+            Ok(via) => via,
+            Err(e) => return LoginOutcome::Invalid(e),
+        };
         let role = match request.role.as_deref().map(RoleName::new).transpose() {
             Ok(role) => role,
             Err(e) => return LoginOutcome::Invalid(SessionError::InvalidRole(e.to_string())),
@@ -223,6 +269,7 @@ impl<'a> Sessions<'a> {
             Ok(credential) => LoginOutcome::Issued {
                 decision,
                 credential,
+                via,
             },
             Err(error) => LoginOutcome::Failed { decision, error },
         }
@@ -258,6 +305,20 @@ impl<'a> Sessions<'a> {
                 },
             }),
         }
+    }
+
+    /// A fresh token handed to the caller itself (`POST /api/v1/token`): [`Self::token`], except
+    /// that a proxy-only server hands none out. (The proxy mints through [`Self::token`] and keeps
+    /// its tokens in memory, so it works on a proxy-only server.) Observed.
+    pub async fn token_for_caller(&self, caller: &Caller) -> Result<TokenResponse, SessionError> {
+        if self.state.config.proxy_only {
+            let refused = || SessionError::ProxyOnly {
+                cluster: self.state.config.cluster.name.clone(),
+            };
+            self.observe(caller, Outcome::Token(&TokenOutcome::Refused(refused())));
+            return Err(refused());
+        }
+        self.token(caller).await
     }
 
     async fn token_outcome(&self, caller: &Caller) -> TokenOutcome {
@@ -353,7 +414,7 @@ impl<'a> Sessions<'a> {
         let roles = available_roles(&self.policy_context(identity, &grants, &mappings));
         let session = self.live_session(identity).await?;
         Ok(ClusterResponse {
-            cluster: state.config.cluster.clone(),
+            cluster: state.config.cluster_endpoint(),
             caller: identity.describe(),
             roles,
             session,
@@ -366,6 +427,18 @@ impl<'a> Sessions<'a> {
         let identity = &*caller.identity;
         let record = |event| Record::new(event, identity, &caller.peer);
         match outcome {
+            Outcome::Login(LoginOutcome::Invalid(
+                error @ (SessionError::ProxyOnly { .. } | SessionError::NoProxy { .. }),
+            )) => {
+                metrics.login(LoginMetric::Denied);
+                record(Event::Denial)
+                    .outcome(match error {
+                        SessionError::ProxyOnly { .. } => "proxyOnly",
+                        _ => "noProxy",
+                    })
+                    .reason(error)
+                    .emit();
+            }
             Outcome::Login(LoginOutcome::Invalid(_)) => metrics.login(LoginMetric::Invalid),
             Outcome::Login(LoginOutcome::Denied(denial)) => {
                 metrics.login(if denial.kind.is_bad_request() {
@@ -386,13 +459,22 @@ impl<'a> Sessions<'a> {
             Outcome::Login(LoginOutcome::Issued {
                 decision,
                 credential,
+                via,
             }) => {
                 metrics.login(LoginMetric::Issued);
                 metrics.token_minted();
-                record(Event::Issue)
-                    .decision(decision)
-                    .credential(credential)
-                    .outcome(outcome_word(credential.outcome))
+                let issued = record(Event::Issue).decision(decision).via(*via);
+                let issued = match via {
+                    Via::Direct => issued.credential(credential),
+                    // The caller got no token: the record names the session only.
+                    _ => issued.session_of(credential),
+                };
+                issued.outcome(outcome_word(credential.outcome)).emit();
+            }
+            Outcome::Token(TokenOutcome::Refused(error @ SessionError::ProxyOnly { .. })) => {
+                record(Event::Denial)
+                    .outcome("proxyOnly")
+                    .reason(error)
                     .emit();
             }
             Outcome::Token(TokenOutcome::Refused(_)) => {}

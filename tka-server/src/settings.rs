@@ -124,6 +124,8 @@ impl Settings {
     /// The configuration of the login API router.
     pub fn api_config(&self) -> ApiConfig {
         ApiConfig {
+            // Set by `--proxy-only` once the proxy listener is configured.
+            proxy_only: false,
             cluster: self.cluster.clone(),
             policy: self.policy.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
@@ -393,6 +395,7 @@ impl TryFrom<ServeArgs> for Settings {
             server: api_server_url(&args.api_server_url)?,
             certificate_authority_data: ca_data(&args)?,
             proxy: None,
+            direct_tokens: true,
         };
 
         if !is_dns1123_label(&args.namespace) {

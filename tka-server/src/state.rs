@@ -31,6 +31,9 @@ pub struct ApiConfig {
     pub policy: PolicySettings,
     /// The `Host` values the API answers to.
     pub allowed_hosts: AllowedHosts,
+    /// The cluster is reached through the tka proxy only: no token is handed to a laptop
+    /// (`POST /api/v1/token` and logins with `via: direct` are refused with `proxyOnly`).
+    pub proxy_only: bool,
     /// The server's own node IDs; whois answers naming one are refused.
     pub self_node_ids: Vec<NodeId>,
     /// Refuse TCP peers that are not loopback (userspace networking and PROXY mode).
@@ -45,6 +48,17 @@ pub struct ApiConfig {
     pub whois_timeout: Duration,
     /// Deadline for one issuer call.
     pub issuer_timeout: Duration,
+}
+
+impl ApiConfig {
+    /// The cluster as clients are told about it, saying whether tokens for direct use are
+    /// handed out (not on a proxy-only server).
+    pub fn cluster_endpoint(&self) -> ClusterEndpoint {
+        ClusterEndpoint {
+            direct_tokens: !self.proxy_only,
+            ..self.cluster.clone()
+        }
+    }
 }
 
 /// The implementations the API runs on.

@@ -66,7 +66,9 @@ pub(crate) fn run(
         Err(error) => {
             let error = CliError::from_session_call(&key.cluster, error);
             match error {
-                CliError::NotAuthorized { .. } | CliError::SessionEnded { .. } => {
+                CliError::NotAuthorized { .. }
+                | CliError::SessionEnded { .. }
+                | CliError::ProxyOnly { .. } => {
                     cache.remove(key);
                     Err(error)
                 }

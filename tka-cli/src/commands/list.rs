@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use serde::Serialize;
-use tka_core::api::SessionInfo;
+use tka_core::api::{SessionInfo, Via};
 use tka_core::endpoint::ServerUrl;
 use tka_core::{Clock, ClusterName, Ttl};
 
@@ -31,6 +31,13 @@ struct ListEntry {
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     caller: Option<String>,
+    /// How a login reaches the cluster by default: `proxy` when its server offers the tka
+    /// proxy, else `direct`; absent when it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<Via>,
+    /// False when the server hands out no tokens for direct use (proxy only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direct_tokens: Option<bool>,
     roles: Vec<RoleEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: Option<SessionInfo>,
@@ -91,6 +98,8 @@ fn entry(found: Found) -> ListEntry {
         node_id: candidate.node.id,
         state: "ok",
         caller: None,
+        via: None,
+        direct_tokens: None,
         roles: Vec::new(),
         session: None,
         conflict: None,
@@ -132,6 +141,12 @@ fn entry(found: Found) -> ListEntry {
         }
     };
     let response = *response;
+    e.via = Some(if response.cluster.proxy.is_some() {
+        Via::Proxy
+    } else {
+        Via::Direct
+    });
+    e.direct_tokens = Some(response.cluster.direct_tokens);
     e.cluster = Some(response.cluster.name);
     e.caller = Some(response.caller);
     e.roles = response
@@ -150,9 +165,10 @@ fn entry(found: Found) -> ListEntry {
 }
 
 fn table(entries: &[ListEntry]) -> String {
-    let mut rows: Vec<[String; 4]> = vec![[
+    let mut rows: Vec<[String; 5]> = vec![[
         "CLUSTER".to_owned(),
         "SERVER".to_owned(),
+        "VIA".to_owned(),
         "ROLES (MAX TTL)".to_owned(),
         "SESSION".to_owned(),
     ]];
@@ -188,9 +204,14 @@ fn table(entries: &[ListEntry]) -> String {
             (None, Some(s)) => format!("{} until {}", s.role, output::local_time(s.expires_at)),
             (None, None) => "-".to_owned(),
         };
-        rows.push([cluster, Untrusted(&e.node).to_string(), roles, session]);
+        let via = match (e.via, e.direct_tokens) {
+            (Some(Via::Proxy), Some(false)) => "proxy only".to_owned(),
+            (Some(via), _) => via.to_string(),
+            (None, _) => "-".to_owned(),
+        };
+        rows.push([cluster, Untrusted(&e.node).to_string(), via, roles, session]);
     }
-    let widths: Vec<usize> = (0..3)
+    let widths: Vec<usize> = (0..4)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

@@ -3,12 +3,14 @@
 //! file can be written where it goes), so a broken or read-only file costs no session; if the
 //! write still fails after the server answered, the new session is ended again.
 //!
-//! It owns that order. It must not leave a session on the server that no kubeconfig names, nor
-//! find servers itself ([`super::servers`] does).
+//! It owns that order, and how kubectl will reach the cluster (`--via`; by default the tka
+//! proxy whenever the cluster's server offers one): a proxied context points at the proxy and
+//! holds no credential, so nothing is cached either. It must not leave a session on the server
+//! that no kubeconfig names, nor find servers itself ([`super::servers`] does).
 
 use jiff::Timestamp;
 use serde::Serialize;
-use tka_core::api::LoginResponse;
+use tka_core::api::{ClusterEndpoint, LoginResponse, Via};
 use tka_core::endpoint::ServerUrl;
 use tka_core::kubeconfig::{
     ContextTemplate, EntryOptions, Kubeconfig, LoginEntries, UserCredential,
@@ -40,7 +42,12 @@ pub(crate) struct LoginSummary {
     pub(crate) device: String,
     pub(crate) ttl: Ttl,
     pub(crate) session_expires_at: Timestamp,
-    pub(crate) token_expires_at: Timestamp,
+    /// Absent through the proxy: no token reached this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) token_expires_at: Option<Timestamp>,
+    /// How kubectl reaches the cluster: `proxy` or `direct`.
+    pub(crate) via: Via,
+    /// `exec`, `static`, or `none` (through the proxy).
     pub(crate) credential: &'static str,
     pub(crate) switched: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +82,7 @@ fn run_all(settings: &Settings, login: &LoginSettings, clock: &dyn Clock) -> Res
                     settings,
                     login,
                     &session,
-                    Some(f.candidate.url.clone()),
+                    Some((f.candidate.url.clone(), Some(response.cluster.clone()))),
                     clock,
                 ) {
                     Ok(summary) => summaries.push(summary),
@@ -106,7 +113,7 @@ fn login_one(
     settings: &Settings,
     login: &LoginSettings,
     session: &SessionSettings,
-    server: Option<ServerUrl>,
+    server: Option<(ServerUrl, Option<ClusterEndpoint>)>,
     clock: &dyn Clock,
 ) -> Result<LoginSummary, CliError> {
     let file = KubeconfigFile::locate(&settings.env)?;
@@ -119,8 +126,8 @@ fn login_one(
             source,
         }
     })?;
-    let server = match server {
-        Some(server) => server,
+    let (server, offered) = match server {
+        Some(found) => found,
         None => resolve_server(
             settings,
             &session.cluster,
@@ -130,9 +137,10 @@ fn login_one(
         )?,
     };
 
-    let response = request(&settings.network, &server, session)?;
+    let (response, via) = request(&settings.network, &server, session, offered.as_ref())?;
     let written = entries(
         &response,
+        via,
         &server,
         session,
         &login.template,
@@ -146,7 +154,10 @@ fn login_one(
         Ok(change) => change,
         Err(cause) => return Err(revoke(&settings.network, &server, &session.cluster, cause)),
     };
-    seed_cache(settings, &server, &response, clock);
+    match via {
+        Via::Direct => seed_cache(settings, &server, &response, clock),
+        Via::Proxy => drop_cached_tokens(settings, &server, &session.cluster),
+    }
 
     Ok(LoginSummary {
         cluster: session.cluster.to_string(),
@@ -158,10 +169,15 @@ fn login_one(
         device: response.session.device.clone(),
         ttl: response.ttl,
         session_expires_at: response.session.expires_at,
-        token_expires_at: response.token.expires_at,
-        credential: match session.credential {
-            CredentialMode::Exec { .. } => "exec",
-            CredentialMode::Static => "static",
+        token_expires_at: match via {
+            Via::Direct => response.token.as_ref().map(|t| t.expires_at),
+            Via::Proxy => None,
+        },
+        via,
+        credential: match (via, &session.credential) {
+            (Via::Proxy, _) => "none",
+            (Via::Direct, CredentialMode::Exec { .. }) => "exec",
+            (Via::Direct, CredentialMode::Static) => "static",
         },
         switched: change.switched,
         previous_context: change.previous_context,
@@ -190,16 +206,55 @@ fn revoke(
     }
 }
 
-/// `POST /api/v1/login`, with a spinner, checking that the server serves the cluster asked for.
+/// How a login reaches the cluster, and the `via` its request carries: `--via` as given; else
+/// the proxy when the cluster's server offers one (as `offered`, or as the server says when
+/// asked) unless `--static` wants a token. Nothing is sent when the server offers no proxy, so an
+/// older server (which refuses fields it does not know) still takes the request.
+fn choose_via(
+    client: &ApiClient,
+    server: &ServerUrl,
+    session: &SessionSettings,
+    offered: Option<&ClusterEndpoint>,
+) -> Result<(Via, Option<Via>), CliError> {
+    if let Some(via) = session.via {
+        return Ok((via, Some(via)));
+    }
+    let proxy_offered = match offered {
+        Some(endpoint) => endpoint.proxy.is_some(),
+        None => output::with_spinner(
+            format!("Asking {server} how to reach {}", session.cluster),
+            || client.cluster(),
+        )
+        .map_err(|e| CliError::from_login_call(&session.cluster, e))?
+        .cluster
+        .proxy
+        .is_some(),
+    };
+    Ok(match (&session.credential, proxy_offered) {
+        (_, false) => (Via::Direct, None),
+        (CredentialMode::Static, true) => (Via::Direct, Some(Via::Direct)),
+        (CredentialMode::Exec { .. }, true) => (Via::Proxy, Some(Via::Proxy)),
+    })
+}
+
+/// `POST /api/v1/login`, with a spinner, checking that the server serves the cluster asked for;
+/// with how kubectl will reach the cluster (see [`choose_via`]; a proxy-only server answering a
+/// login that did not say is through the proxy too).
 pub(crate) fn request(
     network: &Network,
     server: &ServerUrl,
     session: &SessionSettings,
-) -> Result<LoginResponse, CliError> {
+    offered: Option<&ClusterEndpoint>,
+) -> Result<(LoginResponse, Via), CliError> {
     let client = ApiClient::new(server.clone(), network)?;
+    let (via, asked) = choose_via(&client, server, session, offered)?;
+    let request = tka_core::api::LoginRequest {
+        via: asked,
+        ..session.request.clone()
+    };
     let response = output::with_spinner(
         format!("Logging in to {} at {server}", session.cluster),
-        || client.login(&session.request),
+        || client.login(&request),
     )
     .map_err(|e| CliError::from_login_call(&session.cluster, e))?;
     if response.cluster.name != session.cluster {
@@ -212,32 +267,68 @@ pub(crate) fn request(
     // The device name becomes the exec entry's `--identity` argument: one that starts with a
     // dash would be read by `tka credential` as an option (and break every kubectl call).
     if response.session.device.starts_with('-') {
-        return Err(CliError::Api(ApiError::InvalidResponse {
-            server: server.clone(),
-            reason: format!(
+        return Err(invalid(
+            server,
+            format!(
                 "it names this device {:?}, which cannot be a command-line argument",
                 response.session.device
             ),
-        }));
+        ));
     }
-    Ok(response)
+    let via = match (via, &response.token) {
+        (Via::Proxy, _) => Via::Proxy,
+        (Via::Direct, Some(_)) => Via::Direct,
+        // A proxy-only server chose the proxy for a login that did not say.
+        (Via::Direct, None) if asked.is_none() && response.via == Via::Proxy => {
+            if matches!(session.credential, CredentialMode::Static) {
+                return Err(invalid(
+                    server,
+                    "it handed out no token for --static (the cluster is reached through the \
+                     tka proxy only); log in without --static"
+                        .to_owned(),
+                ));
+            }
+            Via::Proxy
+        }
+        (Via::Direct, None) => {
+            return Err(invalid(
+                server,
+                "it handed out no token for a direct login".to_owned(),
+            ));
+        }
+    };
+    Ok((response, via))
 }
 
-/// The kubeconfig entries for a login, built from data fields of the response only.
+fn invalid(server: &ServerUrl, reason: String) -> CliError {
+    CliError::Api(ApiError::InvalidResponse {
+        server: server.clone(),
+        reason,
+    })
+}
+
+/// The kubeconfig entries for a login, built from data fields of the response only: through the
+/// proxy, the proxy's URL and no credential at all (a token the server sent anyway is not
+/// written).
 pub(crate) fn entries(
     response: &LoginResponse,
+    via: Via,
     server: &ServerUrl,
     session: &SessionSettings,
     template: &ContextTemplate,
     network: &Network,
 ) -> Result<LoginEntries, CliError> {
-    let credential = match &session.credential {
-        CredentialMode::Exec { command } => UserCredential::Exec {
+    let credential = match (via, &session.credential, &response.token) {
+        (Via::Proxy, _, _) => UserCredential::Proxied,
+        (Via::Direct, CredentialMode::Exec { command }, _) => UserCredential::Exec {
             command: command.clone(),
         },
-        CredentialMode::Static => UserCredential::Static {
-            token: Secret::new(response.token.token.expose().clone()),
+        (Via::Direct, CredentialMode::Static, Some(token)) => UserCredential::Static {
+            token: Secret::new(token.token.expose().clone()),
         },
+        (Via::Direct, CredentialMode::Static, None) => {
+            return Err(invalid(server, "it handed out no token".to_owned()));
+        }
     };
     LoginEntries::new(
         &response.cluster,
@@ -254,9 +345,10 @@ pub(crate) fn entries(
 }
 
 /// kubectl reads a kubeconfig's credentials only for TLS servers (client-go's clientcmd), so
-/// an `http://` API server gets requests without a token.
+/// an `http://` API server gets requests without a token. (The tka proxy needs none: plain HTTP
+/// over the tailnet is what it is for.)
 pub(crate) fn warn_if_plain_http(entries: &LoginEntries) {
-    if entries.api_server().as_str().starts_with("http://") {
+    if entries.marker().via == Via::Direct && entries.api_server().as_str().starts_with("http://") {
         output::warn(
             &format!(
                 "the cluster's API server is {}; kubectl sends no credentials to http:// servers, \
@@ -281,6 +373,9 @@ pub(crate) fn seed_cache(
     response: &LoginResponse,
     clock: &dyn Clock,
 ) {
+    let Some(token) = &response.token else {
+        return;
+    };
     let key = CacheKey {
         server: server.clone(),
         cluster: response.cluster.name.clone(),
@@ -288,8 +383,8 @@ pub(crate) fn seed_cache(
     };
     let entry = CachedToken::new(
         &key,
-        response.token.token.clone(),
-        response.token.expires_at,
+        token.token.clone(),
+        token.expires_at,
         clock.now(),
         Some(response.session.expires_at),
     );
@@ -301,6 +396,14 @@ pub(crate) fn seed_cache(
             &format!("the token was not cached ({e}); kubectl's first call will fetch one"),
             false,
         );
+    }
+}
+
+/// Removes the tokens an earlier direct login to this cluster left in the cache: through the proxy
+/// no token belongs on this machine.
+pub(crate) fn drop_cached_tokens(settings: &Settings, server: &ServerUrl, cluster: &ClusterName) {
+    if let Ok(cache) = TokenCache::locate(&settings.env) {
+        cache.remove_for(server, cluster);
     }
 }
 
@@ -343,11 +446,14 @@ fn human(s: &LoginSummary, clock: &dyn Clock) -> String {
             Untrusted(&s.context)
         );
     }
-    if s.credential == "static" {
+    if let (Via::Direct, "static", Some(at)) = (s.via, s.credential, s.token_expires_at) {
         out += &format!(
             "The token is in the kubeconfig and stops working at {}; log in again then.\n",
-            output::local_time(s.token_expires_at)
+            output::local_time(at)
         );
+    }
+    if s.via == Via::Proxy {
+        out += "kubectl reaches the cluster through the tka proxy; the kubeconfig holds no credential.\n";
     }
     out
 }

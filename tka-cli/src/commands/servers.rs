@@ -4,6 +4,7 @@
 //! It owns the order in which these are tried and the errors that say why none was found. It
 //! must not log in, write the kubeconfig or print anything but discovery's warnings.
 
+use tka_core::api::ClusterEndpoint;
 use tka_core::endpoint::ServerUrl;
 use tka_core::kubeconfig::Kubeconfig;
 use tka_core::{Clock, ClusterName};
@@ -60,11 +61,19 @@ pub(crate) fn discovered_server(
     cluster: &ClusterName,
     found: &[Found],
 ) -> Result<Option<ServerUrl>, CliError> {
+    Ok(discovered(cluster, found)?.map(|(url, _)| url))
+}
+
+/// [`discovered_server`], with the cluster endpoint that server answered with.
+fn discovered(
+    cluster: &ClusterName,
+    found: &[Found],
+) -> Result<Option<(ServerUrl, ClusterEndpoint)>, CliError> {
     let mut conflict = None;
     for f in found {
         match &f.outcome {
             Outcome::Trusted(response) if &response.cluster.name == cluster => {
-                return Ok(Some(f.candidate.url.clone()));
+                return Ok(Some((f.candidate.url.clone(), response.cluster.clone())));
             }
             Outcome::Conflict {
                 response,
@@ -93,19 +102,22 @@ pub(crate) fn discovered_server(
 /// an earlier login to the cluster found in the kubeconfig. When none is known but discovery
 /// found servers that did not answer, the error says so (the cluster's may be among them), as
 /// `tka list` does, instead of "no server known".
+///
+/// With the server comes the cluster endpoint it answered discovery with, when discovery found
+/// it (so a login knows whether the cluster offers the tka proxy without asking again).
 pub(crate) fn resolve_server(
     settings: &Settings,
     cluster: &ClusterName,
     explicit: Option<&ServerUrl>,
     kubeconfig: Option<&Kubeconfig>,
     clock: &dyn Clock,
-) -> Result<ServerUrl, CliError> {
+) -> Result<(ServerUrl, Option<ClusterEndpoint>), CliError> {
     if let Some(server) = explicit {
-        return Ok(server.clone());
+        return Ok((server.clone(), None));
     }
     let (why_not, silent) = match discover(settings, clock) {
-        Ok(found) => match discovered_server(cluster, &found)? {
-            Some(server) => return Ok(server),
+        Ok(found) => match discovered(cluster, &found)? {
+            Some((server, endpoint)) => return Ok((server, Some(endpoint))),
             None => (
                 format!(
                     "no server on the tailnet tagged {} serves it",
@@ -117,7 +129,7 @@ pub(crate) fn resolve_server(
         Err(e) => (e.to_string(), None),
     };
     if let Some(server) = recorded_server(cluster, kubeconfig) {
-        return Ok(server);
+        return Ok((server, None));
     }
     Err(match silent {
         Some(silent) => silent,

@@ -33,16 +33,17 @@ pub(crate) fn run(
     let user_config = KubeconfigFile::locate(&settings.env)
         .ok()
         .and_then(|f| f.read().ok());
-    let server = resolve_server(
+    let (server, offered) = resolve_server(
         settings,
         &session.cluster,
         session.server.as_ref(),
         user_config.as_ref(),
         clock,
     )?;
-    let response = login::request(&settings.network, &server, session)?;
+    let (response, via) = login::request(&settings.network, &server, session, offered.as_ref())?;
     let entries = login::entries(
         &response,
+        via,
         &server,
         session,
         &ContextTemplate::default(),
@@ -69,7 +70,10 @@ pub(crate) fn run(
         .write_all(text.as_bytes())
         .and_then(|()| private.flush())
         .map_err(|e| io_error(private.path(), e))?;
-    login::seed_cache(settings, &server, &response, clock);
+    match via {
+        tka_core::api::Via::Direct => login::seed_cache(settings, &server, &response, clock),
+        tka_core::api::Via::Proxy => login::drop_cached_tokens(settings, &server, &session.cluster),
+    }
 
     output::note(&format!(
         "Logged in to {} with role {} until {}. Starting {} with KUBECONFIG={}; {}",

@@ -4,6 +4,7 @@
 
 use jiff::Timestamp;
 use serde::Serialize;
+use tka_core::api::Via;
 use tka_core::endpoint::ServerUrl;
 use tka_core::token_cache::CacheKey;
 use tka_core::{Clock, ClusterName};
@@ -43,6 +44,8 @@ struct SessionLine {
     cluster: ClusterName,
     context: String,
     server: ServerUrl,
+    /// How kubectl reaches the cluster: `proxy` (no credential in the kubeconfig) or `direct`.
+    via: Via,
     current: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<String>,
@@ -98,6 +101,7 @@ pub(crate) fn run(settings: &Settings, refresh: bool, clock: &dyn Clock) -> Resu
                 cluster: context.marker.cluster.clone(),
                 context: context.name,
                 server: context.marker.server.clone(),
+                via: context.marker.via,
                 current: context.current,
                 role: None,
                 expires_at: cache
@@ -166,11 +170,15 @@ fn human(report: &StatusReport) -> String {
     out += &format!("Sessions in {}:\n", report.kubeconfig);
     for s in &report.sessions {
         out += &format!(
-            "  {}{} (context {}, {})",
+            "  {}{} (context {}, {}, {})",
             if s.current { "* " } else { "" },
             s.cluster,
             Untrusted(&s.context),
-            s.server
+            s.server,
+            match s.via {
+                Via::Proxy => "via proxy",
+                Via::Direct => "direct",
+            }
         );
         if let Some(role) = &s.role {
             out += &format!(" role {}", Untrusted(role));
@@ -186,6 +194,9 @@ fn human(report: &StatusReport) -> String {
             }
             (None, _, Some(t), Some(r)) => {
                 out += &format!(": until {} ({r})", output::local_time(t));
+            }
+            _ if s.via == Via::Proxy => {
+                out += ": expiry not known here; `tka status --refresh` asks the server";
             }
             _ => {
                 out += ": expiry unknown (no cached token); `tka status --refresh` asks the server";

@@ -293,3 +293,45 @@ fn a_refresh_for_another_device_is_refused_and_the_right_one_accepted() {
     assert_eq!(cred["status"]["token"], REFRESHED);
     assert!(sandbox.cache_file(&server.uri()).exists());
 }
+
+#[test]
+fn a_proxy_only_server_says_to_log_in_again_through_the_proxy() {
+    let sandbox = Sandbox::new();
+    // Allowed: a server that hands out tokens refreshes as ever.
+    let open = Server::start();
+    open.on_token(REFRESHED);
+    let cred = exec_credential(&run(&mut credential(&sandbox, &open.uri())));
+    assert_eq!(cred["status"]["token"], REFRESHED);
+
+    // Refused: the cluster became proxy-only; the context's exec plugin is told why and what
+    // to run, in one line, and the cached token is dropped.
+    let proxy_only = Server::start();
+    proxy_only.mount(
+        Mock::given(method("POST"))
+            .and(path(TOKEN_PATH))
+            .respond_with(problem(
+                403,
+                "proxyOnly",
+                "cluster prod is reached through the tka proxy only, so this server hands no token to a laptop",
+                None,
+            )),
+    );
+    sandbox.seed_cache(
+        &proxy_only.uri(),
+        TOKEN,
+        SignedDuration::from_mins(14),
+        SignedDuration::from_secs(60),
+        SignedDuration::from_mins(5),
+    );
+    let out = run(&mut credential(&sandbox, &proxy_only.uri()));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("reached through the tka proxy only"), "{err}");
+    assert!(
+        err.contains("run `tka login prod` to point it at the tka proxy"),
+        "{err}"
+    );
+    assert!(!sandbox.cache_file(&proxy_only.uri()).exists());
+}

@@ -179,6 +179,8 @@ fn list_shows_clusters_roles_and_this_devices_session() {
     assert_eq!(prod_entry["roles"][0]["default"], true);
     assert_eq!(prod_entry["roles"][0]["maxTtl"], "8h");
     assert_eq!(prod_entry["session"]["expiresAt"], SESSION_END);
+    assert_eq!(prod_entry["via"], "direct");
+    assert_eq!(prod_entry["directTokens"], true);
     assert_eq!(list[1]["cluster"], "staging");
     assert!(list[1].get("session").is_none());
 
@@ -575,5 +577,94 @@ fn login_through_discovery_says_the_server_was_found_and_did_not_answer() {
         stderr(&out).starts_with("error: no tka server known for cluster 'staging'\n"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn list_shows_which_clusters_are_reached_through_the_proxy() {
+    let sandbox = Sandbox::new();
+    let tailnet = Tailnet::start();
+    let (port, mut ls) = listeners(&[ip(2), ip(3), ip(4)]);
+    let serve = |listener, name: &str, proxy: Option<(&str, bool)>| {
+        let mut body = cluster_json(name, false);
+        if let Some((url, direct_tokens)) = proxy {
+            body["cluster"]["proxy"] = json!(url);
+            body["cluster"]["directTokens"] = json!(direct_tokens);
+        }
+        let server = Server::on(listener);
+        server.mount(
+            Mock::given(method("GET"))
+                .and(path("/api/v1/cluster"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(body)),
+        );
+        server
+    };
+    let lab = serve(
+        ls.pop().unwrap(),
+        "lab",
+        Some(("http://tka-lab.example.ts.net:8443", true)),
+    );
+    let _prod = serve(
+        ls.pop().unwrap(),
+        "prod",
+        Some(("http://tka-prod.example.ts.net:8443", false)),
+    );
+    let _dev = serve(ls.pop().unwrap(), "dev", None);
+    tailnet.server("tag:tka", "tka-dev", ip(2));
+    tailnet.server("tag:tka", "tka-prod", ip(3));
+    tailnet.server("tag:tka", "tka-lab", ip(4));
+
+    let out = run(tailnet.tka(&sandbox, port).arg("list"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = |cluster: &str| {
+        text.lines()
+            .find(|l| l.starts_with(cluster))
+            .unwrap_or_else(|| panic!("no {cluster} in {text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(row("dev").starts_with("dev tka-dev direct "), "{text}");
+    assert!(row("lab").starts_with("lab tka-lab proxy "), "{text}");
+    assert!(
+        row("prod").starts_with("prod tka-prod proxy only "),
+        "{text}"
+    );
+
+    let out = run(tailnet.tka(&sandbox, port).args(["list", "-o", "json"]));
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let entry = |cluster: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cluster"] == cluster)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(entry("dev")["via"], "direct");
+    assert_eq!(entry("lab")["via"], "proxy");
+    assert_eq!(entry("lab")["directTokens"], true);
+    assert_eq!(entry("prod")["via"], "proxy");
+    assert_eq!(entry("prod")["directTokens"], false);
+
+    // A login found by discovery goes through the proxy the server offered, without asking the
+    // server a second time.
+    let mut response = crate::support::proxied_login_response("http://tka-lab.example.ts.net:8443");
+    response["cluster"]["name"] = json!("lab");
+    lab.on_login(response);
+    let asked = lab.calls("GET", "/api/v1/cluster");
+    let out = run(tailnet.tka(&sandbox, port).args(["login", "lab"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lab.calls("GET", "/api/v1/cluster"), asked + 1);
+    assert_eq!(lab.sent_logins(), [json!({"via": "proxy"})]);
+    let written = std::fs::read_to_string(sandbox.kubeconfig()).unwrap();
+    assert!(
+        written.contains("server: http://tka-lab.example.ts.net:8443"),
+        "{written}"
+    );
+    assert!(
+        !written.contains("exec:") && !written.contains("token:"),
+        "{written}"
     );
 }

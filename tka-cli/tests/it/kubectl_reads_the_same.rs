@@ -3,6 +3,8 @@
 //! and wider-than-64-bit numbers in extensions, timestamps, comments, block and flow style),
 //! `kubectl config view --raw -o json` shows the foreign entries unchanged while `tka login`'s
 //! context is in the file, and shows exactly what it showed before once `tka logout` removed it.
+//! Both shapes of tka's context are generated: direct (the API server, the exec plugin) and
+//! through the tka proxy (the proxy's URL, no credential at all).
 //!
 //! It runs against the machine's kubectl and the one the testenv builds (`TKA_TESTENV_BIN`),
 //! each that exists; without either the test skips, and fails under `make test`
@@ -328,10 +330,14 @@ fn foreign(view: &Value, key: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The tka proxy URL the proxied server advertises.
+const PROXY: &str = "http://tka-prod.example.ts.net:8443";
+
 fn check(
     text: &str,
     switch: bool,
     server: &Server,
+    proxied: bool,
     kubectl: &PathBuf,
 ) -> Result<(), TestCaseError> {
     let sandbox = Sandbox::new();
@@ -380,6 +386,35 @@ fn check(
         before["current-context"].clone()
     };
     prop_assert_eq!(&during["current-context"], &current, "{}", written);
+    // kubectl reads tka's own entries as the shape asked for.
+    let tka = |key: &str| {
+        during[key]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["name"] == "tka-prod"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (cluster, user) = (tka("clusters"), tka("users"));
+    let has = |key: &str| user["user"].get(key).is_some();
+    if proxied {
+        prop_assert_eq!(&cluster["cluster"]["server"], PROXY, "{}", written);
+        prop_assert!(
+            cluster["cluster"]
+                .get("certificate-authority-data")
+                .is_none(),
+            "{}",
+            written
+        );
+        prop_assert!(!has("token") && !has("exec"), "{}", written);
+    } else {
+        prop_assert_eq!(
+            &cluster["cluster"]["server"],
+            "https://prod.api.example:6443",
+            "{}",
+            written
+        );
+        prop_assert!(has("exec") && !has("token"), "{}", written);
+    }
 
     let out = run(sandbox.tka().args(["logout", "prod"]));
     prop_assert!(out.status.success(), "tka logout: {}", stderr(&out));
@@ -404,21 +439,42 @@ fn kubectl_reads_foreign_entries_the_same_before_during_and_after_a_login() {
     let server = Server::start();
     server.on_login(login_response("https://prod.api.example:6443"));
     server.on_logout();
+    // A server that offers the tka proxy: a login goes through it by default.
+    let proxied = Server::start();
+    proxied.mount(
+        wiremock::Mock::given(wiremock::matchers::method("GET"))
+            .and(wiremock::matchers::path("/api/v1/cluster"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(cluster_response("prod", Some(PROXY))),
+            ),
+    );
+    proxied.on_login(proxied_login_response(PROXY));
+    proxied.on_logout();
     for kubectl in &kubectls {
         let mut runner = TestRunner::new(Config {
             cases: CASES,
             failure_persistence: None,
             ..Config::default()
         });
-        let result = runner.run(&(kubeconfig(), any::<bool>()), |(text, switch)| {
-            check(&text, switch, &server, kubectl)
-        });
+        let result = runner.run(
+            &(kubeconfig(), any::<bool>(), any::<bool>()),
+            |(text, switch, through_proxy)| {
+                let to = if through_proxy { &proxied } else { &server };
+                check(&text, switch, to, through_proxy, kubectl)
+            },
+        );
         if let Err(e) = result {
             panic!("with {}: {e}", kubectl.display());
         }
     }
-    // Every case logged in once.
-    assert!(server.calls("POST", "/api/v1/login") >= CASES as usize * kubectls.len());
+    // Every case logged in once, both shapes among them.
+    assert!(
+        server.calls("POST", "/api/v1/login") + proxied.calls("POST", "/api/v1/login")
+            >= CASES as usize * kubectls.len()
+    );
+    assert!(server.calls("POST", "/api/v1/login") > 0);
+    assert!(proxied.calls("POST", "/api/v1/login") > 0);
 }
 
 /// What kubectl accepts, tka accepts (and kubectl reads it the same after); what tka refuses,
@@ -461,7 +517,7 @@ fn tka_accepts_what_kubectl_accepts_or_says_truly_why_not() {
     ];
     for kubectl in &kubectls {
         for text in &accepted {
-            if let Err(e) = check(text, true, &server, kubectl) {
+            if let Err(e) = check(text, true, &server, false, kubectl) {
                 panic!("with {}: {e}\n{text}", kubectl.display());
             }
         }

@@ -210,7 +210,7 @@ fn static_login_embeds_the_token_and_reports_a_clamped_ttl() {
     assert!(config["users"][0]["user"].get("exec").is_none());
     assert_eq!(config["contexts"][0]["context"]["namespace"], "team-a");
     // The request carried the TTL.
-    let sent: Value = server.requests()[0].body_json().unwrap();
+    let sent: Value = server.sent_logins()[0].clone();
     assert_eq!(sent, json!({"ttl": "8h"}));
 
     // -o json reports the same, for scripts.
@@ -682,4 +682,318 @@ fn a_logout_tka_cannot_write_ends_no_session() {
     std::fs::write(sandbox.kubeconfig(), &written).unwrap();
     ok(&run(sandbox.tka().args(["logout", "prod"])));
     assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+}
+
+/// A tka server offering the proxy at `proxy`: its cluster says so, and a login answers as a
+/// proxy login (no token) or a direct one by what the request asks.
+fn proxy_server(proxy: &str) -> Server {
+    let server = Server::start();
+    server.mount(
+        Mock::given(method("GET"))
+            .and(path("/api/v1/cluster"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(cluster_response("prod", Some(proxy))),
+            ),
+    );
+    let mut direct = login_response("https://prod.api.example:6443");
+    direct["cluster"]["proxy"] = json!(proxy);
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .and(wiremock::matchers::body_partial_json(
+                json!({"via": "direct"}),
+            ))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(direct)),
+    );
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .and(wiremock::matchers::body_partial_json(
+                json!({"via": "proxy"}),
+            ))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200).set_body_json(proxied_login_response(proxy)),
+            ),
+    );
+    server
+}
+
+#[test]
+fn a_proxy_login_writes_a_context_with_no_credential_that_kubectl_uses_as_is() {
+    let sandbox = Sandbox::new();
+    // The "proxy": records what kubectl sends it.
+    let proxy = Server::start();
+    proxy.mount(
+        Mock::given(method("GET"))
+            .and(path("/version"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0"})),
+            ),
+    );
+    let server = proxy_server(&proxy.uri());
+    server.on_logout();
+    let original_view = {
+        foreign_kubeconfig(&sandbox);
+        kubectl_view(&sandbox)
+    };
+
+    // By default: through the proxy, since the server offers it.
+    let out = run(login(&sandbox, &server).args(["-o", "json"]));
+    ok(&out);
+    assert_eq!(server.sent_logins(), [json!({"via": "proxy"})]);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["via"], "proxy");
+    assert_eq!(summary["credential"], "none");
+    assert!(summary.get("tokenExpiresAt").is_none(), "{summary}");
+
+    let text = sandbox.read_kubeconfig();
+    let view = kubectl_view(&sandbox);
+    let named = |kind: &str| -> Value {
+        view[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "tka-prod")
+            .cloned()
+            .unwrap_or_else(|| panic!("no tka-prod in {kind}: {text}"))
+    };
+    let cluster = named("clusters");
+    assert_eq!(cluster["cluster"]["server"], proxy.uri().as_str());
+    assert!(
+        cluster["cluster"]
+            .get("certificate-authority-data")
+            .is_none()
+    );
+    let user = named("users");
+    let user = user["user"].as_object().unwrap();
+    assert!(
+        user.keys().all(|k| k == "extensions"),
+        "the user entry holds a credential: {text}"
+    );
+    assert!(!text.contains(TOKEN) && !text.contains("exec:"), "{text}");
+    // Nothing cached either: no token ever reached this machine's disk.
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+
+    // kubectl talks to the proxy, with no credential of its own.
+    let out = run(sandbox.kubectl().args(["get", "--raw", "/version"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = proxy.requests();
+    assert!(!sent.is_empty());
+    for request in &sent {
+        assert!(
+            request.headers.get("authorization").is_none(),
+            "{request:?}"
+        );
+    }
+
+    // Logout works as for any login: the session ends, the entries go.
+    let out = run(sandbox.tka().args(["logout", "prod"]));
+    ok(&out);
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+    assert_eq!(kubectl_view(&sandbox), original_view);
+
+    // --via direct on the same server: the API server, its token through the exec plugin.
+    let out = run(login(&sandbox, &server).args(["--via", "direct", "-o", "json"]));
+    ok(&out);
+    assert_eq!(server.sent_logins()[1], json!({"via": "direct"}));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["via"], "direct");
+    assert_eq!(summary["credential"], "exec");
+    let config = yaml(&sandbox.read_kubeconfig());
+    let direct = config["clusters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tka-prod")
+        .unwrap();
+    assert_eq!(
+        direct["cluster"]["server"].as_str(),
+        Some("https://prod.api.example:6443")
+    );
+    assert!(sandbox.read_kubeconfig().contains("exec:"));
+    assert!(sandbox.cache_file(&server.uri()).exists());
+
+    // Back through the proxy: the direct login's cached token goes too.
+    let out = run(&mut login(&sandbox, &server));
+    ok(&out);
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+    assert!(!sandbox.read_kubeconfig().contains("exec:"));
+}
+
+#[test]
+fn a_proxied_context_gets_the_socks5_proxy_url_too() {
+    let sandbox = Sandbox::new();
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    let socks = Socks5::start();
+    let out = run(login(&sandbox, &server).args(["--socks5", &socks.addr.to_string()]));
+    ok(&out);
+    let config = yaml(&sandbox.read_kubeconfig());
+    let cluster = &config["clusters"][0]["cluster"];
+    assert_eq!(
+        cluster["server"].as_str(),
+        Some("http://tka-prod.example.ts.net:8443")
+    );
+    assert_eq!(
+        cluster["proxy-url"].as_str(),
+        Some(format!("socks5://{}", socks.addr).as_str())
+    );
+    assert!(config["users"][0]["user"].get("exec").is_none());
+    assert!(config["users"][0]["user"].get("token").is_none());
+    // No warning about kubectl sending no credentials to http://: there are none to send.
+    assert!(
+        !stderr(&out).contains("sends no credentials"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_way_asked_for_is_refused_clearly_when_the_server_cannot_go_it() {
+    let sandbox = Sandbox::new();
+
+    // --static embeds a token; through the proxy there is none. Refused before any request.
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    let out = run(login(&sandbox, &server).args(["--static", "--via", "proxy"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--static and --via proxy do not go together"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(server.requests().is_empty());
+    // --static alone is a direct login, asked for as such.
+    let out = run(login(&sandbox, &server).arg("--static"));
+    ok(&out);
+    assert_eq!(server.sent_logins(), [json!({"via": "direct"})]);
+    assert!(sandbox.read_kubeconfig().contains(TOKEN));
+
+    // A proxy-only server refuses --via direct with its own words, and tka says what to run.
+    let sandbox = Sandbox::new();
+    let proxy_only = Server::start();
+    proxy_only.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .and(wiremock::matchers::body_partial_json(json!({"via": "direct"})))
+            .respond_with(problem(
+                403,
+                "proxyOnly",
+                "cluster prod is reached through the tka proxy only, so this server hands no token to a laptop; run `tka login prod` (it uses the proxy) instead of asking for a token",
+                None,
+            )),
+    );
+    proxy_only.on_login(proxied_login_response(
+        "http://tka-prod.example.ts.net:8443",
+    ));
+    let out = run(login(&sandbox, &proxy_only).args(["--via", "direct"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("reached through the tka proxy only"), "{err}");
+    assert!(err.contains("without `--via direct`"), "{err}");
+    assert!(!sandbox.kubeconfig().exists());
+    // Through the proxy it works.
+    let out = run(login(&sandbox, &proxy_only).args(["--via", "proxy"]));
+    ok(&out);
+    assert!(!sandbox.read_kubeconfig().contains("exec:"));
+
+    // A server without a proxy refuses --via proxy; the default there is direct.
+    let sandbox = Sandbox::new();
+    let plain = Server::start();
+    plain.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .and(wiremock::matchers::body_partial_json(
+                json!({"via": "proxy"}),
+            ))
+            .respond_with(problem(
+                409,
+                "noProxy",
+                "this server runs no tka proxy for cluster prod",
+                None,
+            )),
+    );
+    plain.on_login(login_response("https://prod.api.example:6443"));
+    let out = run(login(&sandbox, &plain).args(["--via", "proxy"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("runs no tka proxy"), "{err}");
+    assert!(err.contains("without `--via proxy`"), "{err}");
+    let out = run(&mut login(&sandbox, &plain));
+    ok(&out);
+    // No `via` is sent to a server that offers no proxy (an older server would refuse it).
+    assert_eq!(plain.sent_logins()[1], json!({}));
+    assert!(sandbox.read_kubeconfig().contains("exec:"));
+}
+
+#[test]
+fn a_token_sent_with_a_proxy_login_is_neither_written_nor_cached() {
+    let sandbox = Sandbox::new();
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    // A server that answers a proxy login with a token anyway.
+    let mut answer = proxied_login_response("http://tka-prod.example.ts.net:8443");
+    answer["token"] = json!({"token": TOKEN, "expiresAt": "2099-01-01T00:00:00Z"});
+    server.mount(
+        Mock::given(method("POST"))
+            .and(path(LOGIN_PATH))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(answer))
+            .with_priority(1),
+    );
+    let out = run(&mut login(&sandbox, &server));
+    ok(&out);
+    assert_eq!(server.sent_logins(), [json!({"via": "proxy"})]);
+    let text = sandbox.read_kubeconfig();
+    assert!(!text.contains(TOKEN) && !text.contains("exec:"), "{text}");
+    assert!(
+        text.contains("server: http://tka-prod.example.ts.net:8443"),
+        "{text}"
+    );
+    assert!(!sandbox.cache_file(&server.uri()).exists());
+    assert!(!stdout(&out).contains(TOKEN) && !stderr(&out).contains(TOKEN));
+}
+
+#[test]
+fn shell_through_the_proxy_holds_no_credential_either() {
+    let sandbox = Sandbox::new();
+    let server = proxy_server("http://tka-prod.example.ts.net:8443");
+    server.on_logout();
+    let report = sandbox.dir.path().join("shell-report");
+    let script = sandbox.dir.path().join("fake-shell");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncp \"$KUBECONFIG\" {}\n", report.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shell = |via: &str| {
+        let out = run(sandbox.tka().env("SHELL", &script).args([
+            "shell",
+            "prod",
+            "--server",
+            &server.uri(),
+            "--via",
+            via,
+        ]));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        std::fs::read_to_string(&report).unwrap()
+    };
+    let proxied = shell("proxy");
+    let private = yaml(&proxied);
+    assert_eq!(
+        private["clusters"][0]["cluster"]["server"].as_str(),
+        Some("http://tka-prod.example.ts.net:8443")
+    );
+    assert!(
+        !proxied.contains("exec:") && !proxied.contains(TOKEN),
+        "{proxied}"
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 1);
+    // Direct: the exec entry, as before.
+    let direct = shell("direct");
+    assert!(direct.contains("exec:"), "{direct}");
+    assert!(
+        direct.contains("server: https://prod.api.example:6443"),
+        "{direct}"
+    );
+    assert_eq!(server.calls("DELETE", SESSION_PATH), 2);
 }

@@ -78,3 +78,49 @@ fn status_says_an_ended_session_needs_a_new_login() {
         "{text}"
     );
 }
+
+#[test]
+fn status_shows_how_each_cluster_is_reached() {
+    let sandbox = Sandbox::new();
+    let direct = Server::start();
+    direct.on_login(login_response("https://prod.api.example:6443"));
+    let out = run(sandbox
+        .tka()
+        .args(["login", "prod", "--server", &direct.uri()]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let proxied = Server::start();
+    let mut response = proxied_login_response("http://tka-prod.example.ts.net:8443");
+    response["cluster"]["name"] = "lab".into();
+    proxied.on_login(response);
+    let out =
+        run(sandbox
+            .tka()
+            .args(["login", "lab", "--server", &proxied.uri(), "--via", "proxy"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let (text, _) = status(&sandbox, &[]);
+    assert!(text.contains("prod (context tka-prod, "), "{text}");
+    let line = |cluster: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("{cluster} (context")))
+            .unwrap_or_else(|| panic!("no {cluster} in {text}"))
+            .to_owned()
+    };
+    assert!(line("prod").contains(", direct)"), "{text}");
+    assert!(line("lab").contains(", via proxy)"), "{text}");
+    let (_, json) = status(&sandbox, &["-o", "json"]);
+    let json = json.unwrap();
+    let via = |cluster: &str| {
+        json["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["cluster"] == cluster)
+            .unwrap()["via"]
+            .clone()
+    };
+    assert_eq!(via("prod"), "direct");
+    assert_eq!(via("lab"), "proxy");
+    let out = run(sandbox.tka().args(["status", "-o", "yaml"]));
+    assert!(stdout(&out).contains("via: proxy"), "{}", stdout(&out));
+}

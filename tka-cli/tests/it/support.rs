@@ -145,7 +145,7 @@ impl Server {
             .build()
             .unwrap();
         let mock = rt.block_on(MockServer::start());
-        Self { rt, mock }
+        Self::answering_cluster(Self { rt, mock })
     }
 
     /// A server on an already bound listener (e.g. on 127.0.0.2).
@@ -155,7 +155,21 @@ impl Server {
             .build()
             .unwrap();
         let mock = rt.block_on(MockServer::builder().listener(listener).start());
-        Self { rt, mock }
+        Self::answering_cluster(Self { rt, mock })
+    }
+
+    /// Unless a test mounts its own, `GET /api/v1/cluster` says cluster `prod`, with no tka
+    /// proxy (what `tka login` asks a server given with --server before it logs in).
+    fn answering_cluster(self) -> Self {
+        self.mount(
+            Mock::given(method("GET"))
+                .and(path("/api/v1/cluster"))
+                .respond_with(
+                    ResponseTemplate::new(200).set_body_json(cluster_response("prod", None)),
+                )
+                .with_priority(u8::MAX),
+        );
+        self
     }
 
     pub(crate) fn uri(&self) -> String {
@@ -180,6 +194,15 @@ impl Server {
         self.rt
             .block_on(self.mock.received_requests())
             .unwrap_or_default()
+    }
+
+    /// The bodies of the `POST /api/v1/login` requests that arrived, in order.
+    pub(crate) fn sent_logins(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| r.method.as_str() == "POST" && r.url.path() == "/api/v1/login")
+            .map(|r| r.body_json().unwrap())
+            .collect()
     }
 
     /// `POST /api/v1/login` answers with `body`.
@@ -252,6 +275,35 @@ pub(crate) fn login_response(api_server: &str) -> Value {
         "token": {"token": TOKEN, "expiresAt": in_future(SignedDuration::from_mins(15))},
         "ttl": "1h",
     })
+}
+
+/// A login through the tka proxy at `proxy` for cluster `prod`: no token, as a server answers it.
+pub(crate) fn proxied_login_response(proxy: &str) -> Value {
+    json!({
+        "cluster": {
+            "name": "prod",
+            "server": "https://prod.api.example:6443",
+            "certificateAuthorityData": "Q0EK",
+            "proxy": proxy,
+        },
+        "session": session_json(),
+        "via": "proxy",
+        "ttl": "1h",
+    })
+}
+
+/// `GET /api/v1/cluster` of cluster `name` (API server `https://<name>.api.example:6443`), with
+/// the tka proxy at `proxy` when given.
+pub(crate) fn cluster_response(name: &str, proxy: Option<&str>) -> Value {
+    let mut body = json!({
+        "cluster": {"name": name, "server": format!("https://{name}.api.example:6443")},
+        "caller": "alice@example.com",
+        "roles": {"cluster": name, "roles": [], "unavailable": [], "skipped": []},
+    });
+    if let Some(proxy) = proxy {
+        body["cluster"]["proxy"] = json!(proxy);
+    }
+    body
 }
 
 pub(crate) fn token_response(token: &str) -> Value {

@@ -19,6 +19,7 @@ fn endpoint(cluster: &str) -> ClusterEndpoint {
         server: format!("https://{cluster}.api.example:6443"),
         certificate_authority_data: Some("LS0tLS1CRUdJTg==".to_owned()),
         proxy: None,
+        direct_tokens: true,
     }
 }
 
@@ -240,10 +241,11 @@ fn the_tka_proxy_and_a_socks5_proxy_shape_the_cluster_entry() {
             identity: Some("laptop"),
             socks5: Some(&socks5),
             namespace: Some("team-a"),
-            credential: exec(),
+            credential: UserCredential::Proxied,
         },
     )
     .unwrap();
+    assert_eq!(built.marker().via, Via::Proxy);
     assert_eq!(
         built.exec_args(),
         [
@@ -265,6 +267,53 @@ fn the_tka_proxy_and_a_socks5_proxy_shape_the_cluster_entry() {
     assert!(text.contains("namespace: team-a"));
     // The cluster's CA is for the API server, not for the proxy.
     assert!(!text.contains("certificate-authority-data"));
+    // No credential at all: neither a token nor an exec entry, and the marker says why.
+    let view: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let user = view["users"][0]["user"].as_object().unwrap();
+    assert_eq!(user.keys().collect::<Vec<_>>(), ["extensions"], "{text}");
+    assert!(!text.contains("token") && !text.contains("exec"), "{text}");
+    assert_eq!(config.tka_contexts()[0].marker.via, Via::Proxy);
+    assert!(text.contains("via: proxy"));
+}
+
+#[test]
+fn a_direct_login_ignores_the_proxy_and_a_proxied_one_needs_it() {
+    let server = server();
+    let mut ep = endpoint("prod");
+    ep.proxy = Some("http://tka-prod-proxy:8443".to_owned());
+    let template = ContextTemplate::default();
+    let options = |credential| EntryOptions {
+        template: &template,
+        server: &server,
+        identity: None,
+        socks5: None,
+        namespace: None,
+        credential,
+    };
+    // Direct (exec or static): the API server and its CA, even when a proxy is offered.
+    let direct = LoginEntries::new(&ep, options(exec())).unwrap();
+    assert_eq!(
+        direct.api_server().as_str(),
+        "https://prod.api.example:6443"
+    );
+    assert_eq!(direct.marker().via, Via::Direct);
+    let text = Kubeconfig::only(&direct).render().unwrap();
+    assert!(text.contains("certificate-authority-data: LS0tLS1CRUdJTg=="));
+    assert!(text.contains("exec:"));
+    assert!(!text.contains("via:"));
+    let mut config = Kubeconfig::parse(&text).unwrap();
+    assert_eq!(config.tka_contexts()[0].marker.via, Via::Direct);
+    // Proxied: the proxy, nothing else; and a proxied login to a server without a proxy is an
+    // error, never a context with no credential pointing at the API server.
+    let proxied = LoginEntries::new(&ep, options(UserCredential::Proxied)).unwrap();
+    assert_eq!(proxied.api_server().as_str(), "http://tka-prod-proxy:8443");
+    config.login(&proxied, true).unwrap();
+    assert_eq!(config.tka_contexts().len(), 1);
+    assert_eq!(config.tka_contexts()[0].marker.via, Via::Proxy);
+    assert!(matches!(
+        LoginEntries::new(&endpoint("prod"), options(UserCredential::Proxied)),
+        Err(KubeconfigError::Endpoint(_))
+    ));
 }
 
 #[test]
@@ -308,6 +357,7 @@ fn logout_restores_the_previous_context_and_keeps_foreign_entries() {
                 cluster: ClusterName::new("prod").unwrap(),
                 server: server(),
                 identity: Some("laptop.tail1234.ts.net".to_owned()),
+                via: Via::Direct,
             },
             current: true,
         }]

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestServer, alice, ci, identity};
+use crate::support::{Client, Options, TestServer, alice, ci, identity};
 
 #[tokio::test]
 async fn login_returns_credentials_as_data() {
@@ -309,4 +309,198 @@ async fn a_long_ttl_is_clamped_and_reported() {
     let short = client.login(r#"{"ttl":"2h"}"#).await.json();
     assert_eq!(short["ttl"], "2h");
     assert!(short.get("clamped").is_none());
+}
+
+const PROXY: &str = "http://tka-prod.example.ts.net:8443";
+
+/// A server that runs the tka proxy; `proxy_only`: it hands no token to a laptop.
+async fn proxy_server(proxy_only: bool) -> TestServer {
+    TestServer::with(Options {
+        proxy: Some(PROXY.to_owned()),
+        proxy_only,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_login_through_the_proxy_makes_the_session_and_hands_out_no_token() {
+    let server = proxy_server(false).await;
+    let mut client = server.client(alice()).await;
+    let cluster = client.get("/api/v1/cluster").send().await.json();
+    assert_eq!(cluster["cluster"]["proxy"], PROXY);
+    assert_eq!(cluster["cluster"]["directTokens"], true);
+
+    let response = client.login(r#"{"via":"proxy","ttl":"2h"}"#).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert!(body.get("token").is_none(), "{body}");
+    assert!(!response.text().contains("eyJ"), "{}", response.text());
+    assert_eq!(body["via"], "proxy");
+    assert_eq!(body["cluster"]["proxy"], PROXY);
+    assert_eq!(body["session"]["role"], "sre");
+    assert_eq!(body["ttl"], "2h");
+    assert_eq!(server.issuer.issue_calls(), 1);
+    // The session is there for the proxy to use.
+    let session = client.get("/api/v1/session").send().await;
+    assert_eq!(session.status, 200, "{}", session.text());
+    assert_eq!(session.json(), body["session"]);
+
+    // A direct login on the same server (asked for, or by default) gets its token.
+    for request in [r#"{"via":"direct"}"#, "{}"] {
+        let direct = client.login(request).await;
+        assert_eq!(direct.status, 200, "{}", direct.text());
+        let direct = direct.json();
+        assert!(
+            direct["token"]["token"]
+                .as_str()
+                .unwrap()
+                .starts_with("eyJ")
+        );
+        assert_eq!(direct["via"], "direct");
+    }
+    // And the token endpoint serves a server that is not proxy-only.
+    let token = client.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(token.status, 200, "{}", token.text());
+}
+
+#[tokio::test]
+async fn a_proxy_only_server_never_hands_a_token_to_a_laptop() {
+    let server = proxy_server(true).await;
+    let mut client = server.client(alice()).await;
+    let cluster = client.get("/api/v1/cluster").send().await.json();
+    assert_eq!(cluster["cluster"]["proxy"], PROXY);
+    assert_eq!(cluster["cluster"]["directTokens"], false);
+
+    // Refused: a direct login, before policy or the issuer is asked...
+    let direct = client.login(r#"{"via":"direct"}"#).await;
+    assert_eq!(direct.problem_code(403), "proxyOnly");
+    assert!(
+        direct.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("run `tka login prod`"),
+        "{}",
+        direct.text()
+    );
+    assert_eq!(server.issuer.issue_calls(), 0);
+    // ...and a token, with or without a session.
+    let token = client.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(token.problem_code(403), "proxyOnly");
+
+    // Allowed: a login through the proxy, asked for or by default, with no token.
+    for request in [r#"{"via":"proxy"}"#, "{}"] {
+        let response = client.login(request).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let body = response.json();
+        assert!(body.get("token").is_none(), "{body}");
+        assert_eq!(body["via"], "proxy");
+        assert_eq!(body["cluster"]["directTokens"], false);
+    }
+    assert_eq!(server.issuer.issue_calls(), 2);
+    assert_eq!(
+        client.get("/api/v1/session").send().await.status,
+        200,
+        "the proxy login made a session"
+    );
+    let token = client.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(token.problem_code(403), "proxyOnly");
+}
+
+/// The proxy mints through the sessions service's own token path, which a proxy-only server
+/// keeps open: only the handing out to the caller (`POST /api/v1/token`) is refused.
+#[tokio::test]
+async fn a_proxy_only_server_still_mints_for_its_proxy() {
+    let server = proxy_server(true).await;
+    let mut client = server.client(alice()).await;
+    assert_eq!(client.login("{}").await.status, 200);
+    let caller = tka_server::Caller {
+        identity: std::sync::Arc::new(alice()),
+        peer: tka_server::Peer::direct("127.0.0.1:40000".parse().unwrap()),
+    };
+    let sessions = tka_server::Sessions::new(&server.state);
+    let minted = sessions.token(&caller).await.unwrap();
+    assert!(minted.token.token.expose().starts_with("eyJ"));
+    assert_eq!(minted.session.role.as_str(), "sre");
+    let refused = sessions.token_for_caller(&caller).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            tka_server::sessions::SessionError::ProxyOnly { .. }
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_login_to_a_server_without_a_proxy_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client(alice()).await;
+    let cluster = client.get("/api/v1/cluster").send().await.json();
+    assert!(cluster["cluster"].get("proxy").is_none());
+    assert_eq!(cluster["cluster"]["directTokens"], true);
+
+    let refused = client.login(r#"{"via":"proxy"}"#).await;
+    assert_eq!(refused.problem_code(409), "noProxy");
+    assert_eq!(server.issuer.issue_calls(), 0);
+    assert_eq!(
+        client.get("/api/v1/session").send().await.problem_code(404),
+        "noSession"
+    );
+
+    let direct = client.login(r#"{"via":"direct"}"#).await;
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    assert!(direct.json()["token"]["token"].is_string());
+    assert_eq!(server.issuer.issue_calls(), 1);
+    // A value that is not a way is a malformed request.
+    assert_eq!(
+        client.login(r#"{"via":"tunnel"}"#).await.problem_code(400),
+        "badRequest"
+    );
+}
+
+/// `POST /api/v1/login` with `Accept: application/yaml` and `via`: the kubeconfig, and its text.
+async fn yaml_login(client: &mut Client, via: &str) -> (serde_json::Value, String) {
+    let response = client
+        .post("/api/v1/login")
+        .header("accept", "application/yaml")
+        .json(&format!(r#"{{"via":"{via}"}}"#))
+        .send()
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/yaml"));
+    (
+        serde_yaml::from_slice(&response.body).unwrap(),
+        response.text(),
+    )
+}
+
+#[tokio::test]
+async fn a_proxy_login_as_yaml_is_a_kubeconfig_with_no_credential() {
+    let server = proxy_server(false).await;
+    let mut client = server.client(alice()).await;
+    let (proxied, text) = yaml_login(&mut client, "proxy").await;
+    let cluster = &proxied["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], PROXY);
+    assert!(cluster.get("certificate-authority-data").is_none());
+    let user = proxied["users"][0]["user"].as_object().unwrap();
+    assert!(
+        user.get("token").is_none() && user.get("exec").is_none(),
+        "{text}"
+    );
+    assert!(!text.contains("eyJ"), "{text}");
+    assert_eq!(proxied["contexts"][0]["context"]["user"], "tka-prod");
+    assert_eq!(proxied["current-context"], "tka-prod");
+
+    // Direct on the same server: the API server, its CA and the token.
+    let (direct, _) = yaml_login(&mut client, "direct").await;
+    let cluster = &direct["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], "https://10.0.0.1:6443");
+    assert_eq!(cluster["certificate-authority-data"], "Q0EK");
+    assert!(
+        direct["users"][0]["user"]["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("eyJ")
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::support::{TestServer, alice};
+use crate::support::{Options, TestServer, alice};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -75,6 +75,8 @@ async fn no_token_reaches_the_log_and_every_action_is_audited() {
         .finish();
     // The test runtime has one thread, so the server's tasks log through this subscriber too.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // See `a_proxy_login_is_audited_as_handing_out_no_token`: keeps this subscriber consulted.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
 
     let server = TestServer::start().await;
     let mut client = server.client(alice()).await;
@@ -156,6 +158,69 @@ async fn no_token_reaches_the_log_and_every_action_is_audited() {
     assert_eq!(denials[0]["device"], "nALICE");
     assert_eq!(denials[1]["outcome"], "unknownCaller");
     assert_eq!(denials[1]["device"], "-");
+}
+
+/// A login through the tka proxy is audited as an issue that handed out no token (`via=proxy`,
+/// no token ID), a direct one with its token's ID; on a proxy-only server a direct login and a
+/// token request are audited denials.
+#[tokio::test]
+async fn a_proxy_login_is_audited_as_handing_out_no_token() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing-core consults only the global dispatcher when it knows of a single one: a
+    // callsite first met by another test's thread while this subscriber is the only scoped one
+    // would be cached as uninteresting. A second live dispatcher keeps it consulted.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+
+    for proxy_only in [false, true] {
+        let server = TestServer::with(Options {
+            proxy: Some("http://tka-prod.example.ts.net:8443".to_owned()),
+            proxy_only,
+            ..Options::default()
+        })
+        .await;
+        let mut client = server.client(alice()).await;
+        assert_eq!(client.login(r#"{"via":"proxy"}"#).await.status, 200);
+        let direct = client.login(r#"{"via":"direct"}"#).await;
+        let token = client.post("/api/v1/token").json("{}").send().await;
+        if proxy_only {
+            assert_eq!(direct.problem_code(403), "proxyOnly");
+            assert_eq!(token.problem_code(403), "proxyOnly");
+        } else {
+            assert_eq!(direct.status, 200);
+            assert_eq!(token.status, 200);
+        }
+    }
+
+    let log = capture.text();
+    assert_eq!(find_jwt(&log), None, "a token reached the log");
+    let records = audit_records(&log);
+    let issues: Vec<&Value> = records.iter().filter(|r| r["event"] == "issue").collect();
+    assert_eq!(issues.len(), 3, "{records:#?}");
+    // The open server: a proxy login (no token), then a direct one (its token's ID).
+    assert_eq!(issues[0]["via"], "proxy");
+    assert_eq!(issues[0]["outcome"], "created");
+    assert_eq!(issues[0]["token_id"], "-");
+    assert_eq!(issues[0]["token_expires_at"], "-");
+    assert_ne!(issues[0]["session"], "-");
+    assert_eq!(issues[1]["via"], "direct");
+    assert!(issues[1]["token_id"].as_str().unwrap().starts_with("jti-"));
+    // The proxy-only server: the proxy login, and two denials.
+    assert_eq!(issues[2]["via"], "proxy");
+    assert_eq!(issues[2]["token_id"], "-");
+    let denials: Vec<&Value> = records.iter().filter(|r| r["event"] == "denial").collect();
+    assert_eq!(denials.len(), 2, "{denials:#?}");
+    for denial in denials {
+        assert_eq!(denial["outcome"], "proxyOnly");
+        assert_eq!(denial["device"], "nALICE");
+    }
 }
 
 /// A skipped capability value is logged at WARN once per distinct value per interval, whatever

@@ -388,6 +388,10 @@ pub(crate) struct Options {
     pub(crate) limits: ConnectionLimits,
     /// Where ops listens (port 0).
     pub(crate) ops_ip: &'static str,
+    /// The tka proxy URL the cluster advertises, if any.
+    pub(crate) proxy: Option<String>,
+    /// Whether the server hands tokens to laptops at all (`--proxy-only`).
+    pub(crate) proxy_only: bool,
 }
 
 impl Default for Options {
@@ -407,11 +411,15 @@ impl Default for Options {
             // Ops binds "the pod's address" (127.0.0.3 stands in): never where tailnet traffic
             // arrives.
             ops_ip: "127.0.0.3",
+            proxy: None,
+            proxy_only: false,
         }
     }
 }
 
 pub(crate) struct TestServer {
+    /// The state the server runs on (for calling the sessions service as another front would).
+    pub(crate) state: Arc<ApiState>,
     pub(crate) addr: SocketAddr,
     pub(crate) ops: SocketAddr,
     pub(crate) tailnet: Arc<ScriptedTailnet>,
@@ -429,7 +437,8 @@ pub(crate) fn api_config(options: &Options) -> ApiConfig {
             name: ClusterName::new("prod").unwrap(),
             server: "https://10.0.0.1:6443".into(),
             certificate_authority_data: Some("Q0EK".into()),
-            proxy: None,
+            proxy: options.proxy.clone(),
+            direct_tokens: true,
         },
         policy: PolicySettings::new(
             "tka-system",
@@ -440,6 +449,7 @@ pub(crate) fn api_config(options: &Options) -> ApiConfig {
             [HOST.to_owned(), "tka-prod.example.ts.net".to_owned()],
             ["127.0.0.1".parse().unwrap()],
         ),
+        proxy_only: options.proxy_only,
         self_node_ids: options.self_node_ids.clone(),
         loopback_peers_only: true,
         service_name: options.service_name.clone(),
@@ -481,7 +491,7 @@ impl TestServer {
             api_ip.parse().unwrap(),
             &options.mode,
             SocketAddr::new(options.ops_ip.parse().unwrap(), 0),
-            state,
+            state.clone(),
             ops_router(vec![readiness.clone()], metrics),
             shutdown.clone(),
             Duration::from_secs(10),
@@ -493,6 +503,7 @@ impl TestServer {
         let ops = server.ops_addr().unwrap();
         let task = tokio::spawn(server.run());
         Self {
+            state,
             addr,
             ops,
             tailnet,
