@@ -124,6 +124,11 @@ impl Server {
         Ok(self)
     }
 
+    /// The proxy, when it is on (for tests and diagnostics).
+    pub fn proxy(&self) -> Option<Arc<Proxy>> {
+        self.proxy.as_ref().map(|p| Arc::clone(&p.proxy))
+    }
+
     /// Where the proxy listens, when it is on.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy.as_ref().map(|p| p.addr)

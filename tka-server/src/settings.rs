@@ -500,7 +500,8 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
         return Ok(None);
     };
     let listen_mode = listen_mode_of("--proxy-listen", listen, args)?;
-    if listen == args.listen || listen == args.ops_listen {
+    // Port 0 (tests: the OS picks a port each) never collides.
+    if listen.port() != 0 && (listen == args.listen || listen == args.ops_listen) {
         return Err(SettingsError::invalid(
             "--proxy-listen",
             "must differ from --listen and --ops-listen: the proxy is a listener of its own",
