@@ -677,3 +677,102 @@ async fn a_stream_ends_when_its_session_expires() {
 
     running.stop().await;
 }
+
+#[tokio::test]
+async fn every_proxied_request_is_audited_and_no_token_reaches_the_log() {
+    use crate::logs::{Capture, audit_records, find_jwt};
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime has one thread, so the server's tasks log through this subscriber too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let world = FakeWorld::new().await;
+    let bob = add_bob(&world);
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+
+    // Refused and recorded with the caller's identity: no session.
+    let response = fresh(&world, &bob, &running)
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    assert_status(&response, 401, "Unauthorized");
+    // Allowed: forwarded with a JWT-shaped session token.
+    let session = login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let token = upstream
+        .seen()
+        .last()
+        .unwrap()
+        .authorization
+        .clone()
+        .unwrap();
+    assert!(find_jwt(&token).is_some(), "{token}");
+    // Refused: impersonation, and CONNECT (which would make a tunnel).
+    let response = fresh(&world, &alice, &running)
+        .await
+        .get("/api/v1/namespaces")
+        .header("impersonate-user", "system:admin")
+        .send()
+        .await;
+    assert_status(&response, 403, "Forbidden");
+    let mut raw = connect_as(&world, &alice, running.proxy_addr).await;
+    raw.write_all(b"CONNECT kubernetes.default.svc:443 HTTP/1.1\r\nHost: tka-prod\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 405");
+
+    let wanted = |records: &[Value]| {
+        let proxied: Vec<Value> = records
+            .iter()
+            .filter(|r| r["event"] == "proxy")
+            .cloned()
+            .collect();
+        (proxied.len() >= 4).then_some(proxied)
+    };
+    let proxied = eventually("the proxy's audit records", || async {
+        wanted(&audit_records(&capture.text()))
+    })
+    .await;
+    let of = |node: &FakePeer, status: u64| {
+        proxied
+            .iter()
+            .find(|r| r["node"] == node.stable_id.as_str() && r["status"] == status)
+            .unwrap_or_else(|| panic!("no record of {status}: {proxied:#?}"))
+    };
+    let refused = of(&bob, 401);
+    assert_eq!(refused["login"], "bob@example.com");
+    assert_eq!(refused["session"], "-");
+    assert_eq!(refused["path"], "/api/v1/namespaces");
+    let forwarded = of(&alice, 200);
+    assert_eq!(forwarded["login"], "alice@example.com");
+    assert_eq!(forwarded["session"], session.as_str());
+    assert_eq!(forwarded["verb"], "get");
+    assert_eq!(forwarded["path"], "/api/v1/namespaces");
+    assert_ne!(forwarded["jti"], "-");
+    assert!(forwarded["bytes"].as_u64().unwrap() > 0, "{forwarded}");
+    assert!(forwarded["duration_ms"].is_u64(), "{forwarded}");
+    let impersonating = of(&alice, 403);
+    assert!(
+        impersonating["reason"]
+            .as_str()
+            .unwrap()
+            .contains("impersonation"),
+        "{impersonating}"
+    );
+    of(&alice, 405);
+    assert_eq!(find_jwt(&capture.text()), None, "a token reached the log");
+
+    running.stop().await;
+}
