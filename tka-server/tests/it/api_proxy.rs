@@ -151,6 +151,7 @@ async fn upstream() -> Upstream {
 /// A server built by the production wiring with the proxy on, forwarding to `upstream`.
 struct Running {
     api: SocketAddr,
+    ops: SocketAddr,
     proxy_addr: SocketAddr,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
@@ -220,6 +221,7 @@ async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Runnin
     .await;
     Running {
         api,
+        ops,
         proxy_addr,
         proxy,
         shutdown,
@@ -632,6 +634,14 @@ async fn streams_and_upgrades_end_with_the_session_and_are_capped_per_device() {
         "{status}"
     );
     let bob_watch = watch(&world, &bob, running.proxy_addr).await;
+    let (_, metrics) = get(running.ops, "/metrics").await.unwrap();
+    for line in [
+        "tka_proxy_active_streams 3",
+        "tka_proxy_requests_total{outcome=\"upgraded\"} 1",
+        "tka_proxy_requests_total{outcome=\"limited\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // Logout ends alice's watch and exec; bob's watch goes on.
     logout(&world, &running, &alice).await;
