@@ -786,3 +786,89 @@ async fn every_proxied_request_is_audited_and_no_token_reaches_the_log() {
 
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_serves_tls_with_its_certificate_files() {
+    use tokio_rustls::rustls;
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["tka-prod".to_owned()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let running = start(
+        &world,
+        &upstream,
+        &[
+            "--proxy-tls-cert",
+            cert.to_str().unwrap(),
+            "--proxy-tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+
+    // Refused: plain HTTP gets no HTTP answer from the TLS listener.
+    let mut plain = connect_as(&world, &alice, running.proxy_addr).await;
+    plain
+        .write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: tka-prod\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(BOUND, plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(upstream.seen().is_empty());
+
+    // Allowed: over TLS, verified against the configured certificate, forwarded with the
+    // session's token.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pair.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut status = 0;
+    for _ in 0..200 {
+        let tcp = connect_as(&world, &alice, running.proxy_addr).await;
+        let name = rustls::pki_types::ServerName::try_from("tka-prod").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/api/v1/namespaces")
+            .header("host", "tka-prod")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        status = response.status().as_u16();
+        if status != 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0]
+            .authorization
+            .as_deref()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+
+    running.stop().await;
+}
