@@ -328,6 +328,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_PROXY_TLS_KEY")]
     pub proxy_tls_key: Option<PathBuf>,
 
+    /// Serve the proxy over HTTPS with the node's tailnet certificate for this MagicDNS name,
+    /// from tailscaled (which renews it; the server fetches it again every 6 hours).
+    #[arg(
+        long,
+        env = "TKA_PROXY_TLS_TAILNET_CERT",
+        conflicts_with_all = ["proxy_tls_cert", "proxy_tls_key"]
+    )]
+    pub proxy_tls_tailnet_cert: Option<String>,
+
     /// Proxied requests and streams (watches, exec, port-forward) open at once per device;
     /// more are refused with 429.
     #[arg(long, env = "TKA_PROXY_MAX_STREAMS_PER_DEVICE", default_value_t = 64)]

@@ -97,8 +97,19 @@ pub struct ProxySettings {
     pub upstream_timeout: Duration,
     /// Hosts, caps and rate of the proxy.
     pub config: ProxyConfig,
-    /// TLS for the proxy listener (from `--proxy-tls-cert` and `--proxy-tls-key`).
-    pub tls: Option<Arc<ServerConfig>>,
+    /// TLS for the proxy listener, when configured.
+    pub tls: Option<ProxyTls>,
+}
+
+/// Where the proxy's TLS certificate comes from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProxyTls {
+    /// `--proxy-tls-cert` and `--proxy-tls-key`, loaded and checked at start.
+    Files(Arc<ServerConfig>),
+    /// `--proxy-tls-tailnet-cert`: the node's tailnet certificate for this name, from
+    /// tailscaled.
+    Tailnet(String),
 }
 
 /// Everything `tka-server serve` runs with, validated.
@@ -460,7 +471,12 @@ fn proxy_upstream(text: &str) -> Result<http::Uri, SettingsError> {
 fn proxy_url(args: &ServeArgs, listen: SocketAddr, tls: bool) -> Result<String, SettingsError> {
     const FLAG: &str = "--proxy-url";
     let Some(text) = &args.proxy_url else {
-        let Some(name) = args.server_names.first() else {
+        // The tailnet certificate is for its MagicDNS name: the URL must use it.
+        let name = args
+            .proxy_tls_tailnet_cert
+            .as_ref()
+            .or(args.server_names.first());
+        let Some(name) = name else {
             return Err(SettingsError::invalid(
                 FLAG,
                 "give the URL clients reach the proxy at (e.g. http://tka-prod:8443)",
@@ -499,6 +515,10 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
             (args.proxy_upstream_ca.is_some(), "--proxy-upstream-ca"),
             (args.proxy_tls_cert.is_some(), "--proxy-tls-cert"),
             (args.proxy_tls_key.is_some(), "--proxy-tls-key"),
+            (
+                args.proxy_tls_tailnet_cert.is_some(),
+                "--proxy-tls-tailnet-cert",
+            ),
         ] {
             if set {
                 return Err(SettingsError::invalid(
@@ -613,7 +633,19 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
 
 /// The proxy's TLS configuration from `--proxy-tls-cert` and `--proxy-tls-key` (both or
 /// neither), HTTP/1.1 only (upgrades need it).
-fn proxy_tls(args: &ServeArgs) -> Result<Option<Arc<ServerConfig>>, SettingsError> {
+fn proxy_tls(args: &ServeArgs) -> Result<Option<ProxyTls>, SettingsError> {
+    if let Some(domain) = &args.proxy_tls_tailnet_cert {
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_dns1123_subdomain(&domain) || !domain.contains('.') {
+            return Err(SettingsError::invalid(
+                "--proxy-tls-tailnet-cert",
+                format!(
+                    "{domain:?} is not a MagicDNS name; give the node's full name, such as tka-prod.example.ts.net"
+                ),
+            ));
+        }
+        return Ok(Some(ProxyTls::Tailnet(domain)));
+    }
     let (cert, key) = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
         (None, None) => return Ok(None),
         (Some(_), None) => {
@@ -672,7 +704,7 @@ fn proxy_tls(args: &ServeArgs) -> Result<Option<Arc<ServerConfig>>, SettingsErro
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Some(ProxyTls::Files(Arc::new(config))))
 }
 
 impl TryFrom<ServeArgs> for Settings {
@@ -1293,7 +1325,9 @@ mod tests {
 
         let s = parse_owned(on(&["--proxy-tls-cert", &cert, "--proxy-tls-key", &key])).unwrap();
         let proxy = s.proxy.unwrap();
-        let tls = proxy.tls.unwrap();
+        let Some(ProxyTls::Files(tls)) = proxy.tls else {
+            panic!("TLS from files");
+        };
         assert_eq!(tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
         assert_eq!(proxy.url, "https://tka-prod:8443");
 
@@ -1322,6 +1356,26 @@ mod tests {
         );
         let message = refused(&["--proxy-tls-cert", &cert], "--proxy-tls-cert");
         assert!(message.contains("--proxy-listen"), "{message}");
+
+        // The tailnet certificate: a MagicDNS name, which the URL then uses.
+        let s = parse_owned(on(&[
+            "--proxy-tls-tailnet-cert",
+            "TKA-prod.example.ts.net.",
+        ]))
+        .unwrap();
+        let proxy = s.proxy.unwrap();
+        assert!(matches!(&proxy.tls, Some(ProxyTls::Tailnet(d)) if d == "tka-prod.example.ts.net"));
+        assert_eq!(proxy.url, "https://tka-prod.example.ts.net:8443");
+        assert!(
+            proxy
+                .config
+                .allowed_hosts
+                .allows("tka-prod.example.ts.net:8443")
+        );
+        refused_owned(
+            on(&["--proxy-tls-tailnet-cert", "tka-prod"]),
+            "--proxy-tls-tailnet-cert",
+        );
     }
 
     #[test]

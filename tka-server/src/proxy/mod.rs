@@ -14,6 +14,7 @@
 //! Session store, never a read per request. It decides no policy (the mint re-checks the
 //! grant), writes no token anywhere, and must not import the API's routes or handlers.
 
+pub mod certificate;
 pub mod front;
 pub mod service;
 pub mod streams;

@@ -789,7 +789,6 @@ async fn every_proxied_request_is_audited_and_no_token_reaches_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_serves_tls_with_its_certificate_files() {
-    use tokio_rustls::rustls;
     let world = FakeWorld::new().await;
     let upstream = upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -829,36 +828,7 @@ async fn the_proxy_serves_tls_with_its_certificate_files() {
 
     // Allowed: over TLS, verified against the configured certificate, forwarded with the
     // session's token.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pair.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let mut status = 0;
-    for _ in 0..200 {
-        let tcp = connect_as(&world, &alice, running.proxy_addr).await;
-        let name = rustls::pki_types::ServerName::try_from("tka-prod").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let request = http::Request::get("/api/v1/namespaces")
-            .header("host", "tka-prod")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        status = response.status().as_u16();
-        if status != 401 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let status = over_tls(&world, &running, &alice, pair.cert.der(), "tka-prod").await;
     assert_eq!(status, 200);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -869,6 +839,97 @@ async fn the_proxy_serves_tls_with_its_certificate_files() {
             .unwrap()
             .starts_with("Bearer ")
     );
+
+    running.stop().await;
+}
+
+/// A proxied GET over TLS as `peer`, trusting only `cert` for `name`; its status (retried,
+/// bounded, while the proxy has not yet seen a fresh session).
+async fn over_tls(
+    world: &FakeWorld,
+    running: &Running,
+    peer: &FakePeer,
+    cert: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    name: &'static str,
+) -> u16 {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut status = 0;
+    for _ in 0..200 {
+        let tcp = connect_as(world, peer, running.proxy_addr).await;
+        let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+        let tls = connector.connect(server_name, tcp).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/api/v1/namespaces")
+            .header("host", name)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        status = response.status().as_u16();
+        if status != 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_serves_tls_with_the_nodes_tailnet_certificate() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let domain = "tka-prod.example.ts.net";
+    let pair = rcgen::generate_simple_self_signed(vec![domain.to_owned()]).unwrap();
+    world.tailnet.set_cert_pair(
+        domain,
+        &format!("{}{}", pair.signing_key.serialize_pem(), pair.cert.pem()),
+    );
+    let running = start(&world, &upstream, &["--proxy-tls-tailnet-cert", domain]).await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+
+    // Allowed: the certificate tailscaled holds, for the MagicDNS name.
+    let status = over_tls(&world, &running, &alice, pair.cert.der(), domain).await;
+    assert_eq!(status, 200);
+    // Refused: a client that trusts another certificate does not get through.
+    let other = rcgen::generate_simple_self_signed(vec![domain.to_owned()]).unwrap();
+    let refused = tokio::spawn({
+        let cert = other.cert.der().clone();
+        let tcp = connect_as(&world, &alice, running.proxy_addr).await;
+        async move {
+            use tokio_rustls::rustls;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(cert).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(domain).unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .is_err()
+        }
+    });
+    assert!(
+        refused.await.unwrap(),
+        "an untrusted certificate is refused"
+    );
+    assert_eq!(upstream.seen().len(), 1, "{:?}", upstream.seen());
 
     running.stop().await;
 }
