@@ -32,7 +32,7 @@ pub struct ProxyToken {
 }
 
 /// Renewed no later than this before it expires, whatever its lifetime.
-const RENEW_FLOOR: SignedDuration = SignedDuration::from_secs(30);
+pub const RENEW_FLOOR: SignedDuration = SignedDuration::from_secs(30);
 
 impl ProxyToken {
     /// Whether it is still good to forward with at `now`: more than a third of its lifetime
