@@ -933,3 +933,29 @@ async fn the_proxy_serves_tls_with_the_nodes_tailnet_certificate() {
 
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_replica_streams_through_anothers_proxy_until_logout() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let a = start(&world, &upstream, &[]).await;
+    let b = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+
+    // Refused on B before any session; allowed on B once the session is made through A.
+    let response = fresh(&world, &alice, &b)
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    assert_status(&response, 401, "Unauthorized");
+    login(&world, &a, &alice, r#"{"role":"sre"}"#).await;
+    let through_b = watch(&world, &alice, b.proxy_addr).await;
+
+    // Logout through A ends the watch running through B.
+    logout(&world, &a, &alice).await;
+    ends(through_b, "the watch through B after logout through A").await;
+
+    a.stop().await;
+    b.stop().await;
+}
