@@ -11,15 +11,25 @@
 //! - an idle timeout: a connection with no request in flight that sends nothing for that long is
 //!   closed (a fresh connection that never speaks, a kept-alive one that stopped, or one that
 //!   stopped reading its answers: it gets one more header deadline to finish, then is dropped);
+//! - TLS when the listener has an acceptor (the proxy may): the handshake must finish within
+//!   the header deadline, and every check below sees the decrypted bytes;
 //! - a slot under two caps, taken at accept: one on all connections of the listener, one per
 //!   peer. "Peer" is what a [`PeerKeyer`] says: for the API, the tailnet node whois names
 //!   (behind a userspace sidecar every connection comes from 127.0.0.1, so an address would lump
 //!   every device together); for ops, the address. A connection over a cap gets a best-effort
 //!   503 problem and is closed at once, so it holds nothing.
 //!
+//! A request is in flight from its headers until its response body has ended (or was dropped),
+//! so a long watch response keeps its connection open while an idle one is still closed.
+//! Connections may be upgraded (HTTP/1.1 `101 Switching Protocols`; only the proxy answers
+//! one): the upgraded connection keeps its slots under both caps until it is closed, and from
+//! then on belongs to whoever took the upgrade (the proxy cuts it when its session ends).
+//!
 //! Shutdown (the token) stops accepting and lets each connection finish the request in flight.
 //! This module knows nothing about what the requests mean; it hands each to a [`Router`] with
-//! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension.
+//! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension, which
+//! carries the identity whois gave at accept (when the listener's keyer asked), so a front that
+//! trusts the connection's identity for its lifetime (the proxy) does not ask again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +48,8 @@ use axum::response::IntoResponse as _;
 use axum::serve::Listener;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tka_core::NodeId;
 use tka_core::identity::{IdentityProvider, WhoisRequest};
+use tka_core::{Identity, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,11 +102,29 @@ pub enum PeerKey {
     Address(IpAddr),
 }
 
+/// Who a new connection is, as its [`PeerKeyer`] found out.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    /// The key the connection counts against.
+    pub key: PeerKey,
+    /// The identity whois gave, when the keyer asked and it answered in time.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl From<PeerKey> for Keyed {
+    fn from(key: PeerKey) -> Self {
+        Self {
+            key,
+            identity: None,
+        }
+    }
+}
+
 /// Names the peer of a new connection, before any request is read.
 #[async_trait]
 pub trait PeerKeyer: Send + Sync {
-    /// The key the connection from `peer` counts against.
-    async fn key(&self, peer: &Peer) -> PeerKey;
+    /// The key the connection from `peer` counts against, and its identity when known.
+    async fn key(&self, peer: &Peer) -> Keyed;
 }
 
 /// Keys by address: for listeners whose peers are not tailnet nodes (ops).
@@ -105,8 +133,8 @@ pub struct ByAddress;
 
 #[async_trait]
 impl PeerKeyer for ByAddress {
-    async fn key(&self, peer: &Peer) -> PeerKey {
-        PeerKey::Address(peer.remote.ip().to_canonical())
+    async fn key(&self, peer: &Peer) -> Keyed {
+        PeerKey::Address(peer.remote.ip().to_canonical()).into()
     }
 }
 
@@ -144,12 +172,15 @@ impl std::fmt::Debug for ByNode {
 
 #[async_trait]
 impl PeerKeyer for ByNode {
-    async fn key(&self, peer: &Peer) -> PeerKey {
+    async fn key(&self, peer: &Peer) -> Keyed {
         let mut whois = WhoisRequest::connection(peer.remote);
         whois.svc_name = peer.svc_name.clone().or_else(|| self.service_name.clone());
         match tokio::time::timeout(self.timeout, self.identity.lookup(&whois)).await {
-            Ok(Ok(identity)) => PeerKey::Node(identity.key().clone()),
-            _ => PeerKey::Address(peer.remote.ip().to_canonical()),
+            Ok(Ok(identity)) => Keyed {
+                key: PeerKey::Node(identity.key().clone()),
+                identity: Some(Arc::new(identity)),
+            },
+            _ => PeerKey::Address(peer.remote.ip().to_canonical()).into(),
         }
     }
 }
@@ -161,6 +192,9 @@ pub struct ConnectionInfo {
     pub peer: Peer,
     /// The address the client connected to (the socket's local address).
     pub local: SocketAddr,
+    /// The identity whois gave for this connection at accept, when the listener asked (the
+    /// API and proxy listeners do; `None` when whois did not answer in time or refused).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The per-peer counts of one listener.
@@ -240,6 +274,7 @@ struct Shared {
     limits: ConnectionLimits,
     keyer: Arc<dyn PeerKeyer>,
     per_peer: Arc<PerPeer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     http: hyper::server::conn::http1::Builder,
     shutdown: CancellationToken,
     epoch: Instant,
@@ -260,6 +295,8 @@ pub struct Serving {
     pub keyer: Arc<dyn PeerKeyer>,
     /// Told of every connection refused at a cap.
     pub on_refused: OnRefused,
+    /// Serve TLS with this acceptor (`None`: plain HTTP).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `serving.router` on `listener` under `serving.limits` until `shutdown`, then waits for
@@ -278,6 +315,7 @@ pub async fn serve<L>(
         limits,
         keyer,
         on_refused,
+        tls,
     } = serving;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -296,6 +334,7 @@ pub async fn serve<L>(
             cap: limits.max_connections_per_peer,
             open: Mutex::default(),
         }),
+        tls,
         http,
         shutdown: shutdown.clone(),
         epoch: Instant::now(),
@@ -349,13 +388,13 @@ async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: Peer,
-    _total: OwnedSemaphorePermit,
+    total: OwnedSemaphorePermit,
 ) {
-    let key = tokio::select! {
+    let keyed = tokio::select! {
         () = shared.shutdown.cancelled() => return,
-        key = shared.keyer.key(&peer) => key,
+        keyed = shared.keyer.key(&peer) => keyed,
     };
-    let Some(_slot) = shared.per_peer.take(key) else {
+    let Some(slot) = shared.per_peer.take(keyed.key) else {
         if shared.peer_full.allow(shared.epoch) {
             tracing::warn!(
                 listener = shared.name,
@@ -375,14 +414,44 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    let stream: Box<dyn Io> = match &shared.tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream));
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                accepted = handshake => accepted,
+            };
+            match accepted {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = shared.name, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        listener = shared.name,
+                        "no TLS handshake within the header deadline"
+                    );
+                    return;
+                }
+            }
+        }
+    };
     let activity = Arc::new(Activity::new());
     let framing = Arc::new(Mutex::new(Framing::new(shared.limits.max_header_bytes)));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
         framing: Arc::clone(&framing),
+        _slots: (slot, total),
     });
-    let info = ConnectionInfo { peer, local };
+    let info = ConnectionInfo {
+        peer,
+        local,
+        identity: keyed.identity,
+    };
     let service = {
         let shared = Arc::clone(&shared);
         let activity = Arc::clone(&activity);
@@ -415,12 +484,14 @@ async fn connection(
                 } else {
                     router.oneshot(request).await
                 };
-                drop(busy);
+                // In flight until the body has been written (or dropped): a watch is busy for
+                // as long as it streams.
                 response
+                    .map(|response| response.map(|body| Body::new(InFlight { body, _busy: busy })))
             }
         })
     };
-    let mut conn = pin!(shared.http.serve_connection(io, service));
+    let mut conn = pin!(shared.http.serve_connection(io, service).with_upgrades());
     let mut closing = false;
     // Set when an idle connection is being closed: nothing is in flight, so anything left (an
     // answer the client does not read, say) gets one header deadline and is then dropped.
@@ -510,11 +581,40 @@ impl Drop for Busy {
     }
 }
 
-/// The socket, noting each byte received as activity and following the request framing.
+/// A response body that keeps its request counted as in flight until it ends or is dropped.
+struct InFlight {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for InFlight {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket, noting each byte received as activity and following the request framing. It
+/// holds the connection's slots under both caps, so an upgraded connection (which outlives
+/// the connection task) keeps counting until it is closed.
 struct Watched {
-    inner: TcpStream,
+    inner: Box<dyn Io>,
     activity: Arc<Activity>,
     framing: Arc<Mutex<Framing>>,
+    _slots: (PeerSlot, OwnedSemaphorePermit),
 }
 
 impl AsyncRead for Watched {
@@ -565,6 +665,11 @@ impl AsyncWrite for Watched {
         self.inner.is_write_vectored()
     }
 }
+
+/// A connection's byte stream: the TCP socket, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The request body was not complete within the body deadline.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
-//! The HTTP side of `tka-server`: the login API under `/api/v1` (tailnet only), the ops endpoints
-//! (`/healthz`, `/readyz`, `/metrics`), the listeners they run on, and the validated settings that
-//! configure them.
+//! The HTTP side of `tka-server`: the login API under `/api/v1` (tailnet only), the optional
+//! tailnet API proxy to the Kubernetes API server, the ops endpoints (`/healthz`, `/readyz`,
+//! `/metrics`), the listeners they run on, and the validated settings that configure them.
 //!
 //! This crate is a thin layer: who is calling comes from a [`tka_core::IdentityProvider`], what
 //! they may get from [`tka_core::policy`], and the credentials from a
@@ -13,8 +13,8 @@
 //! Inside, data flows one way (DESIGN §6): [`settings`] → [`wiring`] → shared [`state`] (the
 //! backends, the rate limiter, the metrics) → the [`sessions`] service (login, token, logout,
 //! each to an outcome that one observer turns into audit records and metrics) → thin fronts
-//! ([`api`] handlers behind [`guard`] and [`body`], assembled by [`routes`]; [`ops`]). Nothing
-//! below a front imports the front.
+//! ([`api`] handlers behind [`guard`] and [`body`], assembled by [`routes`]; the tailnet API
+//! [`proxy`]; [`ops`]). Nothing below a front imports the front.
 //!
 //! The binary (`main.rs`) parses flags into [`settings::Settings`], has [`wiring::server`] build
 //! the real server (the one place the real implementations are constructed, so the binary, the
@@ -38,6 +38,7 @@ pub mod mappings;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod proxy;
 pub mod ratelimit;
 pub mod request_id;
 pub mod routes;

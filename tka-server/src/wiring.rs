@@ -30,8 +30,11 @@ use crate::kubernetes::{
 use crate::mappings::InMemoryMappings;
 use crate::metrics::{Metrics, RevocationCause};
 use crate::ops::{ReadinessCheck, ops_router};
+use crate::proxy::Proxy;
+use crate::proxy::certificate::TailnetCertificate;
+use crate::proxy::upstream::Upstream;
 use crate::server::Server;
-use crate::settings::Settings;
+use crate::settings::{ProxyTls, Settings};
 use crate::state::{ApiState, Backends};
 use crate::tailscale::{TailscaledReady, own_node};
 
@@ -61,6 +64,9 @@ impl std::fmt::Debug for Wired {
             .finish_non_exhaustive()
     }
 }
+
+/// How long tailscaled may take to hand over the proxy's tailnet certificate.
+const TAILNET_CERT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long `serve` waits for tailscaled to report its own node at start.
 const OWN_NODE_ATTEMPTS: u32 = 30;
@@ -273,10 +279,31 @@ pub async fn wire(settings: &Settings, shutdown: &CancellationToken) -> anyhow::
     })
 }
 
-/// A server built as in production from `settings`, with both listeners bound and every
-/// background task started; [`Server::run`] serves until `shutdown` is cancelled.
+/// A server built as in production from `settings`, with its listeners bound (the proxy's too
+/// when `--proxy-listen` is given) and every background task started; [`Server::run`] serves until `shutdown` is cancelled.
 pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
     let wired = wire(settings, &shutdown).await?;
+    let proxy = match &settings.proxy {
+        Some(proxy) => {
+            let upstream = Upstream::from_settings(
+                settings.kubeconfig.as_deref(),
+                proxy.upstream.as_ref(),
+                proxy.upstream_ca.as_deref(),
+                proxy.upstream_timeout,
+            )
+            .await?;
+            Some((
+                proxy,
+                Proxy::new(
+                    Arc::clone(&wired.state),
+                    wired.watches.sessions.clone(),
+                    upstream,
+                    proxy.config.clone(),
+                ),
+            ))
+        }
+        None => None,
+    };
     let mut server = Server::bind(
         settings.api_listen,
         &settings.listen_mode,
@@ -288,6 +315,27 @@ pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow:
     )
     .await?
     .with_connection_limits(settings.connection_limits);
+    if let Some((proxy, service)) = proxy {
+        let (tls, certificate) = match &proxy.tls {
+            None => (None, None),
+            Some(ProxyTls::Files(config)) => (Some(Arc::clone(config)), None),
+            Some(ProxyTls::Tailnet(domain)) => {
+                // Issuing a certificate can take tailscaled a while (ACME); not the whois
+                // deadline.
+                let localapi = TailscaleLocalApi::new(&settings.tailscale_socket)
+                    .with_timeout(TAILNET_CERT_TIMEOUT)
+                    .without_cli_fallback();
+                let certificate = TailnetCertificate::load(localapi, domain).await?;
+                (Some(certificate.server_config()?), Some(certificate))
+            }
+        };
+        server = server
+            .with_proxy(proxy.listen, &proxy.listen_mode, service, tls)
+            .await?;
+        if let Some(certificate) = certificate {
+            server.spawn_task(|shutdown| certificate.run(shutdown));
+        }
+    }
     for task in wired.tasks {
         server.spawn_task(task);
     }

@@ -191,6 +191,28 @@ impl TailscaleLocalApi {
         exchange(stream, path_and_query).await
     }
 
+    /// The TLS certificate tailscaled holds for `domain` (one of this node's MagicDNS names),
+    /// as PEM: the private key, then the certificate chain (`GET /localapi/v0/cert/<domain>?type=pair`).
+    /// tailscaled obtains it (the tailnet's HTTPS certificates must be on) and renews it itself;
+    /// asking again returns the current one. The answer holds a private key: never log it.
+    pub async fn cert_pair(&self, domain: &str) -> Result<crate::Secret<Vec<u8>>, IdentityError> {
+        if !crate::domain::is_dns1123_subdomain(domain) {
+            return Err(IdentityError::Malformed(format!(
+                "{domain:?} is not a DNS name; give the node's MagicDNS name"
+            )));
+        }
+        self.within_deadline(async {
+            let answer = self
+                .get(&format!("/localapi/v0/cert/{domain}?type=pair"))
+                .await?;
+            match answer.status {
+                StatusCode::OK => Ok(crate::Secret::new(answer.body.to_vec())),
+                _ => Err(refusal(&answer)),
+            }
+        })
+        .await
+    }
+
     async fn status_from_cli(
         &self,
         binary: &OsStr,

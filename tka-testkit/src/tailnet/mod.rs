@@ -313,6 +313,7 @@ impl FakeTailnet {
                 bindings: HashMap::new(),
                 self_node: None,
                 not_ready: false,
+                cert_pairs: HashMap::new(),
                 style: DaemonStyle::Current,
                 requests: Vec::new(),
             })),
@@ -581,6 +582,29 @@ impl FakeTailnet {
             return FakeAnswer::text(404, WHOIS_NOT_FOUND);
         };
         FakeAnswer::json(&json::whois(&state, node, svc_name))
+    }
+
+    /// Makes `GET /localapi/v0/cert/<domain>?type=pair` answer `pem` (a private key, then the
+    /// certificate chain, as tailscaled sends them).
+    pub fn set_cert_pair(&self, domain: &str, pem: &str) {
+        self.state()
+            .cert_pairs
+            .insert(domain.to_owned(), pem.to_owned());
+    }
+
+    /// What tailscaled answers to `GET /localapi/v0/cert/<domain>?type=pair`.
+    pub fn answer_cert_pair(&self, domain: &str) -> FakeAnswer {
+        let state = self.state();
+        if state.not_ready {
+            return FakeAnswer::text(503, NOT_READY);
+        }
+        match state.cert_pairs.get(domain) {
+            Some(pem) => FakeAnswer::text(200, pem),
+            None => FakeAnswer::text(
+                500,
+                &format!("invalid domain {domain:?}; must be one of the node's cert domains"),
+            ),
+        }
     }
 
     /// What tailscaled answers to `GET /localapi/v0/status` (and prints for

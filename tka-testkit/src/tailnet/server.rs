@@ -102,6 +102,9 @@ async fn accept_loop(listener: UnixListener, tailnet: FakeTailnet) {
     }
 }
 
+/// Where tailscaled serves a node's TLS certificates (`<domain>?type=pair`).
+const CERT_PATH: &str = "/localapi/v0/cert/";
+
 fn handle(tailnet: &FakeTailnet, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let query: Vec<(String, String)> = request
         .uri()
@@ -120,6 +123,9 @@ fn handle(tailnet: &FakeTailnet, request: &Request<Incoming>) -> Response<Full<B
         match request.uri().path() {
             WHOIS_PATH => tailnet.answer_whois(param("addr"), param("svc_name")),
             STATUS_PATH => tailnet.answer_status(),
+            path if path.starts_with(CERT_PATH) && param("type") == Some("pair") => {
+                tailnet.answer_cert_pair(&path[CERT_PATH.len()..])
+            }
             "/" => FakeAnswer::text(200, "tailscaled"),
             _ => FakeAnswer::text(404, "404 page not found"),
         }

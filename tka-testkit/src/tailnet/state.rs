@@ -149,6 +149,8 @@ pub(super) struct State {
     pub(super) bindings: HashMap<SocketAddr, Binding>,
     pub(super) self_node: Option<NodeId>,
     pub(super) not_ready: bool,
+    /// TLS certificate pairs (key, then chain, PEM) by domain, for `/localapi/v0/cert/`.
+    pub(super) cert_pairs: HashMap<String, String>,
     pub(super) style: DaemonStyle,
     pub(super) requests: Vec<RecordedRequest>,
 }
