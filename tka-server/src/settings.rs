@@ -1,7 +1,7 @@
 //! Validated settings: [`Settings`] is built once from the command line
 //! (`TryFrom<ServeArgs>`) and is everything `serve` needs, already checked and converted into
-//! domain types. Every error names the flag to fix. This module reads the CA files (the one piece
-//! of I/O validation needs) and nothing else; it starts nothing.
+//! domain types. Every error names the flag to fix. This module reads the CA, certificate and key
+//! files (the one piece of I/O validation needs) and nothing else; it starts nothing.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

@@ -70,6 +70,7 @@ async fn answer(
             .map(|v| v.to_str().unwrap().to_owned()),
     });
     if request.uri().path().ends_with("/exec") && request.headers().contains_key("upgrade") {
+        let protocol = request.headers()["upgrade"].clone();
         let on = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
             let Ok(upgraded) = on.await else { return };
@@ -90,7 +91,7 @@ async fn answer(
         return hyper::Response::builder()
             .status(101)
             .header("connection", "Upgrade")
-            .header("upgrade", "SPDY/3.1")
+            .header("upgrade", protocol)
             .body(Empty::new().map_err(|never| match never {}).boxed())
             .unwrap();
     }
@@ -514,22 +515,28 @@ async fn ends(mut body: Incoming, what: &str) {
     assert!(drained.is_ok(), "{what}: the stream was not closed");
 }
 
-/// Opens a proxied exec, upgraded, and checks that bytes go both ways.
+/// Opens a proxied exec, upgraded to `protocol` (SPDY or WebSocket, as kubectl asks), and
+/// checks that bytes go both ways.
 async fn exec(
     world: &FakeWorld,
     peer: &FakePeer,
     proxy: SocketAddr,
+    protocol: &str,
 ) -> TokioIo<hyper::upgrade::Upgraded> {
     let mut sender = raw_connection(connect_as(world, peer, proxy).await).await;
     let request = http::Request::post("/api/v1/namespaces/default/pods/web/exec?command=sh")
         .header("host", "tka-prod")
         .header("connection", "Upgrade")
-        .header("upgrade", "SPDY/3.1")
+        .header("upgrade", protocol)
         .header("x-stream-protocol-version", "v4.channel.k8s.io")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
         .body(Empty::new())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["upgrade"], protocol);
     let upgraded = hyper::upgrade::on(response).await.unwrap();
     let mut io = TokioIo::new(upgraded);
     io.write_all(b"ping").await.unwrap();
@@ -581,7 +588,7 @@ async fn streams_and_upgrades_end_with_the_session_and_are_capped_per_device() {
     login(&world, &running, &bob, r#"{"role":"sre"}"#).await;
 
     let mut alice_watch = watch(&world, &alice, running.proxy_addr).await;
-    let mut shell = exec(&world, &alice, running.proxy_addr).await;
+    let mut shell = exec(&world, &alice, running.proxy_addr, "SPDY/3.1").await;
 
     // The watch keeps streaming past the idle timeout and the header deadline an idle
     // connection gets to close: an event made 5 s after it started still arrives.
@@ -951,10 +958,12 @@ async fn a_session_made_on_one_replica_streams_through_anothers_proxy_until_logo
     assert_status(&response, 401, "Unauthorized");
     login(&world, &a, &alice, r#"{"role":"sre"}"#).await;
     let through_b = watch(&world, &alice, b.proxy_addr).await;
+    let websocket = exec(&world, &alice, b.proxy_addr, "websocket").await;
 
-    // Logout through A ends the watch running through B.
+    // Logout through A ends the watch and the WebSocket exec running through B.
     logout(&world, &a, &alice).await;
     ends(through_b, "the watch through B after logout through A").await;
+    closed(websocket).await;
 
     a.stop().await;
     b.stop().await;
