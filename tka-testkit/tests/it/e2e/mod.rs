@@ -9,6 +9,7 @@ mod deploy;
 mod kubectl;
 mod localapi;
 mod suite;
+mod upgrades;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
