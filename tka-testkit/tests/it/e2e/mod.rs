@@ -17,7 +17,12 @@ use std::time::Duration;
 /// The kubectl binaries the credential tests use: the one built with the API server, and the
 /// machine's own (a client from another build), when it exists.
 pub(crate) fn kubectls(env: &tka_testkit::testenv::KubeEnv) -> Vec<PathBuf> {
-    let mut all = vec![env.kubectl()];
+    kubectls_besides(env.kubectl())
+}
+
+/// `built` and the machine's own kubectl, when it exists.
+pub(crate) fn kubectls_besides(built: PathBuf) -> Vec<PathBuf> {
+    let mut all = vec![built];
     let system = PathBuf::from("/usr/bin/kubectl");
     if system.exists() {
         all.push(system);

@@ -11,7 +11,7 @@ use tka_testkit::testenv::{
     bin_dir_or_skip, kubectl_exec,
 };
 
-use super::eventually;
+use super::{eventually, kubectls_besides};
 
 /// 64 KiB covering every byte value, so nothing on the way may treat the stream as text.
 fn payload() -> Vec<u8> {
@@ -45,6 +45,7 @@ async fn exec_echo_both_ways(upstream: &FakeUpstream, kubectl: &Path, home: &Pat
     let kubeconfig = upstream.kubeconfig_for_token(&token).unwrap();
     let input = payload();
     for protocol in StreamProtocol::ALL {
+        let tag = format!("{} {protocol:?}", kubectl.display());
         let out = kubectl_exec(
             kubectl,
             &kubeconfig,
@@ -57,16 +58,11 @@ async fn exec_echo_both_ways(upstream: &FakeUpstream, kubectl: &Path, home: &Pat
         .unwrap();
         assert!(
             out.status.success(),
-            "{protocol:?}: kubectl exec -i echo -- cat failed: {}",
+            "{tag}: kubectl exec -i echo -- cat failed: {}",
             out.stderr
         );
-        assert_eq!(
-            out.stdout.len(),
-            input.len(),
-            "{protocol:?}: {}",
-            out.stderr
-        );
-        assert!(out.stdout == input, "{protocol:?}: the echo differs");
+        assert_eq!(out.stdout.len(), input.len(), "{tag}: {}", out.stderr);
+        assert!(out.stdout == input, "{tag}: the echo differs");
 
         // The remote exit status comes back too: 0 above, 3 here.
         let out = kubectl_exec(
@@ -79,17 +75,13 @@ async fn exec_echo_both_ways(upstream: &FakeUpstream, kubectl: &Path, home: &Pat
         )
         .await
         .unwrap();
-        assert_eq!(out.status.code(), Some(3), "{protocol:?}: {}", out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{tag}: {}", out.stderr);
 
         let requests = upstream.requests().unwrap();
         let execs = upgrades(&requests, "exec", protocol);
-        assert_eq!(execs.len(), 2, "{protocol:?}: {requests:#?}");
+        assert_eq!(execs.len(), 2, "{tag}: {requests:#?}");
         for exec in execs {
-            assert_eq!(
-                exec.authorization(),
-                expected.as_deref(),
-                "{protocol:?}: {exec:?}"
-            );
+            assert_eq!(exec.authorization(), expected.as_deref(), "{tag}: {exec:?}");
             assert!(exec.query.contains("command=cat") || exec.query.contains("command=exit"));
         }
         match protocol {
@@ -158,19 +150,21 @@ async fn kubectl_exec_echoes_stdin_over_websocket_and_spdy_and_the_fake_records_
         return;
     };
     let home = tempfile::tempdir().unwrap();
-    let https = FakeUpstream::start(&bin).await.unwrap();
-    assert!(https.url().starts_with("https://127.0.0.1:"));
-    assert!(https.ca_file().is_some_and(Path::is_file));
-    exec_echo_both_ways(&https, &bin.join("kubectl"), home.path(), true).await;
+    for kubectl in kubectls_besides(bin.join("kubectl")) {
+        let https = FakeUpstream::start(&bin).await.unwrap();
+        assert!(https.url().starts_with("https://127.0.0.1:"));
+        assert!(https.ca_file().is_some_and(Path::is_file));
+        exec_echo_both_ways(&https, &kubectl, home.path(), true).await;
 
-    // Plain HTTP serves the same (a proxy's upstream may be either); kubectl sends no
-    // credential over it.
-    let http = FakeUpstream::start_with(&bin, UpstreamScheme::Http)
-        .await
-        .unwrap();
-    assert!(http.url().starts_with("http://127.0.0.1:"));
-    assert!(http.ca_pem().is_none());
-    exec_echo_both_ways(&http, &bin.join("kubectl"), home.path(), false).await;
+        // Plain HTTP serves the same (a proxy's upstream may be either); kubectl sends no
+        // credential over it.
+        let http = FakeUpstream::start_with(&bin, UpstreamScheme::Http)
+            .await
+            .unwrap();
+        assert!(http.url().starts_with("http://127.0.0.1:"));
+        assert!(http.ca_pem().is_none());
+        exec_echo_both_ways(&http, &kubectl, home.path(), false).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,36 +175,54 @@ async fn kubectl_port_forward_echoes_over_websocket_and_spdy_and_the_fake_record
         return;
     };
     let home = tempfile::tempdir().unwrap();
-    let upstream = FakeUpstream::start(&bin).await.unwrap();
-    let token = format!("port-forward-token-{:016x}", rand::random::<u64>());
-    let kubeconfig = upstream.kubeconfig_for_token(&token).unwrap();
-    let kubectl = bin.join("kubectl");
     let input = payload();
+    for kubectl in kubectls_besides(bin.join("kubectl")) {
+        let upstream = FakeUpstream::start(&bin).await.unwrap();
+        let token = format!("port-forward-token-{:016x}", rand::random::<u64>());
+        let kubeconfig = upstream.kubeconfig_for_token(&token).unwrap();
+        port_forward_echo_both_ways(
+            &upstream,
+            &kubectl,
+            &kubeconfig,
+            &token,
+            home.path(),
+            &input,
+        )
+        .await;
+    }
+}
+
+async fn port_forward_echo_both_ways(
+    upstream: &FakeUpstream,
+    kubectl: &Path,
+    kubeconfig: &Path,
+    token: &str,
+    home: &Path,
+    input: &[u8],
+) {
     for protocol in StreamProtocol::ALL {
+        let tag = format!("{} {protocol:?}", kubectl.display());
         let mut forward =
-            KubectlPortForward::start(&kubectl, &kubeconfig, protocol, home.path(), "pod/echo", 80)
+            KubectlPortForward::start(kubectl, kubeconfig, protocol, home, "pod/echo", 80)
                 .await
                 .unwrap();
         assert!(forward.local_addr().ip().is_loopback());
         // Two connections through one port-forward, each echoed whole.
         for round in 0..2 {
-            let answer = forward.exchange(&input).await.unwrap();
+            let answer = forward.exchange(input).await.unwrap();
             assert_eq!(
                 answer.len(),
                 input.len(),
-                "{protocol:?} round {round}: {}",
+                "{tag} round {round}: {}",
                 forward.stderr()
             );
-            assert!(
-                answer == input,
-                "{protocol:?} round {round}: the echo differs"
-            );
+            assert!(answer == input, "{tag} round {round}: the echo differs");
         }
         assert!(forward.exited().is_none(), "{}", forward.stderr());
 
         let requests = upstream.requests().unwrap();
         let forwards = upgrades(&requests, "portforward", protocol);
-        assert_eq!(forwards.len(), 1, "{protocol:?}: {requests:#?}");
+        assert_eq!(forwards.len(), 1, "{tag}: {requests:#?}");
         let request = forwards[0];
         assert_eq!(
             request.authorization(),
@@ -242,6 +254,6 @@ async fn kubectl_port_forward_echoes_over_websocket_and_spdy_and_the_fake_record
                 .any(|r| r.seq == seq && r.finished.is_some_and(|f| f.hijacked))
         })
         .await;
-        assert!(ended, "{protocol:?}: {:#?}", upstream.requests().unwrap());
+        assert!(ended, "{tag}: {:#?}", upstream.requests().unwrap());
     }
 }
