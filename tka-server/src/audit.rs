@@ -1,5 +1,5 @@
 //! Audit records: one structured tracing event (target `tka::audit`) per issue, refresh, revoke
-//! and denial, with the device, the user, the role, the bindings, the expiry, the session, the
+//! and denial, and one per proxied request ([`ProxyRecord`], event `proxy`), with the device, the user, the role, the bindings, the expiry, the session, the
 //! token's ID (`jti`, so Kubernetes audit lines can be joined back to a device and a person), the
 //! outcome and the request ID. This module formats records; it never sees a token, only its ID.
 //! It decides nothing: [`crate::sessions`] says what happened, and this module must not import
@@ -226,6 +226,60 @@ impl Record {
             token_id = %self.token_id,
             token_expires_at = %self.token_expires_at,
             reason = %self.reason,
+            "audit"
+        );
+    }
+}
+
+/// The audit record of one proxied request (event `proxy`): who (login name and node), which
+/// session and token ID, what (verb and path, never the query), and how it went (status, bytes
+/// sent to the client, duration). Absent fields are `-`. It never holds the token.
+#[derive(Debug, Clone)]
+pub struct ProxyRecord {
+    /// The login name the device acts as (or its tags).
+    pub login: String,
+    /// The device's node stable ID.
+    pub node: String,
+    /// The device's node name.
+    pub node_name: String,
+    /// The peer address.
+    pub peer: String,
+    /// The session the request was forwarded under.
+    pub session: Option<String>,
+    /// The forwarding token's ID.
+    pub jti: Option<String>,
+    /// The HTTP method, lowercase.
+    pub verb: String,
+    /// The request path (no query).
+    pub path: String,
+    /// The status answered to the client.
+    pub status: u16,
+    /// Bytes sent to the client (body, or both ways of an upgraded connection).
+    pub bytes: u64,
+    /// How long the request (or upgraded connection) lasted.
+    pub duration_ms: u64,
+    /// Why it was refused or failed, when it was.
+    pub reason: Option<String>,
+}
+
+impl ProxyRecord {
+    /// Writes the record.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: TARGET,
+            event = "proxy",
+            login = %self.login,
+            node = %self.node,
+            node_name = %self.node_name,
+            peer = %self.peer,
+            session = %self.session.as_deref().unwrap_or(NONE),
+            jti = %self.jti.as_deref().unwrap_or(NONE),
+            verb = %self.verb,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.duration_ms,
+            reason = %self.reason.as_deref().unwrap_or(NONE),
             "audit"
         );
     }

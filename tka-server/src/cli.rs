@@ -295,6 +295,53 @@ pub struct ServeArgs {
     )]
     pub kube_timeout: String,
 
+    /// Turn the tailnet API proxy on, listening here (off when absent). The same listen modes
+    /// as `--listen` apply (`--network-mode`, `--proxy-protocol`).
+    #[arg(long, env = "TKA_PROXY_LISTEN")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// The Kubernetes API server the proxy forwards to (default: the server's own Kubernetes
+    /// configuration: in-cluster, or `--kubeconfig`).
+    #[arg(long, env = "TKA_PROXY_UPSTREAM")]
+    pub proxy_upstream: Option<String>,
+
+    /// A PEM file with the CA bundle that signs `--proxy-upstream`'s certificate.
+    #[arg(long, env = "TKA_PROXY_UPSTREAM_CA")]
+    pub proxy_upstream_ca: Option<PathBuf>,
+
+    /// The proxy URL advertised to clients (e.g. http://tka-prod:8443); default: the first
+    /// `--server-name` at `--proxy-listen`'s port.
+    #[arg(long, env = "TKA_PROXY_URL")]
+    pub proxy_url: Option<String>,
+
+    /// Never hand a token to a laptop: clusters are reached through the proxy only. Needs
+    /// `--proxy-listen`.
+    #[arg(long, env = "TKA_PROXY_ONLY")]
+    pub proxy_only: bool,
+
+    /// Proxied requests and streams (watches, exec, port-forward) open at once per device;
+    /// more are refused with 429.
+    #[arg(long, env = "TKA_PROXY_MAX_STREAMS_PER_DEVICE", default_value_t = 64)]
+    pub proxy_max_streams_per_device: usize,
+
+    /// Proxied requests per second each device may make.
+    #[arg(long, env = "TKA_PROXY_RATE_LIMIT", default_value_t = 50)]
+    pub proxy_rate_limit: u32,
+
+    /// Proxied requests a device may make in a burst before `--proxy-rate-limit` applies.
+    #[arg(long, env = "TKA_PROXY_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub proxy_rate_limit_burst: u32,
+
+    /// How long the upstream may take to accept a connection and answer a request's headers
+    /// (no deadline on the body of watches and upgraded connections).
+    #[arg(
+        long,
+        env = "TKA_PROXY_UPSTREAM_TIMEOUT",
+        allow_hyphen_values = true,
+        default_value = "30s"
+    )]
+    pub proxy_upstream_timeout: String,
+
     /// After SIGTERM, how long in-flight requests may take before the server exits anyway.
     #[arg(
         long,

@@ -17,9 +17,17 @@
 //!   every device together); for ops, the address. A connection over a cap gets a best-effort
 //!   503 problem and is closed at once, so it holds nothing.
 //!
+//! A request is in flight from its headers until its response body has ended (or was dropped),
+//! so a long watch response keeps its connection open while an idle one is still closed.
+//! Connections may be upgraded (HTTP/1.1 `101 Switching Protocols`; only the proxy answers
+//! one): the upgraded connection keeps its slots under both caps until it is closed, and from
+//! then on belongs to whoever took the upgrade (the proxy cuts it when its session ends).
+//!
 //! Shutdown (the token) stops accepting and lets each connection finish the request in flight.
 //! This module knows nothing about what the requests mean; it hands each to a [`Router`] with
-//! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension.
+//! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension, which
+//! carries the identity whois gave at accept (when the listener's keyer asked), so a front that
+//! trusts the connection's identity for its lifetime (the proxy) does not ask again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +46,8 @@ use axum::response::IntoResponse as _;
 use axum::serve::Listener;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tka_core::NodeId;
 use tka_core::identity::{IdentityProvider, WhoisRequest};
+use tka_core::{Identity, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,11 +100,29 @@ pub enum PeerKey {
     Address(IpAddr),
 }
 
+/// Who a new connection is, as its [`PeerKeyer`] found out.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    /// The key the connection counts against.
+    pub key: PeerKey,
+    /// The identity whois gave, when the keyer asked and it answered in time.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl From<PeerKey> for Keyed {
+    fn from(key: PeerKey) -> Self {
+        Self {
+            key,
+            identity: None,
+        }
+    }
+}
+
 /// Names the peer of a new connection, before any request is read.
 #[async_trait]
 pub trait PeerKeyer: Send + Sync {
-    /// The key the connection from `peer` counts against.
-    async fn key(&self, peer: &Peer) -> PeerKey;
+    /// The key the connection from `peer` counts against, and its identity when known.
+    async fn key(&self, peer: &Peer) -> Keyed;
 }
 
 /// Keys by address: for listeners whose peers are not tailnet nodes (ops).
@@ -105,8 +131,8 @@ pub struct ByAddress;
 
 #[async_trait]
 impl PeerKeyer for ByAddress {
-    async fn key(&self, peer: &Peer) -> PeerKey {
-        PeerKey::Address(peer.remote.ip().to_canonical())
+    async fn key(&self, peer: &Peer) -> Keyed {
+        PeerKey::Address(peer.remote.ip().to_canonical()).into()
     }
 }
 
@@ -144,12 +170,15 @@ impl std::fmt::Debug for ByNode {
 
 #[async_trait]
 impl PeerKeyer for ByNode {
-    async fn key(&self, peer: &Peer) -> PeerKey {
+    async fn key(&self, peer: &Peer) -> Keyed {
         let mut whois = WhoisRequest::connection(peer.remote);
         whois.svc_name = peer.svc_name.clone().or_else(|| self.service_name.clone());
         match tokio::time::timeout(self.timeout, self.identity.lookup(&whois)).await {
-            Ok(Ok(identity)) => PeerKey::Node(identity.key().clone()),
-            _ => PeerKey::Address(peer.remote.ip().to_canonical()),
+            Ok(Ok(identity)) => Keyed {
+                key: PeerKey::Node(identity.key().clone()),
+                identity: Some(Arc::new(identity)),
+            },
+            _ => PeerKey::Address(peer.remote.ip().to_canonical()).into(),
         }
     }
 }
@@ -161,6 +190,9 @@ pub struct ConnectionInfo {
     pub peer: Peer,
     /// The address the client connected to (the socket's local address).
     pub local: SocketAddr,
+    /// The identity whois gave for this connection at accept, when the listener asked (the
+    /// API and proxy listeners do; `None` when whois did not answer in time or refused).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The per-peer counts of one listener.
@@ -349,13 +381,13 @@ async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: Peer,
-    _total: OwnedSemaphorePermit,
+    total: OwnedSemaphorePermit,
 ) {
-    let key = tokio::select! {
+    let keyed = tokio::select! {
         () = shared.shutdown.cancelled() => return,
-        key = shared.keyer.key(&peer) => key,
+        keyed = shared.keyer.key(&peer) => keyed,
     };
-    let Some(_slot) = shared.per_peer.take(key) else {
+    let Some(slot) = shared.per_peer.take(keyed.key) else {
         if shared.peer_full.allow(shared.epoch) {
             tracing::warn!(
                 listener = shared.name,
@@ -381,8 +413,13 @@ async fn connection(
         inner: stream,
         activity: Arc::clone(&activity),
         framing: Arc::clone(&framing),
+        _slots: (slot, total),
     });
-    let info = ConnectionInfo { peer, local };
+    let info = ConnectionInfo {
+        peer,
+        local,
+        identity: keyed.identity,
+    };
     let service = {
         let shared = Arc::clone(&shared);
         let activity = Arc::clone(&activity);
@@ -415,12 +452,14 @@ async fn connection(
                 } else {
                     router.oneshot(request).await
                 };
-                drop(busy);
+                // In flight until the body has been written (or dropped): a watch is busy for
+                // as long as it streams.
                 response
+                    .map(|response| response.map(|body| Body::new(InFlight { body, _busy: busy })))
             }
         })
     };
-    let mut conn = pin!(shared.http.serve_connection(io, service));
+    let mut conn = pin!(shared.http.serve_connection(io, service).with_upgrades());
     let mut closing = false;
     // Set when an idle connection is being closed: nothing is in flight, so anything left (an
     // answer the client does not read, say) gets one header deadline and is then dropped.
@@ -510,11 +549,40 @@ impl Drop for Busy {
     }
 }
 
-/// The socket, noting each byte received as activity and following the request framing.
+/// A response body that keeps its request counted as in flight until it ends or is dropped.
+struct InFlight {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for InFlight {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket, noting each byte received as activity and following the request framing. It
+/// holds the connection's slots under both caps, so an upgraded connection (which outlives
+/// the connection task) keeps counting until it is closed.
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
     framing: Arc<Mutex<Framing>>,
+    _slots: (PeerSlot, OwnedSemaphorePermit),
 }
 
 impl AsyncRead for Watched {

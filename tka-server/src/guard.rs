@@ -41,7 +41,10 @@ pub fn single_host(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(host)
 }
 
-fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiError> {
+/// The checks against browser pages and DNS rebinding: no `Origin`, no cross-site
+/// `Sec-Fetch-Site`, one `Host` that is one of `hosts`. Every front that serves the tailnet runs
+/// them (the API here, the proxy in [`crate::proxy::front`]).
+pub fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiError> {
     let host = single_host(headers)?;
     if headers.contains_key(header::ORIGIN) {
         return Err(ApiError::OriginRefused);

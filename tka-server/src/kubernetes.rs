@@ -39,7 +39,13 @@ use crate::ops::ReadinessCheck;
 /// A kube client: from `kubeconfig` when given, else inferred (in-cluster ServiceAccount,
 /// `KUBECONFIG`, `~/.kube/config`).
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
+    let config = config(kubeconfig).await?;
+    Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))
+}
+
+/// The Kubernetes configuration [`client`] uses: from `kubeconfig` when given, else inferred.
+pub async fn config(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                 anyhow::anyhow!("cannot read the kubeconfig {}: {e}", path.display())
@@ -55,8 +61,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
                 "cannot find a Kubernetes configuration (not in a pod, no KUBECONFIG, no ~/.kube/config); pass --kubeconfig: {e}"
             )
         })?,
-    };
-    Client::try_from(config).map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {e}"))
+    })
 }
 
 /// The bindability of every GrantMapping, checked with SelfSubjectAccessReviews: for each

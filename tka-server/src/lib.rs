@@ -38,6 +38,7 @@ pub mod mappings;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod proxy;
 pub mod ratelimit;
 pub mod request_id;
 pub mod routes;

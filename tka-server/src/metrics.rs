@@ -13,7 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -93,6 +93,39 @@ impl LoginOutcome {
     }
 }
 
+/// The outcome of a proxied request, for `tka_proxy_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyOutcome {
+    /// Forwarded; the upstream answered (whatever its status).
+    Forwarded,
+    /// Forwarded and upgraded (exec, attach, port-forward).
+    Upgraded,
+    /// Refused: the device has no live session (401).
+    NoSession,
+    /// Refused by a check (impersonation, browser, Host, identity; 403).
+    Refused,
+    /// Refused: over the device's request rate or stream cap (429).
+    Limited,
+    /// No token could be minted for the session.
+    TokenFailed,
+    /// The upstream could not be reached or did not answer in time.
+    UpstreamFailed,
+}
+
+impl ProxyOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Upgraded => "upgraded",
+            Self::NoSession => "no_session",
+            Self::Refused => "refused",
+            Self::Limited => "limited",
+            Self::TokenFailed => "token_failed",
+            Self::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
 /// All metrics of one server.
 #[derive(Debug)]
 pub struct Metrics {
@@ -105,6 +138,9 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconcile_errors: Counter,
     revocations: Family<Labels, Counter>,
+    proxy_requests: Family<Labels, Counter>,
+    proxy_active_streams: Gauge,
+    proxy_upstream: Histogram,
 }
 
 impl Metrics {
@@ -159,6 +195,24 @@ impl Metrics {
             "Sessions revoked, by cause (logout, grant_withdrawn, expired, reconciler).",
             revocations.clone(),
         );
+        let proxy_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "tka_proxy_requests",
+            "Proxied requests by outcome (forwarded, upgraded, no_session, refused, limited, token_failed, upstream_failed).",
+            proxy_requests.clone(),
+        );
+        let proxy_active_streams = Gauge::default();
+        registry.register(
+            "tka_proxy_active_streams",
+            "Proxied responses and upgraded connections open now.",
+            proxy_active_streams.clone(),
+        );
+        let proxy_upstream = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "tka_proxy_upstream_seconds",
+            "Time the upstream API server took to answer a proxied request's headers.",
+            proxy_upstream.clone(),
+        );
         if let Some(sessions) = sessions {
             registry.register_collector(Box::new(ActiveSessions(sessions)));
         }
@@ -172,7 +226,31 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             revocations,
+            proxy_requests,
+            proxy_active_streams,
+            proxy_upstream,
         }
+    }
+
+    /// Counts a proxied request.
+    pub fn proxy_request(&self, outcome: ProxyOutcome) {
+        self.proxy_requests
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+    }
+
+    /// A proxied stream opened (`true`) or closed (`false`).
+    pub fn proxy_stream(&self, opened: bool) {
+        if opened {
+            self.proxy_active_streams.inc();
+        } else {
+            self.proxy_active_streams.dec();
+        }
+    }
+
+    /// Records how long the upstream took to answer a proxied request's headers.
+    pub fn observe_upstream(&self, took: Duration) {
+        self.proxy_upstream.observe(took.as_secs_f64());
     }
 
     /// Counts a login.

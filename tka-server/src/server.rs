@@ -1,12 +1,14 @@
-//! Running the two listeners until shutdown: the login API (on an [`ApiListener`], with each
-//! connection's [`Peer`] as connect info) and the ops endpoints. Shutdown is a
+//! Running the listeners until shutdown: the login API (on an [`ApiListener`], with each
+//! connection's [`Peer`] as connect info), the ops endpoints, and the tailnet API proxy when
+//! it is turned on ([`Server::with_proxy`], on a listener of its own in the same modes as the
+//! API, with its sweeper as a background task). Shutdown is a
 //! [`CancellationToken`]: cancelling it (SIGTERM does, see [`shutdown_on_signal`]) stops accepting,
 //! lets in-flight requests finish for at most the grace period, and tells background tasks
 //! ([`Server::spawn_task`], e.g. the reconciler) to stop.
 //!
-//! Both listeners are served by [`connections::serve`] under the same [`ConnectionLimits`]
-//! (deadlines and connection caps); API connections count per tailnet node (whois at accept),
-//! ops connections per address. The ops listener is an [`OpsListener`]: it never answers where
+//! Every listener is served by [`connections::serve`] under the same [`ConnectionLimits`]
+//! (deadlines and connection caps); API and proxy connections count per tailnet node (whois at
+//! accept), ops connections per address. The ops listener is an [`OpsListener`]: it never answers where
 //! tailnet traffic arrives.
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::{self, ByAddress, ByNode, ConnectionLimits, Serving};
 use crate::listener::{ApiListener, ListenMode, OpsListener, Peer};
+use crate::proxy::Proxy;
 use crate::routes::api_router;
 use crate::state::ApiState;
 
@@ -42,6 +45,15 @@ pub struct Server {
     shutdown: CancellationToken,
     grace: Duration,
     tasks: JoinSet<()>,
+    proxy: Option<ProxyListener>,
+}
+
+/// The proxy's listener and service.
+#[derive(Debug)]
+struct ProxyListener {
+    listener: ApiListener,
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
 }
 
 impl Server {
@@ -82,7 +94,39 @@ impl Server {
             shutdown,
             grace,
             tasks: JoinSet::new(),
+            proxy: None,
         })
+    }
+
+    /// Binds the tailnet API proxy at `addr` in `mode` (the API listener's modes) and runs its
+    /// sweeper for the server's lifetime. Fails with the address if it cannot be bound.
+    pub async fn with_proxy(
+        mut self,
+        addr: SocketAddr,
+        mode: &ListenMode,
+        proxy: Arc<Proxy>,
+    ) -> io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (--proxy-listen): {e}"),
+            )
+        })?;
+        let addr = tcp.local_addr()?;
+        let listener = ApiListener::new(tcp, mode, &self.shutdown)?;
+        let sweeper = Arc::clone(&proxy);
+        self.spawn_task(|shutdown| sweeper.run(shutdown));
+        self.proxy = Some(ProxyListener {
+            listener,
+            addr,
+            proxy,
+        });
+        Ok(self)
+    }
+
+    /// Where the proxy listens, when it is on.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().map(|p| p.addr)
     }
 
     /// Serves with `limits` instead of the defaults.
@@ -140,12 +184,29 @@ impl Server {
         let on_refused: connections::OnRefused = Arc::new(move |listener, cap| {
             metrics.connection_refused(listener, cap);
         });
+        let keyer: Arc<dyn connections::PeerKeyer> = Arc::new(keyer);
+        let proxy = self.proxy.map(|p| {
+            let serving = Serving {
+                name: "proxy",
+                router: crate::proxy::router(&p.proxy),
+                limits: self.limits,
+                keyer: Arc::clone(&keyer),
+                on_refused: Arc::clone(&on_refused),
+            };
+            tracing::info!(proxy = %p.addr, "serving the tailnet API proxy");
+            connections::serve(serving, p.listener, |peer: Peer| peer, stop.clone())
+        });
+        let proxy = async move {
+            if let Some(proxy) = proxy {
+                proxy.await;
+            }
+        };
         let api = connections::serve(
             Serving {
                 name: "api",
                 router: self.api,
                 limits: self.limits,
-                keyer: Arc::new(keyer),
+                keyer,
                 on_refused: Arc::clone(&on_refused),
             },
             self.api_listener,
@@ -172,7 +233,7 @@ impl Server {
             tokio::time::sleep(grace).await;
         };
         let served = tokio::select! {
-            ((), ()) = async { tokio::join!(api, ops) } => Ok(()),
+            ((), (), ()) = async { tokio::join!(api, ops, proxy) } => Ok(()),
             () = deadline => {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the shutdown grace period");
                 Ok(())

@@ -260,6 +260,37 @@ impl<'a> Sessions<'a> {
         }
     }
 
+    /// A token for the proxy to forward the caller's requests with (DESIGN §8): the same path as
+    /// [`Sessions::token`] (the grant re-checked, a grant that no longer holds ends the session,
+    /// the mint observed as a refresh), but the credential itself comes back (token, its ID and
+    /// expiry), for the proxy to keep in memory only.
+    pub async fn proxy_credential(
+        &self,
+        caller: &Caller,
+    ) -> Result<IssuedCredential, SessionError> {
+        let outcome = self.token_outcome(caller).await;
+        self.observe(caller, Outcome::Token(&outcome));
+        match outcome {
+            TokenOutcome::Refreshed { credential } => Ok(credential),
+            TokenOutcome::Refused(error)
+            | TokenOutcome::Failed { error, .. }
+            | TokenOutcome::Withdrawn {
+                revoked: Err(error),
+                ..
+            } => Err(error),
+            TokenOutcome::Withdrawn {
+                session,
+                reason,
+                denial,
+                revoked: Ok(_),
+            } => Err(SessionError::GrantWithdrawn {
+                session: session.name,
+                reason,
+                roles: denial.map(|d| d.listing),
+            }),
+        }
+    }
+
     async fn token_outcome(&self, caller: &Caller) -> TokenOutcome {
         let identity = &*caller.identity;
         let issuer = &self.state.backends.issuer;

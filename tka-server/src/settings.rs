@@ -1,6 +1,6 @@
 //! Validated settings: [`Settings`] is built once from the command line
 //! (`TryFrom<ServeArgs>`) and is everything `serve` needs, already checked and converted into
-//! domain types. Every error names the flag to fix. This module reads the CA file (the one piece
+//! domain types. Every error names the flag to fix. This module reads the CA files (the one piece
 //! of I/O validation needs) and nothing else; it starts nothing.
 
 use std::collections::BTreeSet;
@@ -21,6 +21,7 @@ use crate::cli::{LogFormat, NetworkMode, ServeArgs};
 use crate::connections::ConnectionLimits;
 use crate::guard::AllowedHosts;
 use crate::listener::{ListenMode, tailnet_delivers_to};
+use crate::proxy::ProxyConfig;
 use crate::ratelimit::RateLimitConfig;
 use crate::state::ApiConfig;
 
@@ -72,6 +73,28 @@ pub struct LeaderElection {
     pub lease_name: String,
 }
 
+/// The tailnet API proxy's settings (DESIGN §8), present when `--proxy-listen` is given.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProxySettings {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Which peers the proxy listener accepts and how it learns who they are.
+    pub listen_mode: ListenMode,
+    /// The API server to forward to; `None`: the server's own Kubernetes configuration.
+    pub upstream: Option<http::Uri>,
+    /// The CA bundle (PEM file) of `upstream`.
+    pub upstream_ca: Option<PathBuf>,
+    /// The proxy URL advertised to clients.
+    pub url: String,
+    /// Never hand a token to a laptop.
+    pub only: bool,
+    /// Deadline for the upstream's connection and response headers.
+    pub upstream_timeout: Duration,
+    /// Hosts, caps and rate of the proxy.
+    pub config: ProxyConfig,
+}
+
 /// Everything `tka-server serve` runs with, validated.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -118,6 +141,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Deadlines and connection caps of every listener.
     pub connection_limits: ConnectionLimits,
+    /// The tailnet API proxy, when turned on.
+    pub proxy: Option<ProxySettings>,
 }
 
 impl Settings {
@@ -318,17 +343,24 @@ fn ca_data(args: &ServeArgs) -> Result<Option<String>, SettingsError> {
 }
 
 fn listen_mode(args: &ServeArgs) -> Result<ListenMode, SettingsError> {
-    const FLAG: &str = "--listen";
-    let ip = args.listen.ip();
+    listen_mode_of("--listen", args.listen, args)
+}
+
+/// The mode of a tailnet listener (the API's or the proxy's) bound at `listen`.
+fn listen_mode_of(
+    flag: &'static str,
+    listen: SocketAddr,
+    args: &ServeArgs,
+) -> Result<ListenMode, SettingsError> {
+    let ip = listen.ip();
     if args.proxy_protocol {
         let dialed_by_tailscaled =
             ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
         if !ip.is_loopback() || dialed_by_tailscaled {
             return Err(SettingsError::invalid(
-                FLAG,
+                flag,
                 format!(
-                    "{} cannot be used with --proxy-protocol: the API must listen on a loopback address tailscaled never dials (such as 127.0.0.2:80), or a tailnet peer could send its own PROXY header",
-                    args.listen
+                    "{listen} cannot be used with --proxy-protocol: it must listen on a loopback address tailscaled never dials (such as 127.0.0.2:80), or a tailnet peer could send its own PROXY header"
                 ),
             ));
         }
@@ -338,18 +370,16 @@ fn listen_mode(args: &ServeArgs) -> Result<ListenMode, SettingsError> {
     }
     match args.network_mode {
         NetworkMode::Userspace if !ip.is_loopback() => Err(SettingsError::invalid(
-            FLAG,
+            flag,
             format!(
-                "{} is not a loopback address; with --network-mode userspace tailscaled delivers tailnet traffic to 127.0.0.1, so listen there (e.g. 127.0.0.1:80), or use --network-mode kernel",
-                args.listen
+                "{listen} is not a loopback address; with --network-mode userspace tailscaled delivers tailnet traffic to 127.0.0.1, so listen there (e.g. 127.0.0.1:80), or use --network-mode kernel"
             ),
         )),
         NetworkMode::Userspace => Ok(ListenMode::LoopbackOnly),
         NetworkMode::Kernel if ip.is_loopback() => Err(SettingsError::invalid(
-            FLAG,
+            flag,
             format!(
-                "{} is a loopback address, where tailnet traffic never arrives with --network-mode kernel; listen on the node's tailnet address, or use --network-mode userspace",
-                args.listen
+                "{listen} is a loopback address, where tailnet traffic never arrives with --network-mode kernel; listen on the node's tailnet address, or use --network-mode userspace"
             ),
         )),
         NetworkMode::Kernel => Ok(ListenMode::Tailnet),
@@ -357,6 +387,11 @@ fn listen_mode(args: &ServeArgs) -> Result<ListenMode, SettingsError> {
 }
 
 fn allowed_hosts(args: &ServeArgs) -> Result<AllowedHosts, SettingsError> {
+    let (names, addresses) = host_sets(args)?;
+    Ok(AllowedHosts::new(names, addresses))
+}
+
+fn host_sets(args: &ServeArgs) -> Result<(BTreeSet<String>, BTreeSet<IpAddr>), SettingsError> {
     const FLAG: &str = "--server-name";
     if args.server_names.is_empty() {
         return Err(SettingsError::invalid(
@@ -379,7 +414,188 @@ fn allowed_hosts(args: &ServeArgs) -> Result<AllowedHosts, SettingsError> {
     if !args.listen.ip().is_unspecified() {
         addresses.insert(args.listen.ip());
     }
-    Ok(AllowedHosts::new(names, addresses))
+    Ok((names, addresses))
+}
+
+/// The longest `--proxy-upstream-timeout` accepted.
+const PROXY_UPSTREAM_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// The most streams one device may be allowed through the proxy.
+const PROXY_STREAMS_MAX: usize = 4096;
+
+/// Whether `host` (a URI host) is a loopback address or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn proxy_upstream(text: &str) -> Result<http::Uri, SettingsError> {
+    const FLAG: &str = "--proxy-upstream";
+    let uri: http::Uri = text
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| SettingsError::invalid(FLAG, format!("{text:?} is not a URL ({e})")))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(uri),
+        Some("http") if is_loopback_host(host) => Ok(uri),
+        _ => Err(SettingsError::invalid(
+            FLAG,
+            format!(
+                "{text:?} must be an https:// URL of the Kubernetes API server (plain http would carry session tokens unencrypted; it is accepted only on loopback)"
+            ),
+        )),
+    }
+}
+
+/// The proxy URL: `--proxy-url` checked (http or https, a host, no path), or the first
+/// `--server-name` at the proxy's port.
+fn proxy_url(args: &ServeArgs, listen: SocketAddr) -> Result<String, SettingsError> {
+    const FLAG: &str = "--proxy-url";
+    let Some(text) = &args.proxy_url else {
+        let Some(name) = args.server_names.first() else {
+            return Err(SettingsError::invalid(
+                FLAG,
+                "give the URL clients reach the proxy at (e.g. http://tka-prod:8443)",
+            ));
+        };
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        return Ok(match listen.port() {
+            80 => format!("http://{name}"),
+            port => format!("http://{name}:{port}"),
+        });
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| SettingsError::invalid(FLAG, format!("{text:?} is not a URL ({e})")))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let path_ok = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+    if !scheme_ok || uri.host().is_none() || !path_ok {
+        return Err(SettingsError::invalid(
+            FLAG,
+            format!(
+                "{text:?} must be an http:// or https:// URL with a host and no path (e.g. http://tka-prod:8443)"
+            ),
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsError> {
+    let Some(listen) = args.proxy_listen else {
+        for (set, flag) in [
+            (args.proxy_only, "--proxy-only"),
+            (args.proxy_url.is_some(), "--proxy-url"),
+            (args.proxy_upstream.is_some(), "--proxy-upstream"),
+            (args.proxy_upstream_ca.is_some(), "--proxy-upstream-ca"),
+        ] {
+            if set {
+                return Err(SettingsError::invalid(
+                    flag,
+                    "needs --proxy-listen: the proxy is off without it",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let listen_mode = listen_mode_of("--proxy-listen", listen, args)?;
+    if listen == args.listen || listen == args.ops_listen {
+        return Err(SettingsError::invalid(
+            "--proxy-listen",
+            "must differ from --listen and --ops-listen: the proxy is a listener of its own",
+        ));
+    }
+    let upstream = args
+        .proxy_upstream
+        .as_deref()
+        .map(proxy_upstream)
+        .transpose()?;
+    if let Some(ca) = &args.proxy_upstream_ca {
+        const FLAG: &str = "--proxy-upstream-ca";
+        if upstream.is_none() {
+            return Err(SettingsError::invalid(
+                FLAG,
+                "needs --proxy-upstream: without it the proxy trusts the server's own Kubernetes configuration",
+            ));
+        }
+        let pem = std::fs::read(ca).map_err(|source| SettingsError::Unreadable {
+            flag: FLAG,
+            path: ca.clone(),
+            source,
+        })?;
+        if !is_pem_certificates(&pem) {
+            return Err(SettingsError::invalid(
+                FLAG,
+                format!("{} holds no PEM certificate", ca.display()),
+            ));
+        }
+    }
+    let url = proxy_url(args, listen)?;
+
+    let streams = args.proxy_max_streams_per_device;
+    if !(1..=PROXY_STREAMS_MAX).contains(&streams) {
+        return Err(SettingsError::invalid(
+            "--proxy-max-streams-per-device",
+            format!("must be between 1 and {PROXY_STREAMS_MAX}"),
+        ));
+    }
+    let per_minute = args
+        .proxy_rate_limit
+        .checked_mul(60)
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| {
+            SettingsError::invalid(
+                "--proxy-rate-limit",
+                "must be between 1 and 71582788 requests per second",
+            )
+        })?;
+    let burst = NonZeroU32::new(args.proxy_rate_limit_burst)
+        .ok_or_else(|| SettingsError::invalid("--proxy-rate-limit-burst", "must be at least 1"))?;
+    let upstream_timeout = std_duration("--proxy-upstream-timeout", &args.proxy_upstream_timeout)?;
+    if upstream_timeout > PROXY_UPSTREAM_TIMEOUT_MAX {
+        return Err(SettingsError::invalid(
+            "--proxy-upstream-timeout",
+            format!("must be at most {}s", PROXY_UPSTREAM_TIMEOUT_MAX.as_secs()),
+        ));
+    }
+
+    // The proxy answers to the API's names and addresses, its own listen address and the
+    // host of the URL clients are given.
+    let (mut names, mut addresses) = host_sets(args)?;
+    if !listen.ip().is_unspecified() {
+        addresses.insert(listen.ip());
+    }
+    if let Some(host) = url
+        .parse::<http::Uri>()
+        .ok()
+        .as_ref()
+        .and_then(http::Uri::host)
+    {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => {
+                addresses.insert(ip);
+            }
+            Err(_) => {
+                names.insert(bare.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(Some(ProxySettings {
+        listen,
+        listen_mode,
+        upstream,
+        upstream_ca: args.proxy_upstream_ca.clone(),
+        url,
+        only: args.proxy_only,
+        upstream_timeout,
+        config: ProxyConfig {
+            allowed_hosts: AllowedHosts::new(names, addresses),
+            max_streams_per_device: streams,
+            rate_limit: RateLimitConfig { per_minute, burst },
+        },
+    }))
 }
 
 impl TryFrom<ServeArgs> for Settings {
@@ -388,11 +604,12 @@ impl TryFrom<ServeArgs> for Settings {
     fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
         let cluster_name = ClusterName::new(args.cluster_name.trim())
             .map_err(|e| SettingsError::invalid("--cluster-name", e.to_string()))?;
+        let proxy = proxy_settings(&args)?;
         let cluster = ClusterEndpoint {
             name: cluster_name,
             server: api_server_url(&args.api_server_url)?,
             certificate_authority_data: ca_data(&args)?,
-            proxy: None,
+            proxy: proxy.as_ref().map(|p| p.url.clone()),
         };
 
         if !is_dns1123_label(&args.namespace) {
@@ -532,6 +749,7 @@ impl TryFrom<ServeArgs> for Settings {
             kube_timeout: std_duration("--kube-timeout", &args.kube_timeout)?,
             shutdown_grace: std_duration("--shutdown-grace", &args.shutdown_grace)?,
             connection_limits,
+            proxy,
         })
     }
 }
@@ -813,6 +1031,159 @@ mod tests {
                 ops
             );
         }
+    }
+
+    #[test]
+    fn the_proxy_is_off_by_default_and_its_flags_need_it() {
+        let s = parse(&[]).unwrap();
+        assert!(s.proxy.is_none());
+        assert_eq!(s.cluster.proxy, None);
+        for flag in [
+            "--proxy-only",
+            "--proxy-url=http://tka-prod:8443",
+            "--proxy-upstream=https://10.0.0.1:6443",
+            "--proxy-upstream-ca=/nonexistent",
+        ] {
+            let name = flag.split('=').next().unwrap();
+            let message = refused(&[flag], name);
+            assert!(message.contains("--proxy-listen"), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_listens_in_the_apis_modes_and_advertises_its_url() {
+        let s = parse(&["--proxy-listen", "127.0.0.1:8443"]).unwrap();
+        let proxy = s.proxy.unwrap();
+        assert_eq!(proxy.listen_mode, ListenMode::LoopbackOnly);
+        assert_eq!(proxy.url, "http://tka-prod:8443");
+        assert_eq!(s.cluster.proxy.as_deref(), Some("http://tka-prod:8443"));
+        assert!(!proxy.only);
+        assert_eq!(proxy.config.max_streams_per_device, 64);
+        assert_eq!(proxy.config.rate_limit.per_minute.get(), 50 * 60);
+        assert_eq!(proxy.config.rate_limit.burst.get(), 200);
+        assert_eq!(proxy.upstream_timeout, Duration::from_secs(30));
+        assert!(proxy.upstream.is_none());
+        assert!(proxy.config.allowed_hosts.allows("tka-prod:8443"));
+        assert!(proxy.config.allowed_hosts.allows("127.0.0.1:8443"));
+        assert!(!proxy.config.allowed_hosts.allows("evil.example.com"));
+
+        let s = parse(&[
+            "--proxy-listen",
+            "127.0.0.1:8443",
+            "--proxy-url",
+            "https://tka-proxy.example.ts.net/",
+            "--proxy-only",
+            "--proxy-upstream",
+            "https://kubernetes.default.svc",
+            "--proxy-max-streams-per-device",
+            "8",
+            "--proxy-rate-limit",
+            "5",
+            "--proxy-rate-limit-burst",
+            "10",
+            "--proxy-upstream-timeout",
+            "5s",
+        ])
+        .unwrap();
+        let proxy = s.proxy.unwrap();
+        assert_eq!(proxy.url, "https://tka-proxy.example.ts.net");
+        assert!(proxy.only);
+        assert_eq!(proxy.config.max_streams_per_device, 8);
+        assert_eq!(proxy.config.rate_limit.per_minute.get(), 300);
+        assert_eq!(proxy.upstream_timeout, Duration::from_secs(5));
+        assert!(
+            proxy
+                .config
+                .allowed_hosts
+                .allows("tka-proxy.example.ts.net")
+        );
+
+        // Userspace mode: loopback only, as for the API; kernel mode: the tailnet address.
+        refused(&["--proxy-listen", "100.64.0.5:8443"], "--proxy-listen");
+        let kernel = parse(&[
+            "--network-mode",
+            "kernel",
+            "--listen",
+            "100.64.0.5:80",
+            "--proxy-listen",
+            "100.64.0.5:8443",
+        ])
+        .unwrap();
+        assert_eq!(kernel.proxy.unwrap().listen_mode, ListenMode::Tailnet);
+        // PROXY protocol: an address tailscaled never dials.
+        let message = refused(
+            &[
+                "--proxy-protocol",
+                "--listen",
+                "127.0.0.2:80",
+                "--proxy-listen",
+                "127.0.0.1:8443",
+            ],
+            "--proxy-listen",
+        );
+        assert!(message.contains("--proxy-protocol"), "{message}");
+        assert!(
+            parse(&[
+                "--proxy-protocol",
+                "--listen",
+                "127.0.0.2:80",
+                "--proxy-listen",
+                "127.0.0.2:8443",
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn every_proxy_error_names_its_flag() {
+        let on = ["--proxy-listen", "127.0.0.1:8443"];
+        let with = |extra: &[&'static str]| {
+            let mut argv = on.to_vec();
+            argv.extend(extra);
+            argv
+        };
+        refused(&["--proxy-listen", "127.0.0.1:80"], "--proxy-listen");
+        refused(
+            &with(&["--proxy-upstream", "http://10.0.0.1:6443"]),
+            "--proxy-upstream",
+        );
+        refused(
+            &with(&["--proxy-upstream", "not a url"]),
+            "--proxy-upstream",
+        );
+        assert!(parse(&with(&["--proxy-upstream", "http://127.0.0.1:6443"])).is_ok());
+        refused(
+            &with(&["--proxy-upstream-ca", "/nonexistent/ca.pem"]),
+            "--proxy-upstream-ca",
+        );
+        refused(
+            &with(&[
+                "--proxy-upstream",
+                "https://10.0.0.1:6443",
+                "--proxy-upstream-ca",
+                "/nonexistent/ca.pem",
+            ]),
+            "--proxy-upstream-ca",
+        );
+        refused(&with(&["--proxy-url", "ftp://tka-prod"]), "--proxy-url");
+        refused(&with(&["--proxy-url", "http://tka-prod/x"]), "--proxy-url");
+        refused(
+            &with(&["--proxy-max-streams-per-device", "0"]),
+            "--proxy-max-streams-per-device",
+        );
+        refused(&with(&["--proxy-rate-limit", "0"]), "--proxy-rate-limit");
+        refused(
+            &with(&["--proxy-rate-limit-burst", "0"]),
+            "--proxy-rate-limit-burst",
+        );
+        refused(
+            &with(&["--proxy-upstream-timeout", "0s"]),
+            "--proxy-upstream-timeout",
+        );
+        refused(
+            &with(&["--proxy-upstream-timeout", "1h"]),
+            "--proxy-upstream-timeout",
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::kubernetes::{
 use crate::mappings::InMemoryMappings;
 use crate::metrics::{Metrics, RevocationCause};
 use crate::ops::{ReadinessCheck, ops_router};
+use crate::proxy::Proxy;
+use crate::proxy::upstream::Upstream;
 use crate::server::Server;
 use crate::settings::Settings;
 use crate::state::{ApiState, Backends};
@@ -272,10 +274,31 @@ pub async fn wire(settings: &Settings, shutdown: &CancellationToken) -> anyhow::
     })
 }
 
-/// A server built as in production from `settings`, with both listeners bound and every
-/// background task started; [`Server::run`] serves until `shutdown` is cancelled.
+/// A server built as in production from `settings`, with its listeners bound (the proxy's too
+/// when `--proxy-listen` is given) and every background task started; [`Server::run`] serves until `shutdown` is cancelled.
 pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
     let wired = wire(settings, &shutdown).await?;
+    let proxy = match &settings.proxy {
+        Some(proxy) => {
+            let upstream = Upstream::from_settings(
+                settings.kubeconfig.as_deref(),
+                proxy.upstream.as_ref(),
+                proxy.upstream_ca.as_deref(),
+                proxy.upstream_timeout,
+            )
+            .await?;
+            Some((
+                proxy,
+                Proxy::new(
+                    Arc::clone(&wired.state),
+                    wired.watches.sessions.clone(),
+                    upstream,
+                    proxy.config.clone(),
+                ),
+            ))
+        }
+        None => None,
+    };
     let mut server = Server::bind(
         settings.api_listen,
         &settings.listen_mode,
@@ -287,6 +310,11 @@ pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow:
     )
     .await?
     .with_connection_limits(settings.connection_limits);
+    if let Some((proxy, service)) = proxy {
+        server = server
+            .with_proxy(proxy.listen, &proxy.listen_mode, service)
+            .await?;
+    }
     for task in wired.tasks {
         server.spawn_task(task);
     }
