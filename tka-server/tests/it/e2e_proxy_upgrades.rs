@@ -305,6 +305,38 @@ async fn e2e_kubectl_exec_and_port_forward_through_the_proxy_over_websocket_and_
             "{whoami:?}"
         );
 
+        // The client's own Authorization is dropped for the session's token; an impersonation
+        // attempt is refused and reaches nothing.
+        let session_token = format!("Bearer {}", tokens[0]);
+        let before = upstream.requests().unwrap().len();
+        let (status, answer) = laptop_proxy
+            .send(
+                "GET",
+                "/api/v1/namespaces/default/pods/echo",
+                &["Authorization: Bearer client-chosen-token"],
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}\nserver log:\n{}", log());
+        let requests = upstream.requests().unwrap();
+        assert_eq!(requests.len(), before + 1, "{requests:#?}");
+        assert_eq!(
+            requests[before].authorization(),
+            Some(session_token.as_str()),
+            "{:?}",
+            requests[before]
+        );
+        let (status, answer) = laptop_proxy
+            .send(
+                "GET",
+                "/api/v1/namespaces/default/pods/echo",
+                &["Impersonate-User: system:admin"],
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(upstream.requests().unwrap().len(), before + 1);
+
         // Refused: the other device, with no session, is told what to run and reaches nothing.
         let before = upstream.requests().unwrap().len();
         let refused = kubectl_exec(
