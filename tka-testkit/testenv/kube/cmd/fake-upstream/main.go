@@ -12,10 +12,10 @@
 // k8s.io/apimachinery's UpgradeAwareHandler, to an in-process "kubelet" on a second loopback
 // listener that serves them with k8s.io/cri-streaming (the kubelet's streaming server).
 //
-// The "containers": exec of `cat` copies stdin to stdout and exits 0 on EOF; `echo ARGS…`
-// prints its arguments; `exit N` exits with N; `sleep N` waits N seconds (or until the stream
-// ends); anything else exits 127. attach copies stdin to stdout. A forwarded port echoes every
-// byte back.
+// The "container": exec of `cat` copies stdin to stdout and exits 0 on EOF; `echo ARGS…`
+// prints its arguments; `exit N` exits with N; `sleep N` waits N seconds (a cut stream does not
+// end it: the kubelet side's request context lives as long as its handler); anything else
+// exits 127. attach copies stdin to stdout. A forwarded port echoes every byte back.
 //
 // Every request to the API listener is appended to the record file as one JSON line when it
 // arrives (`{"seq":…,"method":…,"path":…,"query":…,"host":…,"headers":{…}}`) and one when its
