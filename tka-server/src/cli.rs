@@ -319,6 +319,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_PROXY_ONLY")]
     pub proxy_only: bool,
 
+    /// A PEM file with the proxy's TLS certificate chain (serve HTTPS; needs
+    /// `--proxy-tls-key`). Read at start: restart to use a renewed certificate.
+    #[arg(long, env = "TKA_PROXY_TLS_CERT")]
+    pub proxy_tls_cert: Option<PathBuf>,
+
+    /// A PEM file with the private key of `--proxy-tls-cert`.
+    #[arg(long, env = "TKA_PROXY_TLS_KEY")]
+    pub proxy_tls_key: Option<PathBuf>,
+
     /// Proxied requests and streams (watches, exec, port-forward) open at once per device;
     /// more are refused with 429.
     #[arg(long, env = "TKA_PROXY_MAX_STREAMS_PER_DEVICE", default_value_t = 64)]

@@ -11,6 +11,8 @@
 //! - an idle timeout: a connection with no request in flight that sends nothing for that long is
 //!   closed (a fresh connection that never speaks, a kept-alive one that stopped, or one that
 //!   stopped reading its answers: it gets one more header deadline to finish, then is dropped);
+//! - TLS when the listener has an acceptor (the proxy may): the handshake must finish within
+//!   the header deadline, and every check below sees the decrypted bytes;
 //! - a slot under two caps, taken at accept: one on all connections of the listener, one per
 //!   peer. "Peer" is what a [`PeerKeyer`] says: for the API, the tailnet node whois names
 //!   (behind a userspace sidecar every connection comes from 127.0.0.1, so an address would lump
@@ -272,6 +274,7 @@ struct Shared {
     limits: ConnectionLimits,
     keyer: Arc<dyn PeerKeyer>,
     per_peer: Arc<PerPeer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     http: hyper::server::conn::http1::Builder,
     shutdown: CancellationToken,
     epoch: Instant,
@@ -292,6 +295,8 @@ pub struct Serving {
     pub keyer: Arc<dyn PeerKeyer>,
     /// Told of every connection refused at a cap.
     pub on_refused: OnRefused,
+    /// Serve TLS with this acceptor (`None`: plain HTTP).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `serving.router` on `listener` under `serving.limits` until `shutdown`, then waits for
@@ -310,6 +315,7 @@ pub async fn serve<L>(
         limits,
         keyer,
         on_refused,
+        tls,
     } = serving;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -328,6 +334,7 @@ pub async fn serve<L>(
             cap: limits.max_connections_per_peer,
             open: Mutex::default(),
         }),
+        tls,
         http,
         shutdown: shutdown.clone(),
         epoch: Instant::now(),
@@ -406,6 +413,31 @@ async fn connection(
     };
     let Ok(local) = stream.local_addr() else {
         return;
+    };
+    let stream: Box<dyn Io> = match &shared.tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream));
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                accepted = handshake => accepted,
+            };
+            match accepted {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = shared.name, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        listener = shared.name,
+                        "no TLS handshake within the header deadline"
+                    );
+                    return;
+                }
+            }
+        }
     };
     let activity = Arc::new(Activity::new());
     let framing = Arc::new(Mutex::new(Framing::new(shared.limits.max_header_bytes)));
@@ -579,7 +611,7 @@ impl HttpBody for InFlight {
 /// holds the connection's slots under both caps, so an upgraded connection (which outlives
 /// the connection task) keeps counting until it is closed.
 struct Watched {
-    inner: TcpStream,
+    inner: Box<dyn Io>,
     activity: Arc<Activity>,
     framing: Arc<Mutex<Framing>>,
     _slots: (PeerSlot, OwnedSemaphorePermit),
@@ -633,6 +665,11 @@ impl AsyncWrite for Watched {
         self.inner.is_write_vectored()
     }
 }
+
+/// A connection's byte stream: the TCP socket, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The request body was not complete within the body deadline.
 #[derive(Debug, thiserror::Error)]

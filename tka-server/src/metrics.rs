@@ -356,4 +356,24 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_proxy_counts_requests_streams_and_upstream_latency() {
+        let m = Metrics::new(None);
+        m.proxy_request(ProxyOutcome::Forwarded);
+        m.proxy_request(ProxyOutcome::NoSession);
+        m.proxy_stream(true);
+        m.proxy_stream(true);
+        m.proxy_stream(false);
+        m.observe_upstream(Duration::from_millis(3));
+        let text = m.encode().unwrap();
+        for line in [
+            "tka_proxy_requests_total{outcome=\"forwarded\"} 1",
+            "tka_proxy_requests_total{outcome=\"no_session\"} 1",
+            "tka_proxy_active_streams 1",
+            "tka_proxy_upstream_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 }

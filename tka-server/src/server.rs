@@ -54,6 +54,7 @@ struct ProxyListener {
     listener: ApiListener,
     addr: SocketAddr,
     proxy: Arc<Proxy>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -98,13 +99,15 @@ impl Server {
         })
     }
 
-    /// Binds the tailnet API proxy at `addr` in `mode` (the API listener's modes) and runs its
-    /// sweeper for the server's lifetime. Fails with the address if it cannot be bound.
+    /// Binds the tailnet API proxy at `addr` in `mode` (the API listener's modes), serving TLS
+    /// with `tls` when given, and runs its sweeper for the server's lifetime. Fails with the
+    /// address if it cannot be bound.
     pub async fn with_proxy(
         mut self,
         addr: SocketAddr,
         mode: &ListenMode,
         proxy: Arc<Proxy>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> io::Result<Self> {
         let tcp = TcpListener::bind(addr).await.map_err(|e| {
             io::Error::new(
@@ -120,8 +123,14 @@ impl Server {
             listener,
             addr,
             proxy,
+            tls,
         });
         Ok(self)
+    }
+
+    /// The proxy, when it is on (for tests and diagnostics).
+    pub fn proxy(&self) -> Option<Arc<Proxy>> {
+        self.proxy.as_ref().map(|p| Arc::clone(&p.proxy))
     }
 
     /// Where the proxy listens, when it is on.
@@ -192,6 +201,7 @@ impl Server {
                 limits: self.limits,
                 keyer: Arc::clone(&keyer),
                 on_refused: Arc::clone(&on_refused),
+                tls: p.tls.map(tokio_rustls::TlsAcceptor::from),
             };
             tracing::info!(proxy = %p.addr, "serving the tailnet API proxy");
             connections::serve(serving, p.listener, |peer: Peer| peer, stop.clone())
@@ -208,6 +218,7 @@ impl Server {
                 limits: self.limits,
                 keyer,
                 on_refused: Arc::clone(&on_refused),
+                tls: None,
             },
             self.api_listener,
             |peer: Peer| peer,
@@ -220,6 +231,7 @@ impl Server {
                 limits: self.limits,
                 keyer: Arc::new(ByAddress),
                 on_refused,
+                tls: None,
             },
             self.ops_listener,
             Peer::direct,

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,6 +17,9 @@ use tka_core::api::ClusterEndpoint;
 use tka_core::domain::{is_dns1123_label, is_dns1123_subdomain};
 use tka_core::issuer::TOKEN_LIFETIME_FLOOR;
 use tka_core::{ClusterName, NodeId, PolicySettings, Ttl};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::{LogFormat, NetworkMode, ServeArgs};
 use crate::connections::ConnectionLimits;
@@ -93,6 +97,8 @@ pub struct ProxySettings {
     pub upstream_timeout: Duration,
     /// Hosts, caps and rate of the proxy.
     pub config: ProxyConfig,
+    /// TLS for the proxy listener (from `--proxy-tls-cert` and `--proxy-tls-key`).
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 /// Everything `tka-server serve` runs with, validated.
@@ -451,7 +457,7 @@ fn proxy_upstream(text: &str) -> Result<http::Uri, SettingsError> {
 
 /// The proxy URL: `--proxy-url` checked (http or https, a host, no path), or the first
 /// `--server-name` at the proxy's port.
-fn proxy_url(args: &ServeArgs, listen: SocketAddr) -> Result<String, SettingsError> {
+fn proxy_url(args: &ServeArgs, listen: SocketAddr, tls: bool) -> Result<String, SettingsError> {
     const FLAG: &str = "--proxy-url";
     let Some(text) = &args.proxy_url else {
         let Some(name) = args.server_names.first() else {
@@ -461,9 +467,11 @@ fn proxy_url(args: &ServeArgs, listen: SocketAddr) -> Result<String, SettingsErr
             ));
         };
         let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
-        return Ok(match listen.port() {
-            80 => format!("http://{name}"),
-            port => format!("http://{name}:{port}"),
+        return Ok(match (tls, listen.port()) {
+            (false, 80) => format!("http://{name}"),
+            (true, 443) => format!("https://{name}"),
+            (false, port) => format!("http://{name}:{port}"),
+            (true, port) => format!("https://{name}:{port}"),
         });
     };
     let uri: http::Uri = text
@@ -489,6 +497,8 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
             (args.proxy_url.is_some(), "--proxy-url"),
             (args.proxy_upstream.is_some(), "--proxy-upstream"),
             (args.proxy_upstream_ca.is_some(), "--proxy-upstream-ca"),
+            (args.proxy_tls_cert.is_some(), "--proxy-tls-cert"),
+            (args.proxy_tls_key.is_some(), "--proxy-tls-key"),
         ] {
             if set {
                 return Err(SettingsError::invalid(
@@ -500,7 +510,8 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
         return Ok(None);
     };
     let listen_mode = listen_mode_of("--proxy-listen", listen, args)?;
-    if listen == args.listen || listen == args.ops_listen {
+    // Port 0 (tests: the OS picks a port each) never collides.
+    if listen.port() != 0 && (listen == args.listen || listen == args.ops_listen) {
         return Err(SettingsError::invalid(
             "--proxy-listen",
             "must differ from --listen and --ops-listen: the proxy is a listener of its own",
@@ -531,7 +542,8 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
             ));
         }
     }
-    let url = proxy_url(args, listen)?;
+    let tls = proxy_tls(args)?;
+    let url = proxy_url(args, listen, tls.is_some())?;
 
     let streams = args.proxy_max_streams_per_device;
     if !(1..=PROXY_STREAMS_MAX).contains(&streams) {
@@ -595,7 +607,72 @@ fn proxy_settings(args: &ServeArgs) -> Result<Option<ProxySettings>, SettingsErr
             max_streams_per_device: streams,
             rate_limit: RateLimitConfig { per_minute, burst },
         },
+        tls,
     }))
+}
+
+/// The proxy's TLS configuration from `--proxy-tls-cert` and `--proxy-tls-key` (both or
+/// neither), HTTP/1.1 only (upgrades need it).
+fn proxy_tls(args: &ServeArgs) -> Result<Option<Arc<ServerConfig>>, SettingsError> {
+    let (cert, key) = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(SettingsError::invalid(
+                "--proxy-tls-key",
+                "is needed with --proxy-tls-cert: give the certificate's private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(SettingsError::invalid(
+                "--proxy-tls-cert",
+                "is needed with --proxy-tls-key: give the certificate chain",
+            ));
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let read = |flag: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| SettingsError::Unreadable {
+            flag,
+            path: path.clone(),
+            source,
+        })
+    };
+    let pem = read("--proxy-tls-cert", cert)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            SettingsError::invalid(
+                "--proxy-tls-cert",
+                format!("{} is not a PEM certificate chain: {e}", cert.display()),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(SettingsError::invalid(
+            "--proxy-tls-cert",
+            format!("{} holds no PEM certificate", cert.display()),
+        ));
+    }
+    let pem = read("--proxy-tls-key", key)?;
+    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        SettingsError::invalid(
+            "--proxy-tls-key",
+            format!("{} holds no PEM private key: {e}", key.display()),
+        )
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SettingsError::invalid("--proxy-tls-cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            SettingsError::invalid(
+                "--proxy-tls-key",
+                format!("cannot be used with --proxy-tls-cert: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 impl TryFrom<ServeArgs> for Settings {
@@ -1184,6 +1261,67 @@ mod tests {
             &with(&["--proxy-upstream-timeout", "1h"]),
             "--proxy-upstream-timeout",
         );
+    }
+
+    #[test]
+    fn proxy_tls_needs_a_matching_certificate_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let pair = rcgen::generate_simple_self_signed(vec!["tka-prod".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["tka-prod".to_owned()]).unwrap();
+        let cert = write("cert.pem", &pair.cert.pem());
+        let key = write("key.pem", &pair.signing_key.serialize_pem());
+        let wrong_key = write("other.pem", &other.signing_key.serialize_pem());
+        let not_pem = write("not.pem", "hello");
+        let on = |extra: &[&str]| {
+            let mut argv = vec!["--proxy-listen", "127.0.0.1:8443"];
+            argv.extend(extra);
+            argv.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()
+        };
+        let parse_owned = |argv: Vec<String>| {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            parse(&argv)
+        };
+        let refused_owned = |argv: Vec<String>, flag: &str| {
+            let err = parse_owned(argv).unwrap_err();
+            assert_eq!(err.flag(), flag, "{err}");
+        };
+
+        let s = parse_owned(on(&["--proxy-tls-cert", &cert, "--proxy-tls-key", &key])).unwrap();
+        let proxy = s.proxy.unwrap();
+        let tls = proxy.tls.unwrap();
+        assert_eq!(tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(proxy.url, "https://tka-prod:8443");
+
+        refused_owned(on(&["--proxy-tls-cert", &cert]), "--proxy-tls-key");
+        refused_owned(on(&["--proxy-tls-key", &key]), "--proxy-tls-cert");
+        refused_owned(
+            on(&["--proxy-tls-cert", &not_pem, "--proxy-tls-key", &key]),
+            "--proxy-tls-cert",
+        );
+        refused_owned(
+            on(&["--proxy-tls-cert", &cert, "--proxy-tls-key", &not_pem]),
+            "--proxy-tls-key",
+        );
+        refused_owned(
+            on(&["--proxy-tls-cert", &cert, "--proxy-tls-key", &wrong_key]),
+            "--proxy-tls-key",
+        );
+        refused_owned(
+            on(&[
+                "--proxy-tls-cert",
+                "/nonexistent.pem",
+                "--proxy-tls-key",
+                &key,
+            ]),
+            "--proxy-tls-cert",
+        );
+        let message = refused(&["--proxy-tls-cert", &cert], "--proxy-tls-cert");
+        assert!(message.contains("--proxy-listen"), "{message}");
     }
 
     #[test]

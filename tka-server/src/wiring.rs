@@ -312,7 +312,7 @@ pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow:
     .with_connection_limits(settings.connection_limits);
     if let Some((proxy, service)) = proxy {
         server = server
-            .with_proxy(proxy.listen, &proxy.listen_mode, service)
+            .with_proxy(proxy.listen, &proxy.listen_mode, service, proxy.tls.clone())
             .await?;
     }
     for task in wired.tasks {

@@ -149,8 +149,23 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         duration_ms: 0,
         reason: None,
     };
+    // Every record, refusals included, names the device when whois did.
+    if let Some(identity) = info.as_ref().and_then(|i| i.identity.as_deref()) {
+        describe(&mut record, identity);
+    }
     let metrics = Arc::clone(&proxy.state.metrics);
-    let cleared = match clear(&proxy, info.as_ref(), request.headers(), &mut record).await {
+    let checked = if request.method() == http::Method::CONNECT {
+        // The Kubernetes API has no use for CONNECT; a 2xx answer would turn the connection
+        // into a tunnel.
+        Err(Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "tka: CONNECT is not forwarded by the tka proxy",
+        ))
+    } else {
+        clear(&proxy, info.as_ref(), request.headers(), &mut record).await
+    };
+    let cleared = match checked {
         Ok(cleared) => cleared,
         Err(refusal) => {
             metrics.proxy_request(refusal.outcome);
@@ -195,7 +210,6 @@ async fn clear(
             "tka: tailscaled did not identify this connection; connect over the tailnet and retry",
         ));
     };
-    describe(record, &identity);
     let config = &proxy.state.config;
     let node = identity.key();
     if config.self_node_ids.contains(node) {
@@ -432,6 +446,16 @@ async fn exchange(
         return answer;
     }
 
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The client did not ask to upgrade: there is nothing to splice the upstream to.
+        let refusal = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            "tka: the Kubernetes API server switched protocols on a request that did not ask to",
+        )
+        .outcome(ProxyOutcome::UpstreamFailed);
+        return refused(refusal, record);
+    }
     metrics.proxy_request(ProxyOutcome::Forwarded);
     let (parts, body) = response.into_parts();
     let headers = end_to_end(&parts.headers, false);

@@ -22,6 +22,9 @@ use crate::state::ApiState;
 /// The longest the sweeper waits between two looks at the open streams, whatever happens.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
+/// How often the proxy's rate limiter forgets idle devices.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
 /// The proxy's own configuration (validated by [`crate::settings`]).
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -118,8 +121,13 @@ impl Proxy {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut changes = self.sessions.watched().subscribe();
         let mut watching = true;
+        let mut forgot = tokio::time::Instant::now();
         loop {
             let earliest = self.sweep();
+            if forgot.elapsed() >= FORGET_IDLE_EVERY {
+                self.limiter.forget_idle();
+                forgot = tokio::time::Instant::now();
+            }
             let mut wait = SWEEP_EVERY;
             if let Some(at) = earliest {
                 let until = at.duration_since(self.now()).unsigned_abs();

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::support::{TestServer, alice};
 
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -24,13 +24,13 @@ impl Write for Capture {
 }
 
 impl Capture {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
 /// Whether `text` contains something shaped like a JWT: `eyJ[A-Za-z0-9_-]+\.`.
-fn find_jwt(text: &str) -> Option<&str> {
+pub(crate) fn find_jwt(text: &str) -> Option<&str> {
     let is_b64url = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let mut rest = text;
     while let Some(at) = rest.find("eyJ") {
@@ -54,7 +54,7 @@ fn the_jwt_finder_finds_jwts() {
     assert!(find_jwt("eyJ. eyJ eyJabc").is_none());
 }
 
-fn audit_records(log: &str) -> Vec<Value> {
+pub(crate) fn audit_records(log: &str) -> Vec<Value> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|record| record["target"] == "tka::audit")
