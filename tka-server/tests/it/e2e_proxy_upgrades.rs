@@ -415,5 +415,23 @@ async fn e2e_kubectl_exec_and_port_forward_through_the_proxy_over_websocket_and_
             log()
         );
         let _ = forward.exited();
+
+        // Now that kubectl has discovery cached (from the session's requests), its first request
+        // is the pod's GET, and it prints the proxy's own message.
+        let after = kubectl_exec(
+            &kube.kubectl(),
+            &laptop_config,
+            protocol,
+            home,
+            &["exec", "-i", "echo", "--", "cat"],
+            b"x",
+        )
+        .await
+        .unwrap();
+        assert!(!after.status.success(), "{after:?}");
+        assert!(
+            after.stderr.contains(&format!("tka login {CLUSTER}")),
+            "{after:?}"
+        );
     }
 }
