@@ -1,6 +1,6 @@
 //! End-to-end tests against the real components that `tka-testkit/testenv/build.sh` builds
-//! (etcd, kube-apiserver, kube-controller-manager, kubectl, tailscaled and the tailnet
-//! harness). Without `TKA_TESTENV_BIN` they skip with a printed reason, unless
+//! (etcd, kube-apiserver, kube-controller-manager, kubectl, fake-upstream, tailscaled and the
+//! tailnet harness). Without `TKA_TESTENV_BIN` they skip with a printed reason, unless
 //! `TKA_REQUIRE_TESTENV=1` (set by `make test`), when they fail. They run one at a time
 //! (`tka_testkit::testenv::exclusive`).
 
