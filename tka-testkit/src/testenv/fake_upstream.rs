@@ -332,3 +332,36 @@ impl std::fmt::Debug for RecordedRequest {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(authorization: &str) -> RecordedRequest {
+        RecordedRequest {
+            seq: 1,
+            method: "GET".to_owned(),
+            path: "/api".to_owned(),
+            query: String::new(),
+            host: "127.0.0.1:1".to_owned(),
+            proto: "HTTP/1.1".to_owned(),
+            headers: BTreeMap::from([
+                ("Authorization".to_owned(), vec![authorization.to_owned()]),
+                ("User-Agent".to_owned(), vec!["kubectl/v1.36.3".to_owned()]),
+            ]),
+            finished: None,
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_headers_but_not_the_credential() {
+        let request = request("Bearer a-secret-token");
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("a-secret-token"), "{shown}");
+        assert!(shown.contains("<21 bytes>"), "{shown}");
+        // Everything else is shown, and the value itself stays readable to the test.
+        assert!(shown.contains("kubectl/v1.36.3"), "{shown}");
+        assert_eq!(request.authorization(), Some("Bearer a-secret-token"));
+        assert_eq!(request.header("user-agent"), Some("kubectl/v1.36.3"));
+    }
+}
