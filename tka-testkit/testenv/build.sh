@@ -4,9 +4,10 @@
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/tka/testenv/<key>/bin/
 #     etcd kube-apiserver kube-controller-manager kubectl      (module ./kube)
+#     fake-upstream                                             (module ./kube, ./cmd/fake-upstream)
 #     tailscaled tailscale tailnet-harness                      (module ./tailnet)
 #
-# <key> hashes the go.mod/go.sum files, the harness sources, `go version`
+# <key> hashes the go.mod/go.sum files, the harness and fake-upstream sources, `go version`
 # and the build flags. When every binary is already there this does nothing.
 # A build goes to a temporary directory that is renamed into place on
 # success. The last lines printed (and ${cache}/tka/testenv/env) are
@@ -35,7 +36,7 @@ else
 fi
 
 # Bump when the way the binaries are built changes.
-recipe=1
+recipe=2
 export CGO_ENABLED=0
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
@@ -66,7 +67,7 @@ ts_ldflags+=" -X tailscale.com/version.longStamp=${ts_version#v}"
 ts_ldflags+=" -X tailscale.com/version.shortStamp=${ts_version#v}"
 build_flags=(-trimpath)
 
-binaries=(etcd kube-apiserver kube-controller-manager kubectl tailscaled tailscale tailnet-harness)
+binaries=(etcd kube-apiserver kube-controller-manager kubectl fake-upstream tailscaled tailscale tailnet-harness)
 
 go_version="$("$go" version)"
 key="$(
@@ -81,9 +82,11 @@ key="$(
     for f in kube/go.mod kube/go.sum kube/tools.go tailnet/go.mod tailnet/go.sum tailnet/tools.go; do
       echo "== $f"; cat "$here/$f"
     done
-    (cd "$here/tailnet" && find cmd -type f -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | while read -r f; do
-      echo "== $f"; cat "$f"
-    done)
+    for m in kube tailnet; do
+      (cd "$here/$m" && find cmd -type f -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | while read -r f; do
+        echo "== $m/$f"; cat "$f"
+      done)
+    done
   } | sha256sum | cut -c1-16
 )"
 
@@ -132,11 +135,12 @@ mkdir -p "$tmp/bin"
 start=$(date +%s)
 echo "build.sh: building into $tmp (key $key, $go_version)" >&2
 
-echo "build.sh: kube-apiserver kube-controller-manager kubectl (k8s.io/kubernetes $k8s_version)" >&2
+echo "build.sh: kube-apiserver kube-controller-manager kubectl fake-upstream (k8s.io/kubernetes $k8s_version)" >&2
 (cd "$here/kube" && "${nice_cmd[@]}" "$go" build "${build_flags[@]}" -ldflags="$kube_ldflags" -o "$tmp/bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kubectl \
+  ./cmd/fake-upstream)
 
 echo "build.sh: etcd ($(gomod_version go.etcd.io/etcd/server/v3 "$here/kube/go.mod"))" >&2
 (cd "$here/kube" && "${nice_cmd[@]}" "$go" build "${build_flags[@]}" -ldflags="-s -w" -o "$tmp/bin/etcd" \

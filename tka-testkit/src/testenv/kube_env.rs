@@ -100,17 +100,24 @@ fn write(path: &Path, contents: &str) -> Result<(), TestEnvError> {
     std::fs::write(path, contents).map_err(io_err(format!("writing {}", path.display())))
 }
 
-fn write_secret(path: &Path, contents: &str) -> Result<(), TestEnvError> {
+pub(crate) fn write_secret(path: &Path, contents: &str) -> Result<(), TestEnvError> {
     write(path, contents)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err(format!("chmod {}", path.display())))
 }
 
-/// A kubeconfig for `server` with the CA embedded and a bearer token.
-fn token_kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+/// A kubeconfig for `server` with the CA embedded (when there is one) and a bearer token.
+pub(crate) fn token_kubeconfig(server: &str, ca_pem: Option<&str>, token: &str) -> String {
+    let ca = ca_pem
+        .map(|pem| {
+            format!(
+                "\n    certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: user\ncurrent-context: test\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}{ca}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: user\ncurrent-context: test\n"
     )
 }
 
@@ -278,7 +285,7 @@ impl KubeEnv {
         let admin_kubeconfig = d.join("admin.kubeconfig");
         write_secret(
             &admin_kubeconfig,
-            &token_kubeconfig(&api_url, &pki.ca_pem, &admin_token),
+            &token_kubeconfig(&api_url, Some(&pki.ca_pem), &admin_token),
         )?;
         let client = client_from(&admin_kubeconfig).await?;
         wait_ready(
@@ -389,7 +396,10 @@ impl KubeEnv {
     pub fn kubeconfig_for_token(&self, token: &str) -> Result<PathBuf, TestEnvError> {
         let n = self.kubeconfigs.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.path().join(format!("token-{n}.kubeconfig"));
-        write_secret(&path, &token_kubeconfig(&self.api_url, &self.ca_pem, token))?;
+        write_secret(
+            &path,
+            &token_kubeconfig(&self.api_url, Some(&self.ca_pem), token),
+        )?;
         Ok(path)
     }
 

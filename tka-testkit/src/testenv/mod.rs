@@ -1,14 +1,18 @@
 //! The real-component test environment: etcd, kube-apiserver and kube-controller-manager
-//! ([`KubeEnv`]) and a tailnet of real tailscaled nodes ([`TailnetEnv`]), started from the
-//! binaries that `tka-testkit/testenv/build.sh` builds, on free loopback ports.
+//! ([`KubeEnv`]), a tailnet of real tailscaled nodes ([`TailnetEnv`]) and a fake API server for
+//! exec and port-forward upgrades ([`FakeUpstream`]), started from the binaries that
+//! `tka-testkit/testenv/build.sh` builds, on free loopback ports; and real kubectl's streams
+//! ([`kubectl_exec`], [`KubectlPortForward`]).
 //!
 //! It owns starting, readiness (every wait has a timeout) and stopping of those processes and
 //! their temporary directories. It must not reach beyond loopback and must not leave processes
 //! behind: every child is its own process group, killed on drop, and a watchdog process kills
 //! them when the test process dies without dropping (see [`Watchdog`]).
 
+mod fake_upstream;
 mod http;
 mod kube_env;
+mod kubectl_stream;
 mod server_process;
 mod suite;
 mod tailnet_env;
@@ -18,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+pub use fake_upstream::{FakeUpstream, Finished, RecordedRequest, UpstreamScheme};
 pub use kube_env::KubeEnv;
+pub use kubectl_stream::{KubectlOutput, KubectlPortForward, StreamProtocol, kubectl_exec};
 pub use server_process::{ServerProcess, ServerProcessBuilder};
 pub use suite::RealClusterBackend;
 pub use tailnet_env::{TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec};
@@ -62,6 +68,9 @@ pub enum TestEnvError {
     /// The tailnet harness answered something unexpected.
     #[error("tailnet harness: {0}")]
     Harness(String),
+    /// The fake upstream API server recorded something unreadable.
+    #[error("fake-upstream: {0}")]
+    FakeUpstream(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestEnvError {
@@ -79,6 +88,7 @@ pub fn bin_dir() -> Result<PathBuf, TestEnvError> {
         "kube-apiserver",
         "kube-controller-manager",
         "kubectl",
+        "fake-upstream",
         "tailnet-harness",
         "tailscaled",
         "tailscale",

@@ -1,6 +1,6 @@
 //! End-to-end tests against the real components that `tka-testkit/testenv/build.sh` builds
-//! (etcd, kube-apiserver, kube-controller-manager, kubectl, tailscaled and the tailnet
-//! harness). Without `TKA_TESTENV_BIN` they skip with a printed reason, unless
+//! (etcd, kube-apiserver, kube-controller-manager, kubectl, fake-upstream, tailscaled and the
+//! tailnet harness). Without `TKA_TESTENV_BIN` they skip with a printed reason, unless
 //! `TKA_REQUIRE_TESTENV=1` (set by `make test`), when they fail. They run one at a time
 //! (`tka_testkit::testenv::exclusive`).
 
@@ -9,6 +9,7 @@ mod deploy;
 mod kubectl;
 mod localapi;
 mod suite;
+mod upgrades;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +17,12 @@ use std::time::Duration;
 /// The kubectl binaries the credential tests use: the one built with the API server, and the
 /// machine's own (a client from another build), when it exists.
 pub(crate) fn kubectls(env: &tka_testkit::testenv::KubeEnv) -> Vec<PathBuf> {
-    let mut all = vec![env.kubectl()];
+    kubectls_besides(env.kubectl())
+}
+
+/// `built` and the machine's own kubectl, when it exists.
+pub(crate) fn kubectls_besides(built: PathBuf) -> Vec<PathBuf> {
+    let mut all = vec![built];
     let system = PathBuf::from("/usr/bin/kubectl");
     if system.exists() {
         all.push(system);
