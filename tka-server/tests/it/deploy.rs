@@ -223,3 +223,123 @@ fn the_base_renders_with_kubectl() {
         "examples are not part of the base"
     );
 }
+
+/// Renders `deploy/` with the `components/proxy` component through an overlay in a temporary
+/// directory (kustomize wants relative paths, and an overlay outside the base); `None` when
+/// kubectl cannot run here.
+fn render_with_proxy_component() -> Option<Vec<Value>> {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+    let overlay = tempfile::tempdir().unwrap();
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let base = deploy_dir();
+    let base = base.to_str().unwrap().trim_start_matches('/');
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!("resources: [\"{up}{base}\"]\ncomponents: [\"{up}{base}/components/proxy\"]\n"),
+    )
+    .unwrap();
+    let out = match std::process::Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(overlay.path())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: {kubectl} cannot run here ({e})");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    Some(
+        serde_yaml::Deserializer::from_str(&rendered)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect(),
+    )
+}
+
+/// The `components/proxy` kustomize component turns the proxy on, and what it renders (its
+/// ConfigMap values with the base's, and the container's environment) is accepted by the
+/// server's own flag parsing: a loopback proxy listener in userspace mode, the advertised URL.
+#[test]
+fn the_proxy_component_turns_the_proxy_on_with_settings_the_server_accepts() {
+    use clap::{CommandFactory as _, Parser as _};
+    use tka_server::cli::{Cli, Command};
+
+    let Some(docs) = render_with_proxy_component() else {
+        return;
+    };
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "tka-server")
+        .expect("the server's ConfigMap");
+    let data = config["data"].as_object().unwrap();
+    assert_eq!(data["TKA_PROXY_LISTEN"], "127.0.0.1:8443");
+    assert!(
+        data["TKA_PROXY_URL"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://")
+    );
+    assert!(!data.contains_key("TKA_PROXY_ONLY"), "proxy-only is opt-in");
+
+    // The container's environment: the ConfigMap, then its own `env` (the pod's fields filled
+    // in as the kubelet would).
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tka-server")
+        .unwrap();
+    let mut env: Vec<(String, String)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["kubernetes".to_owned()]).unwrap();
+    std::fs::write(ca.path(), pair.cert.pem()).unwrap();
+    for e in container["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let value = match (name.as_str(), e["value"].as_str()) {
+            ("TKA_NAMESPACE", _) => "tka-system".to_owned(),
+            ("TKA_API_SERVER_CA_FILE", _) => ca.path().display().to_string(),
+            (_, Some(v)) => v.replace("$(POD_IP)", "10.244.0.7"),
+            (_, None) => continue,
+        };
+        env.push((name, value));
+    }
+    // Each variable becomes the flag whose environment twin it is (as clap reads them in the
+    // pod); TS_* belong to the sidecar.
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").unwrap();
+    let mut argv = vec!["tka-server".to_owned(), "serve".to_owned()];
+    for (name, value) in &env {
+        let Some(arg) = serve
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+        else {
+            assert!(name.starts_with("TS_"), "{name} is no flag's twin");
+            continue;
+        };
+        argv.push(format!("--{}", arg.get_long().unwrap()));
+        if arg.get_action().takes_values() {
+            argv.push(value.clone());
+        } else {
+            assert_eq!(value, "true", "{name}");
+        }
+    }
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Command::Serve(args) = cli.command else {
+        panic!("serve expected");
+    };
+    let settings = tka_server::Settings::try_from(*args).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = settings.proxy.as_ref().expect("the proxy is on");
+    assert_eq!(proxy.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(Some(proxy.url.clone()), settings.cluster.proxy);
+    assert!(settings.cluster.direct_tokens);
+}
