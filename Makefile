@@ -32,7 +32,7 @@ clippy:
 
 # No module import cycle inside any crate of the workspace (rule and allowlist: tools/modcycles).
 modcycles:
-	$(CARGO) run --locked -q -p modcycles
+	$(CARGO) run --locked -q -p modcycles -- $(CURDIR)
 
 # Every test, the end-to-end ones included: they find the components through TKA_TESTENV_BIN
 # and fail (instead of skipping) because TKA_REQUIRE_TESTENV=1.

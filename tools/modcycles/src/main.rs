@@ -94,7 +94,10 @@ fn run() -> Result<bool, String> {
         .map(PathBuf::from)
         .or_else(|| tool_dir.parent()?.parent().map(Path::to_path_buf))
         .ok_or("cannot tell the workspace directory; pass it as the first argument")?;
-    let (report, ok) = check(&workspace, &tool_dir.join("allowlist.txt"))?;
+    // The allowlist beside the checked workspace's tool (not the one this binary was built
+    // from: a shared target directory may hold a build from another checkout).
+    let allowlist = workspace.join("tools/modcycles/allowlist.txt");
+    let (report, ok) = check(&workspace, &allowlist)?;
     std::io::stdout()
         .lock()
         .write_all(report.as_bytes())
