@@ -30,7 +30,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -129,9 +129,89 @@ where
     }
 }
 
-/// The watched Sessions, with the lookups the server and the proxy need.
+/// The watched Sessions, with the lookups the server and the proxy need: an index from each
+/// device's node label to its Sessions' names, kept with the store, so finding a device's session
+/// (on every proxied request, and at each login) does not scan every Session.
 #[derive(Debug, Clone)]
-pub struct SessionStore(Watched<Session>);
+pub struct SessionStore(Watched<Session>, NodeIndex);
+
+/// Node label → the names of the Sessions carrying it; updated from the same watch events as the
+/// store, before readers are told of them.
+#[derive(Debug, Clone, Default)]
+struct NodeIndex(Arc<RwLock<NodeNames>>);
+
+#[derive(Debug, Default)]
+struct NodeNames {
+    now: Names,
+    /// A (re-)list being gathered: it replaces `now` when complete, as the store's does.
+    listing: Option<Names>,
+}
+
+/// Node label → Session names, and back (a Session's labels may change).
+#[derive(Debug, Default)]
+struct Names {
+    by_node: HashMap<String, Vec<String>>,
+    node_of: HashMap<String, String>,
+}
+
+impl Names {
+    fn set(&mut self, session: &Session) {
+        self.unset(&session.name_any());
+        if let Some((node, name)) = node_of(session) {
+            self.by_node
+                .entry(node.clone())
+                .or_default()
+                .push(name.clone());
+            self.node_of.insert(name, node);
+        }
+    }
+
+    fn unset(&mut self, name: &str) {
+        let Some(node) = self.node_of.remove(name) else {
+            return;
+        };
+        if let Some(names) = self.by_node.get_mut(&node) {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                self.by_node.remove(&node);
+            }
+        }
+    }
+}
+
+fn node_of(session: &Session) -> Option<(String, String)> {
+    let label = session.labels().get(NODE_LABEL)?;
+    Some((label.clone(), session.name_any()))
+}
+
+impl NodeIndex {
+    fn apply(&self, event: &watcher::Event<Session>) {
+        let mut index = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => index.listing = Some(Names::default()),
+            watcher::Event::InitApply(session) => {
+                index
+                    .listing
+                    .get_or_insert_with(Names::default)
+                    .set(session);
+            }
+            watcher::Event::InitDone => index.now = index.listing.take().unwrap_or_default(),
+            watcher::Event::Apply(session) => index.now.set(session),
+            watcher::Event::Delete(session) => index.now.unset(&session.name_any()),
+        }
+    }
+
+    fn names(&self, label: &str) -> Vec<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .now
+            .by_node
+            .get(label)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
 
 impl SessionStore {
     /// The underlying watch (store and revision).
@@ -150,10 +230,10 @@ impl SessionStore {
     /// recording `node` in its spec (the label alone is never trusted).
     pub fn of_node(&self, node: &NodeId) -> Vec<Arc<Session>> {
         let hash = node_label(node);
-        self.0
-            .store
-            .state()
+        self.1
+            .names(&hash)
             .into_iter()
+            .filter_map(|name| self.0.store.get(&ObjectRef::new(&name)))
             .filter(|s| {
                 s.labels().get(NODE_LABEL) == Some(&hash)
                     && s.spec.identity.node_id == node.as_str()
@@ -361,17 +441,24 @@ impl ClusterWatches {
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let all = watcher::Config::default();
         let labelled = watcher::Config::default().labels(&managed_selector());
-        let (sessions, drive_sessions) = watched(
-            watcher(Api::<Session>::all(client.clone()), all.clone()),
-            "Session",
-        );
+        let index = NodeIndex::default();
+        let (sessions, drive_sessions) = {
+            let index = index.clone();
+            watched(
+                watcher(Api::<Session>::all(client.clone()), all.clone()),
+                "Session",
+                move |event| index.apply(event),
+            )
+        };
         let (grant_mappings, drive_mappings) = watched(
             watcher(Api::<GrantMapping>::all(client.clone()), all.clone()),
             "GrantMapping",
+            |_| {},
         );
         let (cluster_roles, drive_roles) = watched(
             watcher(Api::<ClusterRole>::all(client.clone()), all),
             "ClusterRole",
+            |_| {},
         );
         // `Api<PartialObjectMeta<K>>` asks for metadata only (kube's metadata watcher).
         let (service_accounts, drive_sas) = children(
@@ -405,7 +492,7 @@ impl ClusterWatches {
         });
         (
             Self {
-                sessions: SessionStore(sessions),
+                sessions: SessionStore(sessions, index),
                 grant_mappings,
                 cluster_roles,
                 service_accounts,
@@ -436,9 +523,12 @@ pub fn slim<K: Resource>(object: &mut K) {
     meta.annotations = None;
 }
 
+/// A reflector over `events`; `also` sees each event after the store has it and before readers
+/// are told (an index kept beside the store).
 fn watched<K, S>(
     events: S,
     what: &'static str,
+    mut also: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (Watched<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource + Clone + fmt::Debug + Send + Sync + 'static,
@@ -454,6 +544,9 @@ where
         tokio::pin!(stream);
         while let Some(event) = stream.next().await {
             // The reflector has already applied the event to the store.
+            if let Ok(event) = &event {
+                also(event);
+            }
             match event {
                 Ok(watcher::Event::InitDone) => sender.send_modify(|r| r.lists += 1),
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
@@ -510,18 +603,76 @@ mod tests {
         s
     }
 
-    fn store_of(sessions: Vec<Session>, listed: bool) -> SessionStore {
+    /// A store (and its node index) fed `events` as the watch would.
+    fn store_fed(events: Vec<watcher::Event<Session>>) -> SessionStore {
         let (store, mut writer) = reflector::store::<Session>();
         let (sender, revision) = watch::channel(Revision::default());
-        if listed {
-            writer.apply_watcher_event(&watcher::Event::Init);
-            for s in sessions {
-                writer.apply_watcher_event(&watcher::Event::InitApply(s));
+        let index = NodeIndex::default();
+        for event in events {
+            writer.apply_watcher_event(&event);
+            index.apply(&event);
+            if matches!(event, watcher::Event::InitDone) {
+                sender.send_modify(|r| r.lists += 1);
             }
-            writer.apply_watcher_event(&watcher::Event::InitDone);
-            sender.send_modify(|r| r.lists += 1);
         }
-        SessionStore(Watched { store, revision })
+        SessionStore(Watched { store, revision }, index)
+    }
+
+    fn store_of(sessions: Vec<Session>, listed: bool) -> SessionStore {
+        if !listed {
+            return store_fed(Vec::new());
+        }
+        let mut events = vec![watcher::Event::Init];
+        events.extend(sessions.into_iter().map(watcher::Event::InitApply));
+        events.push(watcher::Event::InitDone);
+        store_fed(events)
+    }
+
+    #[test]
+    fn the_node_index_follows_changes_relabels_deletions_and_relists() {
+        let now = Timestamp::now();
+        let later = now + SignedDuration::from_hours(1);
+        let alice = session("tka-alice-a1", "nAlice", "nAlice", later);
+        let bob = session("tka-bob-b1", "nBob", "nBob", later);
+        // A second session of Alice's device, made after the list.
+        let alice2 = session("tka-alice-a2", "nAlice", "nAlice", later);
+        // Bob's session relabelled (by hand) as Carol's device: no longer found as Bob's.
+        let relabelled = session("tka-bob-b1", "nBob", "nCarol", later);
+        let store = store_fed(vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(alice.clone()),
+            watcher::Event::InitApply(bob.clone()),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(alice2.clone()),
+            watcher::Event::Apply(relabelled),
+        ]);
+        let names = |id: &str| {
+            let mut names: Vec<String> = store
+                .of_node(&node(id))
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("nAlice"), ["tka-alice-a1", "tka-alice-a2"]);
+        assert!(names("nBob").is_empty());
+        // Labelled as Carol's but recorded for Bob: never Carol's either.
+        assert!(names("nCarol").is_empty());
+
+        let store = store_fed(vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(alice.clone()),
+            watcher::Event::InitApply(alice2),
+            watcher::Event::InitDone,
+            watcher::Event::Delete(alice),
+            // A re-list without Alice's second session: gone from the index too.
+            watcher::Event::Init,
+            watcher::Event::InitApply(bob),
+            watcher::Event::InitDone,
+        ]);
+        assert!(store.of_node(&node("nAlice")).is_empty());
+        assert_eq!(store.of_node(&node("nBob")).len(), 1);
     }
 
     #[test]
