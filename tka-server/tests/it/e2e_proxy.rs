@@ -6,7 +6,8 @@
 //! the kubeconfig holds no credential, and copied to a node with no session it gets the 401
 //! naming `tka login`, audited with that node's identity. Impersonation, a browser `Origin`
 //! and a foreign `Host` are refused, each paired with an allowed request; `tka logout` ends a
-//! watch running through the proxy.
+//! watch running through the proxy. A second device with a `view`-only grant uses the same
+//! proxy at the same time with its own rights.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
@@ -132,25 +133,45 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
         )
         .await
         .unwrap();
+    let spec = GrantMappingSpec {
+        cluster_roles: vec!["view".to_owned()],
+        default_ttl: Some("1h".to_owned()),
+        max_ttl: Some("8h".to_owned()),
+        ..GrantMappingSpec::default()
+    };
+    mappings
+        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
+        .await
+        .unwrap();
     let tailnet = TailnetEnv::start(
         &bin,
         &[
             TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
             TailnetNodeSpec::user("laptop", "alice@example.com"),
             TailnetNodeSpec::user("other", "bob@example.com"),
+            TailnetNodeSpec::user("desk", "carol@example.com"),
         ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "developer"})],
-        )],
+        &[
+            TailnetGrant::new(
+                "laptop",
+                "cluster",
+                "tka.dev/cap/kubernetes",
+                vec![json!({"role": "developer"})],
+            ),
+            TailnetGrant::new(
+                "desk",
+                "cluster",
+                "tka.dev/cap/kubernetes",
+                vec![json!({"role": "viewer"})],
+            ),
+        ],
     )
     .await
     .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let other = tailnet.node("other").unwrap().clone();
+    let desk = tailnet.node("desk").unwrap().clone();
 
     // The server with its proxy; the upstream is the real API server (no --proxy-upstream).
     let proxy_port = free_port();
@@ -254,6 +275,47 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
     assert!(
         refused.stderr.contains("forbidden") && refused.stderr.contains(account),
         "not refused by the API server's RBAC: {refused:?}"
+    );
+
+    // 3. A second device with another grant (view only) uses the same proxy at once, each
+    // with its own rights.
+    let carol_home = work.path().join("carol");
+    std::fs::create_dir_all(&carol_home).unwrap();
+    let carol_env = shell_env(&carol_home, &path, &desk);
+    let carol_login = run(
+        &tka,
+        &["login", CLUSTER, "--server", &server_url],
+        &carol_env,
+    )
+    .await;
+    assert!(carol_login.ok, "{carol_login:?}\nserver log:\n{}", log());
+    let can_i = ["auth", "can-i", "create", "configmaps", "-n", "team"];
+    let (alice_can, carol_can, carol_ns) = tokio::join!(
+        run(&kubectl, &can_i, &env),
+        run(&kubectl, &can_i, &carol_env),
+        run(&kubectl, &["get", "ns", "-o", "name"], &carol_env),
+    );
+    assert_eq!(alice_can.stdout.trim(), "yes", "{alice_can:?}");
+    assert_eq!(carol_can.stdout.trim(), "no", "{carol_can:?}");
+    assert!(
+        carol_ns.ok && carol_ns.stdout.contains("namespace/team"),
+        "{carol_ns:?}"
+    );
+    let carol_whoami = run(
+        &kubectl,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+        &carol_env,
+    )
+    .await;
+    assert!(
+        carol_whoami.stdout.starts_with("system:serviceaccount:")
+            && carol_whoami.stdout.trim() != user,
+        "carol's requests run as alice's account or none: {carol_whoami:?} (alice: {user})"
     );
 
     // 5. Impersonation is refused by the proxy; the same request without it works (above).
