@@ -158,6 +158,13 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
                 "tka.dev/cap/kubernetes",
                 vec![json!({"role": "developer"})],
             ),
+            // bob holds a grant but never logs in.
+            TailnetGrant::new(
+                "other",
+                "cluster",
+                "tka.dev/cap/kubernetes",
+                vec![json!({"role": "viewer"})],
+            ),
             TailnetGrant::new(
                 "desk",
                 "cluster",
@@ -371,8 +378,15 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
     )
     .unwrap();
     let bob_env = shell_env(&bob_home, &path, &other);
+    // With an empty discovery cache: the proxy forwards only discovery for a granted device
+    // with no session, so kubectl reaches its real request and prints the proxy's message.
     let bob = run(&kubectl, &["get", "ns"], &bob_env).await;
     assert!(!bob.ok, "a node with no session got in: {bob:?}");
+    assert!(
+        bob.stderr.contains(&format!("tka login {CLUSTER}")),
+        "kubectl does not name `tka login`: {bob:?}\nserver log:\n{}",
+        log()
+    );
     let bob_http = Http {
         socks5: format!("127.0.0.1:{}", other.socks5_port),
         base: proxy_url.clone(),
@@ -392,6 +406,12 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
             && l.contains("bob@example.com")
             && l.contains("401")),
         "no audit record of the refused node:\n{audited}"
+    );
+    assert!(
+        audited.lines().any(|l| l.contains("tka::audit")
+            && l.contains("bob@example.com")
+            && l.contains("discovery without a session")),
+        "no audit record of the discovery forwarded for the node:\n{audited}"
     );
 
     // 4. `tka logout` ends the watch running through the proxy (5 s is a generous bound).
