@@ -7,7 +7,7 @@
 //! naming `tka login`, audited with that node's identity. Impersonation, a browser `Origin`
 //! and a foreign `Host` are refused, each paired with an allowed request; `tka logout` ends a
 //! watch running through the proxy. A second device with a `view`-only grant uses the same
-//! proxy at the same time with its own rights.
+//! proxy at the same time with its own rights; her short session's expiry ends her watch.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
@@ -289,13 +289,29 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
     let carol_home = work.path().join("carol");
     std::fs::create_dir_all(&carol_home).unwrap();
     let carol_env = shell_env(&carol_home, &path, &desk);
+    // Her session is short (30 s): its expiry ends her watch below.
     let carol_login = run(
         &tka,
-        &["login", CLUSTER, "--server", &server_url],
+        &[
+            "login",
+            CLUSTER,
+            "--server",
+            &server_url,
+            "--ttl",
+            "30s",
+            "-o",
+            "json",
+        ],
         &carol_env,
     )
     .await;
     assert!(carol_login.ok, "{carol_login:?}\nserver log:\n{}", log());
+    let carol_answer: serde_json::Value = serde_json::from_str(&carol_login.stdout).unwrap();
+    let carol_expires: jiff::Timestamp = carol_answer["sessionExpiresAt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sessionExpiresAt: {carol_answer}"))
+        .parse()
+        .unwrap();
     let can_i = ["auth", "can-i", "create", "configmaps", "-n", "team"];
     let (alice_can, carol_can, carol_ns) = tokio::join!(
         run(&kubectl, &can_i, &env),
@@ -324,6 +340,9 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
             && carol_whoami.stdout.trim() != user,
         "carol's requests run as alice's account or none: {carol_whoami:?} (alice: {user})"
     );
+
+    let mut carol_watch = Watch::start(&kubectl, &carol_env);
+    carol_watch.until("namespace/kube-system").await;
 
     // 5. Impersonation is refused by the proxy; the same request without it works (above).
     let as_admin = run(&kubectl, &["--as=system:admin", "get", "ns"], &env).await;
@@ -425,4 +444,21 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
     // And the proxy no longer forwards for the laptop.
     let (status, body) = alice.send("GET", "/api/v1/namespaces", &[], None).await;
     assert_eq!(status, 401, "{body}");
+
+    // 4. The session's expiry ends carol's watch; alice's logout did not.
+    assert!(
+        carol_watch.child.try_wait().unwrap().is_none(),
+        "alice's logout ended carol's watch"
+    );
+    let left = u64::try_from(
+        (carol_expires - jiff::Timestamp::now())
+            .get_seconds()
+            .max(0),
+    )
+    .unwrap_or(0);
+    assert!(
+        carol_watch.ends_within(Duration::from_secs(left + 5)).await,
+        "the watch through the proxy outlived its session's expiry ({carol_expires})\nserver log:\n{}",
+        log()
+    );
 }
