@@ -437,19 +437,29 @@ impl<'a> Sessions<'a> {
     /// This cluster, the roles the caller could get here, and its live session. Reads only; not
     /// observed.
     pub async fn cluster(&self, caller: &Caller) -> Result<ClusterResponse, SessionError> {
-        let state = self.state;
         let identity = &*caller.identity;
-        let grants = ParsedGrants::from_identity(identity);
-        state.report_skipped(&grants, identity);
-        let mappings = state.backends.mappings.snapshot();
-        let roles = available_roles(&self.policy_context(identity, &grants, &mappings));
+        let roles = self.roles(identity);
         let session = self.live_session(identity).await?;
         Ok(ClusterResponse {
-            cluster: state.config.cluster_endpoint(),
+            cluster: self.state.config.cluster_endpoint(),
             caller: identity.describe(),
             roles,
             session,
         })
+    }
+
+    /// Whether the policy makes some role on this cluster available to `identity` (what
+    /// `GET /api/v1/cluster` lists). Reads only; not observed.
+    pub fn has_available_role(&self, identity: &Identity) -> bool {
+        !self.roles(identity).roles.is_empty()
+    }
+
+    /// The roles `identity` could get here, by the tailnet grants and the mappings.
+    fn roles(&self, identity: &Identity) -> RoleListing {
+        let grants = ParsedGrants::from_identity(identity);
+        self.state.report_skipped(&grants, identity);
+        let mappings = self.state.backends.mappings.snapshot();
+        available_roles(&self.policy_context(identity, &grants, &mappings))
     }
 
     /// The one place an outcome becomes an audit record and metrics.

@@ -54,6 +54,8 @@ pub struct Wired {
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
     /// The background tasks to run for the server's lifetime.
     pub tasks: Vec<Task>,
+    /// The server's own Kubernetes client (for the proxy's discovery without a session).
+    pub client: Client,
 }
 
 impl std::fmt::Debug for Wired {
@@ -257,7 +259,7 @@ pub async fn wire(settings: &Settings, shutdown: &CancellationToken) -> anyhow::
     }
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let kube = kube(settings, client, localapi.clone(), clock.clone())?;
+    let kube = kube(settings, client.clone(), localapi.clone(), clock.clone())?;
     let mut readiness: Vec<Arc<dyn ReadinessCheck>> =
         vec![Arc::new(TailscaledReady(localapi.clone()))];
     readiness.extend(kube.readiness);
@@ -276,6 +278,7 @@ pub async fn wire(settings: &Settings, shutdown: &CancellationToken) -> anyhow::
         watches: kube.watches,
         readiness,
         tasks: kube.tasks,
+        client,
     })
 }
 
@@ -299,6 +302,7 @@ pub async fn server(settings: &Settings, shutdown: CancellationToken) -> anyhow:
                     wired.watches.sessions.clone(),
                     upstream,
                     proxy.config.clone(),
+                    Some(wired.client.clone()),
                 ),
             ))
         }

@@ -168,6 +168,15 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
     let cleared = match checked {
         Ok(cleared) => cleared,
         Err(refusal) => {
+            let ask = crate::proxy::discovery::DiscoveryAsk::of(&request);
+            if let Some(answer) =
+                without_session(&proxy, info.as_ref(), &refusal, ask, &mut record).await
+            {
+                metrics.proxy_request(ProxyOutcome::Forwarded);
+                record.duration_ms = elapsed_ms(started);
+                record.emit();
+                return answer;
+            }
             metrics.proxy_request(refusal.outcome);
             record.status = refusal.status.as_u16();
             record.reason = Some(refusal.message.clone());
@@ -177,6 +186,23 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         }
     };
     exchange(&proxy, cleared, &mut request, record, started).await
+}
+
+/// For a device with no live session (the refusal is the 401): its discovery request's answer
+/// when [`crate::proxy::discovery`] forwards it.
+async fn without_session(
+    proxy: &Proxy,
+    info: Option<&ConnectionInfo>,
+    refusal: &Refusal,
+    ask: Option<crate::proxy::discovery::DiscoveryAsk>,
+    record: &mut ProxyRecord,
+) -> Option<Response> {
+    if refusal.status != StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    let identity = Arc::clone(info?.identity.as_ref()?);
+    let client = proxy.discovery.as_ref()?;
+    crate::proxy::discovery::forward_discovery(client, &proxy.state, &identity, ask?, record).await
 }
 
 fn elapsed_ms(started: Instant) -> u64 {

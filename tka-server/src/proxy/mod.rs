@@ -15,6 +15,7 @@
 //! grant), writes no token anywhere, and must not import the API's routes or handlers.
 
 pub mod certificate;
+pub mod discovery;
 pub mod front;
 pub mod service;
 pub mod streams;

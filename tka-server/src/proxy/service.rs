@@ -47,16 +47,22 @@ pub struct Proxy {
     pub(crate) streams: Arc<Streams>,
     pub(crate) limiter: DeviceRateLimiter,
     pub(crate) config: ProxyConfig,
+    /// The server's own Kubernetes client, for discovery without a session
+    /// ([`crate::proxy::discovery`]); none in a proxy built without it.
+    pub(crate) discovery: Option<crate::proxy::discovery::DiscoveryClient>,
 }
 
 impl Proxy {
     /// A proxy forwarding to `upstream` for the devices whose sessions are in `sessions`, with
-    /// the API's `state` (whose sessions service mints the tokens, whose metrics count).
+    /// the API's `state` (whose sessions service mints the tokens, whose metrics count), and
+    /// `discovery`, the server's own Kubernetes client, for discovery by devices with a grant
+    /// but no session ([`crate::proxy::discovery`]; none: such discovery gets the 401 too).
     pub fn new(
         state: Arc<ApiState>,
         sessions: SessionStore,
         upstream: Upstream,
         config: ProxyConfig,
+        discovery: Option<kube::Client>,
     ) -> Arc<Self> {
         let streams = Streams::new(config.max_streams_per_device, Arc::clone(&state.metrics));
         Arc::new(Self {
@@ -67,6 +73,7 @@ impl Proxy {
             tokens: TokenCache::default(),
             streams,
             config,
+            discovery: discovery.map(crate::proxy::discovery::DiscoveryClient),
         })
     }
 

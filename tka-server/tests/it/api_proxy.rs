@@ -968,3 +968,72 @@ async fn a_session_made_on_one_replica_streams_through_anothers_proxy_until_logo
     a.stop().await;
     b.stop().await;
 }
+
+/// kubectl's first request on an empty cache is discovery, whose 401 client-go reports in fixed
+/// words; so discovery (exact paths, `GET` only) from a device that holds a usable grant but no
+/// session is forwarded with the server's own Kubernetes client (here FakeCluster, not the
+/// proxy's upstream). A device with no grant gets the 401 for discovery too, and no other
+/// request is ever forwarded without a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_without_a_session_is_forwarded_only_for_a_granted_device() {
+    let world = FakeWorld::new().await;
+    let stranger = world
+        .tailnet
+        .add(PeerSpec::user("mallory@example.com", "mallory-laptop"));
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+    let no_session = "tka: no session on cluster prod for this device; run `tka login prod`";
+
+    for path in [
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/apis/apps",
+        "/apis/apps/v1",
+        "/version",
+        "/openapi/v2",
+        "/openapi/v3",
+        "/openapi/v3/apis/apps/v1",
+    ] {
+        // Allowed: alice holds `sre` by policy and has no session.
+        let response = fresh(&world, &alice, &running).await.get(path).send().await;
+        assert_ne!(response.status, 401, "{path}: {}", response.text());
+        assert!(!response.text().contains("tka login"), "{path}");
+        // Refused: the stranger holds no grant.
+        let response = fresh(&world, &stranger, &running)
+            .await
+            .get(path)
+            .send()
+            .await;
+        let status = assert_status(&response, 401, "Unauthorized");
+        assert_eq!(status["message"], no_session, "{path}");
+    }
+    // Never forwarded without a session: anything but exactly a discovery path, or not a GET.
+    for path in [
+        "/api/v1/namespaces",
+        "/apis/apps/v1/deployments",
+        "/api/v1%2Fnamespaces",
+        "/api/v1/",
+        "/apis/apps/v1/namespaces/default/deployments",
+        "/api/v1/namespaces/default/pods/echo/exec",
+    ] {
+        let response = fresh(&world, &alice, &running).await.get(path).send().await;
+        let status = assert_status(&response, 401, "Unauthorized");
+        assert_eq!(status["message"], no_session, "{path}");
+    }
+    let response = fresh(&world, &alice, &running)
+        .await
+        .post("/api")
+        .send()
+        .await;
+    assert_status(&response, 401, "Unauthorized");
+    // None of it reached the proxy's upstream.
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+
+    // With a session, discovery goes upstream with the session's token like every request.
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    running.stop().await;
+}

@@ -196,8 +196,8 @@ async fn e2e_kubectl_exec_and_port_forward_through_the_proxy_over_websocket_and_
     .await
     .unwrap();
     assert!(!refused.status.success(), "{refused:?}");
-    // kubectl's first request is discovery, whose 401 it reports in its own words (client-go
-    // keeps a discovery error's Status body out of the message).
+    // kubectl reports the 401 in its own words (the proxy forwards the discovery of a granted
+    // device without a session, so the refusal is the exec request's).
     assert!(
         refused
             .stderr
