@@ -188,6 +188,18 @@ impl Hold {
         self.state.peak.load(Ordering::SeqCst)
     }
 
+    /// Waits (bounded: about 10 s) until at least `n` matching requests are held; whether they
+    /// are.
+    pub async fn until_waiting(&self, n: usize) -> bool {
+        for _ in 0..1_000 {
+            if self.waiting() >= n {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.waiting() >= n
+    }
+
     /// Lets every held request, and every later one, through.
     pub fn release(&self) {
         self.state.open.send_replace(true);

@@ -268,12 +268,7 @@ pub async fn expired_sessions_end_concurrently_within_the_bound<B: SuiteBackend>
         tokio::spawn(async move { reconciler.reconcile_once(now).await })
     };
     // Bounded wait until the pass has as many deletes in flight as it may.
-    for _ in 0..1_000 {
-        if held.waiting() >= BOUND {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    held.until_waiting(BOUND).await;
     // Give an unbounded pass every chance to start more (a settle, not a measured time).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
@@ -343,12 +338,7 @@ pub async fn due_sessions_are_confirmed_concurrently_within_the_bound<B: SuiteBa
         let now = h.clock.now();
         tokio::spawn(async move { reconciler.reconcile_once(now).await })
     };
-    for _ in 0..1_000 {
-        if held.waiting() >= BOUND {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    held.until_waiting(BOUND).await;
     // Give an unbounded pass every chance to start more (a settle, not a measured time).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
@@ -463,26 +453,20 @@ pub async fn a_session_extended_while_being_ended_is_left_alone<B: SuiteBackend>
         Arc::new(crate::suite::suite_grant_check(&h.namespace)),
     );
     let pass = tokio::spawn(async move { reconciler.reconcile_once(ahead.now()).await });
-    let until_held = |n: usize| {
-        let held = held.clone();
-        async move {
-            for _ in 0..1_000 {
-                if held.waiting() >= n {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            panic!("{n} status writes were never held");
-        }
-    };
-    until_held(1).await;
+    assert!(
+        held.until_waiting(1).await,
+        "the pass's status write was never held"
+    );
 
     // The same device logs in again through a replica whose clock says the session is live.
     let decision = h.decision("sre", "2h");
     let login = h.issuer.issue(&identity, &decision);
     // Its spec write goes through; its own status write is held beside the pass's mark.
     let release = async {
-        until_held(2).await;
+        assert!(
+            held.until_waiting(2).await,
+            "2 status writes were never held"
+        );
         held.release();
     };
     let (extended, ()) = tokio::join!(login, release);
