@@ -218,8 +218,9 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\nNot gone by the deadline: {}; not refused 30 s after: {}. Server VmHWM at the end: {:.1} MB.",
+        "\nNot gone by the deadline: {}; tokens polled: a sample of {}, not refused 30 s after: {}. Server VmHWM at the end: {:.1} MB.",
         r.expiry.not_gone,
+        r.expiry.token_sampled,
         r.expiry.not_refused,
         mb(r.final_hwm_kib)
     );
