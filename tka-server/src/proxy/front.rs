@@ -3,14 +3,19 @@
 //! of impersonation, the connection's identity, the per-device rate limit, the device's live
 //! session, its token ([`crate::proxy::tokens`]), a place under the per-device stream cap
 //! ([`crate::proxy::streams`]), then the exchange with the upstream: the client's `Authorization`,
-//! `Host` and hop-by-hop headers are dropped (`Upgrade`/`Connection` kept for an upgrade) and
-//! the session's token is put on. A `101` answer splices the two upgraded connections. Every
-//! request ends in one audit record ([`crate::audit::ProxyRecord`]) and one count by outcome.
+//! `Host`, `Cookie`, forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-Ip`), the API
+//! server's front-proxy identity headers (`X-Remote-*`) and hop-by-hop headers are dropped
+//! (`Upgrade`/`Connection` kept for an upgrade); the session's token is put on, and
+//! `X-Forwarded-For` names the device's tailnet address. A path that could leave the upstream
+//! URL's prefix is refused first ([`crate::proxy::upstream::escaping`]). A `101` answer splices
+//! the two upgraded connections. Every request ends in one audit record
+//! ([`crate::audit::ProxyRecord`]) and one count by outcome.
 //!
 //! Refusals are Kubernetes `Status` objects, which kubectl prints as they are. It must not
 //! decide policy, mint by itself, or log a token.
 
 use std::future::Future as _;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,6 +30,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tka_core::issuer::IssueError;
 use tka_core::{Identity, SessionName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::audit::ProxyRecord;
@@ -48,6 +54,20 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether a client's header never reaches the upstream, beyond hop-by-hop ones: its own
+/// credentials (`Authorization`, `Cookie`), `Host`, forwarding headers it could forge
+/// (`Forwarded`, `X-Forwarded-*`, `X-Real-Ip`; the proxy sets `X-Forwarded-For` itself), and the
+/// names the API server's front-proxy (request-header) authentication reads (`X-Remote-*`).
+fn is_withheld(name: &HeaderName) -> bool {
+    // Header names are lower case in `http`.
+    let name = name.as_str();
+    matches!(
+        name,
+        "authorization" | "cookie" | "host" | "forwarded" | "x-real-ip"
+    ) || name.starts_with("x-forwarded-")
+        || name.starts_with("x-remote-")
+}
 
 /// A refused request: a Kubernetes `Status`.
 #[derive(Debug)]
@@ -127,6 +147,8 @@ fn kubernetes_status(status: StatusCode, reason: &str, message: &str) -> Respons
 struct Cleared {
     token: Arc<ProxyToken>,
     guard: StreamGuard,
+    /// The device's tailnet address, for `X-Forwarded-For`.
+    source: Option<IpAddr>,
 }
 
 /// The handler for every proxied request.
@@ -163,9 +185,24 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
             "tka: CONNECT is not forwarded by the tka proxy",
         ))
     } else {
-        clear(&proxy, info.as_ref(), request.headers(), &mut record).await
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        // Before anything else: a path that could leave the upstream's prefix reaches nothing,
+        // discovery without a session included.
+        match proxy.upstream.uri_for(path) {
+            Ok(target) => clear(&proxy, info.as_ref(), request.headers(), &mut record)
+                .await
+                .map(|cleared| (cleared, target)),
+            Err(e) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("tka: {e}"),
+            )),
+        }
     };
-    let cleared = match checked {
+    let (cleared, target) = match checked {
         Ok(cleared) => cleared,
         Err(refusal) => {
             let ask = crate::proxy::discovery::DiscoveryAsk::of(&request);
@@ -185,7 +222,7 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
             return refusal.into_response();
         }
     };
-    exchange(&proxy, cleared, &mut request, record, started).await
+    exchange(&proxy, cleared, target, &mut request, record, started).await
 }
 
 /// For a device with no live session (the refusal is the 401): its discovery request's answer
@@ -299,7 +336,27 @@ async fn clear(
         .streams
         .open(&token.session, node)
         .map_err(|e| Refusal::limited(format!("tka: {e}"), Duration::from_secs(1)))?;
-    Ok(Cleared { token, guard })
+    Ok(Cleared {
+        token,
+        guard,
+        source: tailnet_address(info, &identity),
+    })
+}
+
+/// The device's tailnet address: the connection's source when it is one of the device's
+/// addresses, else the device's first IPv4 address (or first address) as whois names them. (A
+/// connection relayed by a userspace tailscaled comes from a loopback address.)
+fn tailnet_address(info: &ConnectionInfo, identity: &Identity) -> Option<IpAddr> {
+    let addresses = &identity.node.addresses;
+    let remote = info.peer.remote.ip().to_canonical();
+    if addresses.contains(&remote) {
+        return Some(remote);
+    }
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addresses.first())
+        .copied()
 }
 
 fn reason_for(status: StatusCode) -> &'static str {
@@ -373,25 +430,28 @@ fn end_to_end(headers: &HeaderMap, upgrade: bool) -> HeaderMap {
     out
 }
 
-/// The request as the upstream gets it: end-to-end headers only, no `Authorization`, `Host`
-/// or `Impersonate-*` of the client's, and the session's token.
+/// The request as the upstream gets it, at `uri`: end-to-end headers only, none the client may
+/// not send on ([`is_withheld`]; `Impersonate-*` was refused before), the session's token, and
+/// `X-Forwarded-For` with the device's tailnet address (`source`), so the API server's audit
+/// log shows where the request came from.
 fn upstream_request(
-    proxy: &Proxy,
     request: &mut Request,
+    uri: Uri,
     token: &ProxyToken,
+    source: Option<IpAddr>,
     upgrade: bool,
 ) -> Result<http::Request<Body>, Refusal> {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let uri: Uri = proxy
-        .upstream
-        .uri_for(path)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "BadRequest", format!("tka: {e}")))?;
     let mut headers = end_to_end(request.headers(), upgrade);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
+    let withheld: Vec<HeaderName> = headers.keys().filter(|n| is_withheld(n)).cloned().collect();
+    for name in withheld {
+        headers.remove(name);
+    }
+    if let Some(source) = source {
+        // An IP address is always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&source.to_string()) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+    }
     let mut bearer =
         HeaderValue::from_str(&format!("Bearer {}", token.token.expose())).map_err(|_| {
             Refusal::new(
@@ -416,12 +476,17 @@ fn upstream_request(
 async fn exchange(
     proxy: &Arc<Proxy>,
     cleared: Cleared,
+    target: Uri,
     request: &mut Request,
     mut record: ProxyRecord,
     started: Instant,
 ) -> Response {
     let metrics = Arc::clone(&proxy.state.metrics);
-    let Cleared { token, guard } = cleared;
+    let Cleared {
+        token,
+        guard,
+        source,
+    } = cleared;
     let upgrade = is_upgrade(request.headers());
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *request));
     let refused = |refusal: Refusal, mut record: ProxyRecord| {
@@ -432,7 +497,7 @@ async fn exchange(
         record.emit();
         refusal.into_response()
     };
-    let upstream = match upstream_request(proxy, request, &token, upgrade) {
+    let upstream = match upstream_request(request, target, &token, source, upgrade) {
         Ok(upstream) => upstream,
         Err(refusal) => return refused(refusal, record),
     };
@@ -528,25 +593,88 @@ async fn splice(
     };
     match upgraded {
         Ok((client, upstream)) => {
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
+            let mut client = Counted::new(TokioIo::new(client));
+            let mut upstream = Counted::new(TokioIo::new(upstream));
             tokio::select! {
                 copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                    match copied {
-                        Ok((up, down)) => record.bytes = up.saturating_add(down),
-                        Err(e) => record.reason = Some(format!("the upgraded connection failed: {e}")),
+                    if let Err(e) = copied {
+                        record.reason = Some(format!("the upgraded connection failed: {e}"));
                     }
                 }
                 () = cancel.cancelled() => {
                     record.reason = Some("the session ended".to_owned());
                 }
             }
+            // Counted as written, so a splice cut short (or failed) still records what it
+            // carried both ways.
+            record.bytes = upstream.written.saturating_add(client.written);
         }
         Err(e) => record.reason = Some(format!("the upgrade did not complete: {e}")),
     }
     drop(guard);
     record.duration_ms = elapsed_ms(started);
     record.emit();
+}
+
+/// An upgraded connection that counts the bytes written to it.
+struct Counted<T> {
+    io: T,
+    written: u64,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T) -> Self {
+        Self { io, written: 0 }
+    }
+
+    fn wrote(&mut self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.written = self.written.saturating_add(n as u64);
+        }
+        written
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(written)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// An upstream response body passed to the client: counts its bytes, fails as soon as the
@@ -645,6 +773,159 @@ mod tests {
         let mut plain_request = HeaderMap::new();
         plain_request.insert(header::UPGRADE, "websocket".parse().unwrap());
         assert!(!is_upgrade(&plain_request), "Upgrade without Connection");
+    }
+
+    /// A request as the front gets it, with `headers`.
+    fn client_request(headers: &[(&str, &str)]) -> Request {
+        let mut request = Request::post("/api/v1/namespaces/default/pods/web/exec?command=sh")
+            .body(Body::empty())
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        request
+    }
+
+    fn token() -> ProxyToken {
+        ProxyToken {
+            session: SessionName::new("tka-alice-sre-1a2b3c").unwrap(),
+            token: tka_core::Secret::new("session-token".to_owned()),
+            jti: None,
+            expires_at: jiff::Timestamp::UNIX_EPOCH,
+            minted_at: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn forged_forwarding_and_identity_headers_are_withheld_and_the_source_is_set() {
+        let forged = [
+            ("authorization", "Bearer client-secret"),
+            ("host", "evil.example.com"),
+            ("cookie", "session=stolen"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-for", "10.8.8.8"),
+            ("x-forwarded-host", "evil.example.com"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/other"),
+            ("X-Forwarded-Port", "443"),
+            ("forwarded", "for=10.9.9.9;proto=https"),
+            ("x-real-ip", "10.9.9.9"),
+            ("x-remote-user", "system:admin"),
+            ("X-Remote-Group", "system:masters"),
+            ("x-remote-extra-scopes", "all"),
+        ];
+        let kept = [
+            ("accept", "application/json"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+            ("user-agent", "kubectl/v1.33"),
+        ];
+        for upgrade in [false, true] {
+            let mut headers: Vec<(&str, &str)> = forged.iter().chain(&kept).copied().collect();
+            if upgrade {
+                headers.extend([("connection", "Upgrade"), ("upgrade", "SPDY/3.1")]);
+            }
+            let mut request = client_request(&headers);
+            assert_eq!(is_upgrade(request.headers()), upgrade);
+            let source: IpAddr = "100.64.0.10".parse().unwrap();
+            let uri: Uri = "http://10.0.0.1:6443/k8s/api".parse().unwrap();
+            let upstream =
+                upstream_request(&mut request, uri.clone(), &token(), Some(source), upgrade)
+                    .unwrap();
+            let sent = upstream.headers();
+            assert_eq!(upstream.uri(), &uri);
+            for (name, _) in forged {
+                let name = name.to_ascii_lowercase();
+                match name.as_str() {
+                    "authorization" => {
+                        assert_eq!(sent[header::AUTHORIZATION], "Bearer session-token");
+                    }
+                    "x-forwarded-for" => {
+                        let values: Vec<_> = sent.get_all("x-forwarded-for").iter().collect();
+                        assert_eq!(values, ["100.64.0.10"], "upgrade {upgrade}");
+                    }
+                    _ => assert!(sent.get(&name).is_none(), "{name} (upgrade {upgrade})"),
+                }
+            }
+            for (name, value) in kept {
+                assert_eq!(sent[name], value, "upgrade {upgrade}");
+            }
+            assert_eq!(sent.get(header::UPGRADE).is_some(), upgrade);
+            // Without a known source, no X-Forwarded-For at all (never the client's).
+            let mut request = client_request(&headers);
+            let upstream = upstream_request(&mut request, uri, &token(), None, upgrade).unwrap();
+            assert!(upstream.headers().get("x-forwarded-for").is_none());
+        }
+    }
+
+    #[test]
+    fn the_source_is_the_devices_tailnet_address() {
+        let identity = |addresses: &[&str]| Identity {
+            user: tka_core::UserInfo {
+                id: tka_core::UserId(1),
+                login_name: tka_core::LoginName::new("alice@example.com").unwrap(),
+                display_name: "alice".to_owned(),
+            },
+            node: tka_core::NodeInfo {
+                stable_id: tka_core::NodeId::new("nALICE").unwrap(),
+                name: "alice.example.ts.net".to_owned(),
+                addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                tags: Vec::new(),
+            },
+            groups: Vec::new(),
+            capabilities: Vec::new(),
+            compat_capabilities: Vec::new(),
+        };
+        let from = |remote: &str| ConnectionInfo {
+            peer: crate::listener::Peer::direct(remote.parse().unwrap()),
+            local: "127.0.0.1:8443".parse().unwrap(),
+            identity: None,
+        };
+        let both = identity(&["fd7a:115c:a1e0::1", "100.64.0.10"]);
+        // A connection straight from the device: its own source.
+        assert_eq!(
+            tailnet_address(&from("[fd7a:115c:a1e0::1]:40000"), &both),
+            Some("fd7a:115c:a1e0::1".parse().unwrap())
+        );
+        assert_eq!(
+            tailnet_address(&from("[::ffff:100.64.0.10]:40000"), &both),
+            Some("100.64.0.10".parse().unwrap())
+        );
+        // Relayed (userspace tailscaled dials from loopback): the device's IPv4 address.
+        assert_eq!(
+            tailnet_address(&from("127.0.0.1:40000"), &both),
+            Some("100.64.0.10".parse().unwrap())
+        );
+        assert_eq!(
+            tailnet_address(&from("127.0.0.1:40000"), &identity(&["fd7a:115c:a1e0::1"])),
+            Some("fd7a:115c:a1e0::1".parse().unwrap())
+        );
+        assert_eq!(
+            tailnet_address(&from("127.0.0.1:40000"), &identity(&[])),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_counted_connection_counts_what_was_written_to_it() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut counted = Counted::new(near);
+        counted.write_all(b"hello").await.unwrap();
+        let written = counted
+            .write_vectored(&[std::io::IoSlice::new(b"ab")])
+            .await
+            .unwrap();
+        assert_eq!(written, 2);
+        let mut buf = [0u8; 7];
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"helloab");
+        far.write_all(b"read bytes are not counted").await.unwrap();
+        let mut buf = [0u8; 4];
+        counted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(counted.written, 7);
     }
 
     #[test]

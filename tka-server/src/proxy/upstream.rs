@@ -6,6 +6,11 @@
 //! certificate, token or exec plugin are stripped, so a forwarded request authenticates only
 //! with the session's token the front puts on it. This module does not look at requests beyond
 //! their URI; it must not add or read an `Authorization` header.
+//!
+//! The upstream URL may carry a path prefix (`https://host/k8s/clusters/c-1`, a cluster behind
+//! a multi-cluster gateway); a request's path is appended to it as it is, so a path that could
+//! climb out of the prefix once something on the way normalises it (a `.` or `..` segment, raw
+//! or percent-encoded, or an encoded `/` or `\` inside a segment) is refused, never forwarded.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +38,71 @@ pub enum UpstreamError {
     /// The request's path cannot be joined to the upstream URL.
     #[error("the request path cannot be forwarded: {0}")]
     BadPath(String),
+    /// The request's path could leave the upstream URL's path prefix.
+    #[error(
+        "the request path cannot be forwarded: {0}; the tka proxy forwards only paths without `.` or `..` segments and without encoded slashes (raw or percent-encoded)"
+    )]
+    EscapingPath(&'static str),
+}
+
+/// How many rounds of percent-decoding a segment is checked through: a segment encoded twice
+/// (`%252e`) is still caught if something on the way decodes it twice.
+const DECODE_ROUNDS: usize = 4;
+
+/// Why `path` (no query) must not be forwarded, if it must not: it does not start with `/`, or
+/// one of its segments is `.` or `..` or holds a `/` or `\` once percent-decoded (in any case,
+/// through [`DECODE_ROUNDS`] rounds of decoding), or holds a raw `\`.
+pub fn escaping(path: &str) -> Option<&'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Some("it does not start with `/`");
+    };
+    for segment in rest.split('/') {
+        if segment.contains('\\') {
+            return Some("it holds a backslash");
+        }
+        let mut bytes = segment.as_bytes().to_vec();
+        for _ in 0..DECODE_ROUNDS {
+            if bytes == b"." || bytes == b".." {
+                return Some("it has a `.` or `..` segment");
+            }
+            if bytes.contains(&b'/') || bytes.contains(&b'\\') {
+                return Some("it has an encoded slash inside a segment");
+            }
+            match percent_decoded(&bytes) {
+                Some(decoded) => bytes = decoded,
+                None => break,
+            }
+        }
+    }
+    None
+}
+
+/// `bytes` with every `%XX` decoded, or `None` when there is none.
+fn percent_decoded(bytes: &[u8]) -> Option<Vec<u8>> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2))
+            && let (Some(h), Some(l)) = (hex(h), hex(l))
+        {
+            // Two hex digits make at most 0xff: no overflow.
+            out.push(h * 16 + l);
+            changed = true;
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    changed.then_some(out)
 }
 
 type SendFn = Arc<
@@ -122,8 +192,15 @@ impl Upstream {
         Self::new(config, timeout)
     }
 
-    /// The upstream URI for a request's path and query.
+    /// The upstream URI for a request's path and query: the upstream URL's path prefix, kept
+    /// exactly, then the request's. A path that could leave the prefix ([`escaping`]) is refused.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let path = path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(path, _)| path);
+        if let Some(why) = escaping(path) {
+            return Err(UpstreamError::EscapingPath(why));
+        }
         let base = self.base.path().trim_end_matches('/');
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(
@@ -197,5 +274,63 @@ mod tests {
             plain.uri_for("/version").unwrap(),
             "https://kubernetes.default.svc/version"
         );
+        // The prefix is kept exactly, also for a path that only looks like a dot.
+        assert_eq!(
+            upstream
+                .uri_for("/api/v1/namespaces/a.b/pods/..x?fieldSelector=a%2Fb")
+                .unwrap(),
+            "https://10.0.0.1:6443/prefix/api/v1/namespaces/a.b/pods/..x?fieldSelector=a%2Fb"
+        );
+    }
+
+    #[test]
+    fn paths_that_could_leave_the_prefix_are_refused() {
+        let upstream = Upstream::with_connector(
+            "https://10.0.0.1:6443/k8s/clusters/c-1".parse().unwrap(),
+            HttpConnector::new(),
+            Duration::from_secs(1),
+        );
+        for path in [
+            "/../api/v1/secrets",
+            "/api/../../other",
+            "/api/./v1",
+            "/api/v1/..",
+            "/%2e%2e/other",
+            "/%2E%2e/other",
+            "/.%2e/other",
+            "/%2E./other",
+            "/%2e/api",
+            "/%252e%252e/other",
+            "/api/..%2f..%2fother",
+            "/api/v1%2Fnamespaces",
+            "/api/v1%2fnamespaces",
+            "/api/%5c..",
+            "/api/%5C",
+            "/api\\..\\other",
+            "*",
+            "",
+            "api/v1",
+        ] {
+            assert!(escaping(path).is_some(), "{path:?} must be refused");
+            assert!(
+                matches!(
+                    upstream.uri_for(&format!("{path}?watch=1")),
+                    Err(UpstreamError::EscapingPath(_))
+                ),
+                "{path:?}"
+            );
+        }
+        for path in [
+            "/",
+            "/api/v1/namespaces",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "/api/v1/namespaces/a.b/pods/..x/log",
+            "/api/v1/namespaces/default/pods/web%2dx",
+            "/openapi/v3/apis/apps/v1",
+            "/api/v1/namespaces/default/pods/web/exec",
+            "/100%25",
+        ] {
+            assert_eq!(escaping(path), None, "{path:?} is allowed");
+        }
     }
 }

@@ -37,6 +37,7 @@ const BOUND: Duration = Duration::from_secs(20);
 struct Seen {
     path: String,
     authorization: Option<String>,
+    headers: http::HeaderMap,
 }
 
 /// The upstream API server stand-in.
@@ -68,6 +69,7 @@ async fn answer(
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap().to_owned()),
+        headers: request.headers().clone(),
     });
     if request.uri().path().ends_with("/exec") && request.headers().contains_key("upgrade") {
         let protocol = request.headers()["upgrade"].clone();
@@ -171,6 +173,11 @@ impl Running {
 }
 
 async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Running {
+    start_at(world, &format!("http://{}", upstream.addr), extra).await
+}
+
+/// [`start`] with the proxy's upstream at `upstream_url` (which may carry a path prefix).
+async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Running {
     let mut argv: Vec<std::ffi::OsString> = vec!["tka-server".into(), "serve".into()];
     argv.extend([
         "--kubeconfig".into(),
@@ -180,7 +187,6 @@ async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Runnin
         "--tailscale-socket".into(),
         world.daemon.socket_path().as_os_str().to_owned(),
     ]);
-    let upstream_url = format!("http://{}", upstream.addr);
     argv.extend(
         [
             "--cluster-name",
@@ -196,7 +202,7 @@ async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Runnin
             "--proxy-listen",
             "127.0.0.1:0",
             "--proxy-upstream",
-            &upstream_url,
+            upstream_url,
         ]
         .map(Into::into),
     );
@@ -1013,7 +1019,6 @@ async fn discovery_without_a_session_is_forwarded_only_for_a_granted_device() {
     for path in [
         "/api/v1/namespaces",
         "/apis/apps/v1/deployments",
-        "/api/v1%2Fnamespaces",
         "/api/v1/",
         "/apis/apps/v1/namespaces/default/deployments",
         "/api/v1/namespaces/default/pods/echo/exec",
@@ -1028,6 +1033,12 @@ async fn discovery_without_a_session_is_forwarded_only_for_a_granted_device() {
         .send()
         .await;
     assert_status(&response, 401, "Unauthorized");
+    // A path that could leave the upstream's prefix is refused before anything else, discovery
+    // included.
+    for path in ["/api/v1%2Fnamespaces", "/apis/..", "/apis/%2e%2e/v1"] {
+        let response = fresh(&world, &alice, &running).await.get(path).send().await;
+        assert_status(&response, 400, "BadRequest");
+    }
     // None of it reached the proxy's upstream.
     assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
 
@@ -1035,5 +1046,258 @@ async fn discovery_without_a_session_is_forwarded_only_for_a_granted_device() {
     login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
     let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
     assert_eq!(response.status, 200, "{}", response.text());
+    running.stop().await;
+}
+
+/// A request with the session's token and the headers a client could forge.
+fn forging(client: &mut Client) -> crate::support::RequestBuilder<'_> {
+    [
+        ("x-forwarded-for", "10.9.9.9"),
+        ("x-forwarded-for", "10.8.8.8"),
+        ("x-forwarded-host", "kubernetes.default.svc"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-prefix", "/k8s/clusters/other"),
+        (
+            "forwarded",
+            "for=10.9.9.9;host=kubernetes.default.svc;proto=https",
+        ),
+        ("x-real-ip", "10.9.9.9"),
+        ("x-remote-user", "system:admin"),
+        ("x-remote-group", "system:masters"),
+        ("x-remote-extra-scopes", "cluster-admin"),
+        ("cookie", "session=stolen"),
+        ("accept", "application/json;as=Table;v=v1;g=meta.k8s.io"),
+        ("x-trace-id", "7"),
+    ]
+    .into_iter()
+    .fold(
+        client
+            .get("/api/v1/namespaces")
+            .header("authorization", "Bearer client-secret"),
+        |request, (name, value)| request.header(name, value),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarding_and_identity_headers_never_reach_the_upstream() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let response = forging(&mut fresh(&world, &alice, &running).await)
+        .send()
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let headers = &seen[1].headers;
+    // Withheld: every forwarding header, the front-proxy identity headers and the cookie.
+    for name in [
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+        "x-remote-user",
+        "x-remote-group",
+        "x-remote-extra-scopes",
+        "cookie",
+    ] {
+        assert!(headers.get(name).is_none(), "{name} reached the upstream");
+    }
+    // X-Forwarded-For names the device's tailnet address (the connection itself comes from
+    // 127.0.0.1), once; the token is the session's.
+    let source = alice.addresses()[0].to_string();
+    let forwarded_for: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded_for, [source.as_str()], "{headers:?}");
+    assert_eq!(
+        seen[1].authorization, seen[0].authorization,
+        "the session's token"
+    );
+    assert_eq!(seen[0].headers["x-forwarded-for"], source.as_str());
+    // Allowed: the client's other end-to-end headers pass as they are.
+    assert_eq!(
+        headers["accept"],
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+    );
+    assert_eq!(headers["x-trace-id"], "7");
+
+    running.stop().await;
+}
+
+/// The proxy's audit records in `capture`, once at least `count` are there.
+async fn proxy_records(capture: &crate::logs::Capture, count: usize) -> Vec<Value> {
+    eventually("the proxy's audit records", || async {
+        let proxied: Vec<Value> = crate::logs::audit_records(&capture.text())
+            .into_iter()
+            .filter(|r| r["event"] == "proxy")
+            .collect();
+        (proxied.len() >= count).then_some(proxied)
+    })
+    .await
+}
+
+/// The first proxy audit record in `capture` that `wanted` picks, once it is there.
+async fn proxy_record(
+    capture: &crate::logs::Capture,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, || async {
+        crate::logs::audit_records(&capture.text())
+            .into_iter()
+            .find(|r| r["event"] == "proxy" && wanted(r))
+    })
+    .await
+}
+
+/// A JSON log of every level into a capture, for this (one-threaded) test's tasks, the
+/// server's included.
+fn capture_logs() -> (crate::logs::Capture, tracing::subscriber::DefaultGuard) {
+    let capture = crate::logs::Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+/// The upstream URL may carry a path prefix (a cluster behind a multi-cluster gateway): it is
+/// kept exactly, and no request path may climb out of it.
+#[tokio::test]
+async fn paths_that_could_leave_the_upstream_prefix_are_refused_and_audited() {
+    let (capture, _guard) = capture_logs();
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let url = format!("http://{}/k8s/clusters/c-1/", upstream.addr);
+    let running = start_at(&world, &url, &[]).await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+
+    // Allowed: a plain path (and a name with dots in it) under the prefix.
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let response = fresh(&world, &alice, &running)
+        .await
+        .get("/api/v1/namespaces/a.b/configmaps/..x?watch=0")
+        .send()
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/k8s/clusters/c-1/api/v1/namespaces",
+            "/k8s/clusters/c-1/api/v1/namespaces/a.b/configmaps/..x"
+        ]
+    );
+
+    // Refused: dot segments raw or percent-encoded in any case, encoded slashes in a segment.
+    let escapes = [
+        "/../../c-2/api/v1/secrets",
+        "/api/v1/../../../c-2/api/v1/secrets",
+        "/api/./v1/namespaces",
+        "/%2e%2e/c-2/api/v1/secrets",
+        "/%2E%2e/c-2/api/v1/secrets",
+        "/.%2e/c-2/api/v1/secrets",
+        "/%2E./c-2/api/v1/secrets",
+        "/api/%2e/v1/namespaces",
+        "/%252e%252e/c-2/api/v1/secrets",
+        "/api/..%2f..%2f..%2fc-2/api/v1/secrets",
+        "/api/v1%2Fnamespaces",
+        "/api/v1/%5c..%5c..%5cc-2",
+    ];
+    for path in escapes {
+        let response = fresh(&world, &alice, &running).await.get(path).send().await;
+        let status = assert_status(&response, 400, "BadRequest");
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains("the request path cannot be forwarded"),
+            "{path}: {status}"
+        );
+    }
+    assert_eq!(upstream.seen().len(), 2, "{:?}", upstream.seen());
+
+    // Each refusal is audited as one, with the path as sent.
+    let records = proxy_records(&capture, 2 + escapes.len()).await;
+    for path in escapes {
+        let record = records
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no record of {path}: {records:#?}"));
+        assert_eq!(record["status"], 400, "{record}");
+        assert_eq!(record["login"], "alice@example.com", "{record}");
+        assert_eq!(record["bytes"], 0, "{record}");
+        assert!(
+            record["reason"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be forwarded"),
+            "{record}"
+        );
+    }
+    let (_, metrics) = get(running.ops, "/metrics").await.unwrap();
+    let refused = format!(
+        "tka_proxy_requests_total{{outcome=\"refused\"}} {}",
+        escapes.len()
+    );
+    assert!(metrics.contains(&refused), "{refused} in {metrics}");
+
+    running.stop().await;
+}
+
+/// An upgraded stream's audit record carries the bytes it carried both ways, whether it ends
+/// because a side closes or is cut because the session ended.
+#[tokio::test]
+async fn an_upgraded_stream_is_audited_with_its_bytes_when_closed_or_cut() {
+    let (capture, _guard) = capture_logs();
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+    let session = login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // Closed by the client: "ping" up and its echo down.
+    let websocket = exec(&world, &alice, running.proxy_addr, "websocket").await;
+    drop(websocket);
+    let by_client = proxy_record(&capture, "the upgrade's record", |r| r["status"] == 101).await;
+    assert_eq!(by_client["bytes"], 8, "{by_client}");
+    assert_eq!(by_client["reason"], "-", "{by_client}");
+
+    // Cut by logout while open: 4 + 1000 bytes each way, counted though the splice never ended.
+    let mut shell = exec(&world, &alice, running.proxy_addr, "SPDY/3.1").await;
+    let sent: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    shell.write_all(&sent).await.unwrap();
+    let mut echoed = vec![0u8; sent.len()];
+    tokio::time::timeout(BOUND, shell.read_exact(&mut echoed))
+        .await
+        .expect("the echo answers")
+        .unwrap();
+    assert_eq!(echoed, sent);
+    logout(&world, &running, &alice).await;
+    closed(shell).await;
+    let cut = proxy_record(&capture, "the cut upgrade's record", |r| {
+        r["status"] == 101 && r["reason"] == "the session ended"
+    })
+    .await;
+    assert_eq!(cut["bytes"], 2008, "{cut}");
+    assert_eq!(cut["session"], session.as_str(), "{cut}");
+    assert_eq!(cut["verb"], "post", "{cut}");
+    assert_eq!(
+        cut["path"], "/api/v1/namespaces/default/pods/web/exec",
+        "{cut}"
+    );
+
     running.stop().await;
 }
