@@ -191,6 +191,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TKA_LEASE_NAME", default_value = "tka-server")]
     pub lease_name: String,
 
+    /// How often the reconciler re-checks each live session's grant against the tailnet
+    /// policy and the GrantMappings (at least 1s); a grant removed from the tailnet policy
+    /// ends its sessions within about this long.
+    #[arg(
+        long,
+        env = "TKA_REVALIDATE_EVERY",
+        allow_hyphen_values = true,
+        default_value = "5m"
+    )]
+    pub revalidate_every: String,
+
     /// The log line format.
     #[arg(long, env = "TKA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

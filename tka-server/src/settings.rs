@@ -138,6 +138,8 @@ pub struct Settings {
     pub service_name: Option<String>,
     /// Leader election for the reconciler; `None` when disabled.
     pub leader_election: Option<LeaderElection>,
+    /// How often the reconciler re-checks each live session's grant.
+    pub revalidate_every: SignedDuration,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter directives.
@@ -288,6 +290,22 @@ fn duration(flag: &'static str, text: &str) -> Result<SignedDuration, SettingsEr
 
 fn std_duration(flag: &'static str, text: &str) -> Result<Duration, SettingsError> {
     duration(flag, text).map(SignedDuration::unsigned_abs)
+}
+
+/// The shortest re-validation period `--revalidate-every` accepts: each pass asks tailscaled
+/// about every live session, so a shorter one only adds load.
+const REVALIDATE_EVERY_MIN: SignedDuration = SignedDuration::from_secs(1);
+
+fn revalidate_every(text: &str) -> Result<SignedDuration, SettingsError> {
+    const FLAG: &str = "--revalidate-every";
+    let d = duration(FLAG, text)?;
+    if d < REVALIDATE_EVERY_MIN {
+        return Err(SettingsError::invalid(
+            FLAG,
+            format!("{text} is shorter than 1s; write a duration like 30s or 5m"),
+        ));
+    }
+    Ok(d)
 }
 
 fn ttl(flag: &'static str, text: &str) -> Result<Ttl, SettingsError> {
@@ -851,6 +869,7 @@ impl TryFrom<ServeArgs> for Settings {
             tailscale_socket: args.tailscale_socket,
             service_name: args.service_name,
             leader_election,
+            revalidate_every: revalidate_every(&args.revalidate_every)?,
             log_format: args.log_format,
             log_filter: args.log_filter,
             allowed_hosts,
@@ -989,6 +1008,7 @@ mod tests {
         refused(&["--whois-timeout", "-1s"], "--whois-timeout");
         refused(&["--kube-timeout", "soon"], "--kube-timeout");
         refused(&["--shutdown-grace", "0s"], "--shutdown-grace");
+        refused(&["--revalidate-every", "0s"], "--revalidate-every");
         refused(&["--api-server-ca-data", "%%%"], "--api-server-ca-data");
         refused(
             &["--api-server-ca-file", "/nonexistent/ca.pem"],
@@ -1389,5 +1409,29 @@ mod tests {
                 .leader_election,
             None
         );
+    }
+
+    #[test]
+    fn revalidation_defaults_to_five_minutes_and_refuses_less_than_a_second() {
+        assert_eq!(
+            parse(&[]).unwrap().revalidate_every,
+            SignedDuration::from_mins(5)
+        );
+        assert_eq!(
+            parse(&["--revalidate-every", "2s"])
+                .unwrap()
+                .revalidate_every,
+            SignedDuration::from_secs(2)
+        );
+        for short in ["0s", "500ms", "-5s"] {
+            let message = refused(&["--revalidate-every", short], "--revalidate-every");
+            assert!(
+                message.contains("1s") || message.contains("positive"),
+                "{short}: {message}"
+            );
+        }
+        let message = refused(&["--revalidate-every", "900ms"], "--revalidate-every");
+        assert!(message.contains("shorter than 1s"), "{message}");
+        refused(&["--revalidate-every", "often"], "--revalidate-every");
     }
 }

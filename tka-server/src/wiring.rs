@@ -161,6 +161,7 @@ fn kube(
         .collect();
     reconciler_settings.allow_cluster_wide_write = settings.policy.allow_cluster_wide_write;
     reconciler_settings.grace = issuer.settings().pending_grace;
+    reconciler_settings.revalidate_every = settings.revalidate_every;
     // Without leader election every replica reconciles (each pass is idempotent): each holds a
     // Lease of its own.
     reconciler_settings.lease.name = match &settings.leader_election {

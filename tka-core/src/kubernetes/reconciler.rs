@@ -585,8 +585,9 @@ impl KubernetesReconciler {
     /// When the watched stores say a pass has something to do, judged cheaply from what they
     /// hold (the pass itself decides, with live reads where it must): now for a Session that is
     /// over, deleted, malformed or missing the ServiceAccount it recorded; the grace period's end
-    /// for an unfinished one and for a labelled object that looks orphaned; else the earliest
-    /// `expiresAt`. `None` when nothing is held at all.
+    /// for an unfinished one and for a labelled object that looks orphaned; the first periodic
+    /// re-validation of a session no pass has re-validated yet; else the earliest `expiresAt`.
+    /// `None` when nothing is held at all.
     fn due_in(&self, watches: &ClusterWatches, now: Timestamp) -> Option<Timestamp> {
         let sessions = watches.sessions.watched().state();
         let accounts: ServiceAccounts = watches
@@ -600,6 +601,24 @@ impl KubernetesReconciler {
         let mut due: Option<Timestamp> = None;
         for session in &sessions {
             at_opt(&mut due, Some(self.session_due(session, &accounts, now)));
+        }
+        {
+            // A session made (or given another role) since the last pass is not among the
+            // validated ones, whose re-validation the passes schedule: without this its first
+            // re-check would wait for an unrelated pass or the resync backstop, however short
+            // `revalidate_every` is. Its login checked the grant at `revisedAt`.
+            let state = self.state();
+            for session in &sessions {
+                let known = session
+                    .uid()
+                    .is_some_and(|uid| state.validated.contains_key(&uid));
+                if !known && session.is_complete() {
+                    at_opt(
+                        &mut due,
+                        Some(session.spec.revised_at.0 + self.settings.revalidate_every),
+                    );
+                }
+            }
         }
         for sa in accounts.values() {
             at_opt(&mut due, self.orphan_due(sa, &by_name, now, false));

@@ -8,6 +8,7 @@
 //! and a foreign `Host` are refused, each paired with an allowed request; `tka logout` ends a
 //! watch running through the proxy. A second device with a `view`-only grant uses the same
 //! proxy at the same time with its own rights; her short session's expiry ends her watch.
+//! The setup ([`ProxyWorld`]) and the laptop's helpers are shared with `e2e_proxy_revocation`.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
@@ -31,7 +32,11 @@ use crate::e2e_refusals::Http;
 use crate::e2e_tailnet::{CLUSTER, free_port, run};
 
 /// The environment of a person's shell on `node`: its own HOME, kubeconfig and tailnet.
-fn shell_env(home: &Path, path: &str, node: &TailnetNode) -> Vec<(&'static str, String)> {
+pub(super) fn shell_env(
+    home: &Path,
+    path: &str,
+    node: &TailnetNode,
+) -> Vec<(&'static str, String)> {
     vec![
         ("PATH", path.to_owned()),
         ("HOME", home.display().to_string()),
@@ -52,13 +57,13 @@ fn shell_env(home: &Path, path: &str, node: &TailnetNode) -> Vec<(&'static str, 
 }
 
 /// `kubectl get ns --watch -o name` with `env`, and its output lines as they come.
-struct Watch {
-    child: tokio::process::Child,
+pub(super) struct Watch {
+    pub(super) child: tokio::process::Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Watch {
-    fn start(kubectl: &Path, env: &[(&str, String)]) -> Self {
+    pub(super) fn start(kubectl: &Path, env: &[(&str, String)]) -> Self {
         let mut cmd = tokio::process::Command::new(kubectl);
         cmd.args(["get", "ns", "--watch", "-o", "name"])
             .env_clear()
@@ -75,7 +80,7 @@ impl Watch {
     }
 
     /// Waits (at most 60 s) for a line naming `what`.
-    async fn until(&mut self, what: &str) {
+    pub(super) async fn until(&mut self, what: &str) {
         let found = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = self.lines.next_line().await.unwrap() {
                 if line.contains(what) {
@@ -89,19 +94,13 @@ impl Watch {
     }
 
     /// Whether kubectl exits within `bound` (a generous bound, not a timing assertion).
-    async fn ends_within(&mut self, bound: Duration) -> bool {
+    pub(super) async fn ends_within(&mut self, bound: Duration) -> bool {
         tokio::time::timeout(bound, self.child.wait()).await.is_ok()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_api_server() {
-    let Some(bin) = bin_dir_or_skip(
-        "e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_api_server",
-    ) else {
-        return;
-    };
-    let _permit = exclusive().await;
+/// The built `tka-server` and the `tka` beside it (built by `cargo build -p tka-cli`).
+pub(super) fn binaries() -> (PathBuf, PathBuf) {
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
     let tka = server_bin.with_file_name("tka");
     assert!(
@@ -109,114 +108,192 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
         "{} is missing: run `cargo build -p tka-cli` (cargo test --workspace builds it)",
         tka.display()
     );
+    (server_bin, tka)
+}
 
-    // The cluster: `view` cluster-wide and `edit` in namespace `team`.
-    let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    kube.ensure_namespace("team").await.unwrap();
-    let mappings: Api<GrantMapping> = Api::all(kube.client());
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        namespaced: vec![NamespacedGrant {
-            cluster_role: "edit".to_owned(),
-            namespaces: vec!["team".to_owned()],
-        }],
-        default_ttl: Some("1h".to_owned()),
-        max_ttl: Some("8h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    mappings
-        .create(
-            &PostParams::default(),
-            &GrantMapping::new("developer", spec),
-        )
-        .await
-        .unwrap();
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        max_ttl: Some("8h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    mappings
-        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
-        .await
-        .unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
+/// The flags that turn on the proxy of a server on `node` (`--proxy-listen 127.0.0.1:P`, where
+/// the node's userspace tailscaled re-dials tailnet connections for port P), and the URL a
+/// tailnet peer reaches it at, `http://<node's IPv4>:P`.
+pub(super) fn proxy_flags(node: &TailnetNode) -> (Vec<String>, String) {
+    let port = free_port();
+    let url = format!("http://{}:{port}", node.ipv4);
+    let flags = vec![
+        "--proxy-listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--proxy-url".to_owned(),
+        url.clone(),
+    ];
+    (flags, url)
+}
+
+/// `PATH` for a person's shell: the built `tka`, then the test components (kubectl).
+pub(super) fn shell_path(tka: &Path, bin: &Path) -> String {
+    format!(
+        "{}:{}:/usr/bin:/bin",
+        tka.parent().unwrap().display(),
+        bin.display()
+    )
+}
+
+/// A person `who` at `node`: a fresh HOME under `work`, and the environment of their shell.
+pub(super) fn person(
+    work: &Path,
+    who: &str,
+    path: &str,
+    node: &TailnetNode,
+) -> (PathBuf, Vec<(&'static str, String)>) {
+    let home = work.join(who);
+    std::fs::create_dir_all(&home).unwrap();
+    let env = shell_env(&home, path, node);
+    (home, env)
+}
+
+/// `tka login CLUSTER --server URL -o json` (plus `extra`) in `env`; must succeed through the
+/// proxy. Its JSON answer.
+pub(super) async fn proxied_login(
+    tka: &Path,
+    server_url: &str,
+    env: &[(&str, String)],
+    extra: &[&str],
+    log: impl Fn() -> String,
+) -> serde_json::Value {
+    let mut args = vec!["login", CLUSTER, "--server", server_url, "-o", "json"];
+    args.extend_from_slice(extra);
+    let login = run(tka, &args, env).await;
+    assert!(login.ok, "tka login: {login:?}\nserver log:\n{}", log());
+    let answer: serde_json::Value = serde_json::from_str(&login.stdout).unwrap();
+    assert_eq!(answer["via"], "proxy", "{answer}");
+    answer
+}
+
+/// What the proxy tests run on: a control plane with tka's CRDs, namespaces `tka-system` and
+/// `team`, and two GrantMappings (`developer`: `view` plus `edit` in `team`; `viewer`: `view`);
+/// a tailnet of the tagged `cluster` node and the caller's nodes; `tka-server serve
+/// --proxy-listen` on `cluster` (admin kubeconfig, its upstream the real API server), and a
+/// work directory for people's homes. Fields drop in order: the server before the tailnet and
+/// the control plane, the permit last.
+pub(super) struct ProxyWorld {
+    pub(super) server: ServerProcess,
+    /// The proxy's URL on the tailnet.
+    pub(super) proxy_url: String,
+    pub(super) tailnet: TailnetEnv,
+    pub(super) kube: KubeEnv,
+    pub(super) work: tempfile::TempDir,
+    /// The built `tka`.
+    pub(super) tka: PathBuf,
+    /// `PATH` for people's shells.
+    pub(super) path: String,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl ProxyWorld {
+    /// Starts it all for `test`, with the `cluster` node added to `nodes` and `server_flags`
+    /// added to the server's; `None` when the components are not there (a skip).
+    pub(super) async fn start(
+        test: &str,
+        nodes: &[TailnetNodeSpec],
+        grants: &[TailnetGrant],
+        server_flags: &[&str],
+    ) -> Option<Self> {
+        let bin = bin_dir_or_skip(test)?;
+        let permit = exclusive().await;
+        let (server_bin, tka) = binaries();
+
+        let kube = KubeEnv::start(&bin).await.unwrap();
+        kube.install_crds().await.unwrap();
+        kube.ensure_namespace("tka-system").await.unwrap();
+        kube.ensure_namespace("team").await.unwrap();
+        let mappings: Api<GrantMapping> = Api::all(kube.client());
+        let developer = GrantMappingSpec {
+            cluster_roles: vec!["view".to_owned()],
+            namespaced: vec![NamespacedGrant {
+                cluster_role: "edit".to_owned(),
+                namespaces: vec!["team".to_owned()],
+            }],
+            default_ttl: Some("1h".to_owned()),
+            max_ttl: Some("8h".to_owned()),
+            ..GrantMappingSpec::default()
+        };
+        let viewer = GrantMappingSpec {
+            cluster_roles: vec!["view".to_owned()],
+            default_ttl: Some("1h".to_owned()),
+            max_ttl: Some("8h".to_owned()),
+            ..GrantMappingSpec::default()
+        };
+        for (name, spec) in [("developer", developer), ("viewer", viewer)] {
+            mappings
+                .create(&PostParams::default(), &GrantMapping::new(name, spec))
+                .await
+                .unwrap();
+        }
+
+        let mut all_nodes = vec![TailnetNodeSpec::tagged("cluster", &["tag:tka"])];
+        all_nodes.extend_from_slice(nodes);
+        let tailnet = TailnetEnv::start(&bin, &all_nodes, grants).await.unwrap();
+        let cluster = tailnet.node("cluster").unwrap().clone();
+
+        // The upstream is the real API server (no --proxy-upstream).
+        let (mut flags, proxy_url) = proxy_flags(&cluster);
+        flags.extend(server_flags.iter().map(|f| (*f).to_owned()));
+        let server = ServerProcess::builder(&server_bin, &kube, &cluster, CLUSTER)
+            .args(flags)
+            .start()
+            .await
+            .unwrap();
+        Some(Self {
+            server,
+            proxy_url,
+            tailnet,
+            kube,
+            work: tempfile::tempdir().unwrap(),
+            path: shell_path(&tka, &bin),
+            tka,
+            _permit: permit,
+        })
+    }
+
+    /// A node of the tailnet.
+    pub(super) fn node(&self, name: &str) -> TailnetNode {
+        self.tailnet.node(name).unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_api_server() {
+    let cap = "tka.dev/cap/kubernetes";
+    let Some(world) = ProxyWorld::start(
+        "e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_api_server",
         &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
             TailnetNodeSpec::user("laptop", "alice@example.com"),
             TailnetNodeSpec::user("other", "bob@example.com"),
             TailnetNodeSpec::user("desk", "carol@example.com"),
         ],
         &[
-            TailnetGrant::new(
-                "laptop",
-                "cluster",
-                "tka.dev/cap/kubernetes",
-                vec![json!({"role": "developer"})],
-            ),
+            TailnetGrant::new("laptop", "cluster", cap, vec![json!({"role": "developer"})]),
             // bob holds a grant but never logs in.
-            TailnetGrant::new(
-                "other",
-                "cluster",
-                "tka.dev/cap/kubernetes",
-                vec![json!({"role": "viewer"})],
-            ),
-            TailnetGrant::new(
-                "desk",
-                "cluster",
-                "tka.dev/cap/kubernetes",
-                vec![json!({"role": "viewer"})],
-            ),
+            TailnetGrant::new("other", "cluster", cap, vec![json!({"role": "viewer"})]),
+            TailnetGrant::new("desk", "cluster", cap, vec![json!({"role": "viewer"})]),
         ],
+        &[],
     )
     .await
-    .unwrap();
-    let cluster = tailnet.node("cluster").unwrap().clone();
-    let laptop = tailnet.node("laptop").unwrap().clone();
-    let other = tailnet.node("other").unwrap().clone();
-    let desk = tailnet.node("desk").unwrap().clone();
-
-    // The server with its proxy; the upstream is the real API server (no --proxy-upstream).
-    let proxy_port = free_port();
-    let proxy_url = format!("http://{}:{proxy_port}", cluster.ipv4);
-    let server = ServerProcess::builder(&server_bin, &kube, &cluster, CLUSTER)
-        .args([
-            "--proxy-listen".to_owned(),
-            format!("127.0.0.1:{proxy_port}"),
-            "--proxy-url".to_owned(),
-            proxy_url.clone(),
-        ])
-        .start()
-        .await
-        .unwrap();
+    else {
+        return;
+    };
+    let (kube, server, tka) = (&world.kube, &world.server, world.tka.clone());
+    let laptop = world.node("laptop");
+    let other = world.node("other");
+    let desk = world.node("desk");
+    let proxy_url = world.proxy_url.clone();
     let log = || server.log();
     let server_url = server.url();
-
-    let work = tempfile::tempdir().unwrap();
-    let path = format!(
-        "{}:{}:/usr/bin:/bin",
-        tka.parent().unwrap().display(),
-        bin.display()
-    );
-    let home = work.path().join("alice");
-    std::fs::create_dir_all(&home).unwrap();
-    let env = shell_env(&home, &path, &laptop);
+    let work = &world.work;
+    let path = world.path.clone();
+    let (home, env) = person(work.path(), "alice", &path, &laptop);
     let kubectl = kube.kubectl();
 
     // 1. `tka login` through the proxy (the default when the server offers one).
-    let login = run(
-        &tka,
-        &["login", CLUSTER, "--server", &server_url, "-o", "json"],
-        &env,
-    )
-    .await;
-    assert!(login.ok, "tka login: {login:?}\nserver log:\n{}", log());
-    let answer: serde_json::Value = serde_json::from_str(&login.stdout).unwrap();
-    assert_eq!(answer["via"], "proxy", "{answer}");
+    let answer = proxied_login(&tka, &server_url, &env, &[], log).await;
     assert_eq!(answer["role"], "developer", "{answer}");
 
     // 2. The context holds no token and no exec entry: only the proxy's URL.
@@ -251,7 +328,7 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
         user.starts_with("system:serviceaccount:"),
         "whoami through the proxy: {whoami}"
     );
-    let accounts = crate::e2e_tailnet::managed_objects(&kube).await;
+    let accounts = crate::e2e_tailnet::managed_objects(kube).await;
     let account = user.rsplit(':').next().unwrap();
     assert!(
         accounts.contains(&format!("serviceaccount/{account}")),
@@ -286,27 +363,9 @@ async fn e2e_proxied_login_kubectl_rbac_watch_refusals_and_logout_on_the_real_ap
 
     // 3. A second device with another grant (view only) uses the same proxy at once, each
     // with its own rights.
-    let carol_home = work.path().join("carol");
-    std::fs::create_dir_all(&carol_home).unwrap();
-    let carol_env = shell_env(&carol_home, &path, &desk);
+    let (_, carol_env) = person(work.path(), "carol", &path, &desk);
     // Her session is short (30 s): its expiry ends her watch below.
-    let carol_login = run(
-        &tka,
-        &[
-            "login",
-            CLUSTER,
-            "--server",
-            &server_url,
-            "--ttl",
-            "30s",
-            "-o",
-            "json",
-        ],
-        &carol_env,
-    )
-    .await;
-    assert!(carol_login.ok, "{carol_login:?}\nserver log:\n{}", log());
-    let carol_answer: serde_json::Value = serde_json::from_str(&carol_login.stdout).unwrap();
+    let carol_answer = proxied_login(&tka, &server_url, &carol_env, &["--ttl", "30s"], log).await;
     let carol_expires: jiff::Timestamp = carol_answer["sessionExpiresAt"]
         .as_str()
         .unwrap_or_else(|| panic!("no sessionExpiresAt: {carol_answer}"))

@@ -10,6 +10,7 @@ mod e2e_escalation;
 mod e2e_idle;
 mod e2e_listeners;
 mod e2e_proxy;
+mod e2e_proxy_revocation;
 mod e2e_proxy_upgrades;
 mod e2e_refusals;
 mod e2e_tailnet;

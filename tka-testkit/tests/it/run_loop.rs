@@ -1,7 +1,8 @@
 //! The reconciler's run loop on paused time (`tokio::time::pause`) against FakeCluster: it rests
 //! until something is due. The next pass comes at the earliest `expiresAt`, a new session that
 //! expires sooner brings it forward, lease renewals make no pass, and between passes nothing is
-//! listed (the passes read the shared watches). Time never passes for real: the assertions are
+//! listed (the passes read the shared watches); a new session is first re-validated one period
+//! after its login. Time never passes for real: the assertions are
 //! about which pass happens when on the paused clock, not about how fast anything is.
 
 use std::sync::{Arc, Mutex};
@@ -369,6 +370,89 @@ async fn the_lease_is_renewed_during_a_long_pass() {
     // Allowed: the pass ends and the loop carries on.
     tokio::time::sleep(lease_duration * 2).await;
     assert_eq!(*passes.lock().unwrap(), 1);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// A session made after the loop's last pass is re-checked `revalidate_every` after its login,
+/// not at the next pass something else makes due: its grant withdrawn right after the login,
+/// the loop ends it then, with no expiry and no backstop anywhere near.
+#[tokio::test(start_paused = true)]
+async fn a_new_session_is_first_revalidated_one_period_after_its_login() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let every = Duration::from_secs(30);
+    let mut settings = ReconcilerSettings::new(&h.namespace, "revalidates");
+    settings.revalidate_every = SignedDuration::try_from(every).unwrap();
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    let passes: Arc<Mutex<Vec<Pass>>> = Arc::default();
+    let seen = passes.clone();
+    let reconciler = Arc::new(
+        KubernetesReconciler::new(
+            h.client.clone(),
+            settings,
+            clock.clone(),
+            h.tailnet.clone(),
+            Arc::new(suite_grant_check(&h.namespace)),
+        )
+        .with_pass_observer(Arc::new(move |_, outcome| {
+            let report = outcome.unwrap();
+            seen.lock().unwrap().push(Pass {
+                at: Instant::now(),
+                live: report.live_sessions,
+                ended: report
+                    .removed_of(tka_core::reconciler::ObjectKind::Session)
+                    .map(|r| r.name.clone())
+                    .collect(),
+            });
+        })),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = reconciler.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let passes_now = || passes.lock().unwrap().clone();
+    for _ in 0..60 {
+        if !passes_now().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(passes_now().len(), 1, "{:?}", passes_now());
+
+    h.clock.set(clock.now());
+    let phone = h.login(Person::AlicePhone, "dev", "1h").await;
+    let logged_in = Instant::now();
+    h.tailnet.set_capabilities(&Person::AlicePhone.node(), &[]);
+    let name = phone.session.to_string();
+    let ended_by = |at: Instant| {
+        passes_now()
+            .iter()
+            .any(|p| p.at <= at && p.ended.contains(&name))
+    };
+
+    // Refused to wait for the expiry: ended one period after the login (plus the loop's
+    // minimum interval), not before.
+    tokio::time::sleep_until(logged_in + every - Duration::from_secs(5)).await;
+    assert!(!ended_by(Instant::now()), "{:?}", passes_now());
+    assert_eq!(sessions(&h.objects().await), vec![name.clone()]);
+    tokio::time::sleep_until(logged_in + every + Duration::from_secs(5)).await;
+    assert!(ended_by(Instant::now()), "{:?}", passes_now());
+    assert!(h.objects().await.is_empty());
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), task)
