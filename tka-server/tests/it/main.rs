@@ -26,4 +26,5 @@ mod security;
 mod serve;
 mod shutdown;
 mod support;
+mod threat_model;
 mod wiring;
