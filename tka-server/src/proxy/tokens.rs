@@ -158,6 +158,11 @@ mod tests {
         assert!(format!("{:?}", token(&session, now, 7)).contains("redacted"));
     }
 
+    /// An error holding `value`.
+    fn failed<T>(value: T) -> Result<(), T> {
+        Err(value)
+    }
+
     /// The message of the panic `f` raises.
     fn panic_message(f: impl FnOnce()) -> String {
         let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
@@ -185,8 +190,8 @@ mod tests {
             // The cache as a whole, holding the token.
             format!("{cache:?} {cache:#?}"),
             // A panic that prints it, as `unwrap` of an error holding it would.
-            panic_message(|| Err::<(), _>(Arc::clone(&cached)).unwrap()),
-            panic_message(|| Err::<(), _>(&cache).unwrap()),
+            panic_message(|| failed(Arc::clone(&cached)).unwrap()),
+            panic_message(|| failed(&cache).unwrap()),
         ] {
             assert!(
                 !debug.contains("eyJ") && !debug.contains("signature"),
