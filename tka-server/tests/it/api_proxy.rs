@@ -742,6 +742,51 @@ async fn a_device_holding_its_share_of_proxy_connections_is_refused_more_and_sta
     assert!(served, "alice's freed slots were never usable again");
 }
 
+/// A request head trickled to the proxy, one header line at a time, is cut off at the header
+/// deadline, and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_trickled_to_the_proxy_is_cut_off_at_the_header_deadline() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(
+        &world,
+        &upstream,
+        &["--header-timeout", "2s", "--idle-timeout", "1s"],
+    )
+    .await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let mut slow = connect_as(&world, &alice, running.proxy_addr).await;
+    slow.write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: tka-prod\r\n")
+        .await
+        .unwrap();
+    // One header line every 300 ms keeps the connection busy (never idle) but never ends the
+    // head. Bounded: 200 lines is a minute; the deadline is 2 s.
+    let mut closed = false;
+    for i in 0..200 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow
+            .write_all(format!("x-trickle-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a header trickled for a minute was never cut off");
+    // Allowed: a request sent at once is served.
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_session_expires() {
     let world = FakeWorld::new().await;
