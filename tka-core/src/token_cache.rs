@@ -346,7 +346,29 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_token() {
-        let e = entry("2026-01-01T00:00:00Z", "2026-01-01T00:15:00Z");
-        assert!(!format!("{e:?}").contains("tok\""));
+        let with = |token: &str| {
+            let mut e = entry("2026-01-01T00:00:00Z", "2026-01-01T00:15:00Z");
+            e.token = Secret::new(token.to_owned());
+            e
+        };
+        let (a, b) = (
+            with("eyJhbGciOi.eyJzdWIi.sig-a"),
+            with("eyJhbGciOi.eyJzdWIi.sig-b"),
+        );
+        let debug = format!("{a:?} {a:#?}");
+        assert!(
+            !debug.contains("eyJ") && debug.contains("[redacted]"),
+            "{debug}"
+        );
+        // A failed assertion prints both sides with `Debug`: no token there either.
+        let panic = std::panic::catch_unwind(|| assert_eq!(a, b)).unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("left == right"), "{message}");
+        assert!(
+            !message.contains("eyJ") && !message.contains("sig-"),
+            "{message}"
+        );
+        // Allowed where it belongs: the file the exec plugin reads holds it.
+        assert!(a.to_json().unwrap().contains("eyJhbGciOi.eyJzdWIi.sig-a"));
     }
 }

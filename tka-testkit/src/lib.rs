@@ -4,6 +4,7 @@
 //! beyond loopback or the network namespaces it creates.
 
 pub mod cluster;
+pub mod jwt;
 pub mod suite;
 pub mod tailnet;
 pub mod testenv;

@@ -668,3 +668,103 @@ fn list_shows_which_clusters_are_reached_through_the_proxy() {
         "{written}"
     );
 }
+
+/// Every directory and regular file under `dir`, depth first (symlinks not followed).
+fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metadata)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        out.push((path.clone(), meta.clone()));
+        if meta.is_dir() {
+            walk(&path, out);
+        }
+    }
+}
+
+#[test]
+fn every_file_and_directory_tka_writes_is_private_and_only_the_cache_holds_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let sandbox = Sandbox::new();
+    let tailnet = Tailnet::start();
+    let (port, mut ls) = listeners(&[ip(2)]);
+    let prod = serve_cluster(ls.pop().unwrap(), "prod", false);
+    tailnet.server("tag:tka", "tka-prod", ip(2));
+    prod.on_login(login_response("https://prod.api.example:6443"));
+    // Everything tka writes in a login found by discovery: the pin, the kubeconfig (and its
+    // directory) and the token cache entry.
+    for args in [&["list"][..], &["login", "prod"]] {
+        let out = run(tailnet.tka(&sandbox, port).args(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    // And what the exec plugin writes on a cache miss, as kubectl runs it from the kubeconfig:
+    // the cache directory, the entry's lock and the entry.
+    let config: serde_yaml::Value = serde_yaml::from_str(&sandbox.read_kubeconfig()).unwrap();
+    let exec_args: Vec<&str> = config["users"][0]["user"]["exec"]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .collect();
+    std::fs::remove_dir_all(sandbox.cache_dir()).unwrap();
+    prod.on_token(crate::support::REFRESHED);
+    let out = run(tailnet.tka(&sandbox, port).args(&exec_args));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{exec_args:?}: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains(crate::support::REFRESHED));
+    let root = sandbox.dir.path();
+    let mut found = Vec::new();
+    walk(root, &mut found);
+    let mut files = Vec::new();
+    for (path, meta) in &found {
+        let relative = path.strip_prefix(root).unwrap();
+        // The home directory is the test's own (made before tka ran, with the umask's mode).
+        if relative == std::path::Path::new("home") {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(
+                mode,
+                0o700,
+                "{} is a directory tka made",
+                relative.display()
+            );
+        } else {
+            assert!(
+                meta.is_file(),
+                "{} is neither a file nor a directory",
+                relative.display()
+            );
+            assert_eq!(mode, 0o600, "{} is a file tka wrote", relative.display());
+            files.push(relative.to_owned());
+        }
+    }
+    // The walk saw what a login writes, so the modes above were checked on real files.
+    let named = |f: &dyn Fn(&str) -> bool| files.iter().any(|p| f(&p.display().to_string()));
+    assert!(named(&|p| p == "kube/config"), "{files:?}");
+    assert!(named(&|p| p == "state/tka/pins.json"), "{files:?}");
+    assert!(
+        named(&|p| p.starts_with("cache/tka/") && p.ends_with(".json")),
+        "{files:?}"
+    );
+    assert!(
+        named(&|p| p.starts_with("cache/tka/") && p.ends_with(".lock")),
+        "{files:?}"
+    );
+    // A token is in the cache entry and nowhere else: the kubeconfig holds the exec entry.
+    let holding: Vec<_> = files
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(root.join(p)).is_ok_and(|text| {
+                text.contains(crate::support::TOKEN) || text.contains(crate::support::REFRESHED)
+            })
+        })
+        .collect();
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    assert!(holding[0].starts_with("cache/tka"), "{holding:?}");
+}

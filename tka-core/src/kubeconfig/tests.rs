@@ -125,6 +125,30 @@ fn renders_exec_entries_into_an_empty_kubeconfig() {
 }
 
 #[test]
+fn a_static_credential_keeps_its_token_out_of_debug_and_panics() {
+    let static_with = |token: &str| UserCredential::Static {
+        token: Secret::new(token.to_owned()),
+    };
+    let (a, b) = (
+        static_with("eyJhbGciOi.eyJzdWIi.sig-a"),
+        static_with("eyJhbGciOi.eyJzdWIi.sig-b"),
+    );
+    let debug = format!("{a:?} {a:#?}");
+    assert!(
+        !debug.contains("eyJ") && debug.contains("[redacted]"),
+        "{debug}"
+    );
+    // A failed assertion prints both sides with `Debug`: no token there either.
+    let panic = std::panic::catch_unwind(|| assert_eq!(a, b)).unwrap_err();
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(message.contains("left == right"), "{message}");
+    assert!(
+        !message.contains("eyJ") && !message.contains("sig-"),
+        "{message}"
+    );
+}
+
+#[test]
 fn static_login_embeds_the_token_and_no_exec() {
     let mut config = Kubeconfig::default();
     let static_entries = entries_with(

@@ -158,6 +158,49 @@ mod tests {
         assert!(format!("{:?}", token(&session, now, 7)).contains("redacted"));
     }
 
+    /// An error holding `value`.
+    fn failed<T>(value: T) -> Result<(), T> {
+        Err(value)
+    }
+
+    /// The message of the panic `f` raises.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+        payload.downcast_ref::<String>().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn the_proxy_token_and_its_cache_keep_the_token_out_of_debug_and_panics() {
+        const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwcm94eSJ9.proxy-signature";
+        let session = SessionName::new("tka-alice-a1").unwrap();
+        let now = Timestamp::now();
+        let minted = ProxyToken {
+            token: Secret::new(JWT.to_owned()),
+            ..token(&session, now, 1)
+        };
+        // Allowed where it belongs: the header the proxy forwards with.
+        assert_eq!(minted.token.expose(), JWT);
+        let cache = TokenCache::default();
+        let cached = cache
+            .get_or_mint(&session, now, || async { Ok::<_, ()>(minted) })
+            .await
+            .unwrap();
+        for debug in [
+            format!("{cached:?} {cached:#?}"),
+            // The cache as a whole, holding the token.
+            format!("{cache:?} {cache:#?}"),
+            // A panic that prints it, as `unwrap` of an error holding it would.
+            panic_message(|| failed(Arc::clone(&cached)).unwrap()),
+            panic_message(|| failed(&cache).unwrap()),
+        ] {
+            assert!(
+                !debug.contains("eyJ") && !debug.contains("signature"),
+                "{debug}"
+            );
+            assert!(debug.contains("[redacted]"), "{debug}");
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_mint_caches_nothing_and_another_sessions_token_is_not_cached() {
         let session = SessionName::new("tka-alice-a1").unwrap();

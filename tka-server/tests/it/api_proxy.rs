@@ -679,6 +679,120 @@ async fn streams_and_upgrades_end_with_the_session_and_are_capped_per_device() {
     running.stop().await;
 }
 
+/// Slow clients on the proxy listener: a device holding its share of connections open (each
+/// proven counted by a served request, then left idle) is refused a further connection at
+/// once, while another device's proxied request is served; closing them frees the slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_holding_its_share_of_proxy_connections_is_refused_more_and_starves_no_other() {
+    let world = FakeWorld::new().await;
+    let bob = add_bob(&world);
+    let upstream = upstream().await;
+    // Deadlines far beyond the test, so only the cap can turn alice away.
+    let running = start(
+        &world,
+        &upstream,
+        &[
+            "--max-connections-per-peer",
+            "2",
+            "--header-timeout",
+            "60s",
+            "--idle-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    login(&world, &running, &bob, r#"{"role":"sre"}"#).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = fresh(&world, &alice, &running).await;
+        let response = list_namespaces(&mut client).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        held.push(client);
+    }
+    // Refused: a third of alice's is closed at once (with a 503 if the socket takes it).
+    let mut third = connect_as(&world, &alice, running.proxy_addr).await;
+    let _ = third
+        .write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: tka-prod\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(BOUND, third.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection over the cap is closed at once"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    // Allowed: bob, meanwhile, is served through the proxy.
+    let response = list_namespaces(&mut fresh(&world, &bob, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    // Closing alice's slow connections frees her slots (asynchronously: bounded retries).
+    drop(held);
+    let mut served = false;
+    for _ in 0..100 {
+        let response = fresh(&world, &alice, &running)
+            .await
+            .get("/api/v1/namespaces")
+            .send()
+            .await;
+        if response.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "alice's freed slots were never usable again");
+}
+
+/// A request head trickled to the proxy, one header line at a time, is cut off at the header
+/// deadline, and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_trickled_to_the_proxy_is_cut_off_at_the_header_deadline() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(
+        &world,
+        &upstream,
+        &["--header-timeout", "2s", "--idle-timeout", "1s"],
+    )
+    .await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let mut slow = connect_as(&world, &alice, running.proxy_addr).await;
+    slow.write_all(b"GET /api/v1/namespaces HTTP/1.1\r\nHost: tka-prod\r\n")
+        .await
+        .unwrap();
+    // One header line every 300 ms keeps the connection busy (never idle) but never ends the
+    // head. Bounded: 200 lines is a minute; the deadline is 2 s.
+    let mut closed = false;
+    for i in 0..200 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow
+            .write_all(format!("x-trickle-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a header trickled for a minute was never cut off");
+    // Allowed: a request sent at once is served.
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_session_expires() {
     let world = FakeWorld::new().await;

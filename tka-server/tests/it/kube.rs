@@ -296,6 +296,55 @@ async fn a_login_creates_the_session_objects_and_logout_removes_them() {
     assert!(!server.cluster.token_is_valid(&token));
 }
 
+/// The device's user changes between login and the next request (the node was re-authenticated
+/// as someone else, or whois now answers for another user at that node): the new user gets no
+/// token of the old session, and a login of theirs revokes it before making their own.
+#[tokio::test]
+async fn another_user_of_the_device_gets_no_token_of_the_old_session_and_a_login_replaces_it() {
+    let server = KubeServer::start().await;
+    let alice_id = alice().user.id;
+    let mut alice = server.connect(alice()).await;
+    let response = alice.login(r#"{"role":"sre"}"#).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let alices_token = response.json()["token"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Allowed: alice refreshes her own session.
+    let refreshed = alice.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+
+    // The same node, now another user with the same grant.
+    let mallory = identity(
+        "nALICE",
+        "mallory@example.org",
+        &[],
+        json!([{"role": "sre"}]),
+    );
+    assert_ne!(mallory.user.id, alice_id);
+    let mut device = server.connect(mallory).await;
+    let refused = device.post("/api/v1/token").json("{}").send().await;
+    assert_eq!(refused.problem_code(409), "identityChanged");
+    assert!(server.cluster.token_is_valid(&alices_token));
+
+    // A login as the new user ends alice's session (her token dies) and makes a new one.
+    let response = device.login(r#"{"role":"sre"}"#).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(!server.cluster.token_is_valid(&alices_token));
+    let sessions = server.sessions().await;
+    let live: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "{sessions:?}");
+    assert_eq!(live[0].spec.identity.login_name, "mallory@example.org");
+    let token = response.json()["token"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(server.cluster.token_is_valid(&token));
+}
+
 #[tokio::test]
 async fn a_mapping_the_server_may_not_bind_is_not_bindable_and_its_login_creates_nothing() {
     let server = KubeServer::start().await;

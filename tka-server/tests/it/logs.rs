@@ -30,28 +30,17 @@ impl Capture {
 }
 
 /// Whether `text` contains something shaped like a JWT: `eyJ[A-Za-z0-9_-]+\.`.
-pub(crate) fn find_jwt(text: &str) -> Option<&str> {
-    let is_b64url = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let mut rest = text;
-    while let Some(at) = rest.find("eyJ") {
-        let candidate = &rest[at..];
-        let body: usize = candidate[3..]
-            .chars()
-            .take_while(|c| is_b64url(*c))
-            .map(char::len_utf8)
-            .sum();
-        if body > 0 && candidate[3 + body..].starts_with('.') {
-            return Some(&candidate[..(3 + body + 1).min(candidate.len())]);
-        }
-        rest = &candidate[3..];
-    }
-    None
-}
+pub(crate) use tka_testkit::jwt::find_jwt;
 
 #[test]
 fn the_jwt_finder_finds_jwts() {
     assert!(find_jwt("token=eyJhbGciOiJSUzI1NiJ9.eyJzdWIi.sig").is_some());
     assert!(find_jwt("eyJ. eyJ eyJabc").is_none());
+    // What a failure message shows instead of the token.
+    assert_eq!(
+        tka_testkit::jwt::redact_jwts("a token=eyJhbGciOiJSUzI1NiJ9.eyJzdWIi.sig, b eyJ."),
+        "a token=[JWT], b eyJ."
+    );
 }
 
 pub(crate) fn audit_records(log: &str) -> Vec<Value> {

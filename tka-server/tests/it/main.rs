@@ -27,4 +27,5 @@ mod security;
 mod serve;
 mod shutdown;
 mod support;
+mod threat_model;
 mod wiring;

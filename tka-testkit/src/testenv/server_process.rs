@@ -6,7 +6,10 @@
 //! address, PROXY-protocol mode, extra flags), waiting for `/readyz` (bounded) and killing it on
 //! drop (also through the [`Watchdog`] when the test process dies). It is the one launcher of
 //! the built server for the end-to-end tests and the demo. It must not decide anything about
-//! what the server answers; callers assert that.
+//! what the server answers; callers assert that. The one thing it checks itself, for every
+//! caller: the server logs at trace level for tka and the Kubernetes client
+//! ([`TRACE_FILTER`]), and a log holding anything JWT-shaped fails the test when the server is
+//! dropped (no token may reach a log, DESIGN §6).
 //!
 //! [`TailnetEnv`]: super::TailnetEnv
 
@@ -21,7 +24,13 @@ use super::{
     KubeEnv, TailnetNode, TestEnvError, Watchdog, free_port, io_err, log_tail, wait_tokio_child,
 };
 
-/// A running `tka-server serve`, killed on drop.
+/// The `--log-filter` every [`ServerProcess`] starts with (a test's own `--log-filter` in
+/// [`ServerProcessBuilder::args`] wins): everything tka and the Kubernetes client log, at every
+/// level, so the check for tokens on drop sees all of it; other crates at `info`.
+pub const TRACE_FILTER: &str = "info,tka=trace,tka_server=trace,tka_core=trace,kube=trace,kube_client=trace,kube_runtime=trace,tower_http=trace";
+
+/// A running `tka-server serve`, killed on drop. Dropping it also fails the test (panics,
+/// unless the thread is already panicking) if the server's log holds a JWT-shaped string.
 pub struct ServerProcess {
     child: tokio::process::Child,
     watchdog: Watchdog,
@@ -154,6 +163,8 @@ impl ServerProcessBuilder<'_> {
                 &ops.to_string(),
                 "--log-format",
                 "pretty",
+                "--log-filter",
+                TRACE_FILTER,
             ])
             .args(&self.extra)
             .env("POD_NAME", pod)
@@ -271,7 +282,55 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    // Failing the test is this check's job; a panic while already panicking would abort, so it
+    // is skipped then (the first failure is the one to read).
+    #[allow(clippy::panic)]
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(at) = token_in_log(&self.log()) {
+            panic!(
+                "tka-server wrote a JWT-shaped string to its log ({}), at line {at}",
+                self.log.display()
+            );
+        }
+    }
+}
+
+/// Where `log` holds a JWT-shaped string: its line number and that line and the two before it,
+/// with every token in them redacted.
+fn token_in_log(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let hit = lines
+        .iter()
+        .position(|line| crate::jwt::find_jwt(line).is_some())?;
+    let context = lines[hit.saturating_sub(2)..=hit]
+        .iter()
+        .map(|line| crate::jwt::redact_jwts(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some(format!("{} (redacted):\n{context}", hit + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_in_log;
+
+    #[test]
+    fn a_token_in_the_log_is_found_and_quoted_redacted() {
+        let clean = "INFO login role=sre token_id=2b1e\nDEBUG minted expires_at=2030-01-01\n";
+        assert_eq!(token_in_log(clean), None);
+        let leaked =
+            format!("{clean}TRACE answer token=eyJhbGciOi.eyJzdWIi.c2ln rest\nINFO next\n");
+        let found = token_in_log(&leaked).unwrap();
+        assert!(found.starts_with("3 (redacted)"), "{found}");
+        assert!(found.contains("token=[JWT] rest"), "{found}");
+        assert!(
+            found.contains("DEBUG minted") && !found.contains("INFO next"),
+            "{found}"
+        );
+        assert!(!found.contains("eyJ"), "{found}");
     }
 }
