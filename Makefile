@@ -69,12 +69,12 @@ fmt:
 
 # Benchmark results (not part of `make test`).
 BENCH_OUT ?= $(CACHE_DIR)/bench
-EXEC_BENCH_FLAGS ?= --runs 500 --warmup 20 --seconds 240
+EXEC_BENCH_FLAGS ?= --runs 500 --warmup 20 --seconds 240 --logins 30
 
 # kubectl's exec plugins timed as whole processes, interleaved in one run: `tka credential` on a
 # cache hit and on a refresh from the built tka-server over a real tailnet, beside
 # gke-gcloud-auth-plugin serving from its cache (skipped with EXEC_BENCH_FLAGS=--no-gke when it
-# is not installed). Release builds; the run itself is bounded (--seconds, and 10 minutes in
+# is not installed), then `tka login` wall times on the laptop node (--logins). Release builds; the run itself is bounded (--seconds, and 10 minutes in
 # all). Writes $(BENCH_OUT)/exec-plugin.{md,json}. See docs/benchmarks.md.
 bench-exec: testenv
 	nice -n 10 $(CARGO) build --locked --release -q -p tka-cli -p tka-server
@@ -87,20 +87,26 @@ bench-exec: testenv
 # Every benchmark; not part of `make test` (which only compiles them, through clippy
 # --all-targets): the divan micro-benchmarks, the scale run on the real components
 # (benches/src/bin/scale.rs: the release tka-server with deploy/'s RBAC on the testenv's API
-# server; numbers, Markdown and SVG plots) and bench-exec. Bounded: about 12 minutes on 2 cores
-# with these counts (the scale run is killed after 10). docs/benchmarks.md gives the counts its
+# server; numbers, Markdown and SVG plots), the proxy run (benches/src/bin/proxy.rs: the same
+# stage with --proxy-listen; added latency, throughput, memory per watch, logout → streams
+# closed) and bench-exec. Bounded: about 14 minutes on 2 cores with these counts (the scale run
+# is killed after 10 minutes, the proxy run after 4). docs/benchmarks.md gives the counts its
 # numbers used, e.g. SCALE_ARGS="--sessions 10000 --mid-sessions 1000 --expiring 1000
 # --spread-seconds 60 --idle-seconds 20" (about 20 minutes for the scale run alone).
 SCALE_ARGS ?= --sessions 2000 --mid-sessions 500 --logins 50 --expiring 300 --spread-seconds 30 --idle-seconds 15
+PROXY_ARGS ?= --rounds 300 --concurrency 8 --slices 5 --slice-seconds 3 --watches 1000 --logout-rounds 10 --logout-watches 20
 
 bench: testenv
 	mkdir -p "$(BENCH_OUT)"
 	nice -n 10 $(CARGO) bench --locked -p tka-benches --bench core 2>&1 | tee "$(BENCH_OUT)/core.txt"
 	nice -n 10 $(CARGO) build --locked --release -q -p tka-server
-	nice -n 10 $(CARGO) build --locked --release -q -p tka-benches --bin scale
+	nice -n 10 $(CARGO) build --locked --release -q -p tka-benches --bin scale --bin proxy
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	timeout 600 "$(CARGO_TARGET_DIR)/release/scale" \
 		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(SCALE_ARGS)
+	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
+	timeout 240 "$(CARGO_TARGET_DIR)/release/proxy" \
+		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(PROXY_ARGS)
 	$(MAKE) bench-exec
 	@echo "make bench: results in $(BENCH_OUT)"
 

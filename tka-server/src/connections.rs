@@ -414,6 +414,12 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    // A streamed response (the proxy's: an upstream body forwarded frame by frame) is written
+    // in several small writes; with Nagle's algorithm each one after the first waits for the
+    // client's delayed ACK (40 ms on Linux).
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(listener = shared.name, error = %e, "cannot set TCP_NODELAY");
+    }
     let stream: Box<dyn Io> = match &shared.tls {
         None => Box::new(stream),
         Some(acceptor) => {

@@ -26,11 +26,19 @@
 //! handed out" time set back 10 minutes (a second hit within 30 s of an older fetch would count
 //! as "asked again", kubectl having got a 401, and refresh, by design).
 //!
+//! After the cases, with the live setup, `--logins N` times `tka login` itself on the laptop node
+//! (default 30, after 2 warm-up logins): each login is preceded by `tka logout` (untimed, so
+//! every login creates a session), timed from spawn until the process has exited (the
+//! kubeconfig is written by then: the token in the cache, the exec entry in the kubeconfig),
+//! then `kubectl get ns` with that kubeconfig is run and timed on its own and must list the
+//! `default` namespace. These run after the cases because a logout ends the session their
+//! entries belong to.
+//!
 //! Nothing here asserts a timing: it prints a table (and with `--json FILE` writes the summary
 //! and every sample). Bounded: `--runs` rounds after `--warmup`, stopped early at `--seconds`.
 //!
 //! Usage: `exec_plugin [--runs N] [--warmup N] [--seconds S] [--no-live] [--no-gke]
-//! [--tka PATH] [--tka-server PATH] [--gke PATH] [--json FILE]`. `tka` and `tka-server` default
+//! [--logins N] [--tka PATH] [--tka-server PATH] [--gke PATH] [--json FILE]`. `tka` and `tka-server` default
 //! to the binaries next to this one (build them with the same profile).
 
 use std::fmt::Write as _;
@@ -64,6 +72,7 @@ struct Args {
     warmup: usize,
     seconds: u64,
     live: bool,
+    logins: usize,
     tka: PathBuf,
     server: PathBuf,
     gke: Option<PathBuf>,
@@ -83,6 +92,7 @@ fn args() -> Result<Args, String> {
         warmup: 20,
         seconds: 300,
         live: true,
+        logins: 30,
         tka: sibling("tka")?,
         server: sibling("tka-server")?,
         gke: Some(PathBuf::from(GKE_PLUGIN)),
@@ -104,6 +114,7 @@ fn args() -> Result<Args, String> {
                     "--runs" => out.runs = number()?,
                     "--warmup" => out.warmup = number()?,
                     "--seconds" => out.seconds = number()? as u64,
+                    "--logins" => out.logins = number()?.min(1_000),
                     "--tka" => out.tka = PathBuf::from(&value),
                     "--tka-server" => out.server = PathBuf::from(&value),
                     "--gke" => out.gke = Some(PathBuf::from(&value)),
@@ -372,6 +383,18 @@ struct Live {
     server: ServerProcess,
     _tailnet: TailnetEnv,
     _kube: KubeEnv,
+    /// `tka login` on the laptop, as the setup ran it.
+    login: LoginCommands,
+}
+
+/// The laptop's `tka login`, `tka logout` and `kubectl get ns`, with the laptop's environment.
+#[derive(Debug)]
+struct LoginCommands {
+    tka: PathBuf,
+    kubectl: PathBuf,
+    login: Vec<String>,
+    logout: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 async fn command(
@@ -585,14 +608,99 @@ async fn live(tka: &Path, server_bin: &Path, dir: &Path) -> Result<(Live, Vec<Ca
     .env(&with_cache(&fetch_cache));
     refresh.prepare = Prepare::RemoveEntries(fetch_cache.join("tka"));
     refresh.check = Check::Stored(fetch_cache.join("tka"));
+    let login = LoginCommands {
+        tka: tka.to_owned(),
+        kubectl: kube.kubectl(),
+        login: login_args.to_vec(),
+        logout: ["logout", LIVE_CLUSTER, "--server", &server.url()]
+            .map(str::to_owned)
+            .to_vec(),
+        env,
+    };
     Ok((
         Live {
             server,
             _tailnet: tailnet,
             _kube: kube,
+            login,
         },
         vec![hit, refresh],
     ))
+}
+
+/// One process run to its end with `env` only; its time from spawn to exit (output read), or
+/// an error with its output when it failed.
+fn timed(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<(Duration, String), String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{} {args:?} exited with {}: {}{}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// `tka login` wall times on the laptop (each after an untimed `tka logout`), then `kubectl get
+/// ns` with the kubeconfig it wrote; `warmup` logins are not recorded. Bounded by `deadline`.
+fn logins(
+    commands: &LoginCommands,
+    n: usize,
+    warmup: usize,
+    deadline: Instant,
+) -> Result<Vec<Case>, String> {
+    let mut login = Case::new(
+        "tka login (new session, over the tailnet)",
+        &commands.tka,
+        &[],
+    );
+    let mut kubectl = Case::new(
+        "kubectl get ns right after (exec plugin cache hit)",
+        &commands.kubectl,
+        &[],
+    );
+    let mut both = Case::new("tka login + kubectl get ns", &commands.tka, &[]);
+    let get_ns: Vec<String> = ["get", "ns", "-o", "name", "--request-timeout=20s"]
+        .map(str::to_owned)
+        .to_vec();
+    for i in 0..warmup + n {
+        if Instant::now() > deadline {
+            eprintln!("stopping the logins after {i}: the deadline was reached");
+            break;
+        }
+        timed(&commands.tka, &commands.logout, &commands.env)?;
+        let (took_login, _) = timed(&commands.tka, &commands.login, &commands.env)?;
+        let (took_get, listed) = timed(&commands.kubectl, &get_ns, &commands.env)?;
+        if !listed.lines().any(|l| l.trim() == "namespace/default") {
+            return Err(format!(
+                "kubectl get ns after tka login did not list namespace/default: {listed}"
+            ));
+        }
+        if i >= warmup {
+            login.samples.push(took_login);
+            kubectl.samples.push(took_get);
+            both.samples.push(took_login + took_get);
+        }
+    }
+    Ok(vec![login, kubectl, both])
 }
 
 /// What the live server counted, from its ops listener's `/metrics`.
@@ -713,6 +821,13 @@ fn report(cases: &[Case], rounds: usize, elapsed: Duration, load: (&str, &str)) 
             "samples_ms": case.samples.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         }));
     }
+    if cases.iter().any(|c| c.name.starts_with("tka login (")) {
+        let _ = writeln!(
+            table,
+            "\nThe last three rows ran after the rounds, one login after another (each after an \
+             untimed `tka logout`; 2 warm-up logins not recorded), not interleaved with the others."
+        );
+    }
     for case in cases.iter().filter(|c| !c.tokens.is_empty()) {
         let _ = writeln!(
             table,
@@ -804,7 +919,18 @@ fn run() -> Result<(), String> {
         None
     };
     let load_start = loadavg();
-    let outcome = measure(&mut cases, &args);
+    let mut outcome = measure(&mut cases, &args);
+    if args.logins > 0
+        && outcome.is_ok()
+        && let Some(live) = &live
+    {
+        eprintln!("timing {} tka logins on the laptop", args.logins);
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        match logins(&live.login, args.logins, 2, deadline) {
+            Ok(more) => cases.extend(more),
+            Err(e) => outcome = Err(e),
+        }
+    }
     let load_end = loadavg();
     if let (Err(_), Some(live)) = (&outcome, &live) {
         eprintln!("server log:\n{}", live.server.log());
@@ -815,10 +941,14 @@ fn run() -> Result<(), String> {
     let (mut table, mut summary) = report(&cases, rounds, elapsed, (&load_start, &load_end));
     if let Some(server) = server {
         let server = server?;
+        let logins = 1 + cases
+            .iter()
+            .find(|c| c.name.starts_with("tka login ("))
+            .map_or(0, |c| c.samples.len() + 2);
         let _ = writeln!(
             table,
-            "\nthe server's metrics: {} tokens minted, for 1 login and {} refreshes (warm-up \
-             included); whois answered by tailscaled in {:.2} ms on average ({} calls)",
+            "\nthe server's metrics: {} tokens minted, for {logins} logins and {} refreshes \
+             (warm-up included); whois answered by tailscaled in {:.2} ms on average ({} calls)",
             server.minted,
             args.warmup + rounds,
             server.whois_mean_ms,

@@ -228,6 +228,17 @@ impl Stage {
     /// Starts `server_bin serve` with the server's token, PROXY protocol on 127.0.0.2 and a rate
     /// limit no load here reaches.
     pub async fn start_server(&self, server_bin: &Path) -> Result<Server, ScaleError> {
+        let quiet = ["--log-filter", "warn"].map(str::to_owned);
+        self.start_server_with(server_bin, &quiet).await
+    }
+
+    /// [`Stage::start_server`] with `extra` flags instead of its `--log-filter warn` (a flag may
+    /// be given once).
+    pub async fn start_server_with(
+        &self,
+        server_bin: &Path,
+        extra: &[String],
+    ) -> Result<Server, ScaleError> {
         let port = std::net::TcpListener::bind("127.0.0.2:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| ScaleError::new(format!("finding a port on 127.0.0.2: {e}")))?
@@ -243,9 +254,8 @@ impl Stage {
                 "1000000",
                 "--rate-limit-burst",
                 "100000",
-                "--log-filter",
-                "warn",
             ])
+            .args(extra)
             .start()
             .await
             .map_err(ScaleError::from_display)?;

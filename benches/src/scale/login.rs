@@ -39,6 +39,18 @@ pub async fn tka_call(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, Duration), ScaleError> {
+    let (status, _, took) = tka_exchange(server, user, method, path, body).await?;
+    Ok((status, took))
+}
+
+/// [`tka_call`] with the answer's body too.
+pub async fn tka_exchange(
+    server: &Server,
+    user: &User,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String, Duration), ScaleError> {
     let port = 20_000 + PORTS.fetch_add(1, Ordering::Relaxed) % 40_000;
     let from = std::net::SocketAddr::from((user.peer.ipv4, port));
     let header = ppp::v2::Builder::with_addresses(
@@ -63,7 +75,7 @@ pub async fn tka_call(
             user.peer.login_name
         )));
     }
-    Ok((status, took))
+    Ok((status, text, took))
 }
 
 /// `tka login` as the server sees it: `POST /api/v1/login` for the `viewer` role.
