@@ -29,6 +29,15 @@ use super::{
 /// level, so the check for tokens on drop sees all of it; other crates at `info`.
 pub const TRACE_FILTER: &str = "info,tka=trace,tka_server=trace,tka_core=trace,kube=trace,kube_client=trace,kube_runtime=trace,tower_http=trace";
 
+/// Whether `extra` flags set `--log-filter` themselves (tka-server refuses a flag given twice,
+/// so [`TRACE_FILTER`] is only added when they do not).
+fn sets_log_filter(extra: &[OsString]) -> bool {
+    extra.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == "--log-filter" || a.starts_with("--log-filter="))
+    })
+}
+
 /// A running `tka-server serve`, killed on drop. Dropping it also fails the test (panics,
 /// unless the thread is already panicking) if the server's log holds a JWT-shaped string.
 pub struct ServerProcess {
@@ -163,9 +172,13 @@ impl ServerProcessBuilder<'_> {
                 &ops.to_string(),
                 "--log-format",
                 "pretty",
-                "--log-filter",
-                TRACE_FILTER,
             ])
+            .args(
+                (!sets_log_filter(&self.extra))
+                    .then_some(["--log-filter", TRACE_FILTER])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .env("POD_NAME", pod)
             .stdin(Stdio::null())
@@ -316,7 +329,23 @@ fn token_in_log(log: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_in_log;
+    use std::ffi::OsString;
+
+    use super::{sets_log_filter, token_in_log};
+
+    #[test]
+    fn a_callers_own_log_filter_replaces_the_trace_filter() {
+        let flags = |f: &[&str]| f.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(sets_log_filter(&flags(&[
+            "--proxy-listen",
+            "x",
+            "--log-filter",
+            "warn"
+        ])));
+        assert!(sets_log_filter(&flags(&["--log-filter=warn"])));
+        assert!(!sets_log_filter(&flags(&["--proxy-listen", "x"])));
+        assert!(!sets_log_filter(&flags(&["--log-format", "json"])));
+    }
 
     #[test]
     fn a_token_in_the_log_is_found_and_quoted_redacted() {
