@@ -1414,6 +1414,15 @@ impl KubernetesReconciler {
             .await?;
         self.update_conditions(&mappings, &views, now, &mut report)
             .await;
+        // A mapping not judged yet (the server's check that it may bind its roles runs beside
+        // the reconciler) has no condition written; nothing else would bring the next pass
+        // before the resync, so one comes back for it shortly.
+        if views
+            .iter()
+            .any(|v| matches!(v.state, MappingState::Unchecked(_)))
+        {
+            report.requeue_at(now + UNCHECKED_RETRY);
+        }
 
         let live: HashSet<String> = by_name.values().filter_map(|s| s.uid()).collect();
         validated.retain(|uid, _| live.contains(uid));
@@ -1432,6 +1441,9 @@ impl KubernetesReconciler {
         Ok(report)
     }
 }
+
+/// How soon a pass comes back while a GrantMapping's state is not known yet.
+const UNCHECKED_RETRY: SignedDuration = SignedDuration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

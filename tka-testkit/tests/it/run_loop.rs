@@ -461,3 +461,89 @@ async fn a_new_session_is_first_revalidated_one_period_after_its_login() {
         .unwrap()
         .unwrap();
 }
+
+/// When a pass ended and which GrantMappings' conditions it wrote.
+type Updated = (Instant, Vec<String>);
+
+/// Unknown until `known` is set, then bindable: the server's bind check, still running.
+#[derive(Debug, Default)]
+struct LateBindCheck {
+    known: std::sync::atomic::AtomicBool,
+}
+
+impl tka_core::reconciler::MappingHook for LateBindCheck {
+    fn bindable(&self, _: &tka_core::reconciler::NamedMapping) -> tka_core::policy::Bindable {
+        if self.known.load(std::sync::atomic::Ordering::SeqCst) {
+            tka_core::policy::Bindable::Yes
+        } else {
+            tka_core::policy::Bindable::Unknown("not asked yet".to_owned())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let mut settings = ReconcilerSettings::new(&h.namespace, "unchecked");
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    let check = Arc::new(LateBindCheck::default());
+    let updated: Arc<Mutex<Vec<Updated>>> = Arc::default();
+    let seen = updated.clone();
+    let reconciler = Arc::new(
+        KubernetesReconciler::new(
+            h.client.clone(),
+            settings,
+            clock.clone(),
+            h.tailnet.clone(),
+            Arc::new(suite_grant_check(&h.namespace)),
+        )
+        .with_mapping_hook(check.clone())
+        .with_pass_observer(Arc::new(move |_, outcome| {
+            let report = outcome.unwrap();
+            seen.lock()
+                .unwrap()
+                .push((Instant::now(), report.mappings_updated.clone()));
+        })),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = reconciler.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let passes = || updated.lock().unwrap().clone();
+    for _ in 0..60 {
+        if !passes().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The first pass could not judge the mappings, so it wrote no condition.
+    let first = passes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].1.is_empty(), "{first:?}");
+
+    // The bind check answers (which is no event the loop watches); a pass within the retry
+    // writes the conditions, long before the day-long resync.
+    check.known.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let later = passes();
+    assert!(
+        later.iter().skip(1).any(|(_, names)| !names.is_empty()),
+        "{later:?}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
