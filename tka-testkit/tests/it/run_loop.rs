@@ -37,6 +37,48 @@ struct Pass {
     at: Instant,
     live: usize,
     ended: Vec<String>,
+    /// GrantMappings whose condition the pass wrote.
+    mappings_updated: Vec<String>,
+}
+
+/// `reconciler` with an observer that records each pass.
+fn observed(
+    reconciler: KubernetesReconciler,
+) -> (Arc<KubernetesReconciler>, Arc<Mutex<Vec<Pass>>>) {
+    let passes: Arc<Mutex<Vec<Pass>>> = Arc::default();
+    let seen = passes.clone();
+    let reconciler = reconciler.with_pass_observer(Arc::new(move |_, outcome| {
+        let report = outcome.unwrap();
+        seen.lock().unwrap().push(Pass {
+            at: Instant::now(),
+            live: report.live_sessions,
+            ended: report
+                .removed_of(tka_core::reconciler::ObjectKind::Session)
+                .map(|r| r.name.clone())
+                .collect(),
+            mappings_updated: report.mappings_updated.clone(),
+        });
+    }));
+    (Arc::new(reconciler), passes)
+}
+
+/// Runs `reconciler`'s loop until the returned sender is used.
+fn spawn_run(
+    reconciler: &Arc<KubernetesReconciler>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tka_core::reconciler::ReconcileError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = reconciler.clone();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, task)
 }
 
 const LISTED: [&str; 6] = [
@@ -80,28 +122,13 @@ async fn the_loop_rests_until_the_earliest_expiry_and_a_sooner_session_brings_it
     settings.revalidate_every = SignedDuration::from_hours(24);
     settings.resync_every = Duration::from_secs(24 * 3600);
     let renew_every = Duration::try_from(settings.lease.duration / 3).unwrap();
-    let passes: Arc<Mutex<Vec<Pass>>> = Arc::default();
-    let seen = passes.clone();
-    let reconciler = Arc::new(
-        KubernetesReconciler::new(
-            h.client.clone(),
-            settings,
-            clock.clone(),
-            h.tailnet.clone(),
-            Arc::new(suite_grant_check(&h.namespace)),
-        )
-        .with_pass_observer(Arc::new(move |_, outcome| {
-            let report = outcome.unwrap();
-            seen.lock().unwrap().push(Pass {
-                at: Instant::now(),
-                live: report.live_sessions,
-                ended: report
-                    .removed_of(tka_core::reconciler::ObjectKind::Session)
-                    .map(|r| r.name.clone())
-                    .collect(),
-            });
-        })),
-    );
+    let (reconciler, passes) = observed(KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        clock.clone(),
+        h.tailnet.clone(),
+        Arc::new(suite_grant_check(&h.namespace)),
+    ));
     // The ServiceAccounts are listed last, long after the others (as with thousands of them):
     // the first pass waits for them, and its own GrantMapping conditions make no second pass.
     h.backend.cluster().inject(
@@ -113,15 +140,7 @@ async fn the_loop_rests_until_the_earliest_expiry_and_a_sooner_session_brings_it
         )
         .nth(1),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = reconciler.clone();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, task) = spawn_run(&reconciler);
     let passes_now = || passes.lock().unwrap().clone();
     let instant_of = |at: Timestamp| {
         let since = at.duration_since(clock.base);
@@ -329,15 +348,7 @@ async fn the_lease_is_renewed_during_a_long_pass() {
         )
         .with_pass_observer(Arc::new(move |_, _| *seen.lock().unwrap() += 1)),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = reconciler.clone();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, task) = spawn_run(&reconciler);
     let leases: Api<Lease> = Api::namespaced(h.client.clone(), &h.namespace);
     let renewed = || async {
         leases
@@ -393,37 +404,14 @@ async fn a_new_session_is_first_revalidated_one_period_after_its_login() {
     let mut settings = ReconcilerSettings::new(&h.namespace, "revalidates");
     settings.revalidate_every = SignedDuration::try_from(every).unwrap();
     settings.resync_every = Duration::from_secs(24 * 3600);
-    let passes: Arc<Mutex<Vec<Pass>>> = Arc::default();
-    let seen = passes.clone();
-    let reconciler = Arc::new(
-        KubernetesReconciler::new(
-            h.client.clone(),
-            settings,
-            clock.clone(),
-            h.tailnet.clone(),
-            Arc::new(suite_grant_check(&h.namespace)),
-        )
-        .with_pass_observer(Arc::new(move |_, outcome| {
-            let report = outcome.unwrap();
-            seen.lock().unwrap().push(Pass {
-                at: Instant::now(),
-                live: report.live_sessions,
-                ended: report
-                    .removed_of(tka_core::reconciler::ObjectKind::Session)
-                    .map(|r| r.name.clone())
-                    .collect(),
-            });
-        })),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = reconciler.clone();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (reconciler, passes) = observed(KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        clock.clone(),
+        h.tailnet.clone(),
+        Arc::new(suite_grant_check(&h.namespace)),
+    ));
+    let (stop, task) = spawn_run(&reconciler);
     let passes_now = || passes.lock().unwrap().clone();
     for _ in 0..60 {
         if !passes_now().is_empty() {
@@ -462,9 +450,6 @@ async fn a_new_session_is_first_revalidated_one_period_after_its_login() {
         .unwrap();
 }
 
-/// When a pass ended and which GrantMappings' conditions it wrote.
-type Updated = (Instant, Vec<String>);
-
 /// Unknown until `known` is set, then bindable: the server's bind check, still running.
 #[derive(Debug, Default)]
 struct LateBindCheck {
@@ -491,9 +476,7 @@ async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
     let mut settings = ReconcilerSettings::new(&h.namespace, "unchecked");
     settings.resync_every = Duration::from_secs(24 * 3600);
     let check = Arc::new(LateBindCheck::default());
-    let updated: Arc<Mutex<Vec<Updated>>> = Arc::default();
-    let seen = updated.clone();
-    let reconciler = Arc::new(
+    let (reconciler, passes) = observed(
         KubernetesReconciler::new(
             h.client.clone(),
             settings,
@@ -501,24 +484,10 @@ async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
             h.tailnet.clone(),
             Arc::new(suite_grant_check(&h.namespace)),
         )
-        .with_mapping_hook(check.clone())
-        .with_pass_observer(Arc::new(move |_, outcome| {
-            let report = outcome.unwrap();
-            seen.lock()
-                .unwrap()
-                .push((Instant::now(), report.mappings_updated.clone()));
-        })),
+        .with_mapping_hook(check.clone()),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = reconciler.clone();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    let passes = || updated.lock().unwrap().clone();
+    let (stop, task) = spawn_run(&reconciler);
+    let passes = || passes.lock().unwrap().clone();
     for _ in 0..60 {
         if !passes().is_empty() {
             break;
@@ -528,7 +497,7 @@ async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
     // The first pass could not judge the mappings, so it wrote no condition.
     let first = passes();
     assert_eq!(first.len(), 1, "{first:?}");
-    assert!(first[0].1.is_empty(), "{first:?}");
+    assert!(first[0].mappings_updated.is_empty(), "{first:?}");
 
     // The bind check answers (which is no event the loop watches); a pass within the retry
     // writes the conditions, long before the day-long resync.
@@ -536,7 +505,7 @@ async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     let later = passes();
     assert!(
-        later.iter().skip(1).any(|(_, names)| !names.is_empty()),
+        later.iter().skip(1).any(|p| !p.mappings_updated.is_empty()),
         "{later:?}"
     );
 
