@@ -127,11 +127,12 @@ pub struct Display(pub SignedDuration);
 
 impl fmt::Display for Display {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut secs = self.0.as_secs();
-        if secs < 0 {
+        let signed = self.0.as_secs();
+        if signed < 0 {
             f.write_str("-")?;
-            secs = secs.saturating_neg();
         }
+        // Unsigned: the most negative duration has no positive counterpart in an i64.
+        let secs = signed.unsigned_abs();
         let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
         match (h, m, s) {
             (0, 0, s) => write!(f, "{s}s"),
@@ -186,5 +187,14 @@ mod tests {
             let d = SignedDuration::from_secs(secs);
             assert_eq!(parse(&format(d)), Ok(d));
         }
+    }
+
+    #[test]
+    fn the_most_negative_duration_prints_as_itself() {
+        // Found by the `capability` fuzz target (seed `extreme-ttl`): the sign was dropped by
+        // a saturating negation, so this printed one second short.
+        let d = parse("-9223372036854775808s").unwrap();
+        assert_eq!(format(d), "-2562047788015215h30m8s");
+        assert_eq!(parse(&format(d)), Ok(d));
     }
 }

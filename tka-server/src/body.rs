@@ -63,35 +63,40 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for JsonBody<T> {
             return Err(ApiError::BodyTooLarge { limit });
         }
         let bytes = read_capped(request.into_body(), limit).await?;
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => {
-                return Err(ApiError::BadRequest(
-                    "the request body is empty; send a JSON object ({} when there is nothing to say)"
-                        .into(),
-                ));
-            }
-            // serde would also read a struct from an array; the API takes objects only.
-            Some(b'{') => {}
-            Some(_) => {
-                return Err(ApiError::BadRequest(
-                    "the request body must be a JSON object ({} when there is nothing to say)"
-                        .into(),
-                ));
-            }
-        }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Data => "does not fit this endpoint",
-                _ => "is not valid JSON",
-            };
-            ApiError::BadRequest(format!("the request body {what}: {e}"))
-        })
+        parse_json(&bytes).map(JsonBody)
     }
 }
 
+/// Reads a complete body as [`JsonBody`] does: a JSON object that fits `T` (400 otherwise, with
+/// what is wrong). Pure, so that it can be tested and fuzzed without a request.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::BadRequest(
+                "the request body is empty; send a JSON object ({} when there is nothing to say)"
+                    .into(),
+            ));
+        }
+        // serde would also read a struct from an array; the API takes objects only.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object ({} when there is nothing to say)".into(),
+            ));
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "does not fit this endpoint",
+            _ => "is not valid JSON",
+        };
+        ApiError::BadRequest(format!("the request body {what}: {e}"))
+    })
+}
+
 /// Reads `body` up to `limit` bytes; beyond that, reads and drops up to [`DRAIN_LIMIT`] more
-/// bytes and answers 413.
-async fn read_capped(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// bytes and answers 413 ([`ApiError::BodyTooLarge`]).
+pub async fn read_capped(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut bytes = Vec::new();
     let mut seen: usize = 0;
     while let Some(frame) = body.frame().await {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use ppp::v2;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -103,9 +103,10 @@ pub enum ProxyHeaderError {
 
 /// Reads exactly one PROXY v2 header from the start of `stream` and returns the source address
 /// and the service name from the `PP2_TYPE_AUTHORITY` TLV, if it names one (`svc:…`). Nothing
-/// after the header is read.
-pub async fn read_proxy_header(
-    stream: &mut TcpStream,
+/// after the header is read. Generic over the reader so that it can be tested and fuzzed on
+/// bytes in memory.
+pub async fn read_proxy_header<R: AsyncRead + Unpin>(
+    stream: &mut R,
 ) -> Result<(SocketAddr, Option<String>), ProxyHeaderError> {
     let mut buf = vec![0u8; 16];
     stream.read_exact(&mut buf).await?;
