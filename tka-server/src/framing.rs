@@ -130,6 +130,12 @@ impl Framing {
                     }
                     Some(end) => {
                         line.extend_from_slice(&bytes[..end]);
+                        // The same bound as above, so that a line is judged alike however
+                        // its bytes were split into reads.
+                        if line.len() > MAX_CHUNK_LINE {
+                            self.state = State::Lost;
+                            return;
+                        }
                         self.state = match chunk_size(line) {
                             Some(0) => State::Trailers(Vec::new()),
                             Some(size) => State::ChunkData(size),
@@ -148,6 +154,10 @@ impl Framing {
                     }
                     Some(end) => {
                         line.extend_from_slice(&bytes[..end]);
+                        if line.len() > self.max_head {
+                            self.state = State::Lost;
+                            return;
+                        }
                         let empty = line.is_empty() || line.as_slice() == b"\r";
                         line.clear();
                         if empty {
@@ -255,6 +265,38 @@ POST /d HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         let gzip_then_chunked =
             b"POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(verdicts(gzip_then_chunked, 5), vec![Verdict::Ambiguous]);
+    }
+
+    #[test]
+    fn an_overlong_chunk_line_or_trailer_stops_the_verdicts_however_it_is_split() {
+        // Caught by the `framing` fuzz target's split property (seeds `long-chunk-extension`,
+        // `long-trailer`): a line over the limit was followed when its newline came in the same
+        // read, and given up on when it did not.
+        let after =
+            b"GET /next HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let long_extension = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;".as_slice(),
+            &[b'x'; MAX_CHUNK_LINE + 10],
+            b"\r\na\r\n0\r\n\r\n",
+            after,
+        ]
+        .concat();
+        let long_trailer = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: ".as_slice(),
+            &[b'y'; 20_000],
+            b"\r\n\r\n",
+            after,
+        ]
+        .concat();
+        for bytes in [long_extension, long_trailer] {
+            for piece in [1, 100, bytes.len()] {
+                assert_eq!(
+                    verdicts(&bytes, piece),
+                    vec![Verdict::Clear],
+                    "{piece} at a time"
+                );
+            }
+        }
     }
 
     #[test]
