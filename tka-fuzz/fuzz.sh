@@ -65,8 +65,11 @@ for target in "${targets[@]}"; do
 	corpus="$corpus_root/$target"
 	artifacts="$corpus_root/artifacts/$target"
 	log="$corpus_root/$target.log"
-	mkdir -p "$corpus" "$artifacts"
-	if TKA_FUZZ_TARGET=$target "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
+	scratch="$corpus_root/tmp"
+	rm -rf "$scratch"
+	mkdir -p "$corpus" "$artifacts" "$scratch"
+	# TMPDIR: the `localapi` target's fake daemon socket, removed with the next run.
+	if TMPDIR=$scratch TKA_FUZZ_TARGET=$target "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
 		-max_len="$max_len" -print_final_stats=1 -artifact_prefix="$artifacts/" \
 		"$corpus" "$here/seeds/$target" >"$log" 2>&1; then
 		runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)

@@ -1,5 +1,5 @@
 //! Fuzz targets for every parser of tka that reads outside input: tailscaled's whois and status
-//! answers, capability values, GrantMapping specs, the kubeconfig files the CLI merges into, API
+//! answers (and the LocalAPI client's HTTP exchange that carries them), capability values, GrantMapping specs, the kubeconfig files the CLI merges into, API
 //! request and response bodies, the PROXY protocol v2 header, and the HTTP/1.1 framing
 //! follower in front of the login API.
 //!
@@ -8,8 +8,8 @@
 //! ordinary `cargo test` that replays every checked-in input under `tka-fuzz/seeds/<target>/`.
 //! A target asserts properties beyond "no panic" wherever they are cheap: parse → write →
 //! parse round trips, a kubeconfig merge that keeps every foreign entry, one verdict sequence
-//! whatever the split of the bytes, errors returned as `Err`. It must not do I/O beyond memory
-//! (no files, no sockets), so that a run is fast and deterministic.
+//! whatever the split of the bytes, errors returned as `Err`. Targets work in memory, except
+//! `localapi`, which needs a Unix socket for the real client (see [`localapi`]).
 //!
 //! Structured targets read several inputs from one byte string, separated by NUL bytes (see
 //! each target's doc), so the seeds stay readable text.
@@ -22,6 +22,7 @@ pub mod capability;
 pub mod framing;
 pub mod grant_mapping;
 pub mod kubeconfig;
+pub mod localapi;
 pub mod proxy_header;
 mod support;
 pub mod whois;
@@ -32,6 +33,7 @@ pub type Target = fn(&[u8]);
 /// Every target, by the name its seed directory and `make fuzz` use.
 pub const TARGETS: &[(&str, Target)] = &[
     ("whois", whois::target),
+    ("localapi", localapi::target),
     ("capability", capability::target),
     ("grant_mapping", grant_mapping::target),
     ("kubeconfig", kubeconfig::target),

@@ -58,6 +58,12 @@ fn whois() {
 }
 
 #[test]
+fn localapi() {
+    replay("localapi");
+    tka_fuzz::localapi::remove_socket();
+}
+
+#[test]
 fn capability() {
     replay("capability");
 }

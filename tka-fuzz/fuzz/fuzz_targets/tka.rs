@@ -21,7 +21,10 @@ unsafe impl GlobalAlloc for Bounded {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
         if live > LIMIT.load(Ordering::Relaxed) {
-            eprintln!("tka-fuzz: {live} bytes held at once (allocating {}): unbounded allocation", layout.size());
+            eprintln!(
+                "tka-fuzz: {live} bytes held at once (allocating {}): unbounded allocation",
+                layout.size()
+            );
             std::process::abort();
         }
         // SAFETY: the caller's contract is passed on.
@@ -39,7 +42,9 @@ unsafe impl GlobalAlloc for Bounded {
             let grow = new_size - layout.size();
             let live = LIVE.fetch_add(grow, Ordering::Relaxed) + grow;
             if live > LIMIT.load(Ordering::Relaxed) {
-                eprintln!("tka-fuzz: {live} bytes held at once (growing to {new_size}): unbounded allocation");
+                eprintln!(
+                    "tka-fuzz: {live} bytes held at once (growing to {new_size}): unbounded allocation"
+                );
                 std::process::abort();
             }
         } else {
@@ -56,7 +61,10 @@ static ALLOCATOR: Bounded = Bounded;
 fn selected() -> tka_fuzz::Target {
     static TARGET: OnceLock<tka_fuzz::Target> = OnceLock::new();
     *TARGET.get_or_init(|| {
-        if let Some(mb) = std::env::var("TKA_FUZZ_MAX_HEAP_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(mb) = std::env::var("TKA_FUZZ_MAX_HEAP_MB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             LIMIT.store(mb << 20, Ordering::Relaxed);
         }
         let name = std::env::var("TKA_FUZZ_TARGET").unwrap_or_default();
