@@ -1197,12 +1197,16 @@ impl Kubeconfig {
             };
             return self.splice(start, end, "");
         }
-        let from = match index.checked_sub(1).and_then(|p| items.get(p)) {
-            Some(prev) => self.content_end(prev),
-            None => colon + 1,
-        };
-        let dash = self.skip_blank(from);
-        if self.text.as_bytes().get(dash) != Some(&b'-') || !self.starts_line(dash) {
+        // The item's own `-`, found back from its content: the end of the item before it is no
+        // guide, since an empty last value (`cluster:` and nothing) may be placed at the start
+        // of the next item.
+        let bytes = self.text.as_bytes();
+        let mut dash = item.start.min(bytes.len());
+        while dash > 0 && matches!(bytes[dash - 1], b' ' | b'\t') {
+            dash -= 1;
+        }
+        let dash = dash.saturating_sub(1);
+        if dash <= colon || bytes.get(dash) != Some(&b'-') || !self.starts_line(dash) {
             return Err(KubeconfigError::Unsupported(format!(
                 "the `{key}` list is written in a way tka does not edit"
             )));

@@ -1146,3 +1146,21 @@ proptest! {
         prop_assert_eq!(config.current_context(), original.current_context());
     }
 }
+
+#[test]
+fn a_login_after_an_entry_with_an_empty_last_value_can_be_logged_out_of() {
+    for text in [
+        "clusters:\n- name: kind-dev\n  cluster:\n",
+        "clusters:\n- name: kind-dev\n  cluster:\n   ",
+        "clusters:\n- name: kind-dev\n  cluster:",
+    ] {
+        let mut config = Kubeconfig::parse(text).unwrap();
+        config.login(&entries("prod"), true).unwrap();
+        let after_login = config.render().unwrap();
+        config
+            .logout("tka-prod")
+            .unwrap_or_else(|e| panic!("{e}\n{after_login:?}"))
+            .unwrap();
+        assert!(config.tka_contexts().is_empty());
+    }
+}
