@@ -53,7 +53,10 @@ pub fn target(data: &[u8]) {
 }
 
 fn accepted_whois(data: &[u8], identity: &Identity, names: &CapabilityNames) {
-    let raw: Value = serde_json::from_slice(data).expect("an accepted whois answer is JSON");
+    // serde_json skips the fields tka ignores without checking their UTF-8, so an accepted
+    // answer may hold invalid UTF-8 there; never in the capability values, which are read.
+    let raw: Value = serde_json::from_str(&String::from_utf8_lossy(data))
+        .expect("an accepted whois answer is JSON, up to the bytes of ignored fields");
     let delivered = |name: &str| match raw.get("CapMap").and_then(|m| m.get(name)) {
         Some(Value::Array(values)) => values.clone(),
         _ => Vec::new(),
