@@ -11,13 +11,13 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec fuzz fuzz-smoke
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
 TESTENV_BUILD := tka-testkit/testenv/build.sh
 
-test: fmt-check clippy modcycles testenv unit doc examples
+test: fmt-check clippy modcycles testenv unit doc examples fuzz-smoke
 	@echo "make test: all checks passed"
 
 testenv:
@@ -26,6 +26,7 @@ testenv:
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path tka-fuzz/fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -66,6 +67,21 @@ examples:
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path tka-fuzz/fuzz/Cargo.toml
+
+# Fuzzing with libFuzzer (nightly; tka-fuzz/fuzz.sh installs cargo-fuzz into $(CACHE_DIR)/tools
+# and builds into $(CACHE_DIR)/fuzz-target): every target for FUZZ_SECONDS (FUZZ_TARGETS picks
+# some). `make test` runs FUZZ_SMOKE_SECONDS of each; its `unit` step replays the checked-in
+# inputs (tka-fuzz/seeds) as regression tests. See docs/testing.md.
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_TARGETS ?=
+
+fuzz:
+	TKA_CACHE_DIR="$(CACHE_DIR)" tka-fuzz/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke:
+	TKA_CACHE_DIR="$(CACHE_DIR)" tka-fuzz/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 # Benchmark results (not part of `make test`).
 BENCH_OUT ?= $(CACHE_DIR)/bench
