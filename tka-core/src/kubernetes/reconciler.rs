@@ -484,10 +484,14 @@ impl KubernetesReconciler {
                 () = tokio::time::sleep_until(wake) => continue,
                 () = wakes.changed() => {}
             }
-            // Coalesce a burst of events: let it settle, then look at everything it changed.
+            // Coalesce a burst of events: let it settle, then look at everything it changed. A
+            // pass due sooner ends the settling (it reads the stores as they are by then): a
+            // pass's own deletions are events too, and settling on them would delay the next
+            // expiry by up to the settle time.
+            let settled = schedule.settled_at(tokio::time::Instant::now(), ready);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(schedule.settle()) => {}
+                () = tokio::time::sleep_until(settled) => {}
             }
             let changed = wakes.take();
             if !watches.all_listed() {
