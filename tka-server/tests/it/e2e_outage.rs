@@ -522,3 +522,143 @@ async fn e2e_an_api_server_outage_fails_fast_ends_the_streams_and_leaves_nothing
     assert_eq!(login.status, 200, "{login:?}\nserver log:\n{}", log());
     assert!(half_made(&world.kube).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_tailscaled_restart_under_the_server_answers_503_and_recovers_without_a_restart() {
+    let Some(mut world) = ProxyWorld::start(
+        "e2e_a_tailscaled_restart_under_the_server_answers_503_and_recovers_without_a_restart",
+        &[TailnetNodeSpec::user("laptop", "alice@example.com")],
+        &[TailnetGrant::new(
+            "laptop",
+            "cluster",
+            CAP,
+            vec![json!({"role": "developer"})],
+        )],
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let laptop = world.node("laptop");
+    let server_url = world.server.url();
+    let proxy_url = world.proxy_url.clone();
+    let ops = world.server.ops();
+    let kubectl = world.kube.kubectl();
+    let tka = world.tka.clone();
+    let path = world.path.clone();
+    let (_, alice_env) = person(world.work.path(), "alice", &path, &laptop);
+    let alice_socks = format!("127.0.0.1:{}", laptop.socks5_port);
+    let server_log = world.server.log_path().to_owned();
+    let log = move || std::fs::read_to_string(&server_log).unwrap_or_default();
+    // Straight to the listeners on loopback, not through the tailnet: with tailscaled up whois
+    // knows no such caller (403); with it down, whois cannot be asked (503).
+    let api_direct = format!("http://{}", world.server.listen());
+    let proxy_port = proxy_url.rsplit(':').next().unwrap().to_owned();
+    let proxy_direct = format!("http://127.0.0.1:{proxy_port}");
+
+    // Before: ready, alice logged in through the proxy, kubectl works through it; a stranger
+    // on loopback is refused as one.
+    let (status, text) = readyz(ops).await;
+    assert_eq!(status, 200, "{text}");
+    proxied_login(&tka, &server_url, &alice_env, &[], &log).await;
+    let ns = run(&kubectl, &["get", "ns", "-o", "name"], &alice_env).await;
+    assert!(ns.ok, "{ns:?}");
+    let stranger = curl(
+        None,
+        "POST",
+        &format!("{api_direct}/api/v1/login"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(stranger.status, 403, "{stranger:?}");
+    assert_eq!(stranger.body["code"], "unknownCaller", "{stranger:?}");
+    let stranger = curl(
+        None,
+        "GET",
+        &format!("{proxy_direct}/api/v1/namespaces"),
+        None,
+    )
+    .await;
+    assert_eq!(stranger.status, 403, "{stranger:?}");
+
+    // tailscaled stops under the running server.
+    world.tailnet.stop_node("cluster").await.unwrap();
+    let login = curl(
+        None,
+        "POST",
+        &format!("{api_direct}/api/v1/login"),
+        Some("{}"),
+    )
+    .await;
+    assert_unavailable(
+        &login,
+        "identityUnavailable",
+        "a login while tailscaled is down",
+        &log(),
+    );
+    let proxied = curl(
+        None,
+        "GET",
+        &format!("{proxy_direct}/api/v1/namespaces"),
+        None,
+    )
+    .await;
+    assert!(
+        proxied.status == 503
+            && proxied.body["kind"] == "Status"
+            && proxied.header("retry-after").is_some()
+            && proxied.took < BOUND,
+        "a proxied request while tailscaled is down: {proxied:?}\nserver log:\n{}",
+        log()
+    );
+    let (status, text) = readyz_until(ops, 503, BOUND).await;
+    assert_eq!(status, 503, "/readyz while tailscaled is down: {text}");
+    assert!(text.contains("tailscaled:"), "{text}");
+
+    // It comes back from its state as the same node; the server, never restarted, serves
+    // again: readiness, a login through the tailnet and kubectl through the proxy.
+    let cluster = world.tailnet.start_node("cluster").await.unwrap();
+    assert_eq!(cluster.stable_id, world.node("cluster").stable_id);
+    let (status, text) = readyz_until(ops, 200, Duration::from_secs(60)).await;
+    assert_eq!(
+        status,
+        200,
+        "/readyz after tailscaled is back: {text}\nserver log:\n{}",
+        log()
+    );
+    let mut answer = None;
+    for _ in 0..60 {
+        let login = curl(
+            Some(&alice_socks),
+            "POST",
+            &format!("{server_url}/api/v1/login"),
+            Some("{}"),
+        )
+        .await;
+        if login.status == 200 {
+            answer = Some(login);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        answer.is_some(),
+        "no login through the tailnet within 30 s of tailscaled's return\nserver log:\n{}",
+        log()
+    );
+    let ns = run(&kubectl, &["get", "ns", "-o", "name"], &alice_env).await;
+    assert!(
+        ns.ok,
+        "kubectl through the proxy after the restart: {ns:?}\nserver log:\n{}",
+        log()
+    );
+    let stranger = curl(
+        None,
+        "POST",
+        &format!("{api_direct}/api/v1/login"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(stranger.status, 403, "{stranger:?}");
+}
