@@ -21,13 +21,20 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::ListParams;
+use kube::api::PostParams;
 use kube::{Api, ResourceExt as _};
 use serde_json::{Value, json};
-use tka_core::kubernetes::{MANAGED_BY_LABEL, SESSION_LABEL, Session};
-use tka_testkit::testenv::{KubeEnv, TailnetGrant, TailnetNodeSpec};
+use tka_core::GrantMappingSpec;
+use tka_core::kubernetes::{GrantMapping, MANAGED_BY_LABEL, SESSION_LABEL, Session};
+use tka_testkit::testenv::{
+    FakeUpstream, KubeEnv, KubectlPortForward, ServerProcess, StreamProtocol, TailnetEnv,
+    TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+};
+use tokio::io::AsyncReadExt as _;
 
-use crate::e2e_proxy::{ProxyWorld, Watch, person, proxied_login};
-use crate::e2e_tailnet::run;
+use crate::e2e_proxy::{ProxyWorld, Watch, binaries, person, proxied_login, proxy_flags};
+use crate::e2e_proxy_upgrades::{held_exec, proxied_kubeconfig};
+use crate::e2e_tailnet::{CLUSTER, run};
 
 const CAP: &str = "tka.dev/cap/kubernetes";
 
@@ -661,4 +668,177 @@ async fn e2e_a_tailscaled_restart_under_the_server_answers_503_and_recovers_with
     )
     .await;
     assert_eq!(stranger.status, 403, "{stranger:?}");
+}
+
+/// The proxy's `tka_proxy_active_streams` gauge.
+async fn active_streams(ops: SocketAddr) -> Option<f64> {
+    let answer = curl(None, "GET", &format!("http://{ops}/metrics"), None).await;
+    answer
+        .body
+        .as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("tka_proxy_active_streams "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_the_proxys_upstream_killed_under_open_streams_ends_them_and_answers_a_clean_error() {
+    let Some(bin) = bin_dir_or_skip(
+        "e2e_the_proxys_upstream_killed_under_open_streams_ends_them_and_answers_a_clean_error",
+    ) else {
+        return;
+    };
+    let _permit = exclusive().await;
+    let (server_bin, _) = binaries();
+    let kube = KubeEnv::start(&bin).await.unwrap();
+    kube.install_crds().await.unwrap();
+    kube.ensure_namespace("tka-system").await.unwrap();
+    let spec = GrantMappingSpec {
+        cluster_roles: vec!["view".to_owned()],
+        default_ttl: Some("1h".to_owned()),
+        ..GrantMappingSpec::default()
+    };
+    Api::<GrantMapping>::all(kube.client())
+        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
+        .await
+        .unwrap();
+    let tailnet = TailnetEnv::start(
+        &bin,
+        &[
+            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
+            TailnetNodeSpec::user("laptop", "alice@example.com"),
+        ],
+        &[TailnetGrant::new(
+            "laptop",
+            "cluster",
+            CAP,
+            vec![json!({"role": "viewer"})],
+        )],
+    )
+    .await
+    .unwrap();
+    let cluster = tailnet.node("cluster").unwrap().clone();
+    let laptop = tailnet.node("laptop").unwrap().clone();
+    let upstream = FakeUpstream::start(&bin).await.unwrap();
+    let (mut flags, proxy_url) = proxy_flags(&cluster);
+    flags.extend([
+        "--proxy-upstream".to_owned(),
+        upstream.url().to_owned(),
+        "--proxy-upstream-ca".to_owned(),
+        upstream.ca_file().unwrap().display().to_string(),
+    ]);
+    let server = ServerProcess::builder(&server_bin, &kube, &cluster, CLUSTER)
+        .args(flags)
+        .start()
+        .await
+        .unwrap();
+    let log = || server.log();
+    let ops = server.ops();
+    let alice_socks = format!("127.0.0.1:{}", laptop.socks5_port);
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path();
+    let config = proxied_kubeconfig(home, "laptop", &proxy_url, &laptop);
+    let kubectl = kube.kubectl();
+
+    let login = curl(
+        Some(&alice_socks),
+        "POST",
+        &format!("{}/api/v1/login", server.url()),
+        Some(r#"{"role":"viewer"}"#),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{login:?}\nserver log:\n{}", log());
+
+    // Open through the proxy: an exec with stdin held open and a port-forward.
+    let protocol = StreamProtocol::WebSocket;
+    let mut held = held_exec(&kubectl, &config, protocol, home).await;
+    let forward = KubectlPortForward::start(&kubectl, &config, protocol, home, "pod/echo", 80)
+        .await
+        .unwrap();
+    assert_eq!(forward.exchange(b"ping").await.unwrap(), b"ping");
+    assert!(
+        active_streams(ops).await.is_some_and(|n| n >= 1.0),
+        "the open streams are not counted"
+    );
+
+    // The upstream dies (SIGKILL).
+    drop(upstream);
+
+    // The exec ends although its stdin stays open.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(BOUND, async {
+        let _ = held.stdout.read_to_end(&mut rest).await;
+        held.child.wait().await
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "kubectl exec hangs on a dead upstream\nserver log:\n{}",
+        log()
+    );
+    drop(held.stdin);
+    // The port-forward carries nothing any more: kubectl has exited or the exchange fails,
+    // without hanging.
+    let carried = tokio::time::timeout(BOUND, forward.exchange(b"ping")).await;
+    let hung = carried.is_err();
+    let still_echoes = matches!(&carried, Ok(Ok(answer)) if answer == b"ping");
+    assert!(
+        !hung && !still_echoes,
+        "the port-forward hangs or still echoes on a dead upstream: {carried:?}; kubectl: {}\nserver log:\n{}",
+        forward.stderr(),
+        log()
+    );
+    // No stream is left open in the proxy.
+    let deadline = Instant::now() + BOUND;
+    let mut open = active_streams(ops).await;
+    while open != Some(0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        open = active_streams(ops).await;
+    }
+    assert_eq!(open, Some(0.0), "streams left open\nserver log:\n{}", log());
+
+    // A new request gets a clean error at once: a Kubernetes Status naming the upstream.
+    let answer = curl(
+        Some(&alice_socks),
+        "GET",
+        &format!("{proxy_url}/api/v1/namespaces/default/pods/echo"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 502, "{answer:?}");
+    assert_eq!(answer.body["kind"], "Status", "{answer:?}");
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be reached")),
+        "{answer:?}"
+    );
+    assert!(answer.took < BOUND, "{answer:?}");
+    let exec = run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            config.to_str().unwrap(),
+            "--request-timeout=15s",
+            "exec",
+            "echo",
+            "--",
+            "echo",
+            "hi",
+        ],
+        &[("HOME", home.display().to_string())],
+    )
+    .await;
+    assert!(!exec.ok, "{exec:?}");
+    // The API listener still answers: the session is there.
+    let session = curl(
+        Some(&alice_socks),
+        "GET",
+        &format!("{}/api/v1/session", server.url()),
+        None,
+    )
+    .await;
+    assert_eq!(session.status, 200, "{session:?}");
 }
