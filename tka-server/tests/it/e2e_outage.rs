@@ -392,6 +392,14 @@ async fn e2e_an_api_server_outage_fails_fast_ends_the_streams_and_leaves_nothing
     )
     .await;
     assert_unavailable(&logout, "clusterUnavailable", "a logout", &log());
+    let refresh = curl(
+        Some(&alice_socks),
+        "POST",
+        &format!("{server_url}/api/v1/token"),
+        Some("{}"),
+    )
+    .await;
+    assert_unavailable(&refresh, "clusterUnavailable", "a refresh", &log());
     // Readiness says so, and names the check.
     let (status, text) = readyz_until(ops, 503, BOUND).await;
     assert_eq!(status, 503, "/readyz during the outage: {text}");
