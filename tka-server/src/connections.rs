@@ -29,7 +29,9 @@
 //! This module knows nothing about what the requests mean; it hands each to a [`Router`] with
 //! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension, which
 //! carries the identity whois gave at accept (when the listener's keyer asked), so a front that
-//! trusts the connection's identity for its lifetime (the proxy) does not ask again.
+//! trusts the connection's identity for its lifetime (the proxy) does not ask again, or that
+//! whois gave no verdict (tailscaled unreachable or too slow), so such a front can tell an
+//! outage from a stranger.
 
 use std::collections::HashMap;
 use std::future::Future;
