@@ -69,6 +69,10 @@ fn is_withheld(name: &HeaderName) -> bool {
         || name.starts_with("x-remote-")
 }
 
+/// The `Retry-After` when tailscaled could not identify a connection (the API's answer to an
+/// unavailable tailscaled says the same).
+const IDENTITY_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// A refused request: a Kubernetes `Status`.
 #[derive(Debug)]
 struct Refusal {
@@ -77,6 +81,9 @@ struct Refusal {
     message: String,
     outcome: ProxyOutcome,
     retry_after: Option<Duration>,
+    /// Close the connection after this answer (its identity is settled at accept, so a retry
+    /// must come on a new connection to be asked about again).
+    close: bool,
 }
 
 impl Refusal {
@@ -92,6 +99,7 @@ impl Refusal {
             message: message.into(),
             outcome,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -103,6 +111,20 @@ impl Refusal {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+        }
+    }
+
+    /// tailscaled gave no verdict on the connection's caller at accept: 503, retry on a new
+    /// connection.
+    fn identity_unavailable() -> Self {
+        Self {
+            retry_after: Some(IDENTITY_RETRY_AFTER),
+            close: true,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "tka: tailscaled could not identify this connection (it is not running, not ready or too slow); retry shortly",
+            )
         }
     }
 
@@ -119,6 +141,11 @@ impl IntoResponse for Refusal {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -269,6 +296,9 @@ async fn clear(
         ));
     };
     let Some(identity) = info.identity.clone() else {
+        if info.identity_unavailable {
+            return Err(Refusal::identity_unavailable());
+        }
         return Err(Refusal::forbidden(
             "tka: tailscaled did not identify this connection; connect over the tailnet and retry",
         ));
@@ -882,6 +912,7 @@ mod tests {
             peer: crate::listener::Peer::direct(remote.parse().unwrap()),
             local: "127.0.0.1:8443".parse().unwrap(),
             identity: None,
+            identity_unavailable: false,
         };
         let both = identity(&["fd7a:115c:a1e0::1", "100.64.0.10"]);
         // A connection straight from the device: its own source.
@@ -926,6 +957,20 @@ mod tests {
         let mut buf = [0u8; 4];
         counted.read_exact(&mut buf).await.unwrap();
         assert_eq!(counted.written, 7);
+    }
+
+    #[test]
+    fn an_unidentified_connection_is_503_and_closed_a_stranger_403() {
+        let unavailable = Refusal::identity_unavailable();
+        assert_eq!(unavailable.outcome, ProxyOutcome::Refused);
+        let response = unavailable.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        let stranger = Refusal::forbidden("no").into_response();
+        assert_eq!(stranger.status(), StatusCode::FORBIDDEN);
+        assert!(stranger.headers().get(header::CONNECTION).is_none());
+        assert!(stranger.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

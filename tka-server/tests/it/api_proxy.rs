@@ -793,6 +793,54 @@ async fn a_header_trickled_to_the_proxy_is_cut_off_at_the_header_deadline() {
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
+/// tailscaled down or not ready at accept is no verdict on the caller: 503 with `Retry-After`,
+/// the connection closed so that the retry is identified anew; a stranger is still 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_tailscaled_cannot_identify_gets_503_and_the_retry_gets_through() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // A stranger (whois knows no node at its address): refused as one, no retry asked for.
+    let stranger = Client::over(TcpStream::connect(running.proxy_addr).await.unwrap())
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    assert_status(&stranger, 403, "Forbidden");
+    assert_eq!(stranger.header("retry-after"), None);
+
+    // tailscaled not ready: alice's new connection is unavailable, not forbidden.
+    world.tailnet.set_daemon_ready(false);
+    let response = fresh(&world, &alice, &running)
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    let status = assert_status(&response, 503, "ServiceUnavailable");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tailscaled could not identify this connection")),
+        "{status}"
+    );
+    assert_eq!(response.header("retry-after"), Some("2"));
+    assert_eq!(response.header("connection"), Some("close"));
+    let forwarded = upstream.seen().len();
+
+    // Back: the retry, on a new connection, is forwarded.
+    world.tailnet.set_daemon_ready(true);
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(upstream.seen().len(), forwarded + 1);
+
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_session_expires() {
     let world = FakeWorld::new().await;

@@ -9,6 +9,7 @@ mod deploy;
 mod e2e_escalation;
 mod e2e_idle;
 mod e2e_listeners;
+mod e2e_outage;
 mod e2e_proxy;
 mod e2e_proxy_revocation;
 mod e2e_proxy_upgrades;
