@@ -162,6 +162,9 @@ pub struct Settings {
     pub connection_limits: ConnectionLimits,
     /// The tailnet API proxy, when turned on.
     pub proxy: Option<ProxySettings>,
+    /// Test builds only: the checkpoint after which the process aborts.
+    #[cfg(feature = "fault-injection")]
+    pub fault_abort_after: Option<tka_core::kubernetes::Checkpoint>,
 }
 
 impl Settings {
@@ -881,6 +884,8 @@ impl TryFrom<ServeArgs> for Settings {
             shutdown_grace: std_duration("--shutdown-grace", &args.shutdown_grace)?,
             connection_limits,
             proxy,
+            #[cfg(feature = "fault-injection")]
+            fault_abort_after: args.fault_abort_after,
         })
     }
 }
