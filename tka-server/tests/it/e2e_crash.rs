@@ -599,10 +599,17 @@ async fn e2e_a_server_killed_between_any_two_writes_recovers_in_one_pass() {
     let log = server.log();
     let (removals, failed) = passes_that_removed(&log);
     assert!(!failed, "a pass failed\nserver log:\n{log}");
+    // What is gone went in that one pass: every Session and labelled object of the wreckage
+    // that is not there any more.
+    let gone = (wreck.len() - all.len()) + (wreckage.len() - objects.len());
     assert_eq!(
-        removals.iter().filter(|n| **n > 0).count(),
-        1,
-        "exactly one pass removed something ({removals:?}; {passes_seen} passes)\nserver log:\n{log}"
+        removals
+            .iter()
+            .filter(|n| **n > 0)
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![gone as u64],
+        "exactly one pass removed something ({passes_seen} passes)\nserver log:\n{log}"
     );
     // Every labelled object belongs to a complete session, of that session's current revision.
     for child in &objects {
