@@ -42,6 +42,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::checkpoint::Checkpoints;
 use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
 use super::objects::{Apis, end_session, managed_selector, removal};
@@ -733,7 +734,14 @@ impl KubernetesReconciler {
         let outcomes: Vec<(Ending, Result<Vec<Removal>, kube::Error>)> = stream::iter(endings)
             .map(|ending| async move {
                 let mark = ending.mark.map(|p| (p, now));
-                let outcome = end_session(&self.apis, &ending.session, mark, &ending.reason).await;
+                let outcome = end_session(
+                    &self.apis,
+                    &ending.session,
+                    mark,
+                    &ending.reason,
+                    &Checkpoints::default(),
+                )
+                .await;
                 (ending, outcome)
             })
             .buffered(bound)

@@ -6,6 +6,7 @@
 
 mod api_proxy;
 mod deploy;
+mod e2e_crash;
 mod e2e_escalation;
 mod e2e_idle;
 mod e2e_listeners;

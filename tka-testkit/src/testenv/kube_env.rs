@@ -560,3 +560,21 @@ impl Drop for KubeEnv {
         self.watchdog.fire();
     }
 }
+
+impl KubeEnv {
+    /// Stops kube-controller-manager (bounded wait) and keeps the API server and etcd running:
+    /// from then on nothing garbage-collects an object whose owner is gone, so a test sees what
+    /// tka itself removes (DESIGN §5: garbage collection is a safety net only). What the
+    /// controllers made at start (aggregated roles, namespace defaults) stays. Idempotent.
+    pub fn stop_controller_manager(&mut self) {
+        if let Some(at) = self
+            .children
+            .iter()
+            .position(|(name, _)| name == "kube-controller-manager")
+        {
+            let (_, mut child) = self.children.remove(at);
+            let _ = child.start_kill();
+            wait_tokio_child(&mut child, Duration::from_secs(5));
+        }
+    }
+}
