@@ -192,9 +192,15 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         // Before anything else: a path that could leave the upstream's prefix reaches nothing,
         // discovery without a session included.
         match proxy.upstream.uri_for(path) {
-            Ok(target) => clear(&proxy, info.as_ref(), request.headers(), &mut record)
-                .await
-                .map(|cleared| (cleared, target)),
+            Ok(target) => clear(
+                &proxy,
+                info.as_ref(),
+                request.uri(),
+                request.headers(),
+                &mut record,
+            )
+            .await
+            .map(|cleared| (cleared, target)),
             Err(e) => Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -250,10 +256,11 @@ fn elapsed_ms(started: Instant) -> u64 {
 async fn clear(
     proxy: &Arc<Proxy>,
     info: Option<&ConnectionInfo>,
+    uri: &Uri,
     headers: &HeaderMap,
     record: &mut ProxyRecord,
 ) -> Result<Cleared, Refusal> {
-    browser_checks(headers, &proxy.config.allowed_hosts)
+    browser_checks(uri, headers, &proxy.config.allowed_hosts)
         .map_err(|e| Refusal::new(e.status(), reason_for(e.status()), format!("tka: {e}")))?;
     if let Some(name) = headers
         .keys()
