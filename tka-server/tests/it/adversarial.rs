@@ -1056,11 +1056,14 @@ async fn a_device_over_its_rate_limit_gets_429_on_every_endpoint_and_the_next_is
     }
     fail_on(&failures);
 
-    // The next device is served normally, through every endpoint, logout included.
+    // The next device is served normally, through every endpoint, logout included (a fresh
+    // connection each: one request per connection keeps the client simple).
     let mut bob = adversary.api_client(&adversary.bob).await;
     let response = bob.login(r#"{"role":"sre"}"#).await;
     assert_eq!(response.status, 200, "{}", response.text());
+    let mut bob = adversary.api_client(&adversary.bob).await;
     assert_eq!(bob.get("/api/v1/session").send().await.status, 200);
+    let mut bob = adversary.api_client(&adversary.bob).await;
     assert_eq!(bob.delete("/api/v1/session").send().await.status, 204);
     // alice's session outlived her refused logout.
     assert!(adversary.alice_session_exists());
