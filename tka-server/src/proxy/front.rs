@@ -34,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::audit::ProxyRecord;
-use crate::connections::ConnectionInfo;
+use crate::connections::{BodyTimedOut, ConnectionInfo};
+use crate::error::find_cause;
 use crate::guard::browser_checks;
 use crate::metrics::ProxyOutcome;
 use crate::proxy::service::Proxy;
@@ -519,6 +520,16 @@ async fn exchange(
     let mut response = match answer {
         Ok(response) => response,
         Err(e) => {
+            // The client's own body missing its deadline fails the exchange too: that is the
+            // client's doing (408, as on the API), not the upstream's.
+            if let Some(timed_out) = find_cause::<BodyTimedOut>(&e) {
+                let refusal = Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    format!("tka: {timed_out} (--body-timeout); send the whole body at once"),
+                );
+                return refused(refusal, record);
+            }
             let status = match e {
                 crate::proxy::upstream::UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,

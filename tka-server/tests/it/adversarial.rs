@@ -1168,38 +1168,19 @@ async fn slow_clients_of_several_devices_time_out_and_starve_no_one() {
     for attacker in &attackers {
         for kind in 0..6 {
             let stream = connect_as(&adversary.world, attacker, api).await;
-            let task = tokio::spawn(async move {
-                let (head, drip): (&[u8], &[u8]) = match kind % 3 {
-                    0 => (b"", b""),
-                    1 => (b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\n", b"x-a: b\r\n"),
-                    _ => (
-                        b"POST /api/v1/login HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{",
-                        b" ",
-                    ),
-                };
-                let (mut reader, mut writer) = stream.into_split();
-                // Everything the server sends, until it closes the connection.
-                let answer = tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    let _ = tokio::time::timeout(BOUND * 2, reader.read_to_end(&mut out)).await;
-                    String::from_utf8_lossy(&out).into_owned()
-                });
-                let _ = writer.write_all(head).await;
-                for _ in 0..200 {
-                    if answer.is_finished() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if !drip.is_empty() && writer.write_all(drip).await.is_err() {
-                        break;
-                    }
-                }
-                // The write half lives until the server has closed (dropping it would close
-                // our side first).
-                let answer = answer.await.unwrap();
-                drop(writer);
-                (kind % 3, answer)
-            });
+            let (head, drip): (&[u8], &[u8]) = match kind % 3 {
+                0 => (b"", b""),
+                1 => (
+                    b"GET /api/v1/cluster HTTP/1.1\r\nHost: tka-prod\r\n",
+                    b"x-a: b\r\n",
+                ),
+                _ => (
+                    b"POST /api/v1/login HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{",
+                    b" ",
+                ),
+            };
+            let answer = trickle(stream, head, drip);
+            let task = tokio::spawn(async move { (kind % 3, answer.await.unwrap()) });
             slow.push(task);
         }
     }
@@ -1238,6 +1219,118 @@ async fn slow_clients_of_several_devices_time_out_and_starve_no_one() {
     // The attackers are served normally once they behave.
     let mut mallory = adversary.api_client(&attackers[0]).await;
     assert_eq!(mallory.get("/api/v1/cluster").send().await.status, 200);
+    adversary.stop().await;
+}
+
+/// Sends `head`, then `drip` every 300 ms (bounded: 200 times, a minute) until the server
+/// closes the connection; everything the server sent by then.
+fn trickle(
+    stream: tokio::net::TcpStream,
+    head: &'static [u8],
+    drip: &'static [u8],
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let (mut reader, mut writer) = stream.into_split();
+        let answer = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(BOUND * 2, reader.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let _ = writer.write_all(head).await;
+        for _ in 0..200 {
+            if answer.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if !drip.is_empty() && writer.write_all(drip).await.is_err() {
+                break;
+            }
+        }
+        // The write half lives until the server has closed (dropping it would close our side
+        // first).
+        let answer = answer.await.unwrap_or_default();
+        drop(writer);
+        answer
+    })
+}
+
+/// Polls (bounded) until the proxy forwards `peer`'s list of namespaces: its Session store has
+/// seen the session.
+async fn until_the_proxy_serves(adversary: &Adversary, peer: &FakePeer) {
+    for _ in 0..200 {
+        let answer = adversary
+            .send(
+                adversary.running.proxy_addr,
+                peer,
+                &Raw::new("GET", "/api/v1/namespaces"),
+            )
+            .await;
+        if status_of(&answer) == Some(200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy never forwarded {}'s request", peer.login_name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_to_the_proxy_is_cut_off_creates_nothing_and_starves_no_one() {
+    let adversary = Adversary::start(&[
+        "--header-timeout",
+        "2s",
+        "--body-timeout",
+        "2s",
+        "--idle-timeout",
+        "1s",
+    ])
+    .await;
+    let proxy = adversary.running.proxy_addr;
+    let mut bob = adversary.api_client(&adversary.bob).await;
+    assert_eq!(bob.login(r#"{"role":"sre"}"#).await.status, 200);
+    until_the_proxy_serves(&adversary, adversary.alice()).await;
+    until_the_proxy_serves(&adversary, &adversary.bob).await;
+    let before = snapshot(&adversary.world.cluster);
+
+    // alice, with a live session, trickles a ConfigMap create's body a byte every 300 ms.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let stream = connect_as(&adversary.world, adversary.alice(), proxy).await;
+        slow.push(trickle(
+            stream,
+            b"POST /api/v1/namespaces/team/configmaps HTTP/1.1\r\nHost: tka-prod\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"slow\"}",
+            b" ",
+        ));
+    }
+    // Meanwhile bob's requests through the proxy are forwarded.
+    for round in 0..5 {
+        let answer = adversary
+            .send(
+                proxy,
+                &adversary.bob,
+                &Raw::new("GET", "/api/v1/namespaces"),
+            )
+            .await;
+        assert_eq!(status_of(&answer), Some(200), "round {round}: {answer}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for task in slow {
+        let answer = tokio::time::timeout(BOUND * 3, task)
+            .await
+            .expect("a slow body is cut off within the bound")
+            .unwrap();
+        // The client's doing, so 408 (not a 502 blaming the API server).
+        Expect::Status(408, "Timeout")
+            .check(&answer)
+            .unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    }
+    assert!(
+        adversary
+            .world
+            .cluster
+            .get_object("configmaps", Some("team"), "slow")
+            .is_none()
+    );
+    assert_eq!(snapshot(&adversary.world.cluster), before);
     adversary.stop().await;
 }
 
