@@ -177,13 +177,18 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         describe(&mut record, identity);
     }
     let metrics = Arc::clone(&proxy.state.metrics);
-    let checked = if request.method() == http::Method::CONNECT {
-        // The Kubernetes API has no use for CONNECT; a 2xx answer would turn the connection
-        // into a tunnel.
+    let method = request.method();
+    let checked = if method == http::Method::CONNECT
+        || method == http::Method::TRACE
+        || method.as_str() == "TRACK"
+    {
+        // The Kubernetes API has no use for these. A 2xx answer to CONNECT would turn the
+        // connection into a tunnel; TRACE (and IIS's TRACK) echo the request as the upstream
+        // got it, and that carries the session's token, which never goes to a laptop.
         Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "tka: CONNECT is not forwarded by the tka proxy",
+            format!("tka: {method} is not forwarded by the tka proxy"),
         ))
     } else {
         let path = request
