@@ -1683,3 +1683,93 @@ async fn trace_through_the_proxy_never_reflects_the_sessions_token() {
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identities_get_valid_names_or_a_problem_and_never_a_500() {
+    // What whois reports is the tailnet's, not the caller's, but names and logins still come
+    // from people: every object a login makes must have a valid name, and an identity tka
+    // cannot read is a problem document (503 `identityUnavailable`, as any whois answer tka
+    // cannot use), never a 500 and never a half-made session.
+    let adversary = Adversary::start(&[]).await;
+    let api = adversary.running.api;
+    let grant = json!({"role": "sre"});
+    let long = format!("{}@example.com", "x".repeat(400));
+    let specs = [
+        (
+            PeerSpec::user("\u{65e5}\u{672c}@\u{4f8b}\u{3048}.jp", "nihon"),
+            None,
+        ),
+        (
+            PeerSpec::user("\u{ff53}\u{ff52}\u{ff45}@example.com", "fullwidth"),
+            None,
+        ),
+        (
+            PeerSpec::user("a\u{202e}gpj.exe@example.com", "bidi\u{202e}laptop"),
+            None,
+        ),
+        (PeerSpec::user(&long, "long"), None),
+        (PeerSpec::user("--@--", "dashes"), None),
+        (
+            PeerSpec::user("alice@example.com", "\u{1f600}-laptop"),
+            None,
+        ),
+        (PeerSpec::tagged(["tag:ci"], "tagged\nnewline"), None),
+        (
+            PeerSpec::user("ctl\u{7}@example.com", "bell"),
+            Some("identityUnavailable"),
+        ),
+        (
+            PeerSpec::tagged(["tag:", "tag:ci"], "odd-tags"),
+            Some("identityUnavailable"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (spec, refused) in specs {
+        let peer = adversary
+            .world
+            .tailnet
+            .add(spec.capability("tka.dev/cap/kubernetes", grant.clone()));
+        let who = format!("{:?} on {:?}", peer.login_name, peer.host_name);
+        let before = snapshot(&adversary.world.cluster);
+        let answer = adversary
+            .send(api, &peer, &Raw::new("POST", "/api/v1/login"))
+            .await;
+        if let Some(code) = refused {
+            if let Err(e) = Expect::Problem(503, code).check(&answer) {
+                failures.push(format!("{who}: {e}: {answer:?}"));
+            }
+            if snapshot(&adversary.world.cluster) != before {
+                failures.push(format!("{who}: refused, yet objects changed"));
+            }
+            continue;
+        }
+        let parsed = match Answer::parse(&answer) {
+            Ok(parsed) if parsed.status == 200 => parsed,
+            _ => {
+                failures.push(format!("{who}: not served: {answer:?}"));
+                continue;
+            }
+        };
+        let body: Value = serde_json::from_str(&parsed.body).unwrap();
+        let session = body["session"]["name"].as_str().unwrap_or_default();
+        if !tka_core::domain::is_dns1123_label(session) {
+            failures.push(format!("{who}: session name {session:?}"));
+        }
+        let made = adversary
+            .world
+            .cluster
+            .list_labelled(&format!("tka.dev/session={session}"))
+            .unwrap();
+        if made.is_empty() {
+            failures.push(format!("{who}: no labelled objects for {session}"));
+        }
+        for object in made {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            if !tka_core::domain::is_dns1123_subdomain(name) {
+                failures.push(format!("{who}: object name {name:?}"));
+            }
+        }
+    }
+    fail_on(&failures);
+    adversary.stop().await;
+}
