@@ -669,6 +669,28 @@ fn endpoint_cases(path: &str, method: &Method, methods: &BTreeSet<String>) -> Ve
         well_formed().without("Host"),
         Expect::Problem(403, "hostNotAllowed"),
     ));
+    // A refusal is a problem document whatever the client asks for.
+    for accept in [
+        "text/html",
+        "application/yaml",
+        "*/*;q=0",
+        "application/json",
+    ] {
+        cases.push(case(
+            at(&format!("Origin, asking for {accept}")),
+            well_formed()
+                .set("Origin", "https://evil.example.com")
+                .set("Accept", accept),
+            Expect::Problem(403, "originRefused"),
+        ));
+        cases.push(case(
+            at(&format!("a foreign Host, asking for {accept}")),
+            well_formed()
+                .set("Host", "evil.example.com")
+                .set("Accept", accept),
+            Expect::Problem(403, "hostNotAllowed"),
+        ));
+    }
     cases.push(case(
         at("two Hosts"),
         well_formed().add("Host", "evil.example.com"),
