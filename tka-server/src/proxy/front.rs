@@ -34,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::audit::ProxyRecord;
-use crate::connections::ConnectionInfo;
+use crate::connections::{BodyTimedOut, ConnectionInfo};
+use crate::error::find_cause;
 use crate::guard::browser_checks;
 use crate::metrics::ProxyOutcome;
 use crate::proxy::service::Proxy;
@@ -203,13 +204,18 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         describe(&mut record, identity);
     }
     let metrics = Arc::clone(&proxy.state.metrics);
-    let checked = if request.method() == http::Method::CONNECT {
-        // The Kubernetes API has no use for CONNECT; a 2xx answer would turn the connection
-        // into a tunnel.
+    let method = request.method();
+    let checked = if method == http::Method::CONNECT
+        || method == http::Method::TRACE
+        || method.as_str() == "TRACK"
+    {
+        // The Kubernetes API has no use for these. A 2xx answer to CONNECT would turn the
+        // connection into a tunnel; TRACE (and IIS's TRACK) echo the request as the upstream
+        // got it, and that carries the session's token, which never goes to a laptop.
         Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "tka: CONNECT is not forwarded by the tka proxy",
+            format!("tka: {method} is not forwarded by the tka proxy"),
         ))
     } else {
         let path = request
@@ -219,9 +225,15 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         // Before anything else: a path that could leave the upstream's prefix reaches nothing,
         // discovery without a session included.
         match proxy.upstream.uri_for(path) {
-            Ok(target) => clear(&proxy, info.as_ref(), request.headers(), &mut record)
-                .await
-                .map(|cleared| (cleared, target)),
+            Ok(target) => clear(
+                &proxy,
+                info.as_ref(),
+                request.uri(),
+                request.headers(),
+                &mut record,
+            )
+            .await
+            .map(|cleared| (cleared, target)),
             Err(e) => Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -277,10 +289,11 @@ fn elapsed_ms(started: Instant) -> u64 {
 async fn clear(
     proxy: &Arc<Proxy>,
     info: Option<&ConnectionInfo>,
+    uri: &Uri,
     headers: &HeaderMap,
     record: &mut ProxyRecord,
 ) -> Result<Cleared, Refusal> {
-    browser_checks(headers, &proxy.config.allowed_hosts)
+    browser_checks(uri, headers, &proxy.config.allowed_hosts)
         .map_err(|e| Refusal::new(e.status(), reason_for(e.status()), format!("tka: {e}")))?;
     if let Some(name) = headers
         .keys()
@@ -542,6 +555,16 @@ async fn exchange(
     let mut response = match answer {
         Ok(response) => response,
         Err(e) => {
+            // The client's own body missing its deadline fails the exchange too: that is the
+            // client's doing (408, as on the API), not the upstream's.
+            if let Some(timed_out) = find_cause::<BodyTimedOut>(&e) {
+                let refusal = Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    format!("tka: {timed_out} (--body-timeout); send the whole body at once"),
+                );
+                return refused(refusal, record);
+            }
             let status = match e {
                 crate::proxy::upstream::UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,

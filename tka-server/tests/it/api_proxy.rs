@@ -152,17 +152,17 @@ async fn upstream() -> Upstream {
 }
 
 /// A server built by the production wiring with the proxy on, forwarding to `upstream`.
-struct Running {
-    api: SocketAddr,
-    ops: SocketAddr,
-    proxy_addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) api: SocketAddr,
+    pub(super) ops: SocketAddr,
+    pub(super) proxy_addr: SocketAddr,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     running: JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.running)
             .await
@@ -177,7 +177,7 @@ async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Runnin
 }
 
 /// [`start`] with the proxy's upstream at `upstream_url` (which may carry a path prefix).
-async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Running {
+pub(super) async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Running {
     let mut argv: Vec<std::ffi::OsString> = vec!["tka-server".into(), "serve".into()];
     argv.extend([
         "--kubeconfig".into(),
@@ -238,7 +238,7 @@ async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Runn
 
 /// A connection to `to` that tailscaled attributes to `peer` (bound before connecting, since
 /// the proxy asks whois at accept).
-async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpStream {
+pub(super) async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     world
@@ -248,7 +248,7 @@ async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpSt
     socket.connect(to).await.unwrap()
 }
 
-async fn client_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> Client {
+pub(super) async fn client_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> Client {
     Client::over(connect_as(world, peer, to).await).await
 }
 
@@ -298,7 +298,7 @@ fn token_requests(world: &FakeWorld) -> usize {
         .count()
 }
 
-fn assert_status(response: &crate::support::Response, code: u16, reason: &str) -> Value {
+pub(super) fn assert_status(response: &crate::support::Response, code: u16, reason: &str) -> Value {
     assert_eq!(response.status, code, "{}", response.text());
     assert_eq!(
         response.header("content-type"),

@@ -4,6 +4,7 @@
 // Test code may panic on what it does not expect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adversarial;
 mod api_proxy;
 mod deploy;
 mod e2e_crash;
