@@ -9,6 +9,7 @@
 //! behind: every child is its own process group, killed on drop, and a watchdog process kills
 //! them when the test process dies without dropping (see [`Watchdog`]).
 
+pub mod devices;
 mod fake_upstream;
 mod http;
 mod kube_env;
