@@ -26,15 +26,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
-use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
-use tka_core::kubernetes::{MANAGED_BY, MANAGED_BY_LABEL, Session};
+use tka_core::kubernetes::{MANAGED_BY, MANAGED_BY_LABEL, SESSION_LABEL, Session};
 use tka_testkit::testenv::devices::{
     Device, DeviceStage, NS, ROLE, StageServer, http_exchange, proc_status_kib, sum_of,
 };
@@ -513,6 +515,67 @@ async fn churn(
     }
 }
 
+/// Deletions of tka's labelled objects as the admin's watches saw them: each with the
+/// `resourceVersion` of its delete, which on the testenv's single etcd is the revision it was
+/// committed at, so deletes of different kinds can be ordered.
+#[derive(Debug, Default)]
+struct Deletions {
+    /// Session name → revision of its final delete (the finalizer gone).
+    sessions: BTreeMap<String, u64>,
+    /// (kind, name, its session, revision) of every ServiceAccount and binding deleted.
+    children: Vec<(&'static str, String, String, u64)>,
+    /// Watch errors and restarts (a restart can miss deletes).
+    interruptions: u64,
+}
+
+/// Watches `api`'s labelled objects and records their deletions into `into` (until aborted).
+fn record_deletions<K>(
+    api: Api<K>,
+    kind: &'static str,
+    into: Arc<Mutex<Deletions>>,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let mut events = watcher(api, config).boxed();
+        let mut inits = 0u64;
+        while let Some(event) = events.next().await {
+            let mut deletions = into.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Ok(watcher::Event::Delete(object)) => {
+                    let revision = object
+                        .resource_version()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if kind == "Session" {
+                        deletions.sessions.insert(object.name_any(), revision);
+                    } else {
+                        let session = object
+                            .labels()
+                            .get(SESSION_LABEL)
+                            .cloned()
+                            .unwrap_or_default();
+                        deletions
+                            .children
+                            .push((kind, object.name_any(), session, revision));
+                    }
+                }
+                Ok(watcher::Event::Init) => {
+                    inits += 1;
+                    if inits > 1 {
+                        deletions.interruptions += 1;
+                    }
+                }
+                Err(_) => deletions.interruptions += 1,
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
 /// The labelled objects tka made that still exist, by kind (admin reads).
 async fn leftovers(client: &kube::Client) -> BTreeMap<&'static str, usize> {
     let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
@@ -576,6 +639,32 @@ async fn e2e_soak_many_devices_churn_and_nothing_leaks() {
         plan.warmup.as_secs(),
         plan.ttls
     );
+
+    // Every delete of tka's objects, to tell tka's own cleanup (a session's ServiceAccount and
+    // bindings go before the Session) from the garbage collector's (after it).
+    let deletions = Arc::new(Mutex::new(Deletions::default()));
+    let recorders = [
+        record_deletions(
+            Api::<Session>::all(admin.clone()),
+            "Session",
+            deletions.clone(),
+        ),
+        record_deletions(
+            Api::<ServiceAccount>::namespaced(admin.clone(), NS),
+            "ServiceAccount",
+            deletions.clone(),
+        ),
+        record_deletions(
+            Api::<ClusterRoleBinding>::all(admin.clone()),
+            "ClusterRoleBinding",
+            deletions.clone(),
+        ),
+        record_deletions(
+            Api::<RoleBinding>::all(admin.clone()),
+            "RoleBinding",
+            deletions.clone(),
+        ),
+    ];
 
     let start = Instant::now();
     let until = start + plan.churn;
@@ -660,6 +749,27 @@ async fn e2e_soak_many_devices_churn_and_nothing_leaks() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let passes = sum_of(&metrics, "tka_reconcile_duration_seconds_count");
+    // The last deletes' events arrive within milliseconds of the objects being gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for recorder in &recorders {
+        recorder.abort();
+    }
+    let deletions = std::mem::take(&mut *deletions.lock().unwrap());
+    let late: Vec<_> = deletions
+        .children
+        .iter()
+        .filter(|(_, _, session, revision)| {
+            deletions
+                .sessions
+                .get(session)
+                .is_some_and(|gone| revision > gone)
+        })
+        .collect();
+    let unpaired = deletions
+        .children
+        .iter()
+        .filter(|(_, _, session, _)| !deletions.sessions.contains_key(session))
+        .count();
     let rss_end_of_run = proc_status_kib(pid, "VmRSS").unwrap_or(0);
 
     // Resident memory: the end of the warm-up against the end of the churn.
@@ -699,6 +809,14 @@ async fn e2e_soak_many_devices_churn_and_nothing_leaks() {
         "soak: reconciler passes {passes_at_end} at the end of the churn, {passes} after; revocations {revocations:?}"
     );
     eprintln!(
+        "soak: deletes seen: {} Sessions, {} ServiceAccounts and bindings ({} after their Session's, {} whose Session's delete was not seen); watch interruptions {}",
+        deletions.sessions.len(),
+        deletions.children.len(),
+        late.len(),
+        unpaired,
+        deletions.interruptions
+    );
+    eprintln!(
         "soak: left over {left:?}; tka_proxy_active_streams {}; tka_active_sessions {}",
         sum_of(&metrics, "tka_proxy_active_streams"),
         sum_of(&metrics, "tka_active_sessions")
@@ -725,6 +843,16 @@ async fn e2e_soak_many_devices_churn_and_nothing_leaks() {
         "proxied streams still open"
     );
     assert_eq!(sum_of(&metrics, "tka_active_sessions"), 0.0);
+    // tka cleaned up itself: no ServiceAccount or binding outlived its Session (what the
+    // garbage collector or the reconciler's orphan sweep would have removed).
+    assert!(
+        late.is_empty(),
+        "deleted after their Session, not by tka's own cleanup: {late:?}"
+    );
+    assert!(
+        !deletions.children.is_empty() && !deletions.sessions.is_empty(),
+        "the watches saw no deletes"
+    );
     assert_eq!(
         tally.done.get("watch opened"),
         tally.done.get("watch ended with its session"),

@@ -1,8 +1,9 @@
 //! The real-component test environment: etcd, kube-apiserver and kube-controller-manager
 //! ([`KubeEnv`]), a tailnet of real tailscaled nodes ([`TailnetEnv`]) and a fake API server for
 //! exec and port-forward upgrades ([`FakeUpstream`]), started from the binaries that
-//! `tka-testkit/testenv/build.sh` builds, on free loopback ports; and real kubectl's streams
-//! ([`kubectl_exec`], [`KubectlPortForward`]).
+//! `tka-testkit/testenv/build.sh` builds, on free loopback ports; real kubectl's streams
+//! ([`kubectl_exec`], [`KubectlPortForward`]); and a stage where one process speaks for many
+//! devices ([`devices`]).
 //!
 //! It owns starting, readiness (every wait has a timeout) and stopping of those processes and
 //! their temporary directories. It must not reach beyond loopback and must not leave processes
