@@ -16,6 +16,7 @@ mod e2e_proxy;
 mod e2e_proxy_revocation;
 mod e2e_proxy_upgrades;
 mod e2e_refusals;
+mod e2e_soak;
 mod e2e_tailnet;
 mod flows;
 mod kube;
