@@ -32,6 +32,7 @@ pub mod openapi;
 pub mod policy;
 pub mod reconciler;
 pub mod secret;
+pub mod tailnet_policy;
 #[cfg(feature = "client")]
 pub mod token_cache;
 
