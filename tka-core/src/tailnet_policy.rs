@@ -395,7 +395,7 @@ fn unevaluable(src: &str) -> Option<&'static str> {
     }
     if src.starts_with("autogroup:") {
         return Some(
-            "depends on the tailnet's user roles or devices, which the file does not say; ask tka list on a device of such a user",
+            "depends on the tailnet's user roles or devices, which the file does not say; run `tka list` on such a device to see what it holds",
         );
     }
     if src.starts_with("tag:") || src.starts_with("group:") || is_login(src) {

@@ -104,6 +104,7 @@ pub enum Outcome {
         /// The session length a login without `--ttl` gets.
         ttl: Ttl,
         /// The longest session a login may ask for.
+        #[serde(rename = "maxTTL")]
         max_ttl: Ttl,
         /// ClusterRoles bound cluster-wide.
         cluster_roles: Vec<String>,
@@ -215,7 +216,13 @@ pub fn explain(input: &ExplainInput<'_>) -> Explanation {
         .collect();
 
     let principals = if input.who.is_empty() {
-        input.policy.principals()
+        // The server's own tag names the server, not a caller.
+        input
+            .policy
+            .principals()
+            .into_iter()
+            .filter(|p| !matches!(p, Principal::Tagged { tags } if tags.iter().all(|t| input.server_tags.contains(t))))
+            .collect()
     } else {
         input.who.to_vec()
     };
@@ -424,23 +431,8 @@ pub fn kubernetes_default_roles() -> ClusterRoles {
         verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
         non_resource_urls: Vec::new(),
     };
-    let workload_groups = ["", "apps", "batch", "autoscaling", "networking.k8s.io"];
-    let workloads = [
-        "pods",
-        "pods/log",
-        "services",
-        "configmaps",
-        "endpoints",
-        "persistentvolumeclaims",
-        "deployments",
-        "replicasets",
-        "statefulsets",
-        "daemonsets",
-        "jobs",
-        "cronjobs",
-        "ingresses",
-        "horizontalpodautoscalers",
-    ];
+    let workload_groups = ["", "apps", "batch"];
+    let workloads = ["pods", "services", "configmaps", "deployments", "jobs"];
     let read = ["get", "list", "watch"];
     let write = ["create", "delete", "deletecollection", "patch", "update"];
     let role = |rules: Vec<PolicyRule>| ClusterRoleRules {
