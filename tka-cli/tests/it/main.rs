@@ -4,6 +4,7 @@
 
 mod credential;
 mod discovery;
+mod explain;
 mod help;
 mod hostile;
 mod kubectl_reads_the_same;
