@@ -178,7 +178,17 @@ fn human(explanation: &Explanation) -> String {
     rows.extend(explanation.answers.iter().map(answer_row));
     let mut out = table(&rows);
 
-    if !explanation.mappings.is_empty() {
+    let one_principal = explanation
+        .answers
+        .first()
+        .is_some_and(|first| explanation.answers.iter().all(|a| a.who == first.who));
+    if one_principal {
+        // One person or device (--who): what it holds and why, instead of every mapping.
+        for answer in &explanation.answers {
+            out.push('\n');
+            out.push_str(&details(answer));
+        }
+    } else if !explanation.mappings.is_empty() {
         out.push('\n');
         let mut rows = vec![[
             "GRANTMAPPING".to_owned(),
@@ -190,10 +200,6 @@ fn human(explanation: &Explanation) -> String {
         ]];
         rows.extend(explanation.mappings.iter().map(mapping_row));
         out.push_str(&table(&rows));
-    }
-    if let [single] = explanation.answers.as_slice() {
-        out.push('\n');
-        out.push_str(&details(single));
     }
     if !explanation.unevaluated.is_empty() {
         out.push_str("\nnot evaluated (the policy file alone cannot tell):\n");
@@ -300,6 +306,9 @@ fn details(answer: &Answer) -> String {
     }
     for skipped in &answer.roles.skipped {
         let _ = writeln!(out, "  ignored {skipped}");
+    }
+    if answer.values.is_empty() {
+        out.push_str("  receives no tka capability from the policy file\n");
     }
     out
 }
