@@ -114,7 +114,7 @@ impl IdentityProvider for TrustedHeaderIdentity {
                 IdentityError::Malformed(format!("the front proxy's headers: {why}")),
             ),
             // Not through the proxy, another connection, or a bare address: unknown caller.
-            (target, _) => Err(IdentityError::NotInTailnet(target.clone())),
+            (target, _) => Err(IdentityError::NotInTailnet(*target)),
         }
     }
 }
