@@ -73,12 +73,24 @@ struct Stage {
 }
 
 impl Stage {
-    async fn start(mappings_yaml: &str) -> Self {
+    /// A server for cluster `name` holding the GrantMappings of `mappings_yaml`, with every
+    /// namespace they bind in.
+    async fn start(mappings_yaml: &str, name: &str) -> Self {
         let cluster = FakeCluster::new();
-        for ns in ["payments", "apps", "db"] {
-            cluster
-                .insert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-                .unwrap();
+        for document in serde_yaml::Deserializer::from_str(mappings_yaml) {
+            let mapping: Value = serde::Deserialize::deserialize(document).unwrap();
+            for grant in mapping["spec"]["namespaced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                for ns in grant["namespaces"].as_array().unwrap() {
+                    // The seeded ones (kube-system, ...) exist already.
+                    let _ = cluster.insert(
+                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                    );
+                }
+            }
         }
         let served = cluster.serve_tcp().await.unwrap();
         let client = served.client().unwrap();
@@ -129,7 +141,7 @@ impl Stage {
         let metrics = Arc::new(Metrics::new(None));
         let config = ApiConfig {
             cluster: ClusterEndpoint {
-                name: ClusterName::new(CLUSTER).unwrap(),
+                name: ClusterName::new(name).unwrap(),
                 server: served.url(),
                 certificate_authority_data: None,
                 proxy: None,
@@ -317,7 +329,13 @@ fn explain_verdicts(output: &Value) -> BTreeMap<String, Verdict> {
         .collect()
 }
 
-fn explain(sandbox: &Sandbox, source: &[&str], role: Option<&str>) -> Value {
+fn explain(
+    sandbox: &Sandbox,
+    policy: &Path,
+    cluster: &str,
+    source: &[&str],
+    role: Option<&str>,
+) -> Value {
     let mut cmd = sandbox.tka();
     cmd.args([
         "policy",
@@ -325,10 +343,10 @@ fn explain(sandbox: &Sandbox, source: &[&str], role: Option<&str>) -> Value {
         "-o",
         "json",
         "--cluster",
-        CLUSTER,
+        cluster,
         "--policy",
     ])
-    .arg(fixture("policy.hujson"))
+    .arg(policy)
     .args(source);
     if let Some(role) = role {
         cmd.args(["--role", role]);
@@ -341,7 +359,7 @@ fn explain(sandbox: &Sandbox, source: &[&str], role: Option<&str>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_agrees_with_the_server() {
     let mappings_yaml = std::fs::read_to_string(fixture("mappings.yaml")).unwrap();
-    let stage = Stage::start(&mappings_yaml).await;
+    let stage = Stage::start(&mappings_yaml, CLUSTER).await;
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.kubeconfig().parent().unwrap()).unwrap();
     std::fs::write(sandbox.kubeconfig(), stage.served.kubeconfig_yaml()).unwrap();
@@ -391,7 +409,13 @@ async fn explain_agrees_with_the_server() {
             let role = role.map(str::to_owned);
             move || {
                 let source: Vec<&str> = source.iter().map(String::as_str).collect();
-                explain_verdicts(&explain(sandbox, &source, role.as_deref()))
+                explain_verdicts(&explain(
+                    sandbox,
+                    &fixture("policy.hujson"),
+                    CLUSTER,
+                    &source,
+                    role.as_deref(),
+                ))
             }
         };
         let from_files = tokio::task::block_in_place(run_explain(&files));
@@ -441,4 +465,90 @@ async fn explain_agrees_with_the_server() {
     .map(str::to_owned)
     .collect();
     assert!(codes.is_superset(&expected), "{codes:?}");
+}
+
+/// The cookbook's recipes (docs/cookbook/), each on the clusters its page talks about: for every
+/// principal the policy file names, plus a member it names nowhere, and for a login without a
+/// role and one for each mapping, the server and `tka policy explain -f` (the recipe's files
+/// alone, so the Kubernetes default roles stand in for the cluster's) give the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookbook_recipes_agree_with_the_server() {
+    let cookbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cookbook");
+    let sandbox = Sandbox::new();
+    let mut device = 0;
+    let mut compared = 0;
+    let mut granted = 0;
+    for (recipe, clusters) in [
+        ("read-only-for-everyone", &["prod"][..]),
+        ("sre-break-glass", &["prod"]),
+        ("team-namespaces", &["prod"]),
+        ("ci-runners", &["staging", "prod"]),
+        ("multi-cluster", &["prod-eu", "staging-eu", "dev-1"]),
+        ("proxied-cluster", &["edge-1", "core-1"]),
+    ] {
+        let policy_path = cookbook.join(recipe).join("policy.hujson");
+        let mappings_path = cookbook.join(recipe).join("mappings.yaml");
+        let mappings_yaml = std::fs::read_to_string(&mappings_path).unwrap();
+        let policy = TailnetPolicy::parse(&std::fs::read_to_string(&policy_path).unwrap()).unwrap();
+        let mut principals: Vec<Principal> = policy
+            .principals()
+            .into_iter()
+            .filter(|p| p != &Principal::tagged([DEFAULT_SERVER_TAG]))
+            .collect();
+        principals.push(Principal::user("nobody-named@example.com"));
+        let mut roles: Vec<Option<String>> = vec![None];
+        for document in serde_yaml::Deserializer::from_str(&mappings_yaml) {
+            let mapping: Value = serde::Deserialize::deserialize(document).unwrap();
+            roles.push(mapping["metadata"]["name"].as_str().map(str::to_owned));
+        }
+        for cluster in clusters {
+            let stage = Stage::start(&mappings_yaml, cluster).await;
+            for role in &roles {
+                let answers = tokio::task::block_in_place(|| {
+                    let mut verdicts = BTreeMap::new();
+                    for who in &principals {
+                        let mut cmd_args = vec!["--who".to_owned(), who.to_string()];
+                        cmd_args.extend(["-f".to_owned(), mappings_path.display().to_string()]);
+                        let args: Vec<&str> = cmd_args.iter().map(String::as_str).collect();
+                        let output =
+                            explain(&sandbox, &policy_path, cluster, &args, role.as_deref());
+                        verdicts.extend(explain_verdicts(&output));
+                    }
+                    verdicts
+                });
+                for who in &principals {
+                    device += 1;
+                    let groups = match who {
+                        Principal::User { login } => policy.groups_of(login),
+                        Principal::Tagged { .. } => Vec::new(),
+                    };
+                    let values = policy
+                        .delivered(who, &[DEFAULT_SERVER_TAG.to_owned()])
+                        .values(CAPABILITY);
+                    let server = stage
+                        .login(
+                            who,
+                            &groups,
+                            &values,
+                            role.as_deref(),
+                            &format!("device{device}"),
+                        )
+                        .await;
+                    assert_eq!(
+                        answers.get(&who.to_string()),
+                        Some(&server),
+                        "{recipe} on {cluster}: {who} asking for {role:?}"
+                    );
+                    compared += 1;
+                    granted += usize::from(matches!(server, Verdict::Granted { .. }));
+                }
+            }
+        }
+    }
+    // Both kinds of answer, many of each: agreement is not agreement on nothing.
+    assert!(compared >= 90, "{compared}");
+    assert!(
+        granted >= 20 && compared - granted >= 20,
+        "{granted} of {compared} granted"
+    );
 }
