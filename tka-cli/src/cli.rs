@@ -149,8 +149,91 @@ pub(crate) enum Command {
     Shell(ShellArgs),
     /// Print a shell completion script.
     Completion(CompletionArgs),
+    /// Work with the policy offline: who gets which role on which cluster, and why.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print the version of tka.
     Version,
+}
+
+/// `tka policy ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Explain who gets which role on which cluster, with what TTLs and bindings, and why, from
+    /// a tailnet policy file and GrantMappings (files, or the cluster of the current kubeconfig
+    /// context). Uses the server's own resolution; nothing is written anywhere.
+    Explain(ExplainArgs),
+}
+
+/// `tka policy explain`.
+#[derive(Debug, Args)]
+pub(crate) struct ExplainArgs {
+    /// The tailnet policy file (HuJSON, as Tailscale stores it: comments and trailing commas).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) policy: PathBuf,
+
+    /// A YAML file of GrantMappings (several documents allowed; ClusterRoles in it are used to
+    /// judge the mappings too). Repeat for several files.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        required_unless_present = "live",
+        conflicts_with = "live"
+    )]
+    pub(crate) files: Vec<PathBuf>,
+
+    /// Read the GrantMappings (with their Ready conditions) and ClusterRoles of the cluster of
+    /// the current kubeconfig context instead of files.
+    #[arg(long)]
+    pub(crate) live: bool,
+
+    /// The cluster name(s) to answer for, as the tka server knows them (comma-separated or
+    /// repeated): grants' `clusters` globs are matched against it.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "CLUSTER")]
+    pub(crate) cluster: Vec<ClusterName>,
+
+    /// Answer only for this person (alice@example.com) or tagged device (tag:ci, or
+    /// tag:ci,tag:prod for a device with both tags). Default: everyone the policy file names.
+    #[arg(long, value_name = "WHO")]
+    pub(crate) who: Option<String>,
+
+    /// Answer for a login that asks for this role (as `tka login --role`).
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: Option<RoleName>,
+
+    /// The tka server's namespace (never bindable), as its --namespace.
+    #[arg(long, value_name = "NAMESPACE", default_value = "tka-system")]
+    pub(crate) server_namespace: String,
+
+    /// The server's --default-ttl.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = Ttl::parse)]
+    pub(crate) default_ttl: Ttl,
+
+    /// The server's --max-ttl.
+    #[arg(long, value_name = "DURATION", default_value = "8h", value_parser = Ttl::parse)]
+    pub(crate) max_ttl: Ttl,
+
+    /// The server's --capability.
+    #[arg(long, value_name = "NAME", default_value = tka_core::identity::DEFAULT_CAPABILITY)]
+    pub(crate) capability: String,
+
+    /// The server's --compat-capability.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) compat_capability: Option<String>,
+
+    /// The server's --forbidden-namespace list (its own namespace is always forbidden).
+    #[arg(
+        long = "forbidden-namespace",
+        value_name = "NAMESPACE",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub(crate) forbidden_namespaces: Vec<String>,
+
+    /// The server's --allow-cluster-wide-write.
+    #[arg(long)]
+    pub(crate) allow_cluster_wide_write: bool,
 }
 
 /// Where and how to log in; shared by `login` and `shell`.

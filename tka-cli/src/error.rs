@@ -171,6 +171,9 @@ pub(crate) enum CliError {
     /// Writing output failed.
     #[error("cannot write the output: {0}")]
     Output(String),
+    /// `tka policy explain` could not read its inputs.
+    #[error("{0}")]
+    PolicyInput(String),
     /// Several failures (logout --all, login --all).
     #[error("{count} of them failed (see above)")]
     Several {
@@ -242,7 +245,10 @@ impl CliError {
         match self {
             Self::NotAuthorized { .. } | Self::ProxyOnly { .. } => Exit::NotAuthorized,
             Self::NoProxy { .. }
-            | Self::Settings(crate::settings::SettingsError::StaticThroughProxy) => Exit::Usage,
+            | Self::Settings(
+                crate::settings::SettingsError::StaticThroughProxy
+                | crate::settings::SettingsError::Who(_),
+            ) => Exit::Usage,
             Self::SessionEnded { .. } | Self::IdentityChanged { .. } => Exit::SessionEnded,
             Self::Api(e) => e.exit(),
             Self::Kubeconfig(_) => Exit::Kubeconfig,
@@ -262,7 +268,8 @@ impl CliError {
             | Self::Shell { .. }
             | Self::Settings(_)
             | Self::NotLoggedIn { .. }
-            | Self::Output(_) => Exit::Failure,
+            | Self::Output(_)
+            | Self::PolicyInput(_) => Exit::Failure,
         }
     }
 
@@ -321,7 +328,7 @@ impl CliError {
                 "run `tka login {cluster}` to log in as this machine"
             )),
             Self::Settings(e) => e.hint(),
-            Self::Output(_) | Self::Several { .. } => None,
+            Self::Output(_) | Self::PolicyInput(_) | Self::Several { .. } => None,
         }
     }
 }

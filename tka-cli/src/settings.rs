@@ -15,7 +15,9 @@ use tka_core::endpoint::ServerUrl;
 use tka_core::kubeconfig::ContextTemplate;
 use tka_core::token_cache::CacheKey;
 
-use crate::cli::{Cli, Command, Environment, OutputFormat, SessionArgs};
+use crate::cli::{
+    Cli, Command, Environment, ExplainArgs, OutputFormat, PolicyCommand, SessionArgs,
+};
 use crate::client::Network;
 use crate::config::{ConfigError, ConfigFile, DEFAULT_SERVER_TAG};
 use crate::discovery::DiscoverySettings;
@@ -46,6 +48,21 @@ pub(crate) enum Action {
     Shell(ShellSettings),
     Completion(Shell),
     Version,
+    Explain(Box<ExplainSettings>),
+}
+
+/// `tka policy explain`: the inputs to read and the server settings to judge them with.
+#[derive(Debug)]
+pub(crate) struct ExplainSettings {
+    pub(crate) policy: PathBuf,
+    /// Empty with `live`.
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) live: bool,
+    pub(crate) clusters: Vec<tka_core::ClusterName>,
+    pub(crate) who: Vec<tka_core::tailnet_policy::Principal>,
+    pub(crate) role: Option<tka_core::RoleName>,
+    pub(crate) server_tags: Vec<String>,
+    pub(crate) settings: tka_core::PolicySettings,
 }
 
 /// How the kubeconfig's user entry gets its token.
@@ -138,12 +155,15 @@ pub(crate) enum SettingsError {
         "--static and --via proxy do not go together: through the tka proxy the kubeconfig holds no token to embed"
     )]
     StaticThroughProxy,
+    /// `--who` is neither a login name nor tags.
+    #[error("--who: {0}")]
+    Who(String),
 }
 
 impl SettingsError {
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
-            Self::CurrentExe(_) => None,
+            Self::CurrentExe(_) | Self::Who(_) => None,
             Self::Config(e) => Some(e.hint()),
             Self::StaticThroughProxy => Some(
                 "drop --static (the proxy needs no token), or use --via direct for a token"
@@ -225,6 +245,9 @@ impl TryFrom<(Cli, Environment)> for Settings {
             }),
             Command::Completion(args) => Action::Completion(args.shell),
             Command::Version => Action::Version,
+            Command::Policy(PolicyCommand::Explain(args)) => {
+                Action::Explain(Box::new(explain(args, &discovery.tag)?))
+            }
         };
         Ok(Self {
             output: cli.output,
@@ -234,6 +257,33 @@ impl TryFrom<(Cli, Environment)> for Settings {
             action,
         })
     }
+}
+
+fn explain(
+    args: ExplainArgs,
+    server_tag: &tka_core::Tag,
+) -> Result<ExplainSettings, SettingsError> {
+    let who = match args.who.as_deref() {
+        None => Vec::new(),
+        Some(text) => {
+            vec![tka_core::tailnet_policy::Principal::parse(text).map_err(SettingsError::Who)?]
+        }
+    };
+    let settings =
+        tka_core::PolicySettings::new(args.server_namespace, args.default_ttl, args.max_ttl)
+            .with_capability_names(args.capability, args.compat_capability)
+            .deny_namespaces(args.forbidden_namespaces)
+            .allowing_cluster_wide_write(args.allow_cluster_wide_write);
+    Ok(ExplainSettings {
+        policy: args.policy,
+        files: args.files,
+        live: args.live,
+        clusters: args.cluster,
+        who,
+        role: args.role,
+        server_tags: vec![server_tag.to_string()],
+        settings,
+    })
 }
 
 fn session(args: SessionArgs) -> Result<SessionOptions, SettingsError> {

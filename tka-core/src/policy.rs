@@ -16,6 +16,7 @@ use crate::domain::{RoleName, Ttl};
 #[cfg(any(test, feature = "mocks"))]
 pub mod cases;
 mod denial;
+mod explain;
 mod hold;
 mod mapping;
 mod rbac;
@@ -24,6 +25,10 @@ mod resolve;
 mod tests;
 
 pub use denial::{AvailableRole, Denial, DenialKind, RoleListing, RoleProblem, UnavailableRole};
+pub use explain::{
+    Answer, ExplainInput, Explanation, MappingReport, Outcome, explain, kubernetes_default_roles,
+    stand_in_identity,
+};
 pub use hold::{BindingChange, GrantVerdict, HeldGrant, compare_bindings, grant_holds};
 pub use mapping::{
     Bindable, ClusterFacts, MappingProblem, MappingState, MappingView, NamedMapping,

@@ -1,6 +1,7 @@
 //! [`JsonBody`]: the only way an API handler reads a request body. Every POST must say
-//! `Content-Type: application/json` (415 otherwise) and carry a JSON document (`{}` when there is
-//! nothing to say; 400 for an empty or malformed body, or wrong or unknown fields), no larger than
+//! `Content-Type: application/json`, with no content coding but `identity` (415 otherwise), and
+//! carry a JSON document (`{}` when there is nothing to say; 400 for an empty or malformed body,
+//! or wrong or unknown fields), no larger than
 //! the configured cap (413), complete within the listener's body deadline (408; the deadline is
 //! put on the body by [`crate::connections`]). It only parses; what the values mean is the
 //! sessions service's business. It reads the cap from [`crate::state`] and must not import the
@@ -52,6 +53,16 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for JsonBody<T> {
             Some(ct) if is_json(ct) => {}
             Some(other) => return Err(ApiError::UnsupportedMediaType(format!("{other:?}"))),
             None => return Err(ApiError::UnsupportedMediaType("no Content-Type".into())),
+        }
+        // The body is read as it arrives: a compressed (or otherwise encoded) one would be
+        // misread, so only `identity` is taken.
+        for coding in request.headers().get_all(header::CONTENT_ENCODING) {
+            let coding = coding.to_str().unwrap_or("(not text)");
+            if !coding.trim().eq_ignore_ascii_case("identity") {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "Content-Encoding {coding:?}; send the body uncompressed"
+                )));
+            }
         }
         let declared = request
             .headers()

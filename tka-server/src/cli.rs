@@ -371,6 +371,13 @@ pub struct ServeArgs {
     )]
     pub proxy_upstream_timeout: String,
 
+    /// Test builds only (cargo feature `fault-injection`): abort the process right after the
+    /// issuer reaches this checkpoint (e.g. `login-bindings-created`), to test crash recovery.
+    /// Hidden, with no environment twin; release builds do not have it.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    pub fault_abort_after: Option<tka_core::kubernetes::Checkpoint>,
+
     /// After SIGTERM, how long in-flight requests may take before the server exits anyway.
     #[arg(
         long,

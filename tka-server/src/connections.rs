@@ -29,7 +29,9 @@
 //! This module knows nothing about what the requests mean; it hands each to a [`Router`] with
 //! the connection's [`Peer`] as axum `ConnectInfo` and a [`ConnectionInfo`] extension, which
 //! carries the identity whois gave at accept (when the listener's keyer asked), so a front that
-//! trusts the connection's identity for its lifetime (the proxy) does not ask again.
+//! trusts the connection's identity for its lifetime (the proxy) does not ask again, or that
+//! whois gave no verdict (tailscaled unreachable or too slow), so such a front can tell an
+//! outage from a stranger.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,7 +50,7 @@ use axum::response::IntoResponse as _;
 use axum::serve::Listener;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tka_core::identity::{IdentityProvider, WhoisRequest};
+use tka_core::identity::{IdentityError, IdentityProvider, WhoisRequest};
 use tka_core::{Identity, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -109,6 +111,9 @@ pub struct Keyed {
     pub key: PeerKey,
     /// The identity whois gave, when the keyer asked and it answered in time.
     pub identity: Option<Arc<Identity>>,
+    /// The keyer asked whois and got no verdict: tailscaled could not be reached, was not
+    /// ready, or did not answer in time. The caller is unknown, not known to be a stranger.
+    pub identity_unavailable: bool,
 }
 
 impl From<PeerKey> for Keyed {
@@ -116,6 +121,7 @@ impl From<PeerKey> for Keyed {
         Self {
             key,
             identity: None,
+            identity_unavailable: false,
         }
     }
 }
@@ -179,8 +185,16 @@ impl PeerKeyer for ByNode {
             Ok(Ok(identity)) => Keyed {
                 key: PeerKey::Node(identity.key().clone()),
                 identity: Some(Arc::new(identity)),
+                identity_unavailable: false,
             },
-            _ => PeerKey::Address(peer.remote.ip().to_canonical()).into(),
+            Ok(Err(IdentityError::NotInTailnet(_))) => {
+                PeerKey::Address(peer.remote.ip().to_canonical()).into()
+            }
+            // tailscaled down, restarting, not ready, or too slow: no verdict on the caller.
+            Ok(Err(_)) | Err(_) => Keyed {
+                identity_unavailable: true,
+                ..PeerKey::Address(peer.remote.ip().to_canonical()).into()
+            },
         }
     }
 }
@@ -195,6 +209,9 @@ pub struct ConnectionInfo {
     /// The identity whois gave for this connection at accept, when the listener asked (the
     /// API and proxy listeners do; `None` when whois did not answer in time or refused).
     pub identity: Option<Arc<Identity>>,
+    /// Whois was asked at accept and gave no verdict (tailscaled unreachable, not ready or too
+    /// slow): a front answers 503 instead of refusing the caller as a stranger.
+    pub identity_unavailable: bool,
 }
 
 /// The per-peer counts of one listener.
@@ -457,6 +474,7 @@ async fn connection(
         peer,
         local,
         identity: keyed.identity,
+        identity_unavailable: keyed.identity_unavailable,
     };
     let service = {
         let shared = Arc::clone(&shared);

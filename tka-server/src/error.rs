@@ -30,8 +30,8 @@ pub enum ApiError {
         "requests from web pages are refused (the request has an Origin header); use the tka CLI or curl"
     )]
     OriginRefused,
-    /// `Sec-Fetch-Site` says another site made the request.
-    #[error("requests made by another web site are refused (Sec-Fetch-Site: {0})")]
+    /// `Sec-Fetch-Site` or `Referer` says another site made the request.
+    #[error("requests made by another web site are refused ({0})")]
     CrossSite(String),
     /// The `Host` is none of the server's names or addresses (DNS rebinding).
     #[error(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, header};
+use http::{HeaderMap, Uri, header};
 use tka_core::Identity;
 use tka_core::identity::WhoisRequest;
 
@@ -42,9 +42,16 @@ pub fn single_host(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// The checks against browser pages and DNS rebinding: no `Origin`, no cross-site
-/// `Sec-Fetch-Site`, one `Host` that is one of `hosts`. Every front that serves the tailnet runs
-/// them (the API here, the proxy in [`crate::proxy::front`]).
-pub fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), ApiError> {
+/// `Sec-Fetch-Site`, no `Referer` naming another host, one `Host` that is one of `hosts`, and,
+/// when the request target is in absolute form (`GET http://name/path`), a target authority that
+/// is one of `hosts` too (HTTP then says the target's host is the request's host, whatever
+/// `Host` says). Every front that serves the tailnet runs them (the API here, the proxy in
+/// [`crate::proxy::front`]).
+pub fn browser_checks(
+    uri: &Uri,
+    headers: &HeaderMap,
+    hosts: &AllowedHosts,
+) -> Result<(), ApiError> {
     let host = single_host(headers)?;
     if headers.contains_key(header::ORIGIN) {
         return Err(ApiError::OriginRefused);
@@ -53,11 +60,29 @@ pub fn browser_checks(headers: &HeaderMap, hosts: &AllowedHosts) -> Result<(), A
         let site = site.to_str().unwrap_or("invalid");
         // `none` is a user typing the URL; `same-origin` a page of this server (it serves none).
         if !matches!(site, "none" | "same-origin") {
-            return Err(ApiError::CrossSite(site.to_owned()));
+            return Err(ApiError::CrossSite(format!("Sec-Fetch-Site: {site}")));
+        }
+    }
+    for referer in headers.get_all(header::REFERER) {
+        // tka's clients send no Referer; a browser sends the page's URL. A page of another
+        // host (or a Referer that names no host) made this request.
+        let text = referer.to_str().unwrap_or("(not text)");
+        let ours = text
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned())
+            .is_some_and(|a| hosts.allows(a.as_str()));
+        if !ours {
+            return Err(ApiError::CrossSite(format!("Referer: {text}")));
         }
     }
     if !hosts.allows(host) {
         return Err(ApiError::HostNotAllowed(host.to_owned()));
+    }
+    if let Some(target) = uri.authority()
+        && !hosts.allows(target.as_str())
+    {
+        return Err(ApiError::HostNotAllowed(target.as_str().to_owned()));
     }
     Ok(())
 }
@@ -69,7 +94,7 @@ pub async fn middleware(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match check(&state, &peer, request.headers()).await {
+    match check(&state, &peer, request.uri(), request.headers()).await {
         Ok(identity) => {
             request.extensions_mut().insert(Caller {
                 identity: Arc::new(identity),
@@ -91,9 +116,14 @@ pub async fn middleware(
     }
 }
 
-async fn check(state: &ApiState, peer: &Peer, headers: &HeaderMap) -> Result<Identity, ApiError> {
+async fn check(
+    state: &ApiState,
+    peer: &Peer,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Identity, ApiError> {
     let config = &state.config;
-    browser_checks(headers, &config.allowed_hosts)?;
+    browser_checks(uri, headers, &config.allowed_hosts)?;
     if config.loopback_peers_only && !peer.transport.ip().to_canonical().is_loopback() {
         return Err(ApiError::PeerNotAllowed(peer.transport.ip()));
     }
@@ -143,27 +173,60 @@ mod tests {
         let h = hosts();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "tka-prod".parse().unwrap());
-        assert!(browser_checks(&headers, &h).is_ok());
+        assert!(browser_checks(&Uri::from_static("/api/v1/cluster"), &headers, &h).is_ok());
         headers.insert("sec-fetch-site", "none".parse().unwrap());
-        assert!(browser_checks(&headers, &h).is_ok());
+        assert!(browser_checks(&Uri::from_static("/api/v1/cluster"), &headers, &h).is_ok());
         for site in ["cross-site", "same-site"] {
             headers.insert("sec-fetch-site", site.parse().unwrap());
             assert!(matches!(
-                browser_checks(&headers, &h),
+                browser_checks(&Uri::from_static("/api/v1/cluster"), &headers, &h),
                 Err(ApiError::CrossSite(_))
             ));
         }
         headers.remove("sec-fetch-site");
         headers.append(header::HOST, "tka-prod".parse().unwrap());
         assert!(matches!(
-            browser_checks(&headers, &h),
+            browser_checks(&Uri::from_static("/api/v1/cluster"), &headers, &h),
             Err(ApiError::BadRequest(_))
         ));
         headers.insert(header::HOST, "tka-prod".parse().unwrap());
         headers.insert(header::ORIGIN, "null".parse().unwrap());
         assert!(matches!(
-            browser_checks(&headers, &h),
+            browser_checks(&Uri::from_static("/api/v1/cluster"), &headers, &h),
             Err(ApiError::OriginRefused)
         ));
+    }
+
+    #[test]
+    fn a_foreign_referer_or_request_target_is_refused() {
+        let h = hosts();
+        let path = Uri::from_static("/api/v1/cluster");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "tka-prod".parse().unwrap());
+        for referer in [
+            "https://evil.example.com/",
+            "/relative",
+            "http://100.64.0.6/",
+        ] {
+            headers.insert(header::REFERER, referer.parse().unwrap());
+            assert!(
+                matches!(
+                    browser_checks(&path, &headers, &h),
+                    Err(ApiError::CrossSite(_))
+                ),
+                "{referer}"
+            );
+        }
+        headers.insert(header::REFERER, "http://tka-prod/x".parse().unwrap());
+        assert!(browser_checks(&path, &headers, &h).is_ok());
+        headers.remove(header::REFERER);
+
+        let foreign = Uri::from_static("http://evil.example.com/api/v1/cluster");
+        assert!(matches!(
+            browser_checks(&foreign, &headers, &h),
+            Err(ApiError::HostNotAllowed(_))
+        ));
+        let own = Uri::from_static("http://100.64.0.5:80/api/v1/cluster");
+        assert!(browser_checks(&own, &headers, &h).is_ok());
     }
 }

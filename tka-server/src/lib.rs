@@ -27,6 +27,8 @@ pub mod body;
 pub mod cli;
 pub mod connections;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+mod fault;
 pub mod framing;
 pub mod guard;
 pub mod hosts;

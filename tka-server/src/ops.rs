@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::connections::ConnectionInfo;
@@ -42,12 +42,27 @@ struct OpsState {
     metrics: Arc<Metrics>,
 }
 
+/// The table the ops router is built from: path and handler (each answers `GET`).
+fn endpoints() -> Vec<(&'static str, MethodRouter<OpsState>)> {
+    vec![
+        ("/healthz", get(|| async { "ok\n" })),
+        ("/readyz", get(readyz)),
+        ("/metrics", get(metrics_text)),
+    ]
+}
+
+/// Every path of the ops listener (each answers `GET` and `HEAD` only), in the router's order.
+pub fn ops_paths() -> Vec<&'static str> {
+    endpoints().into_iter().map(|(path, _)| path).collect()
+}
+
 /// The ops router.
 pub fn ops_router(checks: Vec<Arc<dyn ReadinessCheck>>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         .with_state(OpsState {
             checks: checks.into(),
             metrics,
@@ -65,7 +80,15 @@ async fn host_check(request: Request, next: Next) -> Response {
         Ok(host) => host,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let allowed = local.is_some_and(|ip| AllowedHosts::new([], [ip]).allows(host));
+    // An absolute request target names the host too (and wins over `Host`): both must be ours.
+    let allowed = local.is_some_and(|ip| {
+        let own = AllowedHosts::new([], [ip]);
+        own.allows(host)
+            && request
+                .uri()
+                .authority()
+                .is_none_or(|target| own.allows(target.as_str()))
+    });
     if !allowed {
         tracing::debug!(host, "ops refused a request for a foreign Host");
         return (

@@ -162,6 +162,9 @@ pub struct Settings {
     pub connection_limits: ConnectionLimits,
     /// The tailnet API proxy, when turned on.
     pub proxy: Option<ProxySettings>,
+    /// Test builds only: the checkpoint after which the process aborts.
+    #[cfg(feature = "fault-injection")]
+    pub fault_abort_after: Option<tka_core::kubernetes::Checkpoint>,
 }
 
 impl Settings {
@@ -881,6 +884,8 @@ impl TryFrom<ServeArgs> for Settings {
             shutdown_grace: std_duration("--shutdown-grace", &args.shutdown_grace)?,
             connection_limits,
             proxy,
+            #[cfg(feature = "fault-injection")]
+            fault_abort_after: args.fault_abort_after,
         })
     }
 }
@@ -917,6 +922,38 @@ mod tests {
             panic!("serve expected");
         };
         Settings::try_from(*args)
+    }
+
+    /// The flag exists only with the `fault-injection` feature (test builds), is hidden, reads
+    /// no environment variable, and takes a checkpoint's name.
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn the_fault_flag_takes_a_checkpoint_and_is_hidden() {
+        use clap::CommandFactory as _;
+        use tka_core::kubernetes::Checkpoint;
+
+        assert_eq!(parse(&[]).unwrap().fault_abort_after, None);
+        let armed = parse(&["--fault-abort-after", "login-bindings-created"]).unwrap();
+        assert_eq!(
+            armed.fault_abort_after,
+            Some(Checkpoint::LoginBindingsCreated)
+        );
+        let mut argv = BASE.to_vec();
+        argv.extend(["--fault-abort-after", "somewhere"]);
+        let err = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(err.contains("login-session-created"), "{err}");
+
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").unwrap();
+        let flag = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some("fault-abort-after"))
+            .unwrap();
+        assert!(flag.is_hide_set());
+        assert_eq!(flag.get_env(), None);
+        let help = serve.render_long_help().to_string();
+        assert!(help.contains("--token-lifetime"), "{help}");
+        assert!(!help.contains("fault-abort"), "{help}");
     }
 
     fn refused(extra: &[&str], flag: &str) -> String {

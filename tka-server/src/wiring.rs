@@ -134,11 +134,15 @@ fn kube(
     let mut issuer_settings = IssuerSettings::new(&settings.namespace);
     issuer_settings.token_lifetime = settings.token_lifetime;
     let (watches, drive_watches) = ClusterWatches::new(&client, &settings.namespace);
-    let issuer = Arc::new(
-        KubernetesIssuer::new(client.clone(), issuer_settings, clock.clone())
-            .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?
-            .with_session_store(watches.sessions.clone()),
-    );
+    let issuer = KubernetesIssuer::new(client.clone(), issuer_settings, clock.clone())
+        .map_err(|e| anyhow::anyhow!("cannot set up the Kubernetes issuer: {e}"))?
+        .with_session_store(watches.sessions.clone());
+    #[cfg(feature = "fault-injection")]
+    let issuer = match settings.fault_abort_after {
+        Some(point) => issuer.with_checkpoints(crate::fault::abort_after(point)),
+        None => issuer,
+    };
+    let issuer = Arc::new(issuer);
     let mappings = Arc::new(InMemoryMappings::default());
     let bindability = Arc::new(Bindability::new(client.clone()));
     let feed = Arc::new(

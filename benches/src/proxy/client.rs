@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::client::ConfigExt as _;
 use serde::Serialize;
+use tka_testkit::testenv::devices::proxy_v2_header;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::scale::ScaleError;
@@ -162,13 +163,7 @@ impl Endpoint {
                 Box::pin(async move {
                     let port = 20_000 + PORTS.fetch_add(1, Ordering::Relaxed) % 40_000;
                     let from = SocketAddr::from((device, port));
-                    let header = ppp::v2::Builder::with_addresses(
-                        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-                        ppp::v2::Protocol::Stream,
-                        (from, target),
-                    )
-                    .build()
-                    .map_err(|e| std::io::Error::other(format!("building a PROXY header: {e}")))?;
+                    let header = proxy_v2_header(from, target).map_err(std::io::Error::other)?;
                     let mut stream = tokio::net::TcpStream::connect(listen).await?;
                     stream.set_nodelay(true)?;
                     stream.write_all(&header).await?;

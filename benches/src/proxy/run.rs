@@ -265,7 +265,7 @@ impl Bench {
 
     /// A new device logged in (direct login, so the direct route has its token).
     async fn login(&self) -> Result<Device, ScaleError> {
-        let user = self.stage.new_user();
+        let user = self.stage.new_device();
         let body = format!(r#"{{"role":"{ROLE}"}}"#);
         let (_, text, _) =
             tka_exchange(&self.server, &user, "POST", "/api/v1/login", Some(&body)).await?;

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -29,8 +28,6 @@ use tka_core::{Identity, RoleName};
 use super::ScaleError;
 use super::env::{NS, ROLE, Server, User};
 
-static PORTS: AtomicU16 = AtomicU16::new(0);
-
 /// One call to the server as `user`'s device; the status and the time to the last byte.
 pub async fn tka_call(
     server: &Server,
@@ -51,24 +48,7 @@ pub async fn tka_exchange(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String, Duration), ScaleError> {
-    let port = 20_000 + PORTS.fetch_add(1, Ordering::Relaxed) % 40_000;
-    let from = std::net::SocketAddr::from((user.peer.ipv4, port));
-    let header = ppp::v2::Builder::with_addresses(
-        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-        ppp::v2::Protocol::Stream,
-        (from, server.target),
-    )
-    .build()
-    .map_err(|e| ScaleError::new(format!("building a PROXY header: {e}")))?;
-    let (status, text, took) = super::probe::http(
-        server.process.listen(),
-        &header,
-        &server.target.to_string(),
-        method,
-        path,
-        body,
-    )
-    .await?;
+    let (status, text, took) = server.call(user, method, path, body).await?;
     if !(200..300).contains(&status) {
         return Err(ScaleError::new(format!(
             "{method} {path} as {} answered {status}: {text}",

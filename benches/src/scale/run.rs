@@ -237,7 +237,7 @@ impl Run<'_> {
         concurrency: usize,
         sessions: usize,
     ) -> Result<(LoginRow, Vec<User>), ScaleError> {
-        let users: Vec<User> = (0..n).map(|_| self.stage.new_user()).collect();
+        let users: Vec<User> = (0..n).map(|_| self.stage.new_device()).collect();
         let (samples, took) =
             batch(n, concurrency, |i| login::tka_login(self.server, &users[i])).await?;
         Ok((
@@ -268,7 +268,7 @@ impl Run<'_> {
     ) -> Result<(LoginRow, Vec<BaselineSteps>, Vec<BaselineObjects>), ScaleError> {
         let mut identities = Vec::with_capacity(n);
         for _ in 0..n {
-            identities.push(self.stage.identity(&self.stage.new_user()).await?);
+            identities.push(self.stage.identity(&self.stage.new_device()).await?);
         }
         let client = &self.stage.server_client;
         let (done, took) = batch(n, concurrency, |i| {

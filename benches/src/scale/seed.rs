@@ -50,7 +50,7 @@ pub async fn seed(
     let role = RoleName::new(ROLE).map_err(ScaleError::from_display)?;
     let (made, took) = batch(n, concurrency, |i| {
         let (issuer, role) = (&issuer, role.clone());
-        let user = stage.new_user();
+        let user = stage.new_device();
         let ends = expires_at(i);
         async move {
             let identity = stage.identity(&user).await?;

@@ -18,6 +18,7 @@ use crate::output;
 use crate::settings::{Action, Settings};
 
 mod credential;
+mod explain;
 mod failures;
 mod list;
 mod login;
@@ -38,6 +39,7 @@ pub(crate) fn run(settings: &Settings, clock: &dyn Clock) -> Result<ExitCode, Cl
             credential::run(credential, &settings.network, &settings.env, clock)?;
         }
         Action::Prompt => prompt::run(settings, clock)?,
+        Action::Explain(explain) => explain::run(settings, explain, clock)?,
         Action::Shell(shell) => return shell::run(settings, shell, clock),
         Action::Completion(shell) => {
             let mut script = Vec::new();

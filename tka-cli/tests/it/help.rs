@@ -14,6 +14,7 @@ fn help_of_every_command() {
         &["shell"],
         &["completion"],
         &["version"],
+        &["policy", "explain"],
     ] {
         let out = run(sandbox.tka().args(command).arg("--help"));
         assert!(out.status.success());

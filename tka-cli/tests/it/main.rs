@@ -2,8 +2,10 @@
 //! against a loopback test server (and the machine's kubectl where a kubeconfig must work).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+mod cookbook;
 mod credential;
 mod discovery;
+mod explain;
 mod help;
 mod hostile;
 mod kubectl_reads_the_same;

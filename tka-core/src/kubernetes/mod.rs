@@ -8,6 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::{Deserialize, Serialize};
 
+mod checkpoint;
 mod crd;
 mod error;
 mod issuer;
@@ -19,6 +20,7 @@ mod schedule;
 mod session;
 mod watches;
 
+pub use checkpoint::{Checkpoint, CheckpointHook, UnknownCheckpoint};
 pub use crd::{
     CLUSTER_ROLE_PATTERN, DURATION_PATTERN, MAX_LIST_ITEMS, NAMESPACE_PATTERN, TAG_PATTERN, crds,
     crds_yaml, grant_mapping_crd, session_crd,

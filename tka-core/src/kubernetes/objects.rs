@@ -20,6 +20,7 @@ use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use super::checkpoint::{Checkpoint, Checkpoints};
 use super::error::{is_conflict, is_not_found};
 use super::session::{BindingKind, Session, SessionPhase, SessionStatus};
 use super::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL, SESSION_LABEL, USER_LABEL};
@@ -668,6 +669,7 @@ pub(crate) async fn end_session(
     session: &Session,
     mark: Option<(SessionPhase, jiff::Timestamp)>,
     reason: &RemovalReason,
+    checkpoints: &Checkpoints,
 ) -> Result<Vec<Removal>, kube::Error> {
     let name = session.name_any();
     let Some(uid) = session.uid() else {
@@ -675,26 +677,31 @@ pub(crate) async fn end_session(
     };
     let mut removed = Vec::new();
 
+    // `Some(wrote)`: go on, `wrote` saying whether a mark was written now.
     let marking = async {
         match mark {
             Some((phase, now)) if !session.is_deleting() && session.phase() != Some(phase) => {
                 mark_ended(apis, session, phase, now, reason)
                     .await
-                    .map(|m| m.is_some())
+                    .map(|m| m.map(|_| true))
             }
-            _ => Ok(true),
+            _ => Ok(Some(false)),
         }
     };
     // Only reads run beside the mark: nothing is deleted before the mark is written.
     let (marked, children) = futures::join!(marking, find_children(apis, session));
-    if !marked? {
+    let Some(wrote_mark) = marked? else {
         // Gone, another object by now (its children are the sweep's business), or extended
         // under an expiry (the next pass judges it again).
         return Ok(removed);
+    };
+    if wrote_mark {
+        checkpoints.reached(Checkpoint::EndMarked, &name);
     }
     let children = children?;
 
     removed.extend(delete_listed(apis, children.service_accounts, |_| true, reason).await?);
+    checkpoints.reached(Checkpoint::EndServiceAccountDeleted, &name);
     let (cluster, namespaced) = futures::join!(
         delete_listed(apis, children.cluster_role_bindings, |_| true, reason),
         delete_listed(apis, children.role_bindings, |_| true, reason),
@@ -702,7 +709,9 @@ pub(crate) async fn end_session(
     let (cluster, namespaced) = (cluster?, namespaced?);
     removed.extend(cluster);
     removed.extend(namespaced);
+    checkpoints.reached(Checkpoint::EndBindingsDeleted, &name);
     let (deleted, remaining) = delete_session(&apis.sessions, &name, &uid).await?;
+    checkpoints.reached(Checkpoint::EndSessionDeleted, &name);
     remove_finalizer(&apis.sessions, &name, &uid, remaining).await?;
     if deleted || session.is_deleting() {
         removed.push(removal(ObjectKind::Session, None, name, reason));

@@ -42,6 +42,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::checkpoint::Checkpoints;
 use super::error::{is_conflict, is_not_found, reconcile_error};
 use super::lease::{LeaderLease, LeaseSettings};
 use super::objects::{Apis, end_session, managed_selector, removal};
@@ -484,10 +485,14 @@ impl KubernetesReconciler {
                 () = tokio::time::sleep_until(wake) => continue,
                 () = wakes.changed() => {}
             }
-            // Coalesce a burst of events: let it settle, then look at everything it changed.
+            // Coalesce a burst of events: let it settle, then look at everything it changed. A
+            // pass due sooner ends the settling (it reads the stores as they are by then): a
+            // pass's own deletions are events too, and settling on them would delay the next
+            // expiry by up to the settle time.
+            let settled = schedule.settled_at(tokio::time::Instant::now(), ready);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(schedule.settle()) => {}
+                () = tokio::time::sleep_until(settled) => {}
             }
             let changed = wakes.take();
             if !watches.all_listed() {
@@ -729,7 +734,14 @@ impl KubernetesReconciler {
         let outcomes: Vec<(Ending, Result<Vec<Removal>, kube::Error>)> = stream::iter(endings)
             .map(|ending| async move {
                 let mark = ending.mark.map(|p| (p, now));
-                let outcome = end_session(&self.apis, &ending.session, mark, &ending.reason).await;
+                let outcome = end_session(
+                    &self.apis,
+                    &ending.session,
+                    mark,
+                    &ending.reason,
+                    &Checkpoints::default(),
+                )
+                .await;
                 (ending, outcome)
             })
             .buffered(bound)

@@ -104,6 +104,18 @@ impl PassSchedule {
         self.min_interval
     }
 
+    /// When a burst of events that began at `now` has settled: after [`Self::settle`], or
+    /// sooner when a pass is due before that while `leading` (and able to pass). Settling
+    /// never delays a pass already due.
+    pub fn settled_at(&self, now: Instant, leading: bool) -> Instant {
+        let settled = now + self.settle();
+        if leading {
+            settled.min(self.pass_at())
+        } else {
+            settled
+        }
+    }
+
     /// When the loop wakes next if nothing happens: the next pass while `leading` (and able to
     /// pass), and in any case in time to renew (or try to take) the lease.
     pub fn wake_at(&self, now: Instant, leading: bool) -> Instant {
@@ -172,6 +184,22 @@ mod tests {
         s.after_pass(now, Some(2 * SECOND));
         s.kick(now + 10 * SECOND);
         assert!(s.is_due(now + 2 * SECOND));
+    }
+
+    #[test]
+    fn settling_a_burst_never_delays_a_pass_already_due() {
+        let now = Instant::now();
+        let mut s = schedule(now);
+        s.after_pass(now, Some(SECOND + SECOND / 2));
+        // Events right after a pass (its own deletions): settled after the settle time, since
+        // no pass may come sooner anyway.
+        assert_eq!(s.settled_at(now, true), now + s.settle());
+        // An event half a second before the next pass is due: settling ends at that pass.
+        let event = now + SECOND;
+        assert_eq!(s.settled_at(event, true), now + SECOND + SECOND / 2);
+        assert!(s.is_due(s.settled_at(event, true)));
+        // Not leading, no pass to wait for: the full settle time.
+        assert_eq!(s.settled_at(event, false), event + s.settle());
     }
 
     #[test]

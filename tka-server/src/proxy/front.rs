@@ -34,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::audit::ProxyRecord;
-use crate::connections::ConnectionInfo;
+use crate::connections::{BodyTimedOut, ConnectionInfo};
+use crate::error::find_cause;
 use crate::guard::browser_checks;
 use crate::metrics::ProxyOutcome;
 use crate::proxy::service::Proxy;
@@ -69,6 +70,10 @@ fn is_withheld(name: &HeaderName) -> bool {
         || name.starts_with("x-remote-")
 }
 
+/// The `Retry-After` when tailscaled could not identify a connection (the API's answer to an
+/// unavailable tailscaled says the same).
+const IDENTITY_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// A refused request: a Kubernetes `Status`.
 #[derive(Debug)]
 struct Refusal {
@@ -77,6 +82,9 @@ struct Refusal {
     message: String,
     outcome: ProxyOutcome,
     retry_after: Option<Duration>,
+    /// Close the connection after this answer (its identity is settled at accept, so a retry
+    /// must come on a new connection to be asked about again).
+    close: bool,
 }
 
 impl Refusal {
@@ -92,6 +100,7 @@ impl Refusal {
             message: message.into(),
             outcome,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -103,6 +112,20 @@ impl Refusal {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+        }
+    }
+
+    /// tailscaled gave no verdict on the connection's caller at accept: 503, retry on a new
+    /// connection.
+    fn identity_unavailable() -> Self {
+        Self {
+            retry_after: Some(IDENTITY_RETRY_AFTER),
+            close: true,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "tka: tailscaled could not identify this connection (it is not running, not ready or too slow); retry shortly",
+            )
         }
     }
 
@@ -119,6 +142,11 @@ impl IntoResponse for Refusal {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -176,13 +204,18 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         describe(&mut record, identity);
     }
     let metrics = Arc::clone(&proxy.state.metrics);
-    let checked = if request.method() == http::Method::CONNECT {
-        // The Kubernetes API has no use for CONNECT; a 2xx answer would turn the connection
-        // into a tunnel.
+    let method = request.method();
+    let checked = if method == http::Method::CONNECT
+        || method == http::Method::TRACE
+        || method.as_str() == "TRACK"
+    {
+        // The Kubernetes API has no use for these. A 2xx answer to CONNECT would turn the
+        // connection into a tunnel; TRACE (and IIS's TRACK) echo the request as the upstream
+        // got it, and that carries the session's token, which never goes to a laptop.
         Err(Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "tka: CONNECT is not forwarded by the tka proxy",
+            format!("tka: {method} is not forwarded by the tka proxy"),
         ))
     } else {
         let path = request
@@ -192,9 +225,15 @@ pub async fn forward(State(proxy): State<Arc<Proxy>>, mut request: Request) -> R
         // Before anything else: a path that could leave the upstream's prefix reaches nothing,
         // discovery without a session included.
         match proxy.upstream.uri_for(path) {
-            Ok(target) => clear(&proxy, info.as_ref(), request.headers(), &mut record)
-                .await
-                .map(|cleared| (cleared, target)),
+            Ok(target) => clear(
+                &proxy,
+                info.as_ref(),
+                request.uri(),
+                request.headers(),
+                &mut record,
+            )
+            .await
+            .map(|cleared| (cleared, target)),
             Err(e) => Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -250,10 +289,11 @@ fn elapsed_ms(started: Instant) -> u64 {
 async fn clear(
     proxy: &Arc<Proxy>,
     info: Option<&ConnectionInfo>,
+    uri: &Uri,
     headers: &HeaderMap,
     record: &mut ProxyRecord,
 ) -> Result<Cleared, Refusal> {
-    browser_checks(headers, &proxy.config.allowed_hosts)
+    browser_checks(uri, headers, &proxy.config.allowed_hosts)
         .map_err(|e| Refusal::new(e.status(), reason_for(e.status()), format!("tka: {e}")))?;
     if let Some(name) = headers
         .keys()
@@ -269,6 +309,9 @@ async fn clear(
         ));
     };
     let Some(identity) = info.identity.clone() else {
+        if info.identity_unavailable {
+            return Err(Refusal::identity_unavailable());
+        }
         return Err(Refusal::forbidden(
             "tka: tailscaled did not identify this connection; connect over the tailnet and retry",
         ));
@@ -512,6 +555,16 @@ async fn exchange(
     let mut response = match answer {
         Ok(response) => response,
         Err(e) => {
+            // The client's own body missing its deadline fails the exchange too: that is the
+            // client's doing (408, as on the API), not the upstream's.
+            if let Some(timed_out) = find_cause::<BodyTimedOut>(&e) {
+                let refusal = Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    format!("tka: {timed_out} (--body-timeout); send the whole body at once"),
+                );
+                return refused(refusal, record);
+            }
             let status = match e {
                 crate::proxy::upstream::UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::BAD_GATEWAY,
@@ -882,6 +935,7 @@ mod tests {
             peer: crate::listener::Peer::direct(remote.parse().unwrap()),
             local: "127.0.0.1:8443".parse().unwrap(),
             identity: None,
+            identity_unavailable: false,
         };
         let both = identity(&["fd7a:115c:a1e0::1", "100.64.0.10"]);
         // A connection straight from the device: its own source.
@@ -926,6 +980,20 @@ mod tests {
         let mut buf = [0u8; 4];
         counted.read_exact(&mut buf).await.unwrap();
         assert_eq!(counted.written, 7);
+    }
+
+    #[test]
+    fn an_unidentified_connection_is_503_and_closed_a_stranger_403() {
+        let unavailable = Refusal::identity_unavailable();
+        assert_eq!(unavailable.outcome, ProxyOutcome::Refused);
+        let response = unavailable.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[header::CONNECTION], "close");
+        let stranger = Refusal::forbidden("no").into_response();
+        assert_eq!(stranger.status(), StatusCode::FORBIDDEN);
+        assert!(stranger.headers().get(header::CONNECTION).is_none());
+        assert!(stranger.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -152,17 +152,17 @@ async fn upstream() -> Upstream {
 }
 
 /// A server built by the production wiring with the proxy on, forwarding to `upstream`.
-struct Running {
-    api: SocketAddr,
-    ops: SocketAddr,
-    proxy_addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) api: SocketAddr,
+    pub(super) ops: SocketAddr,
+    pub(super) proxy_addr: SocketAddr,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     running: JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.running)
             .await
@@ -177,7 +177,7 @@ async fn start(world: &FakeWorld, upstream: &Upstream, extra: &[&str]) -> Runnin
 }
 
 /// [`start`] with the proxy's upstream at `upstream_url` (which may carry a path prefix).
-async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Running {
+pub(super) async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Running {
     let mut argv: Vec<std::ffi::OsString> = vec!["tka-server".into(), "serve".into()];
     argv.extend([
         "--kubeconfig".into(),
@@ -238,7 +238,7 @@ async fn start_at(world: &FakeWorld, upstream_url: &str, extra: &[&str]) -> Runn
 
 /// A connection to `to` that tailscaled attributes to `peer` (bound before connecting, since
 /// the proxy asks whois at accept).
-async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpStream {
+pub(super) async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     world
@@ -248,7 +248,7 @@ async fn connect_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> TcpSt
     socket.connect(to).await.unwrap()
 }
 
-async fn client_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> Client {
+pub(super) async fn client_as(world: &FakeWorld, peer: &FakePeer, to: SocketAddr) -> Client {
     Client::over(connect_as(world, peer, to).await).await
 }
 
@@ -298,7 +298,7 @@ fn token_requests(world: &FakeWorld) -> usize {
         .count()
 }
 
-fn assert_status(response: &crate::support::Response, code: u16, reason: &str) -> Value {
+pub(super) fn assert_status(response: &crate::support::Response, code: u16, reason: &str) -> Value {
     assert_eq!(response.status, code, "{}", response.text());
     assert_eq!(
         response.header("content-type"),
@@ -791,6 +791,54 @@ async fn a_header_trickled_to_the_proxy_is_cut_off_at_the_header_deadline() {
     // Allowed: a request sent at once is served.
     let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
     assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// tailscaled down or not ready at accept is no verdict on the caller: 503 with `Retry-After`,
+/// the connection closed so that the retry is identified anew; a stranger is still 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_tailscaled_cannot_identify_gets_503_and_the_retry_gets_through() {
+    let world = FakeWorld::new().await;
+    let upstream = upstream().await;
+    let running = start(&world, &upstream, &[]).await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // A stranger (whois knows no node at its address): refused as one, no retry asked for.
+    let stranger = Client::over(TcpStream::connect(running.proxy_addr).await.unwrap())
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    assert_status(&stranger, 403, "Forbidden");
+    assert_eq!(stranger.header("retry-after"), None);
+
+    // tailscaled not ready: alice's new connection is unavailable, not forbidden.
+    world.tailnet.set_daemon_ready(false);
+    let response = fresh(&world, &alice, &running)
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    let status = assert_status(&response, 503, "ServiceUnavailable");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tailscaled could not identify this connection")),
+        "{status}"
+    );
+    assert_eq!(response.header("retry-after"), Some("2"));
+    assert_eq!(response.header("connection"), Some("close"));
+    let forwarded = upstream.seen().len();
+
+    // Back: the retry, on a new connection, is forwarded.
+    world.tailnet.set_daemon_ready(true);
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(upstream.seen().len(), forwarded + 1);
+
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,12 @@ use crate::e2e_tailnet::{CLUSTER, free_port, run};
 
 /// A kubeconfig for the proxy as a proxied `tka login` writes it: the proxy URL, the node's
 /// SOCKS5 proxy, and a user with no credential at all.
-fn proxied_kubeconfig(dir: &Path, name: &str, proxy_url: &str, node: &TailnetNode) -> PathBuf {
+pub(super) fn proxied_kubeconfig(
+    dir: &Path,
+    name: &str,
+    proxy_url: &str,
+    node: &TailnetNode,
+) -> PathBuf {
     let path = dir.join(format!("{name}.kubeconfig"));
     std::fs::write(
         &path,
@@ -63,13 +68,13 @@ fn upgrades<'a>(
 }
 
 /// `kubectl exec -i echo -- cat` with stdin held open: the child, its stdin and stdout.
-struct HeldExec {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::process::ChildStdout,
+pub(super) struct HeldExec {
+    pub(super) child: tokio::process::Child,
+    pub(super) stdin: tokio::process::ChildStdin,
+    pub(super) stdout: tokio::process::ChildStdout,
 }
 
-async fn held_exec(
+pub(super) async fn held_exec(
     kubectl: &Path,
     kubeconfig: &Path,
     protocol: StreamProtocol,

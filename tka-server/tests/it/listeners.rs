@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::support::{Client, Options, ScriptedTailnet, TestServer, alice, ci, identity};
 
 /// A generous bound for anything the server must do "promptly".
-const BOUND: Duration = Duration::from_secs(30);
+pub(super) const BOUND: Duration = Duration::from_secs(30);
 
 /// Short deadlines, so tests that wait for them stay quick.
 fn short() -> ConnectionLimits {
@@ -28,7 +28,7 @@ fn short() -> ConnectionLimits {
 }
 
 /// Reads until the server closes (or resets) the connection; what arrived before.
-async fn read_until_closed(stream: &mut TcpStream) -> String {
+pub(super) async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let read = async {
@@ -47,16 +47,16 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
 
 /// Writes `bytes` (a write error is tolerated: the server may close first) and reads the
 /// answer until the connection closes.
-async fn exchange(mut stream: TcpStream, bytes: &[u8]) -> String {
+pub(super) async fn exchange(mut stream: TcpStream, bytes: &[u8]) -> String {
     let _ = stream.write_all(bytes).await;
     read_until_closed(&mut stream).await
 }
 
-fn status_of(answer: &str) -> Option<u16> {
+pub(super) fn status_of(answer: &str) -> Option<u16> {
     answer.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn problem_of(answer: &str) -> serde_json::Value {
+pub(super) fn problem_of(answer: &str) -> serde_json::Value {
     let (_, body) = answer
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));

@@ -4,15 +4,19 @@
 // Test code may panic on what it does not expect.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adversarial;
 mod api_proxy;
 mod deploy;
+mod e2e_crash;
 mod e2e_escalation;
 mod e2e_idle;
 mod e2e_listeners;
+mod e2e_outage;
 mod e2e_proxy;
 mod e2e_proxy_revocation;
 mod e2e_proxy_upgrades;
 mod e2e_refusals;
+mod e2e_soak;
 mod e2e_tailnet;
 mod flows;
 mod kube;

@@ -41,6 +41,8 @@ pub struct KubeEnv {
     admin_token: String,
     admin_kubeconfig: PathBuf,
     bin: PathBuf,
+    /// kube-apiserver's flags, to start it again on the same port and etcd.
+    api_args: Vec<String>,
     kubeconfigs: AtomicU32,
     dir: TempDir,
 }
@@ -193,6 +195,24 @@ fn spawn(
     Ok(child)
 }
 
+/// Waits (bounded) until kube-apiserver's `/readyz` says `ok`.
+async fn wait_api_ready(
+    client: &kube::Client,
+    api: &mut tokio::process::Child,
+    log: &Path,
+) -> Result<(), TestEnvError> {
+    wait_ready("kube-apiserver", api, log, API_TIMEOUT, || {
+        let client = client.clone();
+        async move {
+            let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+                return false;
+            };
+            matches!(client.request_text(request).await, Ok(body) if body.trim() == "ok")
+        }
+    })
+    .await
+}
+
 impl std::fmt::Debug for KubeEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeEnv")
@@ -259,51 +279,31 @@ impl KubeEnv {
         .await?;
         let mut children = vec![("etcd".to_owned(), etcd)];
 
-        let mut api = spawn(
-            &mut watchdog,
-            bin,
-            "kube-apiserver",
-            &d,
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--secure-port={api_port}"),
-                "--advertise-address=127.0.0.1".to_owned(),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--token-auth-file={}", p("tokens.csv")),
-                "--authorization-mode=RBAC".to_owned(),
-                format!("--service-account-issuer={api_url}"),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
-                "--allow-privileged=true".to_owned(),
-                "--enable-priority-and-fairness=false".to_owned(),
-            ],
-        )?;
+        let api_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--secure-port={api_port}"),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".to_owned(),
+            format!("--service-account-issuer={api_url}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            "--allow-privileged=true".to_owned(),
+            "--enable-priority-and-fairness=false".to_owned(),
+        ];
+        let mut api = spawn(&mut watchdog, bin, "kube-apiserver", &d, &api_args)?;
         let admin_kubeconfig = d.join("admin.kubeconfig");
         write_secret(
             &admin_kubeconfig,
             &token_kubeconfig(&api_url, Some(&pki.ca_pem), &admin_token),
         )?;
         let client = client_from(&admin_kubeconfig).await?;
-        wait_ready(
-            "kube-apiserver",
-            &mut api,
-            &d.join("kube-apiserver.log"),
-            API_TIMEOUT,
-            || {
-                let client = client.clone();
-                async move {
-                    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
-                        return false;
-                    };
-                    matches!(client.request_text(request).await, Ok(body) if body.trim() == "ok")
-                }
-            },
-        )
-        .await?;
+        wait_api_ready(&client, &mut api, &d.join("kube-apiserver.log")).await?;
         children.insert(0, ("kube-apiserver".to_owned(), api));
 
         let mut kcm = spawn(
@@ -352,6 +352,7 @@ impl KubeEnv {
             admin_token,
             admin_kubeconfig,
             bin: bin.to_path_buf(),
+            api_args,
             kubeconfigs: AtomicU32::new(0),
             dir,
         })
@@ -474,6 +475,81 @@ impl KubeEnv {
     }
 }
 
+/// An API server outage: kube-apiserver stopped and started again on the same port, with the
+/// same flags and the same etcd (everything stored survives; etcd and the controller-manager
+/// keep running, the latter reconnecting on its own).
+impl KubeEnv {
+    /// Whether kube-apiserver is running (not stopped by [`KubeEnv::stop_api_server`]).
+    pub fn api_server_running(&self) -> bool {
+        self.children
+            .iter()
+            .any(|(name, _)| name == "kube-apiserver")
+    }
+
+    /// Stops kube-apiserver (SIGKILL, as a crashed or partitioned API server: no graceful
+    /// goodbye to open watches) and waits until it has exited. Connections to its port are
+    /// refused from then on. A no-op when it is already stopped.
+    pub async fn stop_api_server(&mut self) -> Result<(), TestEnvError> {
+        let Some(index) = self
+            .children
+            .iter()
+            .position(|(name, _)| name == "kube-apiserver")
+        else {
+            return Ok(());
+        };
+        let (_, mut api) = self.children.remove(index);
+        api.start_kill().map_err(io_err("killing kube-apiserver"))?;
+        tokio::time::timeout(Duration::from_secs(10), api.wait())
+            .await
+            .map_err(|_| TestEnvError::NotReady {
+                component: "kube-apiserver".to_owned(),
+                detail: "did not exit within 10 s of SIGKILL".to_owned(),
+            })?
+            .map_err(io_err("waiting for kube-apiserver"))?;
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again after [`KubeEnv::stop_api_server`] (same port, flags, PKI
+    /// and etcd) and waits (bounded) until its `/readyz` says `ok`. Its log goes on in the same
+    /// file. A no-op when it is running.
+    pub async fn start_api_server(&mut self) -> Result<(), TestEnvError> {
+        if self.api_server_running() {
+            return Ok(());
+        }
+        let d = self.dir.path().to_path_buf();
+        let log_path = d.join("kube-apiserver.log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(format!("opening {}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_err(format!("opening {}", log_path.display())))?;
+        let mut api = tokio::process::Command::new(self.bin.join("kube-apiserver"))
+            .args(&self.api_args)
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_err("starting kube-apiserver again"))?;
+        self.watchdog.watch(api.id());
+        // The port was just released by the killed process; a bind that races its teardown
+        // makes the new one exit, which `wait_ready` reports with the log.
+        wait_api_ready(&self.client, &mut api, &log_path).await?;
+        // Stop order stays controller-manager, API server, etcd.
+        let at = self
+            .children
+            .iter()
+            .position(|(name, _)| name == "etcd")
+            .unwrap_or(self.children.len());
+        self.children.insert(at, ("kube-apiserver".to_owned(), api));
+        Ok(())
+    }
+}
+
 impl Drop for KubeEnv {
     fn drop(&mut self) {
         // Stop order: controller-manager, API server, etcd (children is in that order).
@@ -482,5 +558,23 @@ impl Drop for KubeEnv {
             wait_tokio_child(child, Duration::from_secs(5));
         }
         self.watchdog.fire();
+    }
+}
+
+impl KubeEnv {
+    /// Stops kube-controller-manager (bounded wait) and keeps the API server and etcd running:
+    /// from then on nothing garbage-collects an object whose owner is gone, so a test sees what
+    /// tka itself removes (DESIGN §5: garbage collection is a safety net only). What the
+    /// controllers made at start (aggregated roles, namespace defaults) stays. Idempotent.
+    pub fn stop_controller_manager(&mut self) {
+        if let Some(at) = self
+            .children
+            .iter()
+            .position(|(name, _)| name == "kube-controller-manager")
+        {
+            let (_, mut child) = self.children.remove(at);
+            let _ = child.start_kill();
+            wait_tokio_child(&mut child, Duration::from_secs(5));
+        }
     }
 }

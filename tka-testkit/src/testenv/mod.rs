@@ -1,14 +1,16 @@
 //! The real-component test environment: etcd, kube-apiserver and kube-controller-manager
 //! ([`KubeEnv`]), a tailnet of real tailscaled nodes ([`TailnetEnv`]) and a fake API server for
 //! exec and port-forward upgrades ([`FakeUpstream`]), started from the binaries that
-//! `tka-testkit/testenv/build.sh` builds, on free loopback ports; and real kubectl's streams
-//! ([`kubectl_exec`], [`KubectlPortForward`]).
+//! `tka-testkit/testenv/build.sh` builds, on free loopback ports; real kubectl's streams
+//! ([`kubectl_exec`], [`KubectlPortForward`]); and a stage where one process speaks for many
+//! devices ([`devices`]).
 //!
 //! It owns starting, readiness (every wait has a timeout) and stopping of those processes and
 //! their temporary directories. It must not reach beyond loopback and must not leave processes
 //! behind: every child is its own process group, killed on drop, and a watchdog process kills
 //! them when the test process dies without dropping (see [`Watchdog`]).
 
+pub mod devices;
 mod fake_upstream;
 mod http;
 mod kube_env;

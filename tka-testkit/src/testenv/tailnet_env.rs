@@ -253,3 +253,40 @@ impl Drop for TailnetEnv {
         wait_tokio_child(&mut self.child, Duration::from_secs(10));
     }
 }
+
+/// A tailscaled outage on one node: its daemon stopped and started again by the harness, from
+/// the same state directory (the same node: stable ID, addresses, LocalAPI socket path). Its
+/// SOCKS5 port changes; [`TailnetEnv::node`] reports the new one once it is back.
+impl TailnetEnv {
+    /// Stops node `name`'s tailscaled and returns once it has exited: its LocalAPI socket and
+    /// SOCKS5 proxy stop answering, and tailnet traffic to it stops.
+    pub async fn stop_node(&self, name: &str) -> Result<(), TestEnvError> {
+        let path = format!("/v0/nodes/{name}/stop");
+        let (status, answer) = super::http::request(&self.admin, "POST", &path, None).await?;
+        if status != 200 {
+            return Err(TestEnvError::Harness(format!(
+                "POST {path} answered {status}: {answer}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts node `name`'s tailscaled again after [`TailnetEnv::stop_node`] and returns the
+    /// node once it is running as before and every grant is in effect again (bounded by the
+    /// harness's node timeout).
+    pub async fn start_node(&mut self, name: &str) -> Result<TailnetNode, TestEnvError> {
+        let path = format!("/v0/nodes/{name}/start");
+        let (status, answer) = super::http::request(&self.admin, "POST", &path, None).await?;
+        if status != 200 {
+            return Err(TestEnvError::Harness(format!(
+                "POST {path} answered {status}: {answer}"
+            )));
+        }
+        let node: TailnetNode = serde_json::from_str(&answer)
+            .map_err(|e| TestEnvError::Harness(format!("POST {path} answered {answer}: {e}")))?;
+        if let Some(known) = self.nodes.iter_mut().find(|n| n.name == node.name) {
+            *known = node.clone();
+        }
+        Ok(node)
+    }
+}

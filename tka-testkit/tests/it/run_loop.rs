@@ -450,6 +450,78 @@ async fn a_new_session_is_first_revalidated_one_period_after_its_login() {
         .unwrap();
 }
 
+/// Events that come just before an expiry (here another device's login; at scale, the last
+/// pass's own deletions) are settled for up to a second, but never past a pass already due:
+/// the expired session ends at its `expiresAt`, not a settle time later.
+#[tokio::test(start_paused = true)]
+async fn an_expiry_due_while_events_settle_is_not_delayed_by_them() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let mut settings = ReconcilerSettings::new(&h.namespace, "settles");
+    settings.revalidate_every = SignedDuration::from_hours(24);
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    let settle = settings.min_interval;
+    let (reconciler, passes) = observed(KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        clock.clone(),
+        h.tailnet.clone(),
+        Arc::new(suite_grant_check(&h.namespace)),
+    ));
+    let (stop, task) = spawn_run(&reconciler);
+    let passes_now = || passes.lock().unwrap().clone();
+    for _ in 0..60 {
+        if !passes_now().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(passes_now().len(), 1, "{:?}", passes_now());
+
+    h.clock.set(clock.now());
+    let phone = h.login(Person::AlicePhone, "dev", "30m").await;
+    let due = {
+        let since = phone.session_expires_at.duration_since(clock.base);
+        clock.start + Duration::try_from(since).unwrap()
+    };
+    // A burst of events a fifth of the settle time before the expiry.
+    tokio::time::sleep_until(due - settle / 5).await;
+    assert_eq!(passes_now().len(), 1, "{:?}", passes_now());
+    h.clock.set(clock.now());
+    let ci = h.login(Person::CiRunner, "ci", "1h").await;
+    tokio::time::sleep_until(due + 3 * settle).await;
+
+    let name = phone.session.to_string();
+    let ended: Vec<Pass> = passes_now()
+        .into_iter()
+        .filter(|p| p.ended.contains(&name))
+        .collect();
+    assert_eq!(ended.len(), 1, "{:?}", passes_now());
+    assert!(ended[0].at >= due, "{ended:?}");
+    // Settling the login's events from their start would have put the pass at
+    // `due + 4/5 settle`.
+    assert!(
+        ended[0].at < due + settle / 2,
+        "the pass waited for the burst to settle: {ended:?}, due {due:?}"
+    );
+    assert_eq!(
+        sessions(&h.objects().await),
+        vec![ci.session.to_string()],
+        "the other device's session stays"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
 /// Unknown until `known` is set, then bindable: the server's bind check, still running.
 #[derive(Debug, Default)]
 struct LateBindCheck {

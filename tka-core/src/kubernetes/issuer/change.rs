@@ -17,6 +17,7 @@ use super::{KubernetesIssuer, Step, Wanted, pick};
 use crate::domain::Identity;
 use crate::issuer::{IssueError, IssueOutcome, IssuedCredential};
 use crate::kubernetes::REVISION_LABEL;
+use crate::kubernetes::checkpoint::Checkpoint;
 use crate::kubernetes::error::{is_conflict, is_not_found, issue_error};
 use crate::kubernetes::objects::{self, session_selector};
 use crate::kubernetes::session::{Session, SessionIdentity, SessionPhase};
@@ -40,6 +41,8 @@ impl KubernetesIssuer {
         else {
             return Ok(Step::Retry("the session changed while changing its role"));
         };
+        self.checkpoints
+            .reached(Checkpoint::RoleChangeClaimed, name.as_str());
         info!(session = %name, role = %wanted.role, "session role changing");
         self.finish(claimed, wanted, &revision, IssueOutcome::RoleChanged, now)
             .await

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::{KubernetesIssuer, Step, Wanted, decode_token_id, jitter};
 use crate::domain::{Identity, RoleName};
 use crate::issuer::{IssueError, IssueOutcome, IssuedCredential, token_lifetime};
+use crate::kubernetes::checkpoint::Checkpoint;
 use crate::kubernetes::error::{is_already_exists, is_conflict, is_not_found, issue_error};
 use crate::kubernetes::objects::{
     self, cluster_role_binding, delete_uid, is_exact_binding, owner_uid, role_binding,
@@ -80,6 +81,8 @@ impl KubernetesIssuer {
             Err(e) => return Err(issue_error(format!("create session {name}"), e)),
         };
         debug!(session = %name, "session created");
+        self.checkpoints
+            .reached(Checkpoint::LoginSessionCreated, name.as_str());
 
         // Two logins of one device that both found no session both create one. Each looks again
         // after creating: at least one of any two sees the other and backs off, so at most one
@@ -114,12 +117,23 @@ impl KubernetesIssuer {
     ) -> Result<Step, IssueError> {
         let fresh = outcome == IssueOutcome::Created;
         let name = session.name_any();
+        let reached = |login: Checkpoint, role_change: Checkpoint| {
+            self.checkpoints
+                .reached(if fresh { login } else { role_change }, &name);
+        };
         let Some(session_name) = session.session_name() else {
             return Err(IssueError::Conflict(format!("session {name} is malformed")));
         };
 
         let (sa, _) = match self.ensure_service_account(&session).await {
-            Ok(Some(found)) => found,
+            Ok(Some(found)) => {
+                // A role change keeps the session's ServiceAccount: nothing was written.
+                if fresh {
+                    self.checkpoints
+                        .reached(Checkpoint::LoginServiceAccountCreated, &name);
+                }
+                found
+            }
             Ok(None) => {
                 warn!(session = %name, "a ServiceAccount of this name exists and is not this session's; not using it");
                 self.end(
@@ -173,6 +187,11 @@ impl KubernetesIssuer {
             }
         }
 
+        reached(
+            Checkpoint::LoginBindingsCreated,
+            Checkpoint::RoleChangeBindingsCreated,
+        );
+
         let minted = match self.mint(&name, wanted.expires_at, now).await {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -184,6 +203,11 @@ impl KubernetesIssuer {
                 return Err(e);
             }
         };
+
+        reached(
+            Checkpoint::LoginTokenRequested,
+            Checkpoint::RoleChangeTokenRequested,
+        );
 
         let status = SessionStatus {
             phase: Some(SessionPhase::Active),
@@ -220,10 +244,22 @@ impl KubernetesIssuer {
             }
         };
 
+        reached(
+            Checkpoint::LoginStatusCommitted,
+            Checkpoint::RoleChangeStatusCommitted,
+        );
+
         // A session made by this request has no other revision: nothing to list. A login that
         // later gives it a new role removes this revision's bindings in its own `finish`.
-        if !fresh && let Err(e) = self.delete_other_revisions(&committed).await {
-            warn!(session = %name, error = %e, "could not delete the bindings of the previous role; the reconciler will");
+        if !fresh {
+            match self.delete_other_revisions(&committed).await {
+                Ok(()) => self
+                    .checkpoints
+                    .reached(Checkpoint::RoleChangeOldBindingsDeleted, &name),
+                Err(e) => {
+                    warn!(session = %name, error = %e, "could not delete the bindings of the previous role; the reconciler will");
+                }
+            }
         }
         info!(session = %name, role = %wanted.role, ?outcome, "session issued");
         Ok(Step::Done(self.credential(&committed, minted, outcome)?))

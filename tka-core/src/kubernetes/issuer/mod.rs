@@ -24,6 +24,7 @@ use kube::{Client, ResourceExt};
 use tracing::debug;
 
 use super::NODE_LABEL;
+use super::checkpoint::{CheckpointHook, Checkpoints};
 use super::error::issue_error;
 use super::objects::{self, Apis, managed_selector};
 use super::session::{Session, SessionIdentity, SessionPhase, SessionRoleBinding, SessionSpec};
@@ -109,6 +110,7 @@ pub struct KubernetesIssuer {
     clock: Arc<dyn Clock>,
     suffixes: SuffixSource,
     store: Option<SessionStore>,
+    checkpoints: Checkpoints,
 }
 
 impl std::fmt::Debug for KubernetesIssuer {
@@ -227,6 +229,7 @@ impl KubernetesIssuer {
             clock,
             suffixes: Arc::new(|| NameSuffix::from_random(rand::random())),
             store: None,
+            checkpoints: Checkpoints::default(),
         })
     }
 
@@ -238,6 +241,14 @@ impl KubernetesIssuer {
     /// it before looking for rivals there, and lists from the API server if it does not.
     pub fn with_session_store(mut self, store: SessionStore) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Calls `hook` after each write of a login, a role change or the end of a session (see
+    /// [`Checkpoint`](super::Checkpoint)), so a test can stop the process exactly between two writes. Nothing in a
+    /// release build of tka-server installs one.
+    pub fn with_checkpoints(mut self, hook: CheckpointHook) -> Self {
+        self.checkpoints = Checkpoints::new(hook);
         self
     }
 

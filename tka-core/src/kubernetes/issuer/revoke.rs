@@ -29,9 +29,15 @@ impl KubernetesIssuer {
         reason: &RemovalReason,
     ) -> Result<(), IssueError> {
         let now = self.clock.now();
-        let removed = end_session(&self.apis, session, mark.map(|p| (p, now)), reason)
-            .await
-            .map_err(|e| issue_error(format!("end session {}", session.name_any()), e))?;
+        let removed = end_session(
+            &self.apis,
+            session,
+            mark.map(|p| (p, now)),
+            reason,
+            &self.checkpoints,
+        )
+        .await
+        .map_err(|e| issue_error(format!("end session {}", session.name_any()), e))?;
         info!(session = %session.name_any(), %reason, removed = removed.len(), "session ended");
         Ok(())
     }

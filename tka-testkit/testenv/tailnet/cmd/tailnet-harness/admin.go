@@ -15,6 +15,8 @@ import (
 //	GET    /v0/nodes           [NodeInfo]
 //	GET    /v0/nodes/{name}    NodeInfo
 //	POST   /v0/nodes           nodeSpec -> 201 NodeInfo, once the node is Running
+//	POST   /v0/nodes/{name}/stop   stops its tailscaled (state kept) -> 200 NodeInfo, once exited
+//	POST   /v0/nodes/{name}/start  starts it again -> 200 NodeInfo, once Running with grants in effect
 //	GET    /v0/grants          [Grant]
 //	PUT    /v0/grants          [Grant] replaces the table -> 200 [Grant], once applied
 //	POST   /v0/grants          Grant appended -> 200 [Grant], once applied
@@ -69,6 +71,26 @@ func (h *harness) adminHandler(stop func()) http.Handler {
 		}
 		h.emit(map[string]any{"node": n.nodeInfo()})
 		writeJSON(w, 201, n.nodeInfo())
+	})
+	mux.HandleFunc("POST /v0/nodes/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		n, err := h.stopDaemon(r.PathValue("name"))
+		if err != nil {
+			writeErr(w, 404, err)
+			return
+		}
+		writeJSON(w, 200, n)
+	})
+	mux.HandleFunc("POST /v0/nodes/{name}/start", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := h.lookupNode(r.PathValue("name")); err != nil {
+			writeErr(w, 404, err)
+			return
+		}
+		n, err := h.startDaemon(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeErr(w, 500, err)
+			return
+		}
+		writeJSON(w, 200, n)
 	})
 	mux.HandleFunc("GET /v0/grants", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, nonNil(h.cp.getGrants()))

@@ -55,6 +55,8 @@ type tsNode struct {
 
 	mu   sync.Mutex
 	info NodeInfo
+
+	lifeMu sync.Mutex // serialises stopDaemon and startDaemon
 }
 
 // lineWatcher passes output to w and calls onLine for each complete line.
@@ -137,42 +139,9 @@ func (h *harness) startNode(ctx context.Context, spec nodeSpec) (*tsNode, error)
 	if err != nil {
 		return nil, err
 	}
-	n.logFile = lf
-
-	pr, pw, err := os.Pipe()
-	if err != nil {
+	if err := h.spawnDaemon(n, lf); err != nil {
 		return nil, err
 	}
-	n.deathW = pw
-	cmd := exec.Command(h.tailscaled,
-		"--tun=userspace-networking",
-		"--statedir="+filepath.Join(n.dir, "state"),
-		"--socket="+n.sock,
-		"--socks5-server=127.0.0.1:0",
-		"--port=0",
-		"--no-logs-no-support",
-	)
-	cmd.Env = append(h.daemonEnv(n), "TS_PARENT_DEATH_FD=3")
-	cmd.ExtraFiles = []*os.File{pr}
-	cmd.Stdout = lf
-	cmd.Stderr = &lineWatcher{w: lf, onLine: func(line string) {
-		const marker = "SOCKS5 listening on "
-		if i := strings.Index(line, marker); i >= 0 {
-			addr := strings.TrimSpace(line[i+len(marker):])
-			n.socksOnce.Do(func() { n.socksCh <- addr })
-		}
-	}}
-	cmd.SysProcAttr = childSysProcAttr()
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		return nil, fmt.Errorf("starting tailscaled: %w", err)
-	}
-	pr.Close()
-	n.cmd = cmd
-	go func() {
-		cmd.Wait()
-		close(n.exited)
-	}()
 
 	h.mu.Lock()
 	h.nodes[spec.Name] = n
@@ -195,19 +164,9 @@ func (h *harness) startNode(ctx context.Context, spec nodeSpec) (*tsNode, error)
 	ctx, cancel := context.WithTimeout(ctx, h.nodeTimeout)
 	defer cancel()
 
-	var socks string
-	select {
-	case socks = <-n.socksCh:
-	case <-n.exited:
-		return nil, fmt.Errorf("tailscaled for %s exited early; see %s", spec.Name, n.logPath)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("tailscaled for %s did not start its SOCKS5 server; see %s", spec.Name, n.logPath)
-	}
-	if err := waitFor(ctx, n.exited, func() error {
-		_, _, _, err := localAPI(ctx, n.sock, "/localapi/v0/status?peers=false")
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("LocalAPI of %s: %w; see %s", spec.Name, err, n.logPath)
+	socks, err := n.awaitDaemon(ctx)
+	if err != nil {
+		return nil, err
 	}
 
 	args := []string{
@@ -258,7 +217,7 @@ func (h *harness) startNode(ctx context.Context, spec nodeSpec) (*tsNode, error)
 		SOCKS5:   socks,
 		Dir:      n.dir,
 		Log:      n.logPath,
-		PID:      cmd.Process.Pid,
+		PID:      n.cmd.Process.Pid,
 	}
 	for _, ip := range st.Self.TailscaleIPs {
 		info.Addresses = append(info.Addresses, ip)
@@ -279,6 +238,74 @@ func (h *harness) startNode(ctx context.Context, spec nodeSpec) (*tsNode, error)
 	n.mu.Unlock()
 	ok = true
 	return n, nil
+}
+
+// spawnDaemon starts the node's tailscaled (userspace networking, its state
+// directory and socket, a SOCKS5 proxy on a free port), logging to lf. Each
+// start gets its own exit channel and SOCKS5 announcement; the state directory
+// is kept across starts, so a restarted daemon is the same node.
+func (h *harness) spawnDaemon(n *tsNode, lf *os.File) error {
+	n.logFile = lf
+	n.exited = make(chan struct{})
+	n.socksCh = make(chan string, 1)
+	n.socksOnce = sync.Once{}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	n.deathW = pw
+	cmd := exec.Command(h.tailscaled,
+		"--tun=userspace-networking",
+		"--statedir="+filepath.Join(n.dir, "state"),
+		"--socket="+n.sock,
+		"--socks5-server=127.0.0.1:0",
+		"--port=0",
+		"--no-logs-no-support",
+	)
+	cmd.Env = append(h.daemonEnv(n), "TS_PARENT_DEATH_FD=3")
+	cmd.ExtraFiles = []*os.File{pr}
+	cmd.Stdout = lf
+	socksCh, socksOnce := n.socksCh, &n.socksOnce
+	cmd.Stderr = &lineWatcher{w: lf, onLine: func(line string) {
+		const marker = "SOCKS5 listening on "
+		if i := strings.Index(line, marker); i >= 0 {
+			addr := strings.TrimSpace(line[i+len(marker):])
+			socksOnce.Do(func() { socksCh <- addr })
+		}
+	}}
+	cmd.SysProcAttr = childSysProcAttr()
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		return fmt.Errorf("starting tailscaled: %w", err)
+	}
+	pr.Close()
+	n.cmd = cmd
+	exited := n.exited
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	return nil
+}
+
+// awaitDaemon waits until the daemon started by spawnDaemon announces its
+// SOCKS5 address and answers on its LocalAPI; it returns that address.
+func (n *tsNode) awaitDaemon(ctx context.Context) (string, error) {
+	var socks string
+	select {
+	case socks = <-n.socksCh:
+	case <-n.exited:
+		return "", fmt.Errorf("tailscaled for %s exited early; see %s", n.spec.Name, n.logPath)
+	case <-ctx.Done():
+		return "", fmt.Errorf("tailscaled for %s did not start its SOCKS5 server; see %s", n.spec.Name, n.logPath)
+	}
+	if err := waitFor(ctx, n.exited, func() error {
+		_, _, _, err := localAPI(ctx, n.sock, "/localapi/v0/status?peers=false")
+		return err
+	}); err != nil {
+		return "", fmt.Errorf("LocalAPI of %s: %w; see %s", n.spec.Name, err, n.logPath)
+	}
+	return socks, nil
 }
 
 func (n *tsNode) nodeInfo() NodeInfo {
