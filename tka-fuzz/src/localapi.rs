@@ -87,8 +87,11 @@ pub fn remove_socket() {
     let _ = std::fs::remove_dir_all(&fake().dir);
 }
 
-/// The status code of an answer hyper would read: `HTTP/1.x NNN`.
+/// The status code of an answer hyper would read: `HTTP/1.x NNN`, after any empty lines
+/// (which hyper skips, as RFC 9112 allows).
 fn status_code(answer: &[u8]) -> Option<u16> {
+    let start = answer.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let answer = &answer[start..];
     let rest = answer
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| answer.strip_prefix(b"HTTP/1.0 "))?;
