@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_proxy;
+mod book;
 mod deploy;
 mod e2e_escalation;
 mod e2e_idle;
+mod e2e_image;
 mod e2e_listeners;
 mod e2e_proxy;
 mod e2e_proxy_revocation;
