@@ -49,6 +49,16 @@ if ! rustup target list --installed | grep -qx "$target"; then
   rustup target add "$target"
 fi
 
+# ring compiles a little C. Without a musl cross compiler, the host's C compiler builds it: its
+# C is freestanding (no libc headers), and rustc links with musl's own self-contained objects.
+if [ -z "${CC_x86_64_unknown_linux_musl:-}" ] && ! command -v x86_64-linux-musl-gcc >/dev/null; then
+  if command -v musl-gcc >/dev/null; then
+    export CC_x86_64_unknown_linux_musl=musl-gcc
+  else
+    export CC_x86_64_unknown_linux_musl=cc
+  fi
+fi
+
 (cd "$root" && "${nice_cmd[@]}" "$cargo" build --release --locked -q -p tka-server --target "$target")
 bin="$target_dir/$target/release/tka-server"
 

@@ -230,12 +230,11 @@ async fn e2e_the_image_entrypoint_serves_a_login_as_its_user_on_the_real_compone
         Some(65532),
         "the server runs as the image's user"
     );
+    // The process is the image's entrypoint, with the image's filesystem as its root.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_eq!(
-        exe,
-        Path::new("/usr/local/bin/tka-server"),
-        "the process is the image's entrypoint (its path inside the chroot)"
-    );
+    assert_eq!(exe, root.join("usr/local/bin/tka-server"));
+    let process_root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert_eq!(process_root, *root, "the server's root is the image's");
 
     // 4. The laptop logs in through it and kubectl reads with the credential.
     let home = work.path().join("home");
