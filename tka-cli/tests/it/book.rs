@@ -32,14 +32,14 @@ fn subcommands(help: &str) -> Vec<String> {
 }
 
 /// Every command, depth first in the order `--help` lists them, with its help.
-fn walk(sandbox: &Sandbox, words: Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
-    let text = help(sandbox, &words);
+fn walk(sandbox: &Sandbox, words: &[String], out: &mut Vec<(Vec<String>, String)>) {
+    let text = help(sandbox, words);
     let children = subcommands(&text);
-    out.push((words.clone(), text));
+    out.push((words.to_vec(), text));
     for child in children {
-        let mut next = words.clone();
+        let mut next = words.to_vec();
         next.push(child);
-        walk(sandbox, next, out);
+        walk(sandbox, &next, out);
     }
 }
 
@@ -71,7 +71,7 @@ fn render(commands: &[(Vec<String>, String)]) -> String {
 fn the_cli_help_page_is_the_built_binarys_help() {
     let sandbox = Sandbox::new();
     let mut commands = Vec::new();
-    walk(&sandbox, Vec::new(), &mut commands);
+    walk(&sandbox, &[], &mut commands);
     assert!(
         commands.len() >= 9,
         "only {} commands found: {:?}",

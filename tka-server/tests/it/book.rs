@@ -175,19 +175,18 @@ fn link_targets(page: &Page) -> Vec<String> {
     for line in &page.prose {
         let line = without_code_spans(line);
         let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            if let Some(pos) = trimmed.find("]: ") {
-                if !trimmed[..pos].contains('(') {
-                    targets.push(
-                        trimmed[pos + 3..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_owned(),
-                    );
-                    continue;
-                }
-            }
+        if let Some(pos) = trimmed.find("]: ")
+            && trimmed.starts_with('[')
+            && !trimmed[..pos].contains('(')
+        {
+            targets.push(
+                trimmed[pos + 3..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+            continue;
         }
         let mut rest = line.as_str();
         while let Some(pos) = rest.find("](") {
@@ -420,10 +419,11 @@ fn check_html(dir: &Path) -> Vec<String> {
                 ));
                 continue;
             }
-            if let (Some(anchor), Some(targets)) = (anchor, ids.get(&resolved)) {
-                if !anchor.is_empty() && !targets.contains(&anchor) {
-                    problems.push(format!("book {shown}: {target}: no id '{anchor}'"));
-                }
+            if let (Some(anchor), Some(targets)) = (anchor, ids.get(&resolved))
+                && !anchor.is_empty()
+                && !targets.contains(&anchor)
+            {
+                problems.push(format!("book {shown}: {target}: no id '{anchor}'"));
             }
         }
     }
@@ -768,7 +768,7 @@ fn every_command_in_the_book_is_run_by_a_test_or_the_demo() {
                         "`{command}`: the recipe of make {target} has no `{needle}`"
                     )),
                     None => {
-                        problems.push(format!("`{command}`: the Makefile has no target {target}"))
+                        problems.push(format!("`{command}`: the Makefile has no target {target}"));
                     }
                 }
                 continue;
@@ -1079,7 +1079,7 @@ fn render_api_reference(doc: &Value) -> String {
             if body.get("required").and_then(Value::as_bool) == Some(true) {
                 out.push_str(" (required)");
             }
-            out.push_str(":");
+            out.push(':');
             if let Some(content) = body.get("content").and_then(Value::as_object) {
                 for (media, c) in content {
                     out.push_str(&format!(" `{media}` {}", type_of(&c["schema"])));
@@ -1150,7 +1150,7 @@ fn render_api_reference(doc: &Value) -> String {
                             .map(|(f, p)| format!("`{f}`: {}", type_of(p)))
                             .collect();
                         if !line.is_empty() {
-                            line.push_str(" ");
+                            line.push(' ');
                         }
                         line.push_str(&format!("({})", fields.join(", ")));
                     } else {
