@@ -11,13 +11,13 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec fuzz fuzz-smoke
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec book image fuzz fuzz-smoke
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
 TESTENV_BUILD := tka-testkit/testenv/build.sh
 
-test: fmt-check clippy modcycles testenv unit doc examples fuzz-smoke
+test: fmt-check clippy modcycles testenv book image unit doc examples fuzz-smoke
 	@echo "make test: all checks passed"
 
 testenv:
@@ -37,9 +37,13 @@ modcycles:
 
 # Every test, the end-to-end ones included: they find the components through TKA_TESTENV_BIN
 # and fail (instead of skipping) because TKA_REQUIRE_TESTENV=1.
+# The book's link check reads the built book (TKA_BOOK_HTML) and the image test runs the built
+# image (TKA_IMAGE); both fail instead of skipping when they are missing.
 unit: testenv
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	export TKA_REQUIRE_TESTENV=1; \
+	export TKA_BOOK_HTML="$(BOOK_OUT)" TKA_REQUIRE_BOOK=1; \
+	export TKA_IMAGE="$(IMAGE_OUT)" TKA_REQUIRE_IMAGE=1; \
 	$(CARGO) test --workspace --locked
 
 # Only the end-to-end tests.
@@ -65,6 +69,32 @@ demo: testenv
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	TKA_SERVER_BIN="$(CARGO_TARGET_DIR)/debug/tka-server" TKA_BIN="$(CARGO_TARGET_DIR)/debug/tka" \
 	$(CARGO) run --locked -q -p tka-testkit --example demo
+
+# The book (book.toml, docs/SUMMARY.md) rendered with mdBook into $(BOOK_OUT), offline. mdBook
+# is installed once from crates.io into $(TOOLS_DIR) (without its `serve` and `watch` features,
+# which pull in a web server and a file watcher the build does not need; its own temporary build
+# directory). Its links are checked by `tka-server --test it book::` under `make unit`.
+MDBOOK_VERSION := 0.5.4
+TOOLS_DIR := $(CACHE_DIR)/tools
+MDBOOK := $(TOOLS_DIR)/bin/mdbook
+BOOK_OUT ?= $(CACHE_DIR)/book
+
+book:
+	@if [ "$$("$(MDBOOK)" --version 2>/dev/null)" != "mdbook v$(MDBOOK_VERSION)" ]; then \
+		echo "installing mdbook $(MDBOOK_VERSION) into $(TOOLS_DIR)"; \
+		env -u CARGO_TARGET_DIR nice -n 5 $(CARGO) install --locked --quiet mdbook \
+			--no-default-features --features search \
+			--version $(MDBOOK_VERSION) --root "$(TOOLS_DIR)"; \
+	fi
+	"$(MDBOOK)" build --dest-dir "$(BOOK_OUT)" "$(CURDIR)" 2>&1 | { grep -v ' INFO ' || true; }
+
+# The server image as an OCI image tarball (a static musl tka-server on an empty base, user
+# 65532, the machine's CA bundle), built without a container engine by
+# tka-server/image/build.sh; rewritten only when the binary changed. See docs/operations.md.
+IMAGE_OUT ?= $(CACHE_DIR)/image/tka-server.tar
+
+image:
+	IMAGE_OUT="$(IMAGE_OUT)" CARGO="$(CARGO)" tka-server/image/build.sh >/dev/null
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p tka-core --all-features --no-deps --locked

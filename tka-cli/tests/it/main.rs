@@ -2,6 +2,7 @@
 //! against a loopback test server (and the machine's kubectl where a kubeconfig must work).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+mod book;
 mod cookbook;
 mod credential;
 mod discovery;

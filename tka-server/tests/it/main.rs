@@ -6,10 +6,12 @@
 
 mod adversarial;
 mod api_proxy;
+mod book;
 mod deploy;
 mod e2e_crash;
 mod e2e_escalation;
 mod e2e_idle;
+mod e2e_image;
 mod e2e_listeners;
 mod e2e_outage;
 mod e2e_proxy;

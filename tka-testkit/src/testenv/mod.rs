@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use fake_upstream::{FakeUpstream, Finished, RecordedRequest, UpstreamScheme};
 pub use kube_env::KubeEnv;
 pub use kubectl_stream::{KubectlOutput, KubectlPortForward, StreamProtocol, kubectl_exec};
-pub use server_process::{ServerProcess, ServerProcessBuilder, TRACE_FILTER};
+pub use server_process::{ImageRoot, ServerProcess, ServerProcessBuilder, TRACE_FILTER};
 pub use suite::RealClusterBackend;
 pub use tailnet_env::{TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec};
 

@@ -3,7 +3,8 @@
 //! tailnet connections for port P), for the end-to-end test and the demo.
 //!
 //! It owns starting the server (through [`ServerProcessBuilder`]: kubeconfig, pod name, listen
-//! address, PROXY-protocol mode, extra flags), waiting for `/readyz` (bounded) and killing it on
+//! address, PROXY-protocol mode, extra flags, or an unpacked container image to run it from, see
+//! [`ImageRoot`]), waiting for `/readyz` (bounded) and killing it on
 //! drop (also through the [`Watchdog`] when the test process dies). It is the one launcher of
 //! the built server for the end-to-end tests and the demo. It must not decide anything about
 //! what the server answers; callers assert that. The one thing it checks itself, for every
@@ -36,6 +37,21 @@ fn sets_log_filter(extra: &[OsString]) -> bool {
         a.to_str()
             .is_some_and(|a| a == "--log-filter" || a.starts_with("--log-filter="))
     })
+}
+
+/// A container image's filesystem and configuration, to run the server as a container runtime
+/// would: `chroot --userspec=USER ROOT ENTRYPOINT… CMD…` followed by the builder's flags (as a
+/// Deployment's `args` would). The kubeconfig and CA file are copied into `ROOT/tmp/tka-test/`
+/// (readable by the image's user) and the node's LocalAPI socket is hard-linked there, as the
+/// Deployment shares the sidecar's socket through a volume at `/tmp`. Needs root (chroot).
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    /// The image's unpacked filesystem (its layers applied in order).
+    pub root: PathBuf,
+    /// The image's `Entrypoint` followed by its `Cmd`.
+    pub argv: Vec<String>,
+    /// The image's `User` (`uid:gid`), which the server runs as.
+    pub user: String,
 }
 
 /// A running `tka-server serve`, killed on drop. Dropping it also fails the test (panics,
@@ -74,10 +90,18 @@ pub struct ServerProcessBuilder<'a> {
     pod: Option<String>,
     listen: Option<SocketAddr>,
     proxy_protocol: bool,
+    image: Option<ImageRoot>,
     extra: Vec<OsString>,
 }
 
 impl ServerProcessBuilder<'_> {
+    /// Runs the server from an unpacked container image instead of `server_bin serve` (see
+    /// [`ImageRoot`]); the image's `Cmd` takes the place of `serve`.
+    pub fn image(mut self, image: ImageRoot) -> Self {
+        self.image = Some(image);
+        self
+    }
+
     /// The kubeconfig the server uses (e.g. one for its own ServiceAccount) instead of the
     /// admin's.
     pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
@@ -148,12 +172,18 @@ impl ServerProcessBuilder<'_> {
         } else {
             &["--network-mode", "userspace"]
         };
-        let mut cmd = std::process::Command::new(&self.server_bin);
-        cmd.arg("serve")
-            .arg("--kubeconfig")
+        let (mut cmd, kubeconfig, socket, ca_file) = match &self.image {
+            None => {
+                let mut cmd = std::process::Command::new(&self.server_bin);
+                cmd.arg("serve");
+                (cmd, kubeconfig, node.socket.clone(), ca_file)
+            }
+            Some(image) => image_command(image, &kubeconfig, &node.socket, &ca_file)?,
+        };
+        cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--tailscale-socket")
-            .arg(&node.socket)
+            .arg(&socket)
             .arg("--api-server-ca-file")
             .arg(&ca_file)
             .args(mode)
@@ -222,7 +252,55 @@ impl ServerProcessBuilder<'_> {
     }
 }
 
+/// `chroot --userspec=USER ROOT ENTRYPOINT… CMD…`, and the in-root paths of the kubeconfig,
+/// the LocalAPI socket and the CA file, placed under `ROOT/tmp/tka-test/`.
+fn image_command(
+    image: &ImageRoot,
+    kubeconfig: &Path,
+    socket: &Path,
+    ca_file: &Path,
+) -> Result<(std::process::Command, PathBuf, PathBuf, PathBuf), TestEnvError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let inside = Path::new("/tmp/tka-test");
+    let dir = image.root.join("tmp/tka-test");
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let readable = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))
+    };
+    readable(&dir, 0o755)?;
+    for (from, name) in [(kubeconfig, "kubeconfig"), (ca_file, "ca.pem")] {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).map_err(io_err(format!("copying {}", from.display())))?;
+        readable(&to, 0o644)?;
+    }
+    // A hard link reaches the same socket inode from inside the root (a symbolic link would
+    // resolve inside it); both live on the temporary directory's file system.
+    let link = dir.join("tailscaled.sock");
+    std::fs::hard_link(socket, &link).map_err(io_err(format!(
+        "linking {} into the image root (it must be on the same file system as {})",
+        socket.display(),
+        image.root.display()
+    )))?;
+    let mut cmd = std::process::Command::new("chroot");
+    cmd.arg(format!("--userspec={}", image.user))
+        .arg(&image.root)
+        .args(&image.argv);
+    Ok((
+        cmd,
+        inside.join("kubeconfig"),
+        inside.join("tailscaled.sock"),
+        inside.join("ca.pem"),
+    ))
+}
+
 impl ServerProcess {
+    /// The server's process ID (the image's entrypoint itself when run from an image: chroot
+    /// replaces itself with it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// How to start `server_bin serve` for cluster `cluster` on the tailnet node `node` of the
     /// control plane `kube` (its API URL and CA); see [`ServerProcessBuilder`].
     pub fn builder<'a>(
@@ -240,6 +318,7 @@ impl ServerProcess {
             pod: None,
             listen: None,
             proxy_protocol: false,
+            image: None,
             extra: Vec::new(),
         }
     }
