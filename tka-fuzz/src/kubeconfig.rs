@@ -118,7 +118,7 @@ pub fn target(data: &[u8]) {
         let after = yaml_after_login.as_ref().unwrap_or_else(|e| {
             panic!("a login made a readable file unreadable: {e}\n{after_login}")
         });
-        foreign_entries_kept(before, after, &name);
+        foreign_entries_kept(text, before, after, &name);
     }
 
     let named = |config: &Kubeconfig| {
@@ -147,7 +147,7 @@ pub fn target(data: &[u8]) {
         let after = serde_yaml::from_str::<Yaml>(&after_logout).unwrap_or_else(|e| {
             panic!("login and logout made a readable file unreadable: {e}\n{after_logout}")
         });
-        foreign_entries_kept(before, &after, &name);
+        foreign_entries_kept(text, before, &after, &name);
     }
 }
 
@@ -166,7 +166,7 @@ fn is_tkas(item: &Yaml, body_key: &str) -> bool {
 
 /// Every entry of `before`'s lists not named `tka_name`, and every top-level key other than
 /// the lists and `current-context`, is in `after`, read the same.
-fn foreign_entries_kept(before: &Yaml, after: &Yaml, tka_name: &str) {
+fn foreign_entries_kept(text: &str, before: &Yaml, after: &Yaml, tka_name: &str) {
     let Some(before) = before.as_mapping() else {
         return;
     };
@@ -179,6 +179,20 @@ fn foreign_entries_kept(before: &Yaml, after: &Yaml, tka_name: &str) {
         let Some(key_text) = key.as_str() else {
             continue;
         };
+        // The same for a string key the text does not write plainly at the start of a line
+        // (`key:`, quoted or not): an anchored or tagged key such as `&a:: ` is odd text on
+        // which the parsers disagree, not an entry of a kubeconfig.
+        let plain = [
+            format!("{key_text}:"),
+            format!("\"{key_text}\":"),
+            format!("'{key_text}':"),
+        ];
+        if !text
+            .lines()
+            .any(|l| plain.iter().any(|p| l.starts_with(p.as_str())))
+        {
+            continue;
+        }
         if key_text == "current-context" {
             continue;
         }
