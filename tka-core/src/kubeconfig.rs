@@ -104,6 +104,12 @@ pub enum KubeconfigError {
         /// The value quoted so that kubectl reads it as text.
         quoted: String,
     },
+    /// A blank line holds a tab: YAML readers disagree about such a line once entries follow
+    /// it, so a login could leave a file kubectl no longer reads.
+    #[error(
+        "line {0} of the kubeconfig is blank but holds a tab, which YAML readers disagree about once tka adds entries after it; delete the whitespace on that line and log in again"
+    )]
+    BlankLineWithTab(usize),
     /// kubectl reads it, but tka does not edit files written this way.
     #[error(
         "{0}; kubectl reads that, but tka does not edit it: write that part out in full, or point KUBECONFIG at another file"
@@ -675,6 +681,33 @@ impl Kubeconfig {
     /// not tka's, or could not edit the file; lets a caller find out before asking a server for
     /// a session.
     pub fn check_login(&self, context: &str) -> Result<(), KubeconfigError> {
+        if let Some(line) = self
+            .text
+            .lines()
+            .position(|l| l.contains('\t') && l.trim().is_empty())
+        {
+            return Err(KubeconfigError::BlankLineWithTab(line + 1));
+        }
+        // YAML readers disagree on what an anchor's name may hold (`&a:{` …) and on tagged keys
+        // (`!!binary users:`); tka writes into the top level only when it has neither.
+        let mut start = self.skip_blank(0);
+        if self.text[start..].starts_with("---") {
+            start = self.skip_blank(start + 3);
+        }
+        let tagged_key = self
+            .root
+            .as_ref()
+            .and_then(Node::entries)
+            .is_some_and(|entries| {
+                entries
+                    .iter()
+                    .any(|(k, _)| k.resolved() == Some(yaml::Resolved::Tagged))
+            });
+        if self.text[start..].starts_with(['&', '*', '!']) || tagged_key {
+            return Err(KubeconfigError::Unsupported(
+                "the top level, or one of its keys, uses a YAML anchor, alias or tag".to_owned(),
+            ));
+        }
         for (key, body, kind) in LISTS {
             if self
                 .items(key)
@@ -936,6 +969,17 @@ impl Kubeconfig {
         node.start + slice.trim_end_matches([' ', '\t', '\r', '\n']).len()
     }
 
+    /// What separates a flow collection's last item, ending at `at`, from one appended after
+    /// it: `, `, or ` , ` after an empty value (`[a: ]`), where `a:,` would make the colon part
+    /// of a plain scalar and the file unreadable.
+    fn flow_separator(&self, at: usize) -> &'static str {
+        if self.text[..at].ends_with(':') {
+            " , "
+        } else {
+            ", "
+        }
+    }
+
     /// The `:` after a mapping key (comments and line breaks may come between).
     fn colon_after(&self, key: &Node) -> Result<usize, KubeconfigError> {
         let at = self.skip_blank(key.end);
@@ -1043,7 +1087,8 @@ impl Kubeconfig {
                 None => self.splice(map.start + 1, map.start + 1, &format!("{key}: {value}")),
                 Some((_, last)) => {
                     let at = self.content_end(last);
-                    self.splice(at, at, &format!(", {key}: {value}"))
+                    let sep = self.flow_separator(at);
+                    self.splice(at, at, &format!("{sep}{key}: {value}"))
                 }
             };
         }
@@ -1129,7 +1174,8 @@ impl Kubeconfig {
                     None => self.splice(list.start + 1, list.start + 1, &item.flow()),
                     Some(last) => {
                         let at = self.content_end(last);
-                        self.splice(at, at, &format!(", {}", item.flow()))
+                        let sep = self.flow_separator(at);
+                        self.splice(at, at, &format!("{sep}{}", item.flow()))
                     }
                 };
             }

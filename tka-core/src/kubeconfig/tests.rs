@@ -1148,6 +1148,60 @@ proptest! {
 }
 
 #[test]
+fn a_blank_line_holding_a_tab_refuses_the_login_and_changes_nothing() {
+    // Appended after such a line, tka's entries left a file serde_yaml no longer read
+    // ("found character that cannot start any token"); found by the fuzzing smoke.
+    for text in [
+        "apiVersion: v1\nkind: Config\n  \t",
+        "apiVersion: v1\n\t\nkind: Config\n",
+    ] {
+        let mut config = Kubeconfig::parse(text).unwrap();
+        let unchanged = config.clone();
+        let err = config.login(&entries("prod"), true).unwrap_err();
+        assert!(matches!(err, KubeconfigError::BlankLineWithTab(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("delete the whitespace on that line"),
+            "{err}"
+        );
+        assert_eq!(config, unchanged);
+    }
+    // An anchored top level (whose anchor name YAML readers disagree on) is not edited either.
+    for text in [
+        "&pV:{:#} a ",
+        "!!binary &pV:{:#} a ",
+        "clusters: []\n!!binary users: []\ncontexts: []\n",
+    ] {
+        let mut config = Kubeconfig::parse(text).unwrap();
+        let unchanged = config.clone();
+        let err = config.login(&entries("prod"), true).unwrap_err();
+        assert!(matches!(err, KubeconfigError::Unsupported(_)), "{err}");
+        assert_eq!(config, unchanged);
+    }
+    // Blank lines of spaces only are fine.
+    let mut config = Kubeconfig::parse("apiVersion: v1\nkind: Config\n   \n").unwrap();
+    config.login(&entries("prod"), true).unwrap();
+    serde_yaml::from_str::<serde_yaml::Value>(&config.render().unwrap()).unwrap();
+}
+
+#[test]
+fn an_entry_appended_after_an_empty_flow_value_keeps_the_file_readable() {
+    // `[a: ]` ends in a key with an empty value; appending `, {…}` straight after its colon
+    // made `a:,` one plain scalar, which YAML readers refuse; found by the fuzzing smoke.
+    for text in [
+        "clusters: [Content-Length: ]\nusers: []\ncontexts: []\n",
+        "clusters: [{name: a, cluster: }]\nusers: []\ncontexts: []\npreferences: {colors: }\n",
+    ] {
+        let mut config = Kubeconfig::parse(text).unwrap();
+        config.login(&entries("prod"), true).unwrap();
+        let after = config.render().unwrap();
+        serde_yaml::from_str::<serde_yaml::Value>(&after)
+            .unwrap_or_else(|e| panic!("{e}\n{after}"));
+        Kubeconfig::parse(&after).unwrap();
+    }
+}
+
+#[test]
 fn a_login_after_an_entry_with_an_empty_last_value_can_be_logged_out_of() {
     for text in [
         "clusters:\n- name: kind-dev\n  cluster:\n",
