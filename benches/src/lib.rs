@@ -9,6 +9,7 @@ pub mod cache_file;
 pub mod fixtures;
 pub mod issuer;
 pub mod proxy;
+pub mod real_main;
 pub mod rss;
 pub mod scale;
 pub mod server;

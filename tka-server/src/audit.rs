@@ -150,16 +150,14 @@ impl Record {
 
     /// Records the credential handed out (its ID and expiry, never the token).
     #[must_use]
-    pub fn credential(mut self, credential: &IssuedCredential) -> Self {
-        self.role = credential.role.to_string();
-        self.session = credential.session.to_string();
-        self.expires_at = credential.session_expires_at.to_string();
-        self.token_id = credential
+    pub fn credential(self, credential: &IssuedCredential) -> Self {
+        let mut this = self.session_of(credential);
+        this.token_id = credential
             .token_id
             .clone()
             .unwrap_or_else(|| NONE.to_owned());
-        self.token_expires_at = credential.token_expires_at.to_string();
-        self
+        this.token_expires_at = credential.token_expires_at.to_string();
+        this
     }
 
     /// Records the session a credential belongs to, without the token's ID or expiry: for a

@@ -278,33 +278,14 @@ impl<'a> Sessions<'a> {
     /// A fresh token for the caller's live session: re-checks the grant ([`grant_holds`], the
     /// decision the reconciler makes too) and ends the session if it no longer holds. Observed.
     pub async fn token(&self, caller: &Caller) -> Result<TokenResponse, SessionError> {
-        let outcome = self.token_outcome(caller).await;
-        self.observe(caller, Outcome::Token(&outcome));
-        match outcome {
-            TokenOutcome::Refused(error)
-            | TokenOutcome::Failed { error, .. }
-            | TokenOutcome::Withdrawn {
-                revoked: Err(error),
-                ..
-            } => Err(error),
-            TokenOutcome::Withdrawn {
-                session,
-                reason,
-                denial,
-                revoked: Ok(_),
-            } => Err(SessionError::GrantWithdrawn {
-                session: session.name,
-                reason,
-                roles: denial.map(|d| d.listing),
-            }),
-            TokenOutcome::Refreshed { credential } => Ok(TokenResponse {
-                session: SessionInfo::from((&credential, &*caller.identity)),
-                token: TokenInfo {
-                    token: credential.token,
-                    expires_at: credential.token_expires_at,
-                },
-            }),
-        }
+        let credential = self.fresh_credential(caller).await?;
+        Ok(TokenResponse {
+            session: SessionInfo::from((&credential, &*caller.identity)),
+            token: TokenInfo {
+                token: credential.token,
+                expires_at: credential.token_expires_at,
+            },
+        })
     }
 
     /// A fresh token handed to the caller itself (`POST /api/v1/token`): [`Self::token`], except
@@ -329,6 +310,11 @@ impl<'a> Sessions<'a> {
         &self,
         caller: &Caller,
     ) -> Result<IssuedCredential, SessionError> {
+        self.fresh_credential(caller).await
+    }
+
+    /// The credential behind [`Self::token`] and [`Self::proxy_credential`], observed.
+    async fn fresh_credential(&self, caller: &Caller) -> Result<IssuedCredential, SessionError> {
         let outcome = self.token_outcome(caller).await;
         self.observe(caller, Outcome::Token(&outcome));
         match outcome {

@@ -49,11 +49,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tka_benches::{cache_file, fixtures};
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
-use tka_testkit::testenv::{
-    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir,
-};
+use tka_testkit::testenv::{KubeEnv, ServerProcess, TailnetEnv, bin_dir, viewer_mapping};
 
 /// The cluster name of the live setup.
 const LIVE_CLUSTER: &str = "bench";
@@ -484,46 +480,12 @@ async fn live(tka: &Path, server_bin: &Path, dir: &Path) -> Result<(Live, Vec<Ca
     let bin = bin_dir().map_err(|e| e.to_string())?;
     let err = |e: tka_testkit::testenv::TestEnvError| e.to_string();
     let kube = KubeEnv::start(&bin).await.map_err(err)?;
-    kube.install_crds().await.map_err(err)?;
-    kube.ensure_namespace("tka-system").await.map_err(err)?;
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        max_ttl: Some("8h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    let mapping = dir.join("mapping.json");
-    let text = serde_json::to_string(&GrantMapping::new("viewer", spec))
-        .map_err(|e| format!("encoding the GrantMapping: {e}"))?;
-    std::fs::write(&mapping, text).map_err(|e| format!("writing {}: {e}", mapping.display()))?;
-    let admin = vec![("HOME".to_owned(), path_str(dir))];
-    command(
-        &kube.kubectl(),
-        &[
-            "--kubeconfig".to_owned(),
-            path_str(kube.admin_kubeconfig()),
-            "apply".to_owned(),
-            "-f".to_owned(),
-            path_str(&mapping),
-        ],
-        &admin,
-    )
-    .await?;
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .map_err(err)?;
+    kube.prepare_for_tka(&[viewer_mapping()])
+        .await
+        .map_err(err)?;
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[])
+        .await
+        .map_err(err)?;
     let cluster = tailnet.node("cluster").ok_or("no cluster node")?.clone();
     let laptop = tailnet.node("laptop").ok_or("no laptop node")?.clone();
     // Refreshes come back to back: lift the per-device rate limit (60/min, burst 20) out of

@@ -555,6 +555,9 @@ impl KubernetesReconciler {
                         "reconcile pass"
                     );
                 }
+                for failure in &report.failures {
+                    warn!(%failure, "a step of the reconcile pass failed; the next pass retries it");
+                }
                 let next = match (report.next_requeue, self.revalidation_due()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

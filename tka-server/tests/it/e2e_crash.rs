@@ -37,7 +37,7 @@ use tka_testkit::testenv::{
     bin_dir_or_skip, exclusive,
 };
 
-use super::e2e_refusals::{NS, admin_kubectl, apply_deploy};
+use super::e2e_refusals::{NS, apply_deploy, apply_yaml};
 use super::e2e_tailnet::{CLUSTER, MANAGED, get, run};
 
 /// The reconciler's grace for unfinished sessions (tka-core's default, which the server uses):
@@ -66,10 +66,7 @@ async fn world(bin: &Path, devices: &[String]) -> (KubeEnv, TailnetEnv, PathBuf)
     for ns in ["team-a", "team-b"] {
         kube.ensure_namespace(ns).await.unwrap();
     }
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("mappings.yaml");
-    std::fs::write(&file, MAPPINGS).unwrap();
-    admin_kubectl(&kube, &["apply", "-f", file.to_str().unwrap()]).await;
+    apply_yaml(&kube, MAPPINGS).await;
     // From here on nothing but tka removes what tka made.
     kube.stop_controller_manager();
 

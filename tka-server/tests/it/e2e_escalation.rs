@@ -17,7 +17,9 @@ use tka_testkit::testenv::{
     KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
 };
 
-use super::e2e_refusals::{Http, NS, admin_kubectl, apply_deploy, ready_condition, start_server};
+use super::e2e_refusals::{
+    Http, NS, admin_kubectl, apply_deploy, apply_yaml, ready_condition, start_server,
+};
 use super::e2e_tailnet::{Run, managed_objects, run};
 
 const HINT: &str = "namespaced: [{clusterRole: edit, namespaces: [...]}]";
@@ -74,10 +76,7 @@ kind: GrantMapping
 metadata: {name: viewer}
 spec: {clusterRoles: [view]}
 "#;
-    let work = tempfile::tempdir().unwrap();
-    let mappings_file = work.path().join("mappings.yaml");
-    std::fs::write(&mappings_file, mappings).unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mappings_file.to_str().unwrap()]).await;
+    apply_yaml(&kube, mappings).await;
 
     let tailnet = TailnetEnv::start(
         &bin,
@@ -245,9 +244,7 @@ metadata:
 rules:
   - {apiGroups: [batch], resources: [jobs], verbs: [create]}
 "#;
-    let runner_file = work.path().join("runner.yaml");
-    std::fs::write(&runner_file, runner).unwrap();
-    admin_kubectl(&kube, &["apply", "-f", runner_file.to_str().unwrap()]).await;
+    apply_yaml(&kube, runner).await;
 
     // The mapping turns not ready and the server's reconciler revokes bob's session.
     let mut state = String::new();

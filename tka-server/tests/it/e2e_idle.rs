@@ -21,11 +21,9 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tka_core::kubernetes::{BindingKind, SESSION_LABEL, Session};
-use tka_testkit::testenv::{
-    KubeEnv, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
-};
+use tka_testkit::testenv::{KubeEnv, TailnetEnv, bin_dir_or_skip, exclusive};
 
-use super::e2e_refusals::{Http, NS, admin_kubectl, apply_deploy, start_server};
+use super::e2e_refusals::{Http, NS, apply_deploy, apply_yaml, start_server};
 use super::e2e_tailnet::get;
 
 /// How many sessions are on the cluster when the server starts.
@@ -206,34 +204,15 @@ async fn e2e_an_idle_server_with_thousands_of_sessions_lists_nothing_and_still_e
     let kube = KubeEnv::start(&bin).await.unwrap();
     let server_kubeconfig = apply_deploy(&kube).await;
     kube.ensure_namespace("team-a").await.unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let mappings_file = work.path().join("mappings.yaml");
-    std::fs::write(
-        &mappings_file,
-        r#"
+    apply_yaml(&kube, r#"
 apiVersion: tka.dev/v1alpha1
 kind: GrantMapping
 metadata: {name: team}
 spec: {clusterRoles: [view], namespaced: [{clusterRole: edit, namespaces: [team-a]}], defaultTTL: 1h, maxTTL: 8h}
-"#,
-    )
-    .unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mappings_file.to_str().unwrap()]).await;
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "team"})],
-        )],
-    )
-    .await
-    .unwrap();
+"#).await;
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["team"], &[])
+        .await
+        .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let admin = kube.client();

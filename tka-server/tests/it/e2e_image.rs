@@ -12,14 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::Api;
-use kube::api::PostParams;
-use serde_json::{Value, json};
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
+use serde_json::Value;
 use tka_testkit::testenv::{
-    ImageRoot, KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip,
-    exclusive,
+    ImageRoot, KubeEnv, ServerProcess, TailnetEnv, bin_dir_or_skip, exclusive, viewer_mapping,
 };
 
 use super::e2e_tailnet::{CLUSTER, run};
@@ -181,33 +176,10 @@ async fn e2e_the_image_entrypoint_serves_a_login_as_its_user_on_the_real_compone
 
     // 2. The cluster with the CRDs and a mapping; the tailnet with a grant to the laptop.
     let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    let mappings: Api<GrantMapping> = Api::all(kube.client());
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    mappings
-        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
+    kube.prepare_for_tka(&[viewer_mapping()]).await.unwrap();
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[])
         .await
         .unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
 

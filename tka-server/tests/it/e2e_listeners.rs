@@ -15,13 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::PostParams;
-use serde_json::json;
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
 use tka_testkit::testenv::{
-    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    KubeEnv, ServerProcess, TailnetEnv, bin_dir_or_skip, exclusive, viewer_mapping,
 };
 use tokio::io::AsyncWriteExt as _;
 
@@ -43,34 +38,11 @@ async fn e2e_one_peer_holding_many_slow_connections_starves_no_one() {
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
 
     let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    Api::<GrantMapping>::all(kube.client())
-        .create(
-            &PostParams::default(),
-            &GrantMapping::new(
-                "viewer",
-                GrantMappingSpec {
-                    cluster_roles: vec!["view".to_owned()],
-                    ..GrantMappingSpec::default()
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    let tailnet = TailnetEnv::start(
+    kube.prepare_for_tka(&[viewer_mapping()]).await.unwrap();
+    let tailnet = TailnetEnv::start_cluster_and_laptop(
         &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-            TailnetNodeSpec::user("attacker", "mallory@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
+        &["viewer"],
+        &[("attacker", "mallory@example.com")],
     )
     .await
     .unwrap();

@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::api::ListParams;
-use kube::api::PostParams;
 use kube::{Api, ResourceExt as _};
 use serde_json::{Value, json};
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::{GrantMapping, MANAGED_BY_LABEL, SESSION_LABEL, Session};
+use tka_core::kubernetes::{MANAGED_BY_LABEL, SESSION_LABEL, Session};
 use tka_testkit::testenv::{
     FakeUpstream, KubeEnv, KubectlPortForward, ServerProcess, StreamProtocol, TailnetEnv,
-    TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive, viewer_mapping,
 };
 use tokio::io::AsyncReadExt as _;
 
@@ -711,32 +709,10 @@ async fn e2e_the_proxys_upstream_killed_under_open_streams_ends_them_and_answers
     let _permit = exclusive().await;
     let (server_bin, _) = binaries();
     let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    Api::<GrantMapping>::all(kube.client())
-        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
+    kube.prepare_for_tka(&[viewer_mapping()]).await.unwrap();
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[])
         .await
         .unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            CAP,
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let upstream = FakeUpstream::start(&bin).await.unwrap();

@@ -28,7 +28,7 @@ use tka_testkit::testenv::{
 use crate::e2e_proxy::{
     ProxyWorld, Watch, binaries, person, proxied_login, proxy_flags, shell_path,
 };
-use crate::e2e_refusals::{Http, admin_kubectl, apply_deploy};
+use crate::e2e_refusals::{Http, apply_deploy, apply_yaml};
 use crate::e2e_tailnet::{CLUSTER, run};
 
 const CAP: &str = "tka.dev/cap/kubernetes";
@@ -181,14 +181,7 @@ async fn e2e_a_session_made_through_one_replica_serves_the_others_proxy_and_logo
     let (server_bin, tka) = binaries();
     let kube = KubeEnv::start(&bin).await.unwrap();
     let server_kubeconfig = apply_deploy(&kube).await;
-    let work = tempfile::tempdir().unwrap();
-    let mapping = work.path().join("mapping.yaml");
-    std::fs::write(
-        &mapping,
-        "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n",
-    )
-    .unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mapping.to_str().unwrap()]).await;
+    apply_yaml(&kube, "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n").await;
     let tailnet = TailnetEnv::start(
         &bin,
         &[
@@ -225,6 +218,7 @@ async fn e2e_a_session_made_through_one_replica_serves_the_others_proxy_and_logo
     let logs = || format!("tka-server-a:\n{}\ntka-server-b:\n{}", a.log(), b.log());
 
     // The login goes through A; its kubeconfig points at A's proxy.
+    let work = tempfile::tempdir().unwrap();
     let (home, env) = person(work.path(), "alice", &shell_path(&tka, &bin), &laptop);
     proxied_login(&tka, &a.url(), &env, &[], logs).await;
     let config = std::fs::read_to_string(home.join(".kube").join("config")).unwrap();

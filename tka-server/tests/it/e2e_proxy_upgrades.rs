@@ -11,15 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::PostParams;
-use serde_json::json;
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
 use tka_testkit::testenv::{
     FakeUpstream, KubeEnv, KubectlPortForward, RecordedRequest, ServerProcess, StreamProtocol,
-    TailnetEnv, TailnetGrant, TailnetNode, TailnetNodeSpec, bin_dir_or_skip, exclusive,
-    kubectl_exec,
+    TailnetEnv, TailnetNode, bin_dir_or_skip, exclusive, kubectl_exec, viewer_mapping,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,35 +115,11 @@ async fn e2e_kubectl_exec_and_port_forward_through_the_proxy_over_websocket_and_
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
 
     let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    let mappings: Api<GrantMapping> = Api::all(kube.client());
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        max_ttl: Some("8h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    mappings
-        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
-        .await
-        .unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-            TailnetNodeSpec::user("other", "bob@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .unwrap();
+    kube.prepare_for_tka(&[viewer_mapping()]).await.unwrap();
+    let tailnet =
+        TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[("other", "bob@example.com")])
+            .await
+            .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let other = tailnet.node("other").unwrap().clone();

@@ -43,6 +43,14 @@ pub(super) async fn admin_kubectl(kube: &KubeEnv, args: &[&str]) -> String {
     out.stdout
 }
 
+/// `kubectl apply` of the manifests in `yaml` as the admin; must succeed.
+pub(super) async fn apply_yaml(kube: &KubeEnv, yaml: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("manifests.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    admin_kubectl(kube, &["apply", "-f", file.to_str().unwrap()]).await;
+}
+
 /// `Ready` condition of GrantMapping `name` as `Status/Reason`, once it is there (30 s at most).
 pub(super) async fn ready_condition(kube: &KubeEnv, name: &str) -> String {
     let path = format!("grantmapping/{name}");
@@ -215,10 +223,7 @@ kind: GrantMapping
 metadata: {name: sysns}
 spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
 "#;
-    let work = tempfile::tempdir().unwrap();
-    let mappings_file = work.path().join("mappings.yaml");
-    std::fs::write(&mappings_file, mappings).unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mappings_file.to_str().unwrap()]).await;
+    apply_yaml(&kube, mappings).await;
 
     let roles = [
         "viewer",
@@ -229,22 +234,10 @@ spec: {namespaced: [{clusterRole: edit, namespaces: [tka-system]}]}
         "sysns",
         "ghost",
     ];
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-            TailnetNodeSpec::user("other", "bob@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            roles.iter().map(|r| json!({"role": r})).collect(),
-        )],
-    )
-    .await
-    .unwrap();
+    let tailnet =
+        TailnetEnv::start_cluster_and_laptop(&bin, &roles, &[("other", "bob@example.com")])
+            .await
+            .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let other = tailnet.node("other").unwrap().clone();
@@ -477,14 +470,7 @@ async fn e2e_two_replicas_serve_logins_and_hand_the_lease_over() {
     let _permit = exclusive().await;
     let kube = KubeEnv::start(&bin).await.unwrap();
     let server_kubeconfig = apply_deploy(&kube).await;
-    let work = tempfile::tempdir().unwrap();
-    let mapping = work.path().join("mapping.yaml");
-    std::fs::write(
-        &mapping,
-        "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n",
-    )
-    .unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mapping.to_str().unwrap()]).await;
+    apply_yaml(&kube, "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n").await;
     let cap = "tka.dev/cap/kubernetes";
     let tailnet = TailnetEnv::start(
         &bin,
@@ -605,30 +591,11 @@ async fn a_forged_proxy_header_from_a_tailnet_peer_is_refused() {
     let _permit = exclusive().await;
     let kube = KubeEnv::start(&bin).await.unwrap();
     let server_kubeconfig = apply_deploy(&kube).await;
-    let work = tempfile::tempdir().unwrap();
-    let mapping = work.path().join("mapping.yaml");
-    std::fs::write(
-        &mapping,
-        "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n",
-    )
-    .unwrap();
-    admin_kubectl(&kube, &["apply", "-f", mapping.to_str().unwrap()]).await;
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-            TailnetNodeSpec::user("other", "bob@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .unwrap();
+    apply_yaml(&kube, "apiVersion: tka.dev/v1alpha1\nkind: GrantMapping\nmetadata: {name: viewer}\nspec: {clusterRoles: [view]}\n").await;
+    let tailnet =
+        TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[("other", "bob@example.com")])
+            .await
+            .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let other = tailnet.node("other").unwrap().clone();

@@ -13,13 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::PostParams;
-use serde_json::json;
-use tka_core::GrantMappingSpec;
-use tka_core::kubernetes::GrantMapping;
 use tka_testkit::testenv::{
-    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
+    KubeEnv, ServerProcess, TailnetEnv, bin_dir_or_skip, exclusive, viewer_mapping,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -129,34 +124,10 @@ async fn tka_login_on_a_real_tailnet_lets_kubectl_in_and_logout_shuts_it_out() {
 
     // 1. The cluster with the CRDs and a mapping; the tailnet with a grant to the laptop.
     let kube = KubeEnv::start(&bin).await.unwrap();
-    kube.install_crds().await.unwrap();
-    kube.ensure_namespace("tka-system").await.unwrap();
-    let mappings: Api<GrantMapping> = Api::all(kube.client());
-    let spec = GrantMappingSpec {
-        cluster_roles: vec!["view".to_owned()],
-        default_ttl: Some("1h".to_owned()),
-        max_ttl: Some("8h".to_owned()),
-        ..GrantMappingSpec::default()
-    };
-    mappings
-        .create(&PostParams::default(), &GrantMapping::new("viewer", spec))
+    kube.prepare_for_tka(&[viewer_mapping()]).await.unwrap();
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["viewer"], &[])
         .await
         .unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "viewer"})],
-        )],
-    )
-    .await
-    .unwrap();
     let cluster = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
 

@@ -21,7 +21,6 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use tka_core::GrantMappingSpec;
 use tka_core::identity::{IdentityProvider, WhoisRequest};
 use tka_core::kubernetes::GrantMapping;
 use tka_core::{Identity, NodeId};
@@ -36,8 +35,6 @@ pub const CLUSTER: &str = "bench";
 pub const NS: &str = "tka-system";
 /// The GrantMapping every synthetic device holds.
 pub const ROLE: &str = "viewer";
-/// The capability every synthetic device is granted.
-const CAPABILITY: &str = "tka.dev/cap/kubernetes";
 
 fn failed(what: impl std::fmt::Display) -> TestEnvError {
     TestEnvError::Kube(what.to_string())
@@ -166,14 +163,8 @@ impl DeviceStage {
         let server_client = kube.client_for_token(token.trim()).await?;
 
         let mappings: Api<GrantMapping> = Api::all(kube.client());
-        let spec = GrantMappingSpec {
-            cluster_roles: vec!["view".to_owned()],
-            default_ttl: Some("1h".to_owned()),
-            max_ttl: Some("8h".to_owned()),
-            ..GrantMappingSpec::default()
-        };
         mappings
-            .create(&PostParams::default(), &GrantMapping::new(ROLE, spec))
+            .create(&PostParams::default(), &super::viewer_mapping())
             .await
             .map_err(|e| failed(format!("creating GrantMapping {ROLE}: {e}")))?;
 
@@ -215,8 +206,10 @@ impl DeviceStage {
     pub fn new_device(&self) -> Device {
         let i = self.next_device.fetch_add(1, Ordering::Relaxed);
         let peer = self.tailnet.add(
-            PeerSpec::user(&format!("u{i}@example.com"), &format!("dev-{i}"))
-                .capability(CAPABILITY, json!({"role": ROLE})),
+            PeerSpec::user(&format!("u{i}@example.com"), &format!("dev-{i}")).capability(
+                tka_core::identity::DEFAULT_CAPABILITY,
+                json!({"role": ROLE}),
+            ),
         );
         Device { peer }
     }

@@ -15,13 +15,14 @@ use base64::Engine;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, ResourceExt as _};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use tempfile::TempDir;
+use tka_core::kubernetes::GrantMapping;
 
 use super::{TestEnvError, Watchdog, free_port, io_err, log_tail, wait_tokio_child};
 
@@ -453,6 +454,22 @@ impl KubeEnv {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// What a test cluster needs before tka-server can start without deploy/: tka's CRDs, the
+    /// `tka-system` namespace and `mappings`, created with the admin client.
+    pub async fn prepare_for_tka(&self, mappings: &[GrantMapping]) -> Result<(), TestEnvError> {
+        self.install_crds().await?;
+        self.ensure_namespace("tka-system").await?;
+        let api: Api<GrantMapping> = Api::all(self.client.clone());
+        for mapping in mappings {
+            api.create(&PostParams::default(), mapping)
+                .await
+                .map_err(|e| {
+                    TestEnvError::Kube(format!("creating GrantMapping {}: {e}", mapping.name_any()))
+                })?;
+        }
+        Ok(())
     }
 
     /// Creates a namespace unless it exists.

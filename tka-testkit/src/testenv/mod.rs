@@ -36,6 +36,20 @@ pub const BIN_ENV: &str = "TKA_TESTENV_BIN";
 /// When `1`, a test that cannot find the components fails instead of skipping (`make test`).
 pub const REQUIRE_ENV: &str = "TKA_REQUIRE_TESTENV";
 
+/// The `viewer` GrantMapping most tests grant: ClusterRole `view`, a default TTL of 1 h, at
+/// most 8 h.
+pub fn viewer_mapping() -> tka_core::kubernetes::GrantMapping {
+    use tka_core::GrantMappingSpec;
+    use tka_core::kubernetes::GrantMapping;
+    let spec = GrantMappingSpec {
+        cluster_roles: vec!["view".to_owned()],
+        default_ttl: Some("1h".to_owned()),
+        max_ttl: Some("8h".to_owned()),
+        ..GrantMappingSpec::default()
+    };
+    GrantMapping::new("viewer", spec)
+}
+
 /// What can go wrong while starting the environment.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tka_core::identity::DEFAULT_CAPABILITY;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{TestEnvError, io_err, log_tail, wait_tokio_child};
@@ -210,6 +211,36 @@ impl TailnetEnv {
             nodes,
             _log_dir: log_dir,
         })
+    }
+
+    /// The tailnet most end-to-end tests start from: `cluster` (tagged `tag:tka`, where
+    /// tka-server runs) and `laptop` (alice@example.com), granted tka's capability on `cluster`
+    /// with one `{"role": r}` per entry of `roles`, then one node per `(name, login)` of
+    /// `others`, granted nothing.
+    pub async fn start_cluster_and_laptop(
+        bin: &Path,
+        roles: &[&str],
+        others: &[(&str, &str)],
+    ) -> Result<Self, TestEnvError> {
+        let mut nodes = vec![
+            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
+            TailnetNodeSpec::user("laptop", "alice@example.com"),
+        ];
+        nodes.extend(
+            others
+                .iter()
+                .map(|(name, login)| TailnetNodeSpec::user(name, login)),
+        );
+        let grant = TailnetGrant::new(
+            "laptop",
+            "cluster",
+            DEFAULT_CAPABILITY,
+            roles
+                .iter()
+                .map(|r| serde_json::json!({"role": r}))
+                .collect(),
+        );
+        Self::start(bin, &nodes, &[grant]).await
     }
 
     /// The admin API's address (`127.0.0.1:PORT`).
