@@ -16,14 +16,14 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-fn workspace() -> PathBuf {
+pub(super) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tka-server sits in the workspace")
         .to_owned()
 }
 
-fn read(path: &Path) -> String {
+pub(super) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -36,18 +36,18 @@ fn bless() -> bool {
 // Markdown, as far as the checks need it.
 
 /// A fenced code block: its info string's first word and its lines.
-struct CodeBlock {
+pub(super) struct CodeBlock {
     lang: String,
-    lines: Vec<String>,
+    pub(super) lines: Vec<String>,
 }
 
 /// A page split into its prose lines (code blocks blanked) and its code blocks.
-struct Page {
+pub(super) struct Page {
     prose: Vec<String>,
-    blocks: Vec<CodeBlock>,
+    pub(super) blocks: Vec<CodeBlock>,
 }
 
-fn parse_page(text: &str) -> Page {
+pub(super) fn parse_page(text: &str) -> Page {
     let mut prose = Vec::new();
     let mut blocks = Vec::new();
     let mut open: Option<(String, CodeBlock)> = None;
@@ -489,26 +489,35 @@ const COMMANDS: &[(&str, Runs, &str)] = &[
     // docs/operations.md
     (
         "kubectl create namespace tka-system",
-        Runs::NotRun("e2e_refusals creates the namespace from the base's namespace.yaml instead"),
-        "",
+        Runs::Test(
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
+        ),
+        "kubectl create namespace tka-system",
     ),
     (
         "kubectl -n tka-system create secret generic tka-tailscale-auth --from-literal=TS_AUTHKEY='tskey-auth-…'",
-        Runs::NotRun("needs an auth key of a real tailnet"),
-        "",
+        Runs::Test(
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
+        ),
+        "\"kubectl -n tka-system create secret generic tka-tailscale-auth\"",
     ),
     (
         "kubectl apply -k overlays/prod",
         Runs::Test(
-            "tka-server/tests/it/e2e_refusals.rs",
-            "e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass",
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
         ),
-        "&[\"apply\", \"-k\"",
+        "\"kubectl apply -k overlays/prod\"",
     ),
     (
         "kubectl apply -f tka-server/deploy/examples/grantmappings.yaml",
-        Runs::NotRun("the example mappings are applied by no test; the tests create their own"),
-        "",
+        Runs::Test(
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
+        ),
+        "\"kubectl apply -f tka-server/deploy/examples/grantmappings.yaml\"",
     ),
     (
         "kubectl get grantmappings",
@@ -538,17 +547,18 @@ const COMMANDS: &[(&str, Runs, &str)] = &[
     (
         "kubectl -n tka-system exec deploy/tka-server -c tka-server -- tka-server drain --timeout 60s",
         Runs::Test(
-            "tka-server/tests/it/e2e_refusals.rs",
-            "e2e_refusals_with_deploy_rbac_create_nothing_and_allowed_requests_pass",
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
         ),
-        "\"drain\"",
+        "split_once(\" -- \")",
     ),
     (
         "kubectl delete -k overlays/prod",
-        Runs::NotRun(
-            "needs an overlay of a real cluster; the base is applied and its CRDs deleted by e2e_refusals",
+        Runs::Test(
+            "tka-server/tests/it/e2e_install.rs",
+            "e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_shown",
         ),
-        "",
+        "\"kubectl delete -k overlays/prod\"",
     ),
     // docs/testing.md
     (
@@ -676,7 +686,7 @@ const COMMANDS: &[(&str, Runs, &str)] = &[
 
 /// The shell commands of a page: every logical line of `sh`/`bash`/`shell` blocks (comments,
 /// here-document bodies and blank lines dropped) and every `$ ` line of `console` blocks.
-fn commands(page: &Page) -> Vec<String> {
+pub(super) fn commands(page: &Page) -> Vec<String> {
     let mut out = Vec::new();
     for block in &page.blocks {
         let console = block.lang == "console";
