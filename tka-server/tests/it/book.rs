@@ -37,7 +37,7 @@ fn bless() -> bool {
 
 /// A fenced code block: its info string's first word and its lines.
 pub(super) struct CodeBlock {
-    lang: String,
+    pub(super) lang: String,
     pub(super) lines: Vec<String>,
 }
 

@@ -9,6 +9,8 @@
 //! Uninstall: `tka-server drain --timeout 60s` as the page's `kubectl exec` would run it in the
 //! pod (no kubelet here: the same command with the ServiceAccount's kubeconfig), then
 //! `kubectl delete -k overlays/prod`, after which no CRD, namespace or tka object is left.
+//! Last, README's quickstart commands run the same way on the emptied cluster, and its
+//! GrantMapping is there.
 //!
 //! Skips without `TKA_TESTENV_BIN` (fails with `TKA_REQUIRE_TESTENV=1`).
 
@@ -386,4 +388,49 @@ async fn e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_show
     ] {
         assert!(!left.contains(gone), "{gone} is still there:\n{left}");
     }
+
+    // README's quickstart on the emptied cluster: each of its `sh` blocks as one script (the
+    // last one holds a here-document), with the same overlay.
+    let readme = book::read(&root.join("README.md"));
+    let quickstart = book::parse_page(&section(&readme, "Quickstart on a real cluster"));
+    let scripts: Vec<String> = quickstart
+        .blocks
+        .iter()
+        .filter(|b| b.lang == "sh")
+        .map(|b| dedent(&b.lines))
+        .collect();
+    assert!(
+        scripts.len() >= 2
+            && scripts[0].contains("kubectl apply -k overlays/prod")
+            && scripts.iter().any(|s| s.contains("kind: GrantMapping")),
+        "README's quickstart: {scripts:?}"
+    );
+    for script in &scripts {
+        shell(&kube, work.path(), &format!("set -euo pipefail\n{script}")).await;
+    }
+    let view = admin_kubectl(
+        &kube,
+        &["get", "grantmapping", "view", "-o", "jsonpath={.spec}"],
+    )
+    .await;
+    let view: Value = serde_json::from_str(&view).unwrap();
+    assert_eq!(view["clusterRoles"], json!(["view"]), "{view}");
+    assert_eq!(view["maxTTL"], "8h", "{view}");
+    assert_eq!(
+        admin_kubectl(
+            &kube,
+            &[
+                "-n",
+                NS,
+                "get",
+                "secret",
+                "tka-tailscale-auth",
+                "-o",
+                "name"
+            ],
+        )
+        .await
+        .trim(),
+        "secret/tka-tailscale-auth"
+    );
 }
