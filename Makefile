@@ -11,7 +11,7 @@ export RUST_BACKTRACE ?= 1
 
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec book image fuzz fuzz-smoke
+.PHONY: test fmt-check clippy modcycles unit doc examples fmt testenv e2e demo bench bench-exec bench-bins book image fuzz fuzz-smoke
 
 # The real components for the end-to-end tests (built once into the user's cache; < 1 s when
 # cached, about 20 minutes cold). See tka-testkit/testenv/README.md.
@@ -128,6 +128,12 @@ fuzz-smoke:
 BENCH_OUT ?= $(CACHE_DIR)/bench
 EXEC_BENCH_FLAGS ?= --runs 500 --warmup 20 --seconds 240 --logins 30
 
+# Every binary docs/benchmarks.md runs as $T/… (T=$(CARGO_TARGET_DIR)/release): tka-server, tka
+# and each of benches/src/bin. `make test` runs those commands at their smallest sizes on the
+# debug builds `cargo test` makes (tka-benches' tests/it).
+bench-bins:
+	nice -n 10 $(CARGO) build --locked --release -p tka-server -p tka-cli -p tka-benches --bins
+
 # kubectl's exec plugins timed as whole processes, interleaved in one run: `tka credential` on a
 # cache hit and on a refresh from the built tka-server over a real tailnet, beside
 # gke-gcloud-auth-plugin serving from its cache (skipped with EXEC_BENCH_FLAGS=--no-gke when it
@@ -141,8 +147,9 @@ bench-exec: testenv
 	timeout 600 "$(CARGO_TARGET_DIR)/release/exec_plugin" $(EXEC_BENCH_FLAGS) \
 		--json "$(BENCH_OUT)/exec-plugin.json" | tee "$(BENCH_OUT)/exec-plugin.md"
 
-# Every benchmark; not part of `make test` (which only compiles them, through clippy
-# --all-targets): the divan micro-benchmarks, the scale run on the real components
+# Every benchmark; not part of `make test` (which compiles them, through clippy --all-targets,
+# and runs each command of docs/benchmarks.md that writes nothing into BENCH_OUT at its
+# smallest size, through tka-benches' test): the divan micro-benchmarks, the scale run on the real components
 # (benches/src/bin/scale.rs: the release tka-server with deploy/'s RBAC on the testenv's API
 # server; numbers, Markdown and SVG plots), the proxy run (benches/src/bin/proxy.rs: the same
 # stage with --proxy-listen; added latency, throughput, memory per watch, logout → streams

@@ -12,6 +12,7 @@ mod e2e_crash;
 mod e2e_escalation;
 mod e2e_idle;
 mod e2e_image;
+mod e2e_install;
 mod e2e_listeners;
 mod e2e_outage;
 mod e2e_proxy;

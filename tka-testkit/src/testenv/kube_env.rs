@@ -315,7 +315,7 @@ impl KubeEnv {
             &[
                 format!("--kubeconfig={}", admin_kubeconfig.display()),
                 "--secure-port=0".to_owned(),
-                "--controllers=clusterrole-aggregation-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller".to_owned(),
+                "--controllers=clusterrole-aggregation-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller".to_owned(),
                 "--use-service-account-credentials=false".to_owned(),
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),

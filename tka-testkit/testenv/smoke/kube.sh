@@ -120,7 +120,7 @@ echo "kube-apiserver ready after $(python3 -c "print(round($(date +%s.%N)-$t0,2)
 "$BIN/kube-controller-manager" \
   --kubeconfig="$D/kubeconfig" \
   --secure-port=0 \
-  --controllers=clusterrole-aggregation-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
+  --controllers=clusterrole-aggregation-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
   --use-service-account-credentials=false \
   --service-account-private-key-file="$D/sa.key" \
   --root-ca-file="$D/ca.crt" \
