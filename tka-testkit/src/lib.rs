@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod jwt;
+pub mod shell;
 pub mod suite;
 pub mod tailnet;
 pub mod testenv;

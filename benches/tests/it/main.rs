@@ -90,55 +90,22 @@ const TESTENV: &str = "eval \"$(tka-testkit/testenv/build.sh)\"";
 /// comments dropped, whitespace collapsed).
 fn sh_blocks(text: &str) -> Vec<Vec<String>> {
     let mut blocks = Vec::new();
-    let mut open: Option<Vec<String>> = None;
-    let mut pending = String::new();
+    let mut open: Option<Vec<&str>> = None;
     for line in text.lines() {
         let trimmed = line.trim_start();
         if let Some(block) = &mut open {
             if trimmed.starts_with("```") {
-                blocks.push(open.take().unwrap());
-                continue;
+                blocks.push(tka_testkit::shell::logical_commands(open.take().unwrap()));
+            } else {
+                block.push(line);
             }
-            let code = strip_comment(line);
-            if let Some(rest) = code.trim_end().strip_suffix('\\') {
-                pending.push_str(rest);
-                pending.push(' ');
-                continue;
-            }
-            pending.push_str(&code);
-            let command = pending.split_whitespace().collect::<Vec<_>>().join(" ");
-            pending.clear();
-            if !command.is_empty() {
-                block.push(command);
-            }
-        } else if let Some(info) = trimmed.strip_prefix("```") {
-            if matches!(info.trim(), "sh" | "bash" | "shell") {
-                open = Some(Vec::new());
-            } else if !info.trim().is_empty() {
-                // Another language's block: skip to its closing fence.
-                open = None;
-            }
+        } else if let Some(info) = trimmed.strip_prefix("```")
+            && matches!(info.trim(), "sh" | "bash" | "shell")
+        {
+            open = Some(Vec::new());
         }
     }
     blocks
-}
-
-/// The line without a trailing `# comment` (outside quotes, after whitespace).
-fn strip_comment(line: &str) -> String {
-    let (mut single, mut double) = (false, false);
-    let mut previous = ' ';
-    let mut out = String::new();
-    for c in line.chars() {
-        match c {
-            '\'' if !double => single = !single,
-            '"' if !single => double = !double,
-            '#' if !single && !double && previous.is_whitespace() => break,
-            _ => {}
-        }
-        out.push(c);
-        previous = c;
-    }
-    out
 }
 
 /// The binary a command runs as `$T/<bin>`, if any.

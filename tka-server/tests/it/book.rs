@@ -711,66 +711,16 @@ pub(super) fn commands(page: &Page) -> Vec<String> {
         if !console && !matches!(block.lang.as_str(), "sh" | "bash" | "shell") {
             continue;
         }
-        let mut pending = String::new();
-        let mut heredoc: Option<String> = None;
-        for line in &block.lines {
-            if let Some(end) = &heredoc {
-                if line.trim() == end {
-                    heredoc = None;
-                }
-                continue;
-            }
-            let line = if console {
-                match line.strip_prefix("$ ") {
-                    Some(command) => command,
-                    None => continue,
-                }
+        let lines = block.lines.iter().filter_map(|line| {
+            if console {
+                line.strip_prefix("$ ")
             } else {
-                line.as_str()
-            };
-            let code = strip_comment(line);
-            if code.trim().is_empty() && pending.is_empty() {
-                continue;
+                Some(line.as_str())
             }
-            if let Some(rest) = code.trim_end().strip_suffix('\\') {
-                pending.push_str(rest);
-                pending.push(' ');
-                continue;
-            }
-            pending.push_str(&code);
-            let command = pending.split_whitespace().collect::<Vec<_>>().join(" ");
-            if let Some(pos) = command.find("<<") {
-                let end = command[pos + 2..]
-                    .trim_start_matches('-')
-                    .trim_matches(['\'', '"', ' ']);
-                heredoc = Some(end.split_whitespace().next().unwrap_or("").to_owned());
-            }
-            pending.clear();
-            if !command.is_empty() {
-                out.push(command);
-            }
-        }
+        });
+        out.extend(tka_testkit::shell::logical_commands(lines));
     }
     out
-}
-
-/// The line without a trailing `# comment` (a `#` at the start or after whitespace, outside
-/// quotes).
-fn strip_comment(line: &str) -> String {
-    let mut out = String::new();
-    let (mut single, mut double) = (false, false);
-    let mut previous = ' ';
-    for c in line.chars() {
-        match c {
-            '\'' if !double => single = !single,
-            '"' if !single => double = !double,
-            '#' if !single && !double && previous.is_whitespace() => break,
-            _ => {}
-        }
-        out.push(c);
-        previous = c;
-    }
-    out.trim_end().to_owned()
 }
 
 #[test]

@@ -19,9 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tka_testkit::testenv::{
-    KubeEnv, ServerProcess, TailnetEnv, TailnetGrant, TailnetNodeSpec, bin_dir_or_skip, exclusive,
-};
+use tka_testkit::testenv::{KubeEnv, ServerProcess, TailnetEnv, bin_dir_or_skip, exclusive};
 
 use super::book;
 use super::e2e_refusals::{Http, NS, admin_kubectl};
@@ -297,21 +295,9 @@ async fn e2e_the_install_and_uninstall_steps_of_the_operations_page_work_as_show
     )
     .await;
     let server_kubeconfig = kube.kubeconfig_for_token(token.trim()).unwrap();
-    let tailnet = TailnetEnv::start(
-        &bin,
-        &[
-            TailnetNodeSpec::tagged("cluster", &["tag:tka"]),
-            TailnetNodeSpec::user("laptop", "alice@example.com"),
-        ],
-        &[TailnetGrant::new(
-            "laptop",
-            "cluster",
-            "tka.dev/cap/kubernetes",
-            vec![json!({"role": "read-only"})],
-        )],
-    )
-    .await
-    .unwrap();
+    let tailnet = TailnetEnv::start_cluster_and_laptop(&bin, &["read-only"], &[])
+        .await
+        .unwrap();
     let node = tailnet.node("cluster").unwrap().clone();
     let laptop = tailnet.node("laptop").unwrap().clone();
     let server_bin = PathBuf::from(env!("CARGO_BIN_EXE_tka-server"));
