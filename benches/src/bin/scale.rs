@@ -4,7 +4,8 @@
 //! plots into `--out`. Bounded: every phase has a count and every wait a deadline.
 //!
 //! Usage: `scale [--server-bin PATH] [--out DIR] [--deploy DIR] [--sessions N] [--mid-sessions N]
-//! [--logins N] [--expiring N] [--spread-seconds S] [--idle-seconds S] [--seed-concurrency N]`.
+//! [--logins N] [--expiring N] [--spread-seconds S] [--idle-seconds S] [--seed-concurrency N]
+//! [--server-log-filter FILTER]` (with a filter, the server's log is copied to `server.log` in `--out`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ fn config() -> Result<Config, String> {
         spread_seconds: 60,
         idle_seconds: 60,
         seed_concurrency: 16,
+        server_log_filter: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +52,7 @@ fn config() -> Result<Config, String> {
             "--spread-seconds" => c.spread_seconds = number()? as u64,
             "--idle-seconds" => c.idle_seconds = (number()? as u64).clamp(5, 600),
             "--seed-concurrency" => c.seed_concurrency = number()?.clamp(1, 64),
+            "--server-log-filter" => c.server_log_filter = Some(value.clone()),
             _ => {
                 return Err(format!(
                     "unknown flag {flag}; see the usage at the top of benches/src/bin/scale.rs"
