@@ -4,7 +4,8 @@
 //! plots into `--out`. Bounded: every phase has a count and every wait a deadline.
 //!
 //! Usage: `scale [--server-bin PATH] [--out DIR] [--deploy DIR] [--sessions N] [--mid-sessions N]
-//! [--logins N] [--expiring N] [--spread-seconds S] [--idle-seconds S] [--seed-concurrency N]`.
+//! [--logins N] [--expiring N] [--spread-seconds S] [--idle-seconds S] [--seed-concurrency N]
+//! [--server-log-filter FILTER]` (with a filter, the server's log is copied to `server.log` in `--out`).
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ fn config() -> Result<Config, String> {
         spread_seconds: 60,
         idle_seconds: 60,
         seed_concurrency: 16,
+        server_log_filter: None,
     };
     real_main::parse_flags("scale", |flag, value| {
         let number = || real_main::number(flag, value);
@@ -42,6 +44,7 @@ fn config() -> Result<Config, String> {
             "--spread-seconds" => c.spread_seconds = number()? as u64,
             "--idle-seconds" => c.idle_seconds = (number()? as u64).clamp(5, 600),
             "--seed-concurrency" => c.seed_concurrency = number()?.clamp(1, 64),
+            "--server-log-filter" => c.server_log_filter = Some(value.to_owned()),
             _ => return Ok(false),
         }
         Ok(true)

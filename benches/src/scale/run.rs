@@ -47,6 +47,10 @@ pub struct Config {
     pub idle_seconds: u64,
     /// Sessions made at once while seeding.
     pub seed_concurrency: usize,
+    /// The server's `--log-filter` (default `warn`); its log is then copied to
+    /// `server.log` in `out` (e.g. `warn,tka_core::kubernetes::reconciler=debug` for the
+    /// reconciler's per-pass and per-ending timings).
+    pub server_log_filter: Option<String>,
 }
 
 /// Latency and throughput of one phase.
@@ -350,7 +354,13 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
     let background_per_minute = per_minute(&probe::delta(&a0, &a1), background_seconds as f64);
 
     eprintln!("scale: starting {}", config.server_bin.display());
-    let server = stage.start_server(&config.server_bin).await?;
+    let server = match &config.server_log_filter {
+        Some(filter) => {
+            let flags = ["--log-filter".to_owned(), filter.clone()];
+            stage.start_server_with(&config.server_bin, &flags).await?
+        }
+        None => stage.start_server(&config.server_bin).await?,
+    };
     let run = Run {
         stage: &stage,
         server: &server,
@@ -544,6 +554,14 @@ pub async fn run(config: Config) -> Result<Report, ScaleError> {
     ]);
     eprintln!("scale: expiry lag: {expiry_summary:?}");
     let final_hwm_kib = run.proc()?.hwm_kib;
+    if config.server_log_filter.is_some() {
+        let to = config.out.join("server.log");
+        std::fs::create_dir_all(&config.out)
+            .and_then(|()| std::fs::copy(server.process.log_path(), &to))
+            .map_err(|e| {
+                ScaleError::new(format!("copying the server's log to {}: {e}", to.display()))
+            })?;
+    }
     Ok(Report {
         started: started.to_string(),
         config,

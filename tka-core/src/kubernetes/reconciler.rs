@@ -19,9 +19,12 @@
 //! a burst of expiries does not queue behind one another. One that fails is reported and ended
 //! again at the next pass.
 //!
-//! The next pass is due at the earliest `expiresAt` (or grace end) of what is still live,
-//! recomputed every pass, so a restart loses nothing ([`PassSchedule`] holds when the run loop
-//! wakes). The run loop learns of changes from the server's shared [`ClusterWatches`] and opens
+//! The run loop ends sessions at the earliest `expiresAt` the watched stores hold, in an
+//! *ending step* that reads each over session live and ends it as a pass would, judging nothing
+//! else (no re-validation, no sweep), so an expiry does not wait for the minimum interval
+//! between passes nor for a pass over every session. Full passes come for the rest: a grace
+//! period's end, re-validation, a change; everything is recomputed from the stores, so a
+//! restart loses nothing ([`PassSchedule`] holds when the run loop wakes). The run loop learns of changes from the server's shared [`ClusterWatches`] and opens
 //! no watch of its own when given them. Every action is idempotent (UID
 //! preconditions, "already gone" is done), so two reconcilers at once are harmless; a Lease keeps
 //! one active in steady state.
@@ -263,6 +266,26 @@ impl Wakes {
     }
 }
 
+/// What the watched stores say is due (see [`KubernetesReconciler::due_in`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Due {
+    /// A full pass.
+    pass: Option<Timestamp>,
+    /// An ending step: the moment the next session is over.
+    ending: Option<Timestamp>,
+}
+
+/// What the run loop's ending steps did since the last full pass.
+#[derive(Debug, Default)]
+struct Ended {
+    /// Sessions (by UID) an ending step has tried: no step tries them again before the next
+    /// pass (which, if one failed, comes soon and ends it again).
+    tried: HashSet<String>,
+    /// Sessions (by name) an ending step ended, each with every child it found, and when; kept
+    /// while the stores still show a child of theirs.
+    names: HashMap<String, Timestamp>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Session UID → when its grant was last found to hold.
@@ -300,8 +323,10 @@ struct Judgement {
     session: Option<Arc<Session>>,
     /// It is to be ended.
     ending: Option<Ending>,
-    /// It lives on, to be looked at again at these times.
+    /// It lives on, to be looked at again at these times (besides its expiry).
     live: Option<Vec<Timestamp>>,
+    /// It lives on until this `expiresAt`.
+    expires: Option<Timestamp>,
     /// Problems to report.
     failures: Vec<String>,
     /// It was re-validated; `Some(now)` when its grant was found to hold.
@@ -331,8 +356,8 @@ pub struct KubernetesReconciler {
     state: Mutex<State>,
 }
 
-/// Told about every pass [`KubernetesReconciler::run`] makes: how long it took and what it
-/// did (for metrics).
+/// Told about every pass and every ending step [`KubernetesReconciler::run`] makes: how long it
+/// took and what it did (for metrics).
 pub type PassObserver =
     Arc<dyn Fn(Duration, Result<&ReconcileReport, &ReconcileError>) + Send + Sync>;
 
@@ -406,10 +431,13 @@ impl KubernetesReconciler {
     }
 
     /// Runs passes until `shutdown` completes, while holding the Lease, only when something is
-    /// due: the earliest requeue a pass reported (an `expiresAt`, a grace period's end), the next
-    /// periodic re-validation, a watch event that makes something due sooner (a Session, or one
-    /// of tka's labelled objects, that is over, unfinished or orphaned), or a GrantMapping or
-    /// ClusterRole change; and at least every `resync_every`. Events are coalesced; the Lease is
+    /// due: the earliest requeue a pass reported (a grace period's end), the next periodic
+    /// re-validation, a watch event that makes something due sooner (a Session, or one of tka's
+    /// labelled objects, that is unfinished or orphaned), or a GrantMapping or ClusterRole
+    /// change; and at least every `resync_every`. Sessions that are over (the earliest
+    /// `expiresAt` in the stores, or one deleted or marked ended) are ended by an ending step at
+    /// that moment, without a full pass and without the minimum interval between passes; a
+    /// session a step fails to end brings a pass soon after. Events are coalesced; the Lease is
     /// renewed on its own timer, and a renewal never makes a pass. The first pass waits until
     /// every watched store holds its first list, and passes read the stores, not fresh lists.
     /// The watches are the shared [`ClusterWatches`] given with [`Self::with_watches`], else
@@ -452,6 +480,7 @@ impl KubernetesReconciler {
         );
         let mut leading = false;
         let mut renew_now = true;
+        let mut ended = Ended::default();
         loop {
             if renew_now || schedule.renewal_due(tokio::time::Instant::now()) {
                 leading = self.renew(&lease, leading, &mut schedule).await;
@@ -477,6 +506,33 @@ impl KubernetesReconciler {
                     }
                 };
                 schedule.after_pass(tokio::time::Instant::now(), wait);
+                // The pass judged (and ended) every session a step had tried.
+                ended.tried.clear();
+                let due = self.due_in(&watches, self.clock.now(), &mut ended);
+                schedule.ends_due_by(due.ending.map(|at| self.instant_of(at)));
+            }
+            if ready && schedule.ending_due(tokio::time::Instant::now()) {
+                // Sessions over by now are ended at once, not at the next pass: a step costs
+                // a few requests per ending session, a pass judges every session.
+                let all_ended = {
+                    let step = self.end_due(&watches, &mut ended);
+                    tokio::pin!(step);
+                    loop {
+                        tokio::select! {
+                            all = &mut step => break all,
+                            () = tokio::time::sleep_until(schedule.renew_at()) => {
+                                leading = self.renew(&lease, leading, &mut schedule).await;
+                                schedule.renewed(tokio::time::Instant::now());
+                            }
+                        }
+                    }
+                };
+                if !all_ended {
+                    schedule.ending_failed(tokio::time::Instant::now());
+                }
+                let due = self.due_in(&watches, self.clock.now(), &mut ended);
+                schedule.due_by(due.pass.map(|at| self.instant_of(at)));
+                schedule.ends_due_by(due.ending.map(|at| self.instant_of(at)));
             }
             let wake = schedule.wake_at(tokio::time::Instant::now(), ready);
             tokio::select! {
@@ -486,9 +542,9 @@ impl KubernetesReconciler {
                 () = wakes.changed() => {}
             }
             // Coalesce a burst of events: let it settle, then look at everything it changed. A
-            // pass due sooner ends the settling (it reads the stores as they are by then): a
-            // pass's own deletions are events too, and settling on them would delay the next
-            // expiry by up to the settle time.
+            // pass or ending due sooner ends the settling (it reads the stores as they are by
+            // then): the deletions of a pass or step are events too, and settling on them would
+            // delay the next expiry by up to the settle time.
             let settled = schedule.settled_at(tokio::time::Instant::now(), ready);
             tokio::select! {
                 () = &mut shutdown => break,
@@ -504,8 +560,9 @@ impl KubernetesReconciler {
                 schedule.kick(tokio::time::Instant::now());
             }
             if changed.objects {
-                let due = self.due_in(&watches, self.clock.now());
-                schedule.due_by(due.map(|at| self.instant_of(at)));
+                let due = self.due_in(&watches, self.clock.now(), &mut ended);
+                schedule.due_by(due.pass.map(|at| self.instant_of(at)));
+                schedule.ends_due_by(due.ending.map(|at| self.instant_of(at)));
             }
         }
         lease.release().await
@@ -537,16 +594,19 @@ impl KubernetesReconciler {
     }
 
     /// One pass of [`Self::run`] from the watched stores; returns how long until the next one is
-    /// due, or `None` when it failed as a whole.
+    /// due for anything but an expiry, or `None` when it failed as a whole.
     async fn pass(&self, watches: &ClusterWatches) -> Option<Duration> {
         let now = self.clock.now();
         let started = std::time::Instant::now();
         let outcome = self.reconcile_from(now, Some(watches)).await;
         if let Some(observer) = &self.observer {
-            observer(started.elapsed(), outcome.as_ref());
+            observer(
+                started.elapsed(),
+                outcome.as_ref().map(|(report, _)| report),
+            );
         }
         match outcome {
-            Ok(report) => {
+            Ok((report, besides_expiries)) => {
                 if !report.removed.is_empty() || !report.failures.is_empty() {
                     info!(
                         removed = report.removed.len(),
@@ -555,10 +615,10 @@ impl KubernetesReconciler {
                         "reconcile pass"
                     );
                 }
-                for failure in &report.failures {
-                    warn!(%failure, "a step of the reconcile pass failed; the next pass retries it");
-                }
-                let next = match (report.next_requeue, self.revalidation_due()) {
+                warn_failures(&report);
+                // Expiries are the ending steps' business (the loop schedules them from the
+                // stores); a pass comes for the rest.
+                let next = match (besides_expiries, self.revalidation_due()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -590,13 +650,21 @@ impl KubernetesReconciler {
         self.settings.revalidate_every / 10
     }
 
-    /// When the watched stores say a pass has something to do, judged cheaply from what they
-    /// hold (the pass itself decides, with live reads where it must): now for a Session that is
-    /// over, deleted, malformed or missing the ServiceAccount it recorded; the grace period's end
-    /// for an unfinished one and for a labelled object that looks orphaned; the first periodic
-    /// re-validation of a session no pass has re-validated yet; else the earliest `expiresAt`.
-    /// `None` when nothing is held at all.
-    fn due_in(&self, watches: &ClusterWatches, now: Timestamp) -> Option<Timestamp> {
+    /// What the watched stores say is due, judged cheaply from what they hold (the pass or the
+    /// ending step decides, with live reads where it must):
+    ///
+    /// - an ending step when a session is over: at its `expiresAt`, or now for one deleted or
+    ///   marked ended, unless an ending step has tried it since the last pass (a failed try
+    ///   brings a pass, which ends it again);
+    /// - a pass now for a session that is malformed or missing the ServiceAccount it recorded;
+    ///   at the grace period's end for an unfinished one and for a labelled object that looks
+    ///   orphaned; at the first periodic re-validation of a session no pass has re-validated yet.
+    ///
+    /// The objects of a session that is over are its ending's business, not orphans; so are
+    /// those of a session an ending step has ended with every child it found (the watches may
+    /// show the Session gone before its bindings): if one of those stays, a pass comes for it a
+    /// grace period after the ending.
+    fn due_in(&self, watches: &ClusterWatches, now: Timestamp, ended: &mut Ended) -> Due {
         let sessions = watches.sessions.watched().state();
         let accounts: ServiceAccounts = watches
             .service_accounts
@@ -606,38 +674,143 @@ impl KubernetesReconciler {
             .collect();
         let by_name: HashMap<String, &Session> =
             sessions.iter().map(|s| (s.name_any(), &**s)).collect();
-        let mut due: Option<Timestamp> = None;
-        for session in &sessions {
-            at_opt(&mut due, Some(self.session_due(session, &accounts, now)));
-        }
+        let mut due = Due::default();
         {
-            // A session made (or given another role) since the last pass is not among the
-            // validated ones, whose re-validation the passes schedule: without this its first
-            // re-check would wait for an unrelated pass or the resync backstop, however short
-            // `revalidate_every` is. Its login checked the grant at `revisedAt`.
             let state = self.state();
             for session in &sessions {
-                let known = session
-                    .uid()
-                    .is_some_and(|uid| state.validated.contains_key(&uid));
-                if !known && session.is_complete() {
-                    at_opt(
-                        &mut due,
-                        Some(session.spec.revised_at.0 + self.settings.revalidate_every),
-                    );
+                let Some(uid) = session.uid() else {
+                    continue;
+                };
+                if session.is_over(now) {
+                    if !ended.tried.contains(&uid) {
+                        at_opt(&mut due.ending, Some(now));
+                    }
+                    continue;
                 }
+                at_opt(&mut due.ending, Some(session.expires_at()));
+                let pass = if session.grant().is_none() {
+                    Some(now)
+                } else if !session.is_complete() {
+                    Some(session.spec.revised_at.0 + self.settings.grace)
+                } else if self.session_due(session, &accounts, now) <= now {
+                    // Its ServiceAccount is missing.
+                    Some(now)
+                } else if !state.validated.contains_key(&uid) {
+                    // A session made (or given another role) since the last pass is not among
+                    // the validated ones, whose re-validation the passes schedule: without
+                    // this its first re-check would wait for an unrelated pass or the resync
+                    // backstop. Its login checked the grant at `revisedAt`.
+                    Some(session.spec.revised_at.0 + self.settings.revalidate_every)
+                } else {
+                    None
+                };
+                at_opt(&mut due.pass, pass);
             }
         }
-        for sa in accounts.values() {
-            at_opt(&mut due, self.orphan_due(sa, &by_name, now, false));
+        let (crbs, rbs) = (
+            watches.cluster_role_bindings.state(),
+            watches.role_bindings.state(),
+        );
+        let children = accounts
+            .values()
+            .map(|sa| (sa, false))
+            .chain(crbs.iter().chain(rbs.iter()).map(|b| (b, true)));
+        let mut still_seen = HashMap::new();
+        for (child, is_binding) in children {
+            let name = child.session.as_deref();
+            let session = name.and_then(|n| by_name.get(n).copied());
+            if session.is_some_and(|s| s.is_over(now)) {
+                continue;
+            }
+            if session.is_none()
+                && let Some((name, at)) = name.and_then(|n| ended.names.get_key_value(n))
+            {
+                at_opt(&mut due.pass, Some(*at + self.settings.grace));
+                still_seen.insert(name.clone(), *at);
+                continue;
+            }
+            at_opt(
+                &mut due.pass,
+                self.orphan_due(child, &by_name, now, is_binding),
+            );
         }
-        for crb in watches.cluster_role_bindings.state() {
-            at_opt(&mut due, self.orphan_due(&crb, &by_name, now, true));
-        }
-        for rb in watches.role_bindings.state() {
-            at_opt(&mut due, self.orphan_due(&rb, &by_name, now, true));
-        }
+        ended.names = still_seen;
         due
+    }
+
+    /// An ending step of [`Self::run`]: ends the sessions the watched stores show over at this
+    /// moment and that no step has tried since the last pass, at most
+    /// [`ReconcilerSettings::sessions_ended_at_once`] at a time, and judges nothing else. Each
+    /// is read live first (a store may be behind: a session extended since is left alone) and
+    /// ended as a pass ends it. Returns whether every one it tried ended (one that failed is
+    /// the next pass's).
+    async fn end_due(&self, watches: &ClusterWatches, ended: &mut Ended) -> bool {
+        let now = self.clock.now();
+        let started = std::time::Instant::now();
+        let sessions = watches.sessions.watched().state();
+        let held: HashSet<String> = sessions.iter().filter_map(|s| s.uid()).collect();
+        ended.tried.retain(|uid| held.contains(uid));
+        let due: Vec<Arc<Session>> = sessions
+            .iter()
+            .filter(|s| s.is_over(now) && s.uid().is_some_and(|uid| !ended.tried.contains(&uid)))
+            .cloned()
+            .collect();
+        ended.tried.extend(due.iter().filter_map(|s| s.uid()));
+        let mut report = ReconcileReport {
+            live_sessions: sessions.iter().filter(|s| !s.is_over(now)).count(),
+            ..ReconcileReport::default()
+        };
+        let bound = self.settings.sessions_ended_at_once.max(1);
+        let confirmed: Vec<Result<Option<Ending>, String>> = stream::iter(due)
+            .map(|stored| async move {
+                let name = stored.name_any();
+                match self.apis.sessions.get_opt(&name).await {
+                    Ok(Some(live)) if live.uid() == stored.uid() => {
+                        Ok(Self::judge_over(&live, now))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(format!("confirming session {name}: {e}")),
+                }
+            })
+            .buffer_unordered(bound)
+            .collect()
+            .await;
+        let mut endings = Vec::new();
+        for outcome in confirmed {
+            match outcome {
+                Ok(Some(ending)) => endings.push(ending),
+                Ok(None) => {}
+                Err(failure) => report.failures.push(failure),
+            }
+        }
+        let names: Vec<String> = endings.iter().map(|e| e.session.name_any()).collect();
+        let ending = names.len();
+        self.end_sessions(endings, now, &mut report).await;
+        for name in names {
+            if report.removed_session(&name) {
+                ended.names.insert(name, now);
+            }
+        }
+        debug!(
+            ending,
+            removed = report.removed.len(),
+            failures = report.failures.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "ending step done"
+        );
+        if !report.removed.is_empty() || !report.failures.is_empty() {
+            info!(
+                removed = report.removed.len(),
+                failures = report.failures.len(),
+                live = report.live_sessions,
+                "sessions ended"
+            );
+        }
+        warn_failures(&report);
+        if let Some(observer) = &self.observer {
+            observer(started.elapsed(), Ok(&report));
+        }
+        report.failures.is_empty()
     }
 
     /// The session a pass judges: `stored` itself when it was listed just now or nothing about
@@ -737,6 +910,7 @@ impl KubernetesReconciler {
         let outcomes: Vec<(Ending, Result<Vec<Removal>, kube::Error>)> = stream::iter(endings)
             .map(|ending| async move {
                 let mark = ending.mark.map(|p| (p, now));
+                let began = self.clock.now();
                 let outcome = end_session(
                     &self.apis,
                     &ending.session,
@@ -745,6 +919,18 @@ impl KubernetesReconciler {
                     &Checkpoints::default(),
                 )
                 .await;
+                // From its end (for an expiry) to the pass that found it, to this ending's
+                // start and to its last deletion: where an expiry's lag goes.
+                let expires_at = ending.session.expires_at();
+                let ms = |at: Timestamp| at.duration_since(expires_at).as_secs_f64() * 1e3;
+                debug!(
+                    session = %ending.session.name_any(),
+                    reason = %ending.reason,
+                    pass_ms = ms(now),
+                    began_ms = ms(began),
+                    done_ms = ms(self.clock.now()),
+                    "session ended (times since its expiresAt)"
+                );
                 (ending, outcome)
             })
             .buffered(bound)
@@ -844,20 +1030,11 @@ impl KubernetesReconciler {
         service_accounts: &ServiceAccounts,
         validated: &HashMap<String, Timestamp>,
     ) -> Judgement {
-        if session.is_deleting() {
-            return Judgement::ending(session, None, RemovalReason::Deleted);
-        }
-        match session.phase() {
-            Some(SessionPhase::Revoked) => {
-                return Judgement::ending(session, None, RemovalReason::Revoked);
-            }
-            Some(SessionPhase::Expired) => {
-                return Judgement::ending(session, None, RemovalReason::Expired);
-            }
-            _ => {}
-        }
-        if session.expires_at() <= now {
-            return Judgement::ending(session, Some(SessionPhase::Expired), RemovalReason::Expired);
+        if let Some(ending) = Self::judge_over(session, now) {
+            return Judgement {
+                ending: Some(ending),
+                ..Judgement::default()
+            };
         }
         if session.grant().is_none() {
             return Judgement::ending(
@@ -875,10 +1052,8 @@ impl KubernetesReconciler {
                 );
             }
             return Judgement {
-                live: Some(vec![
-                    session.spec.revised_at.0 + self.settings.grace,
-                    session.expires_at(),
-                ]),
+                live: Some(vec![session.spec.revised_at.0 + self.settings.grace]),
+                expires: Some(session.expires_at()),
                 ..Judgement::default()
             };
         }
@@ -925,8 +1100,29 @@ impl KubernetesReconciler {
                 }
             }
         }
-        judgement.live = Some(vec![session.expires_at()]);
+        judgement.live = Some(Vec::new());
+        judgement.expires = Some(session.expires_at());
         judgement
+    }
+
+    /// How `session` is ended when it is over at `now` (being deleted, marked revoked or
+    /// expired, or past its `expiresAt`): decided from the session alone, with no read.
+    /// `None` while it is not over.
+    fn judge_over(session: &Session, now: Timestamp) -> Option<Ending> {
+        if session.is_deleting() {
+            return Some(Ending::new(session, None, RemovalReason::Deleted));
+        }
+        match session.phase() {
+            Some(SessionPhase::Revoked) => {
+                return Some(Ending::new(session, None, RemovalReason::Revoked));
+            }
+            Some(SessionPhase::Expired) => {
+                return Some(Ending::new(session, None, RemovalReason::Expired));
+            }
+            _ => {}
+        }
+        (session.expires_at() <= now)
+            .then(|| Ending::new(session, Some(SessionPhase::Expired), RemovalReason::Expired))
     }
 
     /// Why `object` must go, judged against `session` (its `tka.dev/session`), or `None`.
@@ -1210,6 +1406,14 @@ impl KubernetesReconciler {
     }
 }
 
+/// Each failure of a pass or an ending step, with its message: the summary line only counts
+/// them. The next pass (or, after a failed ending step, a pass soon after) retries.
+fn warn_failures(report: &ReconcileReport) {
+    for failure in &report.failures {
+        warn!(%failure, "a reconciler step failed; it is retried");
+    }
+}
+
 /// The `Ready` condition a mapping should carry: (ready, reason, message). Spec problems first
 /// (`ForbiddenNamespace`, `InvalidSpec`), then the state the cluster's facts give it
 /// (`ClusterRoleMissing`, `ClusterWideWrite`, `NotBindable`); `None` while that state is not
@@ -1264,19 +1468,24 @@ impl Reconciler for KubernetesReconciler {
     /// one holds its first list, else from lists made now.
     async fn reconcile_once(&self, now: Timestamp) -> Result<ReconcileReport, ReconcileError> {
         let watches = self.watches.as_ref().filter(|w| w.all_listed());
-        self.reconcile_from(now, watches).await
+        self.reconcile_from(now, watches)
+            .await
+            .map(|(report, _)| report)
     }
 }
 
 impl KubernetesReconciler {
     /// One pass reading the stores of `watches`, or lists made now when `None`. Every deletion
     /// is confirmed (a live read, preconditions), so a store a little behind never removes what
-    /// it should not.
+    /// it should not. Beside the report: when the next pass is due for anything but an expiry
+    /// (the report's `next_requeue` counts the expiries too; the run loop ends those in ending
+    /// steps).
     async fn reconcile_from(
         &self,
         now: Timestamp,
         watches: Option<&ClusterWatches>,
-    ) -> Result<ReconcileReport, ReconcileError> {
+    ) -> Result<(ReconcileReport, Option<Timestamp>), ReconcileError> {
+        let started = std::time::Instant::now();
         let mut report = ReconcileReport::default();
         let (sessions, mappings, service_accounts) = match watches {
             Some(w) => (
@@ -1390,7 +1599,9 @@ impl KubernetesReconciler {
             .buffered(bound)
             .collect()
             .await;
+        let judged_in = started.elapsed();
         let mut endings = Vec::new();
+        let mut next_expiry: Option<Timestamp> = None;
         let mut judged: Vec<Arc<Session>> = Vec::with_capacity(sessions.len());
         for judgement in judgements {
             report.failures.extend(judgement.failures);
@@ -1411,10 +1622,13 @@ impl KubernetesReconciler {
                 for at in requeue {
                     report.requeue_at(at);
                 }
+                at_opt(&mut next_expiry, judgement.expires);
             }
             judged.push(session);
         }
+        let ending = endings.len();
         self.end_sessions(endings, now, &mut report).await;
+        let ended_in = started.elapsed();
 
         let ended: HashSet<String> = report
             .removed_of(ObjectKind::Session)
@@ -1438,6 +1652,10 @@ impl KubernetesReconciler {
         {
             report.requeue_at(now + UNCHECKED_RETRY);
         }
+        let besides_expiries = report.next_requeue;
+        if let Some(at) = next_expiry {
+            report.requeue_at(at);
+        }
 
         let live: HashSet<String> = by_name.values().filter_map(|s| s.uid()).collect();
         validated.retain(|uid, _| live.contains(uid));
@@ -1447,13 +1665,20 @@ impl KubernetesReconciler {
             state.mappings_seen = Some(fingerprint);
             state.revalidate_all = false;
         }
+        // Where a pass's time goes (the expiry lag is mostly waiting for a pass, then this).
         debug!(
+            sessions = sessions.len(),
+            ending,
             removed = report.removed.len(),
             live = report.live_sessions,
+            revalidated = report.revalidated,
+            judged_ms = judged_in.as_secs_f64() * 1e3,
+            ended_ms = (ended_in - judged_in).as_secs_f64() * 1e3,
+            swept_ms = (started.elapsed() - ended_in).as_secs_f64() * 1e3,
             next = ?report.next_requeue,
             "reconcile pass done"
         );
-        Ok(report)
+        Ok((report, besides_expiries))
     }
 }
 

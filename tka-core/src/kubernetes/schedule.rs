@@ -2,8 +2,11 @@
 //! owns the arithmetic of scheduling and coalescing: a pass is due at once on taking the lease, at
 //! the requeue time a pass reported (never later than the resync period), a little later after a
 //! failed pass, and by the time a watch event says something is due, with a burst of events
-//! coalesced into one pass and no two passes closer than the minimum interval. The lease is
-//! renewed on a timer of its own; a renewal never makes a pass due.
+//! coalesced into one pass and no two passes closer than the minimum interval. Sessions that
+//! are over (an `expiresAt` reached) are ended by an *ending step* at the moment the watched
+//! stores say so, without the minimum interval and without a full pass: an ending step only
+//! ends what is over, which costs a few requests per session, while a full pass judges every
+//! session. The lease is renewed on a timer of its own; a renewal never makes a pass due.
 //!
 //! It must not do I/O, sleep or read the clock: the loop passes `now` in and does the waiting, so
 //! the rules are tested without time passing.
@@ -24,6 +27,9 @@ pub struct PassSchedule {
     watched: Option<Instant>,
     /// No pass before this (the last pass's end plus the minimum interval).
     not_before: Instant,
+    /// When the watched stores next hold a session that is over and that no ending step has
+    /// tried yet (its `expiresAt`); `None`: no such session.
+    ending: Option<Instant>,
     /// When the lease is renewed next.
     renew: Instant,
     min_interval: Duration,
@@ -39,6 +45,7 @@ impl PassSchedule {
             next: now,
             watched: None,
             not_before: now,
+            ending: None,
             renew: now + renew_every,
             min_interval,
             renew_every,
@@ -80,6 +87,29 @@ impl PassSchedule {
         self.watched = at;
     }
 
+    /// The watched stores were looked at: the next session to end is over at `at` (`None`:
+    /// none). This replaces what an earlier look said. An ending step is due then, whenever the
+    /// last pass or step was: it is not held to the minimum interval.
+    pub fn ends_due_by(&mut self, at: Option<Instant>) {
+        self.ending = at;
+    }
+
+    /// When the next ending step is due, if any.
+    pub fn ending_at(&self) -> Option<Instant> {
+        self.ending
+    }
+
+    /// Whether an ending step is due at `now`.
+    pub fn ending_due(&self, now: Instant) -> bool {
+        self.ending.is_some_and(|at| now >= at)
+    }
+
+    /// An ending step at `now` could not end every session it tried: a full pass (which ends
+    /// them again) comes after the pause that follows a failed pass, unless one is due sooner.
+    pub fn ending_failed(&mut self, now: Instant) {
+        self.next = self.next.min(now + self.min_interval.max(FAILURE_PAUSE));
+    }
+
     /// This replica just took the lease: a pass is due at once.
     pub fn took_lease(&mut self, now: Instant) {
         self.next = now;
@@ -105,26 +135,33 @@ impl PassSchedule {
     }
 
     /// When a burst of events that began at `now` has settled: after [`Self::settle`], or
-    /// sooner when a pass is due before that while `leading` (and able to pass). Settling
-    /// never delays a pass already due.
+    /// sooner when a pass or an ending step is due before that while `leading` (and able to
+    /// pass). Settling never delays a pass or an ending already due.
     pub fn settled_at(&self, now: Instant, leading: bool) -> Instant {
         let settled = now + self.settle();
         if leading {
-            settled.min(self.pass_at())
+            settled.min(self.work_at())
         } else {
             settled
         }
     }
 
-    /// When the loop wakes next if nothing happens: the next pass while `leading` (and able to
-    /// pass), and in any case in time to renew (or try to take) the lease.
+    /// When the loop wakes next if nothing happens: the next pass or ending step while
+    /// `leading` (and able to pass), and in any case in time to renew (or try to take) the
+    /// lease.
     pub fn wake_at(&self, now: Instant, leading: bool) -> Instant {
         let renew = self.renew.max(now);
         if leading {
-            self.pass_at().min(renew)
+            self.work_at().min(renew)
         } else {
             renew
         }
+    }
+
+    /// The next pass or ending step, whichever is first.
+    fn work_at(&self) -> Instant {
+        self.ending
+            .map_or(self.pass_at(), |at| at.min(self.pass_at()))
     }
 }
 
@@ -200,6 +237,52 @@ mod tests {
         assert!(s.is_due(s.settled_at(event, true)));
         // Not leading, no pass to wait for: the full settle time.
         assert_eq!(s.settled_at(event, false), event + s.settle());
+    }
+
+    #[test]
+    fn an_ending_is_due_at_the_earliest_expiry_without_the_minimum_interval() {
+        let now = Instant::now();
+        let mut s = schedule(now);
+        s.after_pass(now, Some(3600 * SECOND));
+        // A session over a tenth of a second after the last pass: its ending step is due
+        // then, not a minimum interval after the pass, and the full pass stays where it was.
+        let expiry = now + SECOND / 10;
+        s.ends_due_by(Some(expiry));
+        assert!(!s.ending_due(now));
+        assert!(s.ending_due(expiry));
+        assert!(!s.is_due(expiry));
+        assert_eq!(s.wake_at(now, true), expiry);
+        // Not leading: nothing to end, only the lease.
+        assert_eq!(s.wake_at(now, false), now + 5 * SECOND);
+        // The next expiry another tenth later: the step after is due then, again without the
+        // minimum interval between the two.
+        s.ends_due_by(Some(expiry + SECOND / 10));
+        assert!(!s.ending_due(expiry));
+        assert!(s.ending_due(expiry + SECOND / 10));
+        s.ends_due_by(None);
+        assert!(!s.ending_due(now + 3000 * SECOND));
+        assert_eq!(s.wake_at(now, true), now + 5 * SECOND);
+    }
+
+    #[test]
+    fn settling_never_delays_an_ending_and_a_failed_one_brings_a_pass() {
+        let now = Instant::now();
+        let mut s = schedule(now);
+        s.after_pass(now, Some(3600 * SECOND));
+        // Events (the last step's own deletions) a moment before the next expiry: settling
+        // ends at that expiry.
+        let expiry = now + 2 * SECOND + SECOND / 5;
+        s.ends_due_by(Some(expiry));
+        assert_eq!(s.settled_at(now + 2 * SECOND, true), expiry);
+        assert_eq!(s.settled_at(now + 2 * SECOND, false), now + 3 * SECOND);
+        // A step that could not end a session: a full pass follows after the failure pause.
+        s.ending_failed(expiry);
+        assert!(!s.is_due(expiry + 4 * SECOND));
+        assert!(s.is_due(expiry + FAILURE_PAUSE));
+        // A pass due sooner stays sooner.
+        s.after_pass(now, Some(3 * SECOND));
+        s.ending_failed(now + 2 * SECOND);
+        assert!(s.is_due(now + 3 * SECOND));
     }
 
     #[test]

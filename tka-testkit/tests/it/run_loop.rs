@@ -588,3 +588,161 @@ async fn a_mapping_not_judged_yet_gets_its_condition_from_a_pass_soon_after() {
         .unwrap()
         .unwrap();
 }
+
+/// Sessions that expire a second apart, closer than the loop's minimum interval between passes
+/// (three seconds here; `expiresAt` has whole seconds): each is ended at its own `expiresAt` by
+/// an ending step, none waits for the minimum interval after the one before, and everything
+/// they owned goes.
+#[tokio::test(start_paused = true)]
+async fn expiries_closer_than_the_minimum_interval_each_end_at_their_own_time() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let mut settings = ReconcilerSettings::new(&h.namespace, "burst");
+    settings.revalidate_every = SignedDuration::from_hours(24);
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    settings.min_interval = Duration::from_secs(3);
+    let min_interval = settings.min_interval;
+    let (reconciler, passes) = observed(KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        clock.clone(),
+        h.tailnet.clone(),
+        Arc::new(suite_grant_check(&h.namespace)),
+    ));
+    let (stop, task) = spawn_run(&reconciler);
+    let passes_now = || passes.lock().unwrap().clone();
+    for _ in 0..60 {
+        if !passes_now().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(passes_now().len(), 1, "{:?}", passes_now());
+
+    let apart = Duration::from_secs(1);
+    let mut logins = Vec::new();
+    for (person, role) in [
+        (Person::AlicePhone, "dev"),
+        (Person::CiRunner, "ci"),
+        (Person::AliceLaptop, "sre"),
+    ] {
+        h.clock.set(clock.now());
+        logins.push(h.login(person, role, "30m").await);
+        tokio::time::sleep(apart).await;
+    }
+    let due =
+        |at: Timestamp| clock.start + Duration::try_from(at.duration_since(clock.base)).unwrap();
+    let dues: Vec<Instant> = logins.iter().map(|l| due(l.session_expires_at)).collect();
+    assert!(
+        dues.windows(2)
+            .all(|w| w[1] > w[0] && w[1] - w[0] < min_interval)
+    );
+    tokio::time::sleep_until(dues[0] - Duration::from_secs(1)).await;
+    assert_eq!(
+        passes_now().len(),
+        1,
+        "nothing is due before the first expiry"
+    );
+    tokio::time::sleep_until(dues[2] + 3 * min_interval).await;
+
+    let all = passes_now();
+    for (login, due) in logins.iter().zip(&dues) {
+        let name = login.session.to_string();
+        let ended: Vec<&Pass> = all.iter().filter(|p| p.ended.contains(&name)).collect();
+        assert_eq!(ended.len(), 1, "{name}: {all:?}");
+        assert!(
+            ended[0].at >= *due,
+            "{name} ended before its expiry: {all:?}"
+        );
+        // A pass held to the minimum interval after the one that ended the session before
+        // would have come two seconds later.
+        assert!(
+            ended[0].at < *due + min_interval / 2,
+            "{name} waited for the minimum interval: {all:?}, due {due:?}"
+        );
+    }
+    assert!(
+        h.objects().await.is_empty(),
+        "everything they owned is gone"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// An ending step that cannot end its session (the API server fails the ServiceAccount's
+/// delete once) leaves it to a pass, which comes after the failure pause and ends it, long
+/// before any resync.
+#[tokio::test(start_paused = true)]
+async fn a_session_an_ending_step_fails_to_end_is_ended_by_a_pass_soon_after() {
+    let h = Harness::new(FakeClusterBackend::start().await).await;
+    let clock = Arc::new(TokioClock {
+        base: h.clock.now(),
+        start: Instant::now(),
+    });
+    let mut settings = ReconcilerSettings::new(&h.namespace, "retries");
+    settings.revalidate_every = SignedDuration::from_hours(24);
+    settings.resync_every = Duration::from_secs(24 * 3600);
+    let (reconciler, passes) = observed(KubernetesReconciler::new(
+        h.client.clone(),
+        settings,
+        clock.clone(),
+        h.tailnet.clone(),
+        Arc::new(suite_grant_check(&h.namespace)),
+    ));
+    let (stop, task) = spawn_run(&reconciler);
+    let passes_now = || passes.lock().unwrap().clone();
+    for _ in 0..60 {
+        if !passes_now().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(passes_now().len(), 1, "{:?}", passes_now());
+
+    h.clock.set(clock.now());
+    let phone = h.login(Person::AlicePhone, "dev", "30m").await;
+    let due = clock.start
+        + Duration::try_from(phone.session_expires_at.duration_since(clock.base)).unwrap();
+    h.backend.cluster().inject(
+        FaultRule::on(
+            RequestMatch::any()
+                .verb("delete")
+                .resource("serviceaccounts"),
+            Fault::InternalError,
+        )
+        .nth(1),
+    );
+    tokio::time::sleep_until(due + Duration::from_secs(1)).await;
+    let name = phone.session.to_string();
+    assert!(
+        passes_now().iter().all(|p| !p.ended.contains(&name)),
+        "the first try failed: {:?}",
+        passes_now()
+    );
+    assert_eq!(sessions(&h.objects().await), vec![name.clone()]);
+
+    tokio::time::sleep_until(due + Duration::from_secs(30)).await;
+    let ended: Vec<Pass> = passes_now()
+        .into_iter()
+        .filter(|p| p.ended.contains(&name))
+        .collect();
+    assert_eq!(ended.len(), 1, "{:?}", passes_now());
+    assert!(h.objects().await.is_empty());
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
