@@ -157,6 +157,9 @@ bench-exec: testenv
 # is killed after 10 minutes, the proxy run after 4). docs/benchmarks.md gives the counts its
 # numbers used, e.g. SCALE_ARGS="--sessions 10000 --mid-sessions 1000 --expiring 1000
 # --spread-seconds 60 --idle-seconds 20" (about 20 minutes for the scale run alone).
+# The server's log during the scale run (server.log in $(BENCH_OUT)): the reconciler's per-pass
+# timings at debug, everything else at warn.
+SCALE_LOG_FILTER ?= warn,tka_core::kubernetes::reconciler=debug
 SCALE_ARGS ?= --sessions 2000 --mid-sessions 500 --logins 50 --expiring 300 --spread-seconds 30 --idle-seconds 15
 PROXY_ARGS ?= --rounds 300 --concurrency 8 --slices 5 --slice-seconds 3 --watches 1000 --logout-rounds 10 --logout-watches 20
 
@@ -167,7 +170,8 @@ bench: testenv
 	nice -n 10 $(CARGO) build --locked --release -q -p tka-benches --bin scale --bin proxy
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	timeout 600 "$(CARGO_TARGET_DIR)/release/scale" \
-		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(SCALE_ARGS)
+		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(SCALE_ARGS) \
+		--server-log-filter "$(SCALE_LOG_FILTER)"
 	eval "$$($(TESTENV_BUILD) 2>/dev/null)"; \
 	timeout 240 "$(CARGO_TARGET_DIR)/release/proxy" \
 		--server-bin "$(CARGO_TARGET_DIR)/release/tka-server" --out "$(BENCH_OUT)" $(PROXY_ARGS)

@@ -321,8 +321,9 @@ struct Judgement {
     /// The session as judged (the live copy when the store's was confirmed); `None` when it is
     /// gone or could not be confirmed.
     session: Option<Arc<Session>>,
-    /// It is to be ended.
-    ending: Option<Ending>,
+    /// It is to be ended (boxed: a pass holds one judgement per session at once, and most
+    /// sessions are not ending).
+    ending: Option<Box<Ending>>,
     /// It lives on, to be looked at again at these times (besides its expiry).
     live: Option<Vec<Timestamp>>,
     /// It lives on until this `expiresAt`.
@@ -336,7 +337,7 @@ struct Judgement {
 impl Judgement {
     fn ending(session: &Session, mark: Option<SessionPhase>, reason: RemovalReason) -> Self {
         Self {
-            ending: Some(Ending::new(session, mark, reason)),
+            ending: Some(Box::new(Ending::new(session, mark, reason))),
             ..Self::default()
         }
     }
@@ -1032,7 +1033,7 @@ impl KubernetesReconciler {
     ) -> Judgement {
         if let Some(ending) = Self::judge_over(session, now) {
             return Judgement {
-                ending: Some(ending),
+                ending: Some(Box::new(ending)),
                 ..Judgement::default()
             };
         }
@@ -1615,7 +1616,7 @@ impl KubernetesReconciler {
                 }
             }
             if let Some(ending) = judgement.ending {
-                endings.push(ending);
+                endings.push(*ending);
             }
             if let Some(requeue) = judgement.live {
                 report.live_sessions += 1;
@@ -1692,6 +1693,18 @@ mod tests {
 
     fn reconciler_settings() -> ReconcilerSettings {
         ReconcilerSettings::new("tka-system", "test")
+    }
+
+    #[test]
+    fn a_judgement_is_small_whatever_the_session_holds() {
+        // A pass holds one judgement per session at once (10,000 at scale): the session to end
+        // is boxed, so a judgement stays a few words, not a Session's size.
+        assert!(
+            std::mem::size_of::<Judgement>() <= 128,
+            "Judgement is {} bytes",
+            std::mem::size_of::<Judgement>()
+        );
+        assert!(std::mem::size_of::<Session>() > std::mem::size_of::<Judgement>());
     }
 
     #[test]

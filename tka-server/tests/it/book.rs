@@ -610,6 +610,11 @@ const COMMANDS: &[(&str, Runs, &str)] = &[
         "release/scale\"",
     ),
     (
+        "$T/scale --server-bin $T/tka-server --out $BENCH_OUT --idle-seconds 20 --server-log-filter warn,tka_core::kubernetes::reconciler=debug",
+        Runs::Make("bench"),
+        "--server-log-filter \"$(SCALE_LOG_FILTER)\"",
+    ),
+    (
         "nice -n 10 cargo build --release -p tka-server -p tka-benches --bin tka-server --bin proxy",
         Runs::Make("bench"),
         "--bin scale --bin proxy",
