@@ -833,6 +833,69 @@ async fn a_connection_tailscaled_cannot_identify_gets_503_and_the_retry_gets_thr
     running.stop().await;
 }
 
+/// An API server that takes connections and never answers is a 504 within
+/// `--proxy-upstream-timeout`; one that is down is a 502; each is audited as an upstream
+/// failure, names the problem, and the proxy goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_is_a_504_a_down_one_a_502_and_the_proxy_stays_up() {
+    let world = FakeWorld::new().await;
+    // Accepts connections and holds them, silent.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let running = start_at(
+        &world,
+        &format!("http://{addr}"),
+        &["--proxy-upstream-timeout", "1s"],
+    )
+    .await;
+    let alice = world.alice.clone();
+    login(&world, &running, &alice, r#"{"role":"sre"}"#).await;
+
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    let status = assert_status(&response, 504, "InternalError");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tka: the Kubernetes API server did not answer within 1s")),
+        "{status}"
+    );
+
+    // Down: nothing listens at the upstream's address any more.
+    silent.abort();
+    let _ = silent.await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
+    let status = assert_status(&response, 502, "InternalError");
+    assert!(
+        status["message"].as_str().is_some_and(|m| m
+            .contains("tka: the Kubernetes API server could not be reached through the tka proxy")),
+        "{status}"
+    );
+
+    // Both counted as upstream failures; the server is still ready and still answers.
+    let (code, metrics) = get(running.ops, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tka_proxy_requests_total{outcome=\"upstream_failed\"} 2"),
+        "{metrics}"
+    );
+    let (code, _) = get(running.ops, "/readyz").await.unwrap();
+    assert_eq!(code, 200);
+    let response = fresh(&world, &alice, &running)
+        .await
+        .get("/api/v1/namespaces")
+        .send()
+        .await;
+    assert_status(&response, 502, "InternalError");
+
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_session_expires() {
     let world = FakeWorld::new().await;
