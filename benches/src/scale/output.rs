@@ -135,15 +135,18 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| sessions | RSS MB | max RSS in window MB | VmHWM MB | CPU share | passes | CPU s/pass | LIST/min |"
+        "\n| sessions | RSS MB | binary / other files / anonymous MB | max RSS in window MB | VmHWM MB | CPU share | passes | CPU s/pass | LIST/min |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for i in &r.idle {
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} % | {} | {} | {:.1} |",
+            "| {} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} | {:.1} | {:.1} % | {} | {} | {:.1} |",
             i.sessions,
             mb(i.rss_kib),
+            mb(i.rss_parts.binary_kib),
+            mb(i.rss_parts.other_files_kib),
+            mb(i.rss_parts.anonymous_kib),
             mb(i.max_rss_kib),
             mb(i.hwm_kib),
             i.cpu_share * 100.0,

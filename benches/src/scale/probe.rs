@@ -42,6 +42,59 @@ pub fn proc_sample(pid: u32) -> Result<ProcSample, ScaleError> {
     })
 }
 
+/// Where a process's resident memory is, from `/proc/<pid>/smaps`: the pages of its own
+/// executable, of other files (shared libraries), and anonymous ones (heap, stacks).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RssParts {
+    /// Resident pages mapped from the process's executable, KiB.
+    pub binary_kib: u64,
+    /// Resident pages mapped from other files (shared libraries), KiB.
+    pub other_files_kib: u64,
+    /// Resident pages with no file behind them, KiB.
+    pub anonymous_kib: u64,
+}
+
+/// Reads `/proc/<pid>/smaps` and `/proc/<pid>/exe`.
+pub fn rss_parts(pid: u32) -> Result<RssParts, ScaleError> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| ScaleError::new(format!("reading /proc/{pid}/exe: {e}")))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| ScaleError::new(format!("reading /proc/{pid}/smaps: {e}")))?;
+    Ok(split_smaps(&smaps, &exe.to_string_lossy()))
+}
+
+/// [`rss_parts`] of an smaps text, `exe` being the executable's path.
+fn split_smaps(smaps: &str, exe: &str) -> RssParts {
+    let mut parts = RssParts::default();
+    // The current mapping's kind: 0 binary, 1 other file, 2 anonymous.
+    let mut kind = 2;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, perms, offset, device, inode, [path].
+            let inode = fields.nth(3).unwrap_or("0");
+            let path: Vec<&str> = fields.collect();
+            let path = path.join(" ");
+            kind = if inode == "0" || path.is_empty() || path.starts_with('[') {
+                2
+            } else if path == exe {
+                0
+            } else {
+                1
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => parts.binary_kib += kib,
+                1 => parts.other_files_kib += kib,
+                _ => parts.anonymous_kib += kib,
+            }
+        }
+    }
+    parts
+}
+
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS (`echo 5 > clear_refs`).
 pub fn reset_peak(pid: u32) -> Result<(), ScaleError> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
@@ -124,5 +177,29 @@ mod tests {
     fn reads_this_process() {
         let sample = proc_sample(std::process::id()).unwrap();
         assert!(sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib);
+        let parts = rss_parts(std::process::id()).unwrap();
+        assert!(parts.binary_kib > 0, "{parts:?}");
+        assert!(parts.anonymous_kib > 0, "{parts:?}");
+    }
+
+    #[test]
+    fn smaps_are_split_into_the_binary_other_files_and_anonymous_memory() {
+        let smaps = "\
+55d0c0000000-55d0c1000000 r-xp 00000000 fd:01 1234 /opt/tka server/tka-server
+Size:              16384 kB
+Rss:                9000 kB
+55d0c2000000-55d0c2100000 rw-p 00000000 00:00 0 
+Rss:                 100 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                1500 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0 [heap]
+Rss:                 400 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  20 kB
+";
+        let parts = split_smaps(smaps, "/opt/tka server/tka-server");
+        assert_eq!(parts.binary_kib, 9000);
+        assert_eq!(parts.other_files_kib, 1500);
+        assert_eq!(parts.anonymous_kib, 520);
     }
 }

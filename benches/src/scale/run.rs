@@ -86,6 +86,8 @@ pub struct IdleRow {
     pub max_rss_kib: u64,
     /// VmHWM at the end of the window (since start), KiB.
     pub hwm_kib: u64,
+    /// Where the RSS is at the end of the window (binary, other files, anonymous).
+    pub rss_parts: probe::RssParts,
     /// CPU seconds used per wall second.
     pub cpu_share: f64,
     /// Reconcile passes completed in the window (`tka_reconcile_duration_seconds_count`).
@@ -224,6 +226,7 @@ impl Run<'_> {
             rss_kib: c1.rss_kib,
             max_rss_kib: max_rss,
             hwm_kib: c1.hwm_kib,
+            rss_parts: probe::rss_parts(self.server.pid)?,
             cpu_share: cpu / wall,
             passes,
             cpu_per_pass_s: (passes > 0.0).then(|| cpu / passes),
