@@ -214,6 +214,15 @@ async fn wait_api_ready(
     .await
 }
 
+/// How many times [`KubeEnv::start`] starts the control plane when a port it picked was taken.
+const START_ATTEMPTS: usize = 3;
+
+/// Whether a start failed because a component could not bind its port (the error carries the
+/// end of the component's log).
+fn is_port_taken(error: &TestEnvError) -> bool {
+    error.to_string().contains("address already in use")
+}
+
 impl std::fmt::Debug for KubeEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeEnv")
@@ -227,7 +236,27 @@ impl KubeEnv {
     /// Starts etcd, the API server and the controller-manager from the binaries in `bin` (see
     /// [`bin_dir`](super::bin_dir)) and waits until the controllers have aggregated the
     /// default roles and published the namespace defaults.
+    ///
+    /// The ports are picked free and released before the components bind them, so another
+    /// process can take one in between (an outgoing connection's ephemeral port, on a busy
+    /// machine): a start that fails on a port already in use is made again, on new ports, up to
+    /// [`START_ATTEMPTS`] times. The failed attempt's processes and directory are gone by then.
     pub async fn start(bin: &Path) -> Result<Self, TestEnvError> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(bin).await {
+                Err(e) if attempt < START_ATTEMPTS && is_port_taken(&e) => {
+                    eprintln!(
+                        "testenv: a port was taken before the control plane bound it; starting again ({e})"
+                    );
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn start_once(bin: &Path) -> Result<Self, TestEnvError> {
         let dir = tempfile::Builder::new()
             .prefix("tka-kube-")
             .tempdir()
