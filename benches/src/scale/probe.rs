@@ -66,30 +66,24 @@ pub fn rss_parts(pid: u32) -> Result<RssParts, ScaleError> {
 /// [`rss_parts`] of an smaps text, `exe` being the executable's path.
 fn split_smaps(smaps: &str, exe: &str) -> RssParts {
     let mut parts = RssParts::default();
-    // The current mapping's kind: 0 binary, 1 other file, 2 anonymous.
-    let mut kind = 2;
+    // Where the current mapping's `Rss:` line is counted.
+    let mut bucket = &mut parts.anonymous_kib;
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             // A mapping's header: address range, perms, offset, device, inode, [path].
             let inode = fields.nth(3).unwrap_or("0");
-            let path: Vec<&str> = fields.collect();
-            let path = path.join(" ");
-            kind = if inode == "0" || path.is_empty() || path.starts_with('[') {
-                2
+            let path = fields.collect::<Vec<_>>().join(" ");
+            bucket = if inode == "0" || path.is_empty() || path.starts_with('[') {
+                &mut parts.anonymous_kib
             } else if path == exe {
-                0
+                &mut parts.binary_kib
             } else {
-                1
+                &mut parts.other_files_kib
             };
         } else if first == "Rss:" {
-            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            match kind {
-                0 => parts.binary_kib += kib,
-                1 => parts.other_files_kib += kib,
-                _ => parts.anonymous_kib += kib,
-            }
+            *bucket += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         }
     }
     parts

@@ -886,11 +886,7 @@ async fn a_hung_upstream_is_a_504_a_down_one_a_502_and_the_proxy_stays_up() {
     );
     let (code, _) = get(running.ops, "/readyz").await.unwrap();
     assert_eq!(code, 200);
-    let response = fresh(&world, &alice, &running)
-        .await
-        .get("/api/v1/namespaces")
-        .send()
-        .await;
+    let response = list_namespaces(&mut fresh(&world, &alice, &running).await).await;
     assert_status(&response, 502, "InternalError");
 
     running.stop().await;
